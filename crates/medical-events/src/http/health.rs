@@ -1,0 +1,54 @@
+//! Liveness (`/health`, checks nothing but the process) and readiness
+//! (`/ready`, 503 while MongoDB does not answer).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::problem::ApiError;
+use crate::store::Store;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn live(service: &'static str) -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "service": service }))
+}
+
+pub async fn ready(store: &Store, service: &'static str) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => Json(json!({ "status": "ready", "service": service })).into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: MongoDB ping failed");
+            ApiError::Unavailable {
+                retry_after_secs: 5,
+            }
+            .into_response()
+        }
+        Err(_) => {
+            tracing::warn!("not ready: MongoDB ping timed out");
+            ApiError::Unavailable {
+                retry_after_secs: 5,
+            }
+            .into_response()
+        }
+    }
+}
+
+/// The `healthcheck` subcommand of both binaries (for container HEALTHCHECKs
+/// in images without curl): exit 0 if `GET /health` on `port` answers 200.
+pub async fn probe(port: u16) -> bool {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
+        Ok(client) => client,
+        Err(_) => return false,
+    };
+    client
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
+}

@@ -1,0 +1,141 @@
+//! Ingest's API: `POST /events`, `GET /events/{eventId}`, `/health`, `/ready`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mongodb::bson::DateTime;
+use serde_json::{Value, json};
+use tracing::{error, info};
+
+use super::json_body::JsonBody;
+use super::problem::ApiError;
+use super::{finish, health};
+use crate::event::{EventId, NewEvent};
+use crate::intake::Intake;
+use crate::notify::ProcessorNotifier;
+use crate::store::{EnqueueOutcome, EventStatus, IdempotencyKey, StoreError};
+
+pub const SERVICE: &str = "ingest-service";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+#[derive(Clone)]
+pub struct IngestState {
+    pub intake: Arc<Intake>,
+    pub notifier: ProcessorNotifier,
+}
+
+pub fn router(state: IngestState) -> Router {
+    finish(
+        Router::new()
+            .route("/events", post(accept_event))
+            .route("/events/{event_id}", get(event_status))
+            .route("/health", get(|| async { health::live(SERVICE) }))
+            .route(
+                "/ready",
+                get(|State(state): State<IngestState>| async move {
+                    health::ready(state.intake.store(), SERVICE).await
+                }),
+            )
+            .with_state(state),
+    )
+}
+
+async fn accept_event(
+    State(state): State<IngestState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let key = headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|raw| IdempotencyKey::parse(raw.as_bytes()))
+        .transpose()
+        .map_err(|reason| ApiError::field("Idempotency-Key", reason))?;
+    let event = NewEvent::parse(&body).map_err(ApiError::Validation)?;
+    let outcome = state
+        .intake
+        .submit(&event, EventId::new_random(), key.as_ref())
+        .await
+        .map_err(unavailable)?;
+    let event_id = match outcome {
+        EnqueueOutcome::Accepted { event_id, seq } => {
+            info!(eventId = %event_id, patientId = event.patient_id.as_str(), seq, "event accepted");
+            state.notifier.notify(event_id, &event);
+            event_id.to_string()
+        }
+        EnqueueOutcome::Replayed { event_id } => {
+            info!(eventId = %event_id, patientId = event.patient_id.as_str(), "idempotent retry answered");
+            event_id
+        }
+        EnqueueOutcome::KeyReused => {
+            return Err(ApiError::Unprocessable(
+                "this Idempotency-Key was already used with a different payload".to_owned(),
+            ));
+        }
+        EnqueueOutcome::AlreadyStored => {
+            error!("a freshly generated eventId already exists");
+            return Err(ApiError::Internal);
+        }
+    };
+    let location =
+        HeaderValue::from_str(&format!("/events/{event_id}")).map_err(|_| ApiError::Internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(json!({ "status": "queued", "eventId": event_id })),
+    )
+        .into_response())
+}
+
+async fn event_status(
+    State(state): State<IngestState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let event_id =
+        EventId::parse_str(&raw_id).map_err(|reason| ApiError::field("eventId", reason))?;
+    let store = state.intake.store();
+    let event = store
+        .find_event(&event_id.to_string())
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::NotFound(format!("no event with id {event_id}")))?;
+    let mut body = json!({
+        "eventId": event.event_id,
+        "patientId": event.patient_id,
+        "type": event.event_type,
+        "ts": event.ts,
+        "seq": event.seq,
+        "status": event.status.as_str(),
+        "attempts": event.attempts,
+        "acceptedAt": rfc3339(event.accepted_at),
+        "updatedAt": rfc3339(event.updated_at),
+    });
+    if let Some(error) = &event.last_error {
+        body["lastError"] = json!(error);
+    }
+    if matches!(event.status, EventStatus::Processed | EventStatus::Failed)
+        && let Some(outcome) = store
+            .find_processed(&event.event_id)
+            .await
+            .map_err(unavailable)?
+    {
+        body["result"] = json!(outcome.result);
+        body["processedAt"] = json!(rfc3339(outcome.processed_at));
+        body["processingDurationMs"] = json!(outcome.processing_duration_ms);
+    }
+    Ok(Json(body))
+}
+
+fn rfc3339(at: DateTime) -> String {
+    at.try_to_rfc3339_string().unwrap_or_default()
+}
+
+pub(crate) fn unavailable(e: StoreError) -> ApiError {
+    error!(error = %e, "event store unavailable");
+    ApiError::Unavailable {
+        retry_after_secs: 5,
+    }
+}

@@ -1,0 +1,20 @@
+//! The HTTP faces of the two services.
+
+pub mod health;
+pub mod ingest;
+pub mod json_body;
+pub mod problem;
+pub mod processor;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tower_http::trace::TraceLayer;
+
+/// Layers both services share: body limit, problem+json fallbacks, request spans.
+fn finish(router: Router) -> Router {
+    router
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(DefaultBodyLimit::max(json_body::BODY_LIMIT_BYTES))
+        .layer(TraceLayer::new_for_http())
+}

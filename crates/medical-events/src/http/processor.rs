@@ -1,0 +1,81 @@
+//! Processor's API: `POST /queue` (store if new, wake the patient's lane,
+//! answer 202 at once), `/health`, `/ready`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::ingest::unavailable;
+use super::json_body::JsonBody;
+use super::problem::ApiError;
+use super::{finish, health};
+use crate::event::QueuedEventRequest;
+use crate::intake::Intake;
+use crate::processing::SimulatedProcessing;
+use crate::scheduler::Scheduler;
+use crate::store::EnqueueOutcome;
+
+pub const SERVICE: &str = "processor-service";
+
+#[derive(Clone)]
+pub struct ProcessorState {
+    pub intake: Arc<Intake>,
+    pub scheduler: Scheduler<SimulatedProcessing>,
+}
+
+pub fn router(state: ProcessorState) -> Router {
+    finish(
+        Router::new()
+            .route("/queue", post(queue_event))
+            .route("/health", get(|| async { health::live(SERVICE) }))
+            .route(
+                "/ready",
+                get(|State(state): State<ProcessorState>| async move {
+                    health::ready(state.intake.store(), SERVICE).await
+                }),
+            )
+            .with_state(state),
+    )
+}
+
+async fn queue_event(
+    State(state): State<ProcessorState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request = QueuedEventRequest::parse(&body).map_err(ApiError::Validation)?;
+    let event_id = request.event_id.to_string();
+    let event = &request.event;
+    // The usual case: ingest already stored it and this is only the wake-up.
+    if let Some(stored) = state
+        .intake
+        .store()
+        .find_event(&event_id)
+        .await
+        .map_err(unavailable)?
+    {
+        if stored.patient_id != event.patient_id.as_str()
+            || stored.event_type != event.event_type.as_str()
+            || stored.ts != event.ts.as_str()
+        {
+            return Err(ApiError::Conflict(format!(
+                "event {event_id} is already stored with a different patientId, type or ts"
+            )));
+        }
+    } else {
+        let outcome = state
+            .intake
+            .submit(event, request.event_id, None)
+            .await
+            .map_err(unavailable)?;
+        if let EnqueueOutcome::Accepted { seq, .. } = outcome {
+            info!(eventId = %event_id, patientId = event.patient_id.as_str(), seq, "event accepted directly");
+        }
+    }
+    state.scheduler.wake(event.patient_id.as_str());
+    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))))
+}

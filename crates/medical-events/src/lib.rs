@@ -1,0 +1,18 @@
+//! Shared core of the medical event services (`ingest` and `processor`).
+//!
+//! Accepted events are stored durably with a per-patient sequence number
+//! ([`intake`], [`store`]); the processor walks each patient's events in that
+//! order ([`scheduler`]) and records exactly one outcome per event.
+
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod intake;
+pub mod notify;
+pub mod processing;
+pub mod retry;
+pub mod scheduler;
+pub mod shutdown;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

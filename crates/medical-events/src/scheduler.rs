@@ -1,0 +1,304 @@
+//! Per-patient lanes: one task per patient with unfinished events, walking
+//! that patient's events in sequence order, one at a time. Lanes of different
+//! patients run concurrently; a lane exists only while it has work.
+//!
+//! The lane reads its next event from the store rather than from the HTTP
+//! notification, so order follows the sequence assigned at intake and a lost
+//! notification only delays work until the next sweep.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::processing::EventHandler;
+use crate::retry::RetryPolicy;
+use crate::store::{ProcessedEvent, ProcessingResult, QueuedEvent, Store};
+
+pub struct Scheduler<H> {
+    inner: Arc<Inner<H>>,
+}
+
+impl<H> Clone for Scheduler<H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<H> {
+    store: Store,
+    handler: H,
+    policy: RetryPolicy,
+    /// Patients with a running lane; `true` asks the lane to look once more
+    /// before it exits, because new work was announced while it ran.
+    lanes: Mutex<HashMap<String, bool>>,
+    tracker: TaskTracker,
+    /// Cancelled first on shutdown: lanes finish the event in hand, start no other.
+    draining: CancellationToken,
+    /// Cancelled when the grace period is over: in-flight work is handed back.
+    abort: CancellationToken,
+}
+
+impl<H: EventHandler> Scheduler<H> {
+    pub fn new(store: Store, handler: H, policy: RetryPolicy) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                handler,
+                policy,
+                lanes: Mutex::new(HashMap::new()),
+                tracker: TaskTracker::new(),
+                draining: CancellationToken::new(),
+                abort: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Makes sure the patient's lane runs; cheap and safe to call repeatedly.
+    pub fn wake(&self, patient_id: &str) {
+        if self.inner.draining.is_cancelled() {
+            return;
+        }
+        let mut lanes = self.inner.lanes.lock().expect("lane map poisoned");
+        if let Some(look_again) = lanes.get_mut(patient_id) {
+            *look_again = true;
+            return;
+        }
+        lanes.insert(patient_id.to_owned(), false);
+        drop(lanes);
+        let inner = Arc::clone(&self.inner);
+        let patient = patient_id.to_owned();
+        self.inner
+            .tracker
+            .spawn(async move { inner.run_lane(patient).await });
+    }
+
+    pub fn active_lanes(&self) -> usize {
+        self.inner.lanes.lock().expect("lane map poisoned").len()
+    }
+
+    /// Wakes every patient that has unfinished events in the store.
+    pub async fn resume_unfinished(&self) -> Result<usize, crate::store::StoreError> {
+        let patients = self.inner.store.patients_with_unfinished().await?;
+        for patient in &patients {
+            self.wake(patient);
+        }
+        Ok(patients.len())
+    }
+
+    /// Re-scans the store every `interval` until shutdown starts.
+    pub fn spawn_sweeper(&self, interval: Duration) {
+        let scheduler = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = scheduler.inner.draining.cancelled() => return,
+                }
+                if let Err(e) = scheduler.resume_unfinished().await {
+                    warn!(error = %e, "recovery sweep failed; will try again");
+                }
+            }
+        });
+    }
+
+    /// Stops starting events, waits up to `grace` for those in hand, then
+    /// interrupts the rest and hands them back to the queue.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.draining.cancel();
+        self.inner.tracker.close();
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                lanes = self.active_lanes(),
+                "grace period over; handing back in-flight events"
+            );
+            self.inner.abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tracker.wait()).await;
+        }
+        info!("scheduler stopped");
+    }
+}
+
+impl<H: EventHandler> Inner<H> {
+    async fn run_lane(self: Arc<Self>, patient: String) {
+        let mut failures = 0;
+        while !self.draining.is_cancelled() {
+            match self.store.next_unfinished(&patient).await {
+                Ok(Some(event)) => {
+                    failures = 0;
+                    if !self.process(event).await {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    let mut lanes = self.lanes.lock().expect("lane map poisoned");
+                    match lanes.get_mut(&patient) {
+                        Some(look_again) if *look_again => *look_again = false,
+                        _ => {
+                            lanes.remove(&patient);
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(patientId = %patient, error = %e, "cannot read the patient's queue; retrying");
+                    if !self.pause(self.policy.delay(failures)).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.lanes
+            .lock()
+            .expect("lane map poisoned")
+            .remove(&patient);
+    }
+
+    /// Takes one event to a recorded outcome. Returns `false` if interrupted
+    /// by shutdown (the event then stays unfinished and is resumed later).
+    async fn process(&self, event: QueuedEvent) -> bool {
+        let span = info_span!("event", eventId = %event.event_id, patientId = %event.patient_id, seq = event.seq);
+        self.process_in_span(event).instrument(span).await
+    }
+
+    async fn process_in_span(&self, mut event: QueuedEvent) -> bool {
+        // A previous run may have written the outcome and died before closing
+        // the lifecycle: finish the bookkeeping, never redo the work.
+        match self
+            .retrying(|| self.store.find_processed(&event.event_id))
+            .await
+        {
+            Some(Some(outcome)) => return self.persist(&outcome, true).await,
+            Some(None) => {}
+            None => return false,
+        }
+        loop {
+            if event.attempts >= self.policy.max_attempts {
+                let error = event.last_error.clone().unwrap_or_else(|| {
+                    format!("processing was interrupted {} time(s)", event.attempts)
+                });
+                let outcome = ProcessedEvent::from_queued(
+                    &event,
+                    0,
+                    ProcessingResult::failed(event.attempts, error),
+                );
+                return self.persist(&outcome, false).await;
+            }
+            event = match self.retrying(|| self.store.claim(&event.event_id)).await {
+                Some(Some(claimed)) => claimed,
+                Some(None) => return true, // finished elsewhere meanwhile
+                None => return false,
+            };
+            info!(attempt = event.attempts, "processing started");
+            let started = Instant::now();
+            let result = tokio::select! {
+                result = self.handler.handle(&event) => result,
+                () = self.abort.cancelled() => {
+                    self.hand_back(&event).await;
+                    return false;
+                }
+            };
+            let duration_ms = started.elapsed().as_millis() as i64;
+            match result {
+                Ok(()) => {
+                    let outcome = ProcessedEvent::from_queued(
+                        &event,
+                        duration_ms,
+                        ProcessingResult::success(),
+                    );
+                    return self.persist(&outcome, false).await;
+                }
+                Err(error) => {
+                    warn!(attempt = event.attempts, error = %error, "processing attempt failed");
+                    if event.attempts >= self.policy.max_attempts {
+                        let outcome = ProcessedEvent::from_queued(
+                            &event,
+                            duration_ms,
+                            ProcessingResult::failed(event.attempts, error),
+                        );
+                        return self.persist(&outcome, false).await;
+                    }
+                    let _ = self.store.note_error(&event.event_id, &error).await;
+                    event.last_error = Some(error);
+                    if !self.pause(self.policy.delay(event.attempts as u32)).await {
+                        self.hand_back(&event).await;
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the outcome, retrying store errors (order is kept: the lane
+    /// does not move on until this event is recorded).
+    async fn persist(&self, outcome: &ProcessedEvent, already_written: bool) -> bool {
+        let written = if already_written {
+            self.retrying(|| self.store.close_lifecycle(outcome)).await
+        } else {
+            self.retrying(|| self.store.record_outcome(outcome)).await
+        };
+        if written.is_none() {
+            return false;
+        }
+        if outcome.result.is_success() {
+            info!(
+                durationMs = outcome.processing_duration_ms,
+                "event processed"
+            );
+        } else {
+            warn!(
+                error = outcome.result.error.as_deref().unwrap_or(""),
+                "event failed for good"
+            );
+        }
+        true
+    }
+
+    async fn hand_back(&self, event: &QueuedEvent) {
+        match self.store.hand_back(&event.event_id).await {
+            Ok(()) => info!("event handed back for a later run"),
+            Err(e) => {
+                warn!(error = %e, "could not hand the event back; it will be resumed as interrupted")
+            }
+        }
+    }
+
+    /// Runs a store operation until it succeeds, backing off between tries.
+    /// `None` means shutdown interrupted the wait.
+    async fn retrying<T, F, Fut>(&self, mut operation: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, crate::store::StoreError>>,
+    {
+        let mut failures = 0;
+        loop {
+            match operation().await {
+                Ok(value) => return Some(value),
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, failures, "store operation failed; retrying");
+                    if !self.pause(self.policy.delay(failures)).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps unless shutdown aborts first; `false` if aborted.
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.abort.cancelled() => false,
+        }
+    }
+}

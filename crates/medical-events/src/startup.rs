@@ -1,0 +1,159 @@
+//! Building and running each service, shared by `main` and the tests so the
+//! tests exercise the real wiring.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::{IngestConfig, MongoSettings, ProcessorConfig};
+use crate::http::ingest::{self, IngestState};
+use crate::http::processor::{self, ProcessorState};
+use crate::intake::Intake;
+use crate::notify::ProcessorNotifier;
+use crate::processing::SimulatedProcessing;
+use crate::scheduler::Scheduler;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on port {port}: {source}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Connects and creates the indexes, waiting for MongoDB as long as it takes:
+/// no event may be accepted before the unique indexes exist.
+async fn open_store(settings: &MongoSettings, app_name: &str) -> Result<Store, StartupError> {
+    let store = Store::connect(&settings.uri, settings.timeout, app_name).await?;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match store.ensure_indexes().await {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(error = %e, "MongoDB not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    info!(
+        database = store.database_name(),
+        "connected to MongoDB; indexes in place"
+    );
+    Ok(store)
+}
+
+async fn bind(port: u16) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+        .await
+        .map_err(|source| StartupError::Bind { port, source })
+}
+
+pub struct IngestApp {
+    listener: TcpListener,
+    router: axum::Router,
+}
+
+impl IngestApp {
+    pub async fn build(config: IngestConfig) -> Result<Self, StartupError> {
+        let store = open_store(&config.mongo, "ingest").await?;
+        let state = IngestState {
+            intake: Arc::new(Intake::new(store)),
+            notifier: ProcessorNotifier::spawn(&config.processor_url),
+        };
+        Ok(Self {
+            listener: bind(config.port).await?,
+            router: ingest::router(state),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        info!(port = self.port(), "ingest listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(StartupError::Serve)?;
+        info!("ingest stopped");
+        Ok(())
+    }
+}
+
+pub struct ProcessorApp {
+    listener: TcpListener,
+    router: axum::Router,
+    scheduler: Scheduler<SimulatedProcessing>,
+    shutdown_grace: Duration,
+}
+
+impl ProcessorApp {
+    pub async fn build(config: ProcessorConfig) -> Result<Self, StartupError> {
+        let store = open_store(&config.mongo, "processor").await?;
+        let handler = SimulatedProcessing {
+            min: config.processing_min,
+            max: config.processing_max,
+        };
+        let scheduler = Scheduler::new(store.clone(), handler, config.retry);
+        match scheduler.resume_unfinished().await {
+            Ok(patients) => info!(patients, "resumed unfinished events"),
+            Err(e) => {
+                warn!(error = %e, "could not resume unfinished events now; the sweep will retry")
+            }
+        }
+        scheduler.spawn_sweeper(config.sweep_interval);
+        let state = ProcessorState {
+            intake: Arc::new(Intake::new(store)),
+            scheduler: scheduler.clone(),
+        };
+        Ok(Self {
+            listener: bind(config.port).await?,
+            router: processor::router(state),
+            scheduler,
+            shutdown_grace: config.shutdown_grace,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` resolves; then stops taking requests and lets
+    /// the lanes finish or hand back their events within the grace period.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        info!(port = self.port(), "processor listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(StartupError::Serve)?;
+        self.scheduler.shutdown(self.shutdown_grace).await;
+        info!("processor stopped");
+        Ok(())
+    }
+}

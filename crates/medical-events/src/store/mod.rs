@@ -1,0 +1,241 @@
+//! The MongoDB store both services share: connection, indexes, the intake
+//! transaction and the event lifecycle updates.
+
+mod documents;
+mod enqueue;
+mod error;
+
+use std::time::Duration;
+
+pub use documents::{EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
+pub use enqueue::{EnqueueOutcome, IdempotencyKey};
+pub use error::StoreError;
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{DateTime, Document, doc};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use error::is_duplicate_key;
+
+/// Database used when `MONGO_URI` names none.
+pub const DEFAULT_DATABASE: &str = "medical_events";
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    db: Database,
+    queued: Collection<QueuedEvent>,
+    processed: Collection<ProcessedEvent>,
+    sequences: Collection<Document>,
+    idempotency: Collection<Document>,
+}
+
+impl Store {
+    /// Builds a client for `uri`; no I/O happens until the first operation.
+    pub async fn connect(uri: &str, timeout: Duration, app_name: &str) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .map_err(StoreError::InvalidUri)?;
+        options.server_selection_timeout = Some(timeout);
+        options.connect_timeout = Some(timeout);
+        options.app_name = Some(app_name.to_owned());
+        let database = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+        let client = Client::with_options(options).map_err(StoreError::InvalidUri)?;
+        let db = client.database(&database);
+        Ok(Self {
+            queued: db.collection("queued_events"),
+            processed: db.collection("processed_events"),
+            sequences: db.collection("patient_sequences"),
+            idempotency: db.collection("idempotency_keys"),
+            client,
+            db,
+        })
+    }
+
+    pub fn database_name(&self) -> &str {
+        self.db.name()
+    }
+
+    /// Creates the indexes the guarantees rely on; safe to run on every start.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let unique = || IndexOptions::builder().unique(true).build();
+        self.processed
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "eventId": 1 })
+                    .options(unique())
+                    .build(),
+                IndexModel::builder().keys(doc! { "patientId": 1 }).build(),
+                IndexModel::builder()
+                    .keys(doc! { "patientId": 1, "ts": 1 })
+                    .build(),
+            ])
+            .await
+            .map_err(StoreError::mongo("creating processed_events indexes"))?;
+        self.queued
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "eventId": 1 })
+                    .options(unique())
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "patientId": 1, "seq": 1 })
+                    .options(unique())
+                    .build(),
+                // Lets the recovery sweep find unfinished work without a scan.
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "patientId": 1 })
+                    .build(),
+            ])
+            .await
+            .map_err(StoreError::mongo("creating queued_events indexes"))?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map(|_| ())
+            .map_err(StoreError::mongo("ping"))
+    }
+
+    pub async fn find_event(&self, event_id: &str) -> Result<Option<QueuedEvent>, StoreError> {
+        self.queued
+            .find_one(doc! { "eventId": event_id })
+            .await
+            .map_err(StoreError::mongo("reading a queued event"))
+    }
+
+    pub async fn find_processed(
+        &self,
+        event_id: &str,
+    ) -> Result<Option<ProcessedEvent>, StoreError> {
+        self.processed
+            .find_one(doc! { "eventId": event_id })
+            .await
+            .map_err(StoreError::mongo("reading a processed event"))
+    }
+
+    /// The patient's oldest unfinished event, by sequence number.
+    pub async fn next_unfinished(
+        &self,
+        patient_id: &str,
+    ) -> Result<Option<QueuedEvent>, StoreError> {
+        self.queued
+            .find_one(doc! {
+                "patientId": patient_id,
+                "status": { "$in": [EventStatus::Queued.as_str(), EventStatus::Processing.as_str()] },
+            })
+            .sort(doc! { "seq": 1 })
+            .await
+            .map_err(StoreError::mongo("finding the next event of a patient"))
+    }
+
+    /// Patients with unfinished events: what recovery must resume.
+    pub async fn patients_with_unfinished(&self) -> Result<Vec<String>, StoreError> {
+        let patients = self
+            .queued
+            .distinct(
+                "patientId",
+                doc! { "status": { "$in": [EventStatus::Queued.as_str(), EventStatus::Processing.as_str()] } },
+            )
+            .await
+            .map_err(StoreError::mongo("listing patients with unfinished events"))?;
+        Ok(patients
+            .into_iter()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Marks the event as being worked on and counts the attempt, durably,
+    /// so an event that keeps crashing the processor is eventually given up.
+    pub async fn claim(&self, event_id: &str) -> Result<Option<QueuedEvent>, StoreError> {
+        self.queued
+            .find_one_and_update(
+                doc! { "eventId": event_id, "status": { "$in": ["queued", "processing"] } },
+                doc! {
+                    "$set": { "status": EventStatus::Processing.as_str(), "updatedAt": DateTime::now() },
+                    "$inc": { "attempts": 1 },
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(StoreError::mongo("claiming an event"))
+    }
+
+    /// Puts an interrupted event back in the queue without counting the attempt.
+    pub async fn hand_back(&self, event_id: &str) -> Result<(), StoreError> {
+        self.queued
+            .update_one(
+                doc! { "eventId": event_id, "status": EventStatus::Processing.as_str() },
+                doc! {
+                    "$set": { "status": EventStatus::Queued.as_str(), "updatedAt": DateTime::now() },
+                    "$inc": { "attempts": -1 },
+                },
+            )
+            .await
+            .map(|_| ())
+            .map_err(StoreError::mongo("handing an event back"))
+    }
+
+    /// Remembers why the last attempt failed (shown by `GET /events/{id}`).
+    pub async fn note_error(&self, event_id: &str, error: &str) -> Result<(), StoreError> {
+        self.queued
+            .update_one(
+                doc! { "eventId": event_id },
+                doc! { "$set": { "lastError": error, "updatedAt": DateTime::now() } },
+            )
+            .await
+            .map(|_| ())
+            .map_err(StoreError::mongo("recording an attempt's error"))
+    }
+
+    /// Writes the one `processed_events` document of the event, then closes its
+    /// lifecycle. A duplicate key means an earlier run already wrote it: the
+    /// effect happened exactly once, so only the lifecycle is brought up to date.
+    pub async fn record_outcome(&self, outcome: &ProcessedEvent) -> Result<(), StoreError> {
+        match self.processed.insert_one(outcome).await {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(StoreError::mongo("inserting a processed event")(e)),
+        }
+        self.close_lifecycle(outcome).await
+    }
+
+    /// Sets the terminal status of a queued event from its recorded outcome.
+    pub async fn close_lifecycle(&self, outcome: &ProcessedEvent) -> Result<(), StoreError> {
+        let status = if outcome.result.is_success() {
+            EventStatus::Processed
+        } else {
+            EventStatus::Failed
+        };
+        self.queued
+            .update_one(
+                doc! { "eventId": &outcome.event_id },
+                doc! { "$set": { "status": status.as_str(), "updatedAt": DateTime::now() } },
+            )
+            .await
+            .map(|_| ())
+            .map_err(StoreError::mongo("closing an event's lifecycle"))
+    }
+
+    /// All processed documents of one patient in processing order (tests and tools).
+    pub async fn processed_for_patient(
+        &self,
+        patient_id: &str,
+    ) -> Result<Vec<ProcessedEvent>, StoreError> {
+        self.processed
+            .find(doc! { "patientId": patient_id })
+            .sort(doc! { "processedAt": 1, "_id": 1 })
+            .await
+            .map_err(StoreError::mongo("listing processed events"))?
+            .try_collect()
+            .await
+            .map_err(StoreError::mongo("listing processed events"))
+    }
+}
