@@ -1,0 +1,203 @@
+//! The services under test: real binaries spawned as processes, or the real
+//! `IngestApp` running inside the test process (for fast API tests).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use medical_events::config::{IngestConfig, MongoSettings};
+use medical_events::startup::IngestApp;
+use medical_events::telemetry::LogFormat;
+
+use super::{free_port, repo_root};
+
+/// A spawned `ingest` or `processor` binary.
+pub struct Service {
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    port: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+fn binary_path(name: &str) -> PathBuf {
+    // Test executables live in <target>/<profile>/deps; the binaries one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+impl Service {
+    /// Starts `name` (`ingest` or `processor`) with `env` plus PORT, waiting for `/health`.
+    pub async fn start(name: &str, env: &[(&str, String)]) -> Self {
+        let logs = repo_root().join("target/test-logs");
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let mut service = Self {
+            binary: binary_path(name),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            port: free_port(),
+            log: logs.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple())),
+            child: None,
+        };
+        service.spawn();
+        service.wait_healthy().await;
+        service
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_path(&self) -> &PathBuf {
+        &self.log
+    }
+
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open service log");
+        let child = Command::new(&self.binary)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("PORT", self.port.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn service");
+        self.child = Some(child);
+    }
+
+    async fn wait_healthy(&mut self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = client.get(format!("{}/health", self.url())).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "service exited during start-up ({status}); log: {}",
+                    self.log.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service not healthy after 60 s; log: {}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (panics after `timeout`).
+    pub async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("service is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "service did not exit within {timeout:?} of SIGTERM; log: {}",
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the same binary again, same port and settings.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_healthy().await;
+    }
+
+    pub fn read_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The real ingest app served from inside the test process on a random port.
+pub struct InProcessIngest {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl InProcessIngest {
+    /// `processor_url` may point nowhere: notifications are best-effort.
+    pub async fn start(mongo_uri: &str, processor_url: &str) -> Self {
+        let config = IngestConfig {
+            port: 0,
+            mongo: MongoSettings {
+                uri: mongo_uri.to_owned(),
+                timeout: Duration::from_secs(5),
+            },
+            processor_url: processor_url.to_owned(),
+            log_format: LogFormat::Pretty,
+        };
+        let app = IngestApp::build(config).await.expect("build ingest");
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            url,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for InProcessIngest {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
