@@ -1,1 +1,254 @@
+//! The whole system as deployed: both binaries spawned, real HTTP between
+//! them, a real MongoDB-compatible server.
 
+use std::time::{Duration, Instant};
+
+use e2e::checks::Db;
+use e2e::{
+    Service, event_body, fresh_database_uri, ingest_env, post_until_accepted, processor_env,
+    wait_until,
+};
+use futures_util::future::join_all;
+use mongodb::bson::doc;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+#[tokio::test]
+async fn twenty_patients_by_ten_events_are_all_processed_once_and_in_order() {
+    let uri = fresh_database_uri();
+    let processor = Service::start("processor", &processor_env(&uri, 20, 40)).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    let client = reqwest::Client::new();
+
+    // Patients in parallel; each patient's events one after another, as a
+    // hospital system sends them.
+    let accepted: Vec<(String, Vec<String>)> = join_all((0..20).map(|p| {
+        let client = client.clone();
+        let url = ingest.url();
+        async move {
+            let patient = format!("patient-{p}");
+            let mut ids = Vec::new();
+            for n in 0..10 {
+                ids.push(
+                    post_until_accepted(
+                        &client,
+                        &url,
+                        &event_body(&patient, n),
+                        &format!("{patient}-{n}"),
+                    )
+                    .await,
+                );
+            }
+            (patient, ids)
+        }
+    }))
+    .await;
+
+    let db = Db::connect(&uri).await;
+    wait_until(Duration::from_secs(90), "200 processed events", || async {
+        db.processed_count().await >= 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        db.processed_count().await,
+        200,
+        "an event was processed twice"
+    );
+    for (patient, ids) in &accepted {
+        db.assert_processed_in_order(patient, ids).await;
+    }
+    assert_eq!(
+        db.count("queued_events", doc! { "status": "processed" })
+            .await,
+        200
+    );
+
+    // The status endpoint reports the outcome.
+    let status: Value = reqwest::get(format!("{}/events/{}", ingest.url(), accepted[0].1[0]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "processed");
+    assert_eq!(status["attempts"], 1);
+    assert_eq!(status["result"]["status"], "success");
+}
+
+#[tokio::test]
+async fn processed_documents_carry_the_original_fields() {
+    let uri = fresh_database_uri();
+    let processor = Service::start("processor", &processor_env(&uri, 10, 10)).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    let client = reqwest::Client::new();
+    let id = post_until_accepted(&client, &ingest.url(), &event_body("p-fields", 1), "k").await;
+    let db = Db::connect(&uri).await;
+    wait_until(Duration::from_secs(30), "one processed event", || async {
+        db.processed_count().await == 1
+    })
+    .await;
+    let doc = db
+        .find("processed_events", doc! {}, doc! {})
+        .await
+        .remove(0);
+    let mut keys: Vec<&str> = doc.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "_id",
+            "createdAt",
+            "data",
+            "eventId",
+            "patientId",
+            "processedAt",
+            "processingDurationMs",
+            "result",
+            "ts",
+            "type",
+            "updatedAt"
+        ]
+    );
+    assert_eq!(doc.get_str("eventId").unwrap(), id);
+    assert_eq!(
+        doc.get_document("data").unwrap().get_str("test").unwrap(),
+        "glucose"
+    );
+    assert_eq!(doc.get_str("ts").unwrap(), "2025-10-01T12:00:00.000Z");
+    assert!(doc.get_datetime("processedAt").is_ok());
+    assert_eq!(
+        doc.get_document("result")
+            .unwrap()
+            .get_str("status")
+            .unwrap(),
+        "success"
+    );
+}
+
+#[tokio::test]
+async fn a_direct_post_to_the_processor_is_stored_and_processed_once() {
+    let uri = fresh_database_uri();
+    let processor = Service::start("processor", &processor_env(&uri, 10, 20)).await;
+    let client = reqwest::Client::new();
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let mut body = event_body("p-direct", 1);
+    body["eventId"] = event_id.clone().into();
+    for _ in 0..3 {
+        let response = client
+            .post(format!("{}/queue", processor.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            serde_json::json!({"status": "accepted"})
+        );
+    }
+    // Same id, different patient: refused, not silently merged.
+    let mut conflicting = body.clone();
+    conflicting["patientId"] = "someone-else".into();
+    let response = client
+        .post(format!("{}/queue", processor.url()))
+        .json(&conflicting)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    // Invalid bodies are refused like on ingest.
+    let mut invalid = body.clone();
+    invalid["eventId"] = "nope".into();
+    let response = client
+        .post(format!("{}/queue", processor.url()))
+        .json(&invalid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    let db = Db::connect(&uri).await;
+    wait_until(Duration::from_secs(30), "one processed event", || async {
+        db.processed_count().await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(db.processed_count().await, 1);
+    assert_eq!(
+        db.count("queued_events", doc! { "eventId": &event_id })
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_real_default_timing_takes_five_to_six_seconds() {
+    let uri = fresh_database_uri();
+    // No PROCESSING_* settings: the production defaults.
+    let processor = Service::start("processor", &[("MONGO_URI", uri.clone())]).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let id = post_until_accepted(&client, &ingest.url(), &event_body("p-real", 1), "real").await;
+    let accepted_after = started.elapsed();
+    let db = Db::connect(&uri).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the event to be processed",
+        || async { db.processed_count().await == 1 },
+    )
+    .await;
+    let doc = db
+        .find("processed_events", doc! { "eventId": &id }, doc! {})
+        .await
+        .remove(0);
+    let duration = doc.get_i64("processingDurationMs").unwrap();
+    assert!(
+        (5000..=6100).contains(&duration),
+        "simulated processing took {duration} ms"
+    );
+    assert!(
+        accepted_after < Duration::from_secs(5),
+        "the 202 must not wait for processing"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_setting_stops_start_up_with_one_clear_line() {
+    let binary_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    type Env = &'static [(&'static str, &'static str)];
+    let cases: [(&str, Env, &str); 2] = [
+        (
+            "ingest",
+            &[("MONGO_URI", "mongodb://127.0.0.1:1")],
+            "PROCESSOR_URL is required",
+        ),
+        ("processor", &[], "MONGO_URI is required"),
+    ];
+    for (binary, env, message) in cases {
+        let output = std::process::Command::new(binary_dir.join(binary))
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{binary}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{binary}: {stderr}");
+        assert!(stderr.contains(message), "{binary}: {stderr}");
+    }
+    let output = std::process::Command::new(binary_dir.join("processor"))
+        .env_clear()
+        .env("MONGO_URI", "mongodb://127.0.0.1:1")
+        .env("PROCESSING_MIN_MS", "fast")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("PROCESSING_MIN_MS"));
+}

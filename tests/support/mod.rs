@@ -81,3 +81,58 @@ pub fn event_body(patient: &str, n: usize) -> serde_json::Value {
         "ts": "2025-10-01T12:00:00Z",
     })
 }
+
+/// Environment for a spawned processor with fast, test-sized timings.
+pub fn processor_env(mongo_uri: &str, min_ms: u64, max_ms: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("MONGO_URI", mongo_uri.to_owned()),
+        ("PROCESSING_MIN_MS", min_ms.to_string()),
+        ("PROCESSING_MAX_MS", max_ms.to_string()),
+        ("SWEEP_INTERVAL_MS", "300".to_owned()),
+        ("RETRY_BASE_MS", "50".to_owned()),
+        ("RETRY_MAX_MS", "500".to_owned()),
+        ("LOG_FORMAT", "json".to_owned()),
+    ]
+}
+
+pub fn ingest_env(mongo_uri: &str, processor_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("MONGO_URI", mongo_uri.to_owned()),
+        ("PROCESSOR_URL", processor_url.to_owned()),
+        ("LOG_FORMAT", "json".to_owned()),
+    ]
+}
+
+/// Posts one event, retrying (same Idempotency-Key) through connection
+/// errors and 503s, as a well-behaved client would. Returns the eventId.
+pub async fn post_until_accepted(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    key: &str,
+) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let response = client
+            .post(format!("{url}/events"))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await;
+        match response {
+            Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
+                let body: serde_json::Value = response.json().await.expect("202 body");
+                return body["eventId"].as_str().expect("eventId").to_owned();
+            }
+            Ok(response) if response.status().is_client_error() => {
+                panic!("event refused with {}", response.status())
+            }
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "event never accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -42,11 +42,24 @@ impl MongoServer {
         format!("mongodb://127.0.0.1:{}", self.port)
     }
 
+    /// Stops the server the way an operator would (SIGTERM), killing it
+    /// only if it does not exit within 10 s.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     pub fn restart(&mut self) {
@@ -62,6 +75,8 @@ impl MongoServer {
         let child = Command::new(&binary)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--storage-path", &self.storage, "--log-level", "WARNING"])
+            // Journaled writes must reach the disk before they are acknowledged.
+            .arg("--sync-on-commit")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -40,6 +40,12 @@ pub struct QueuedEvent {
     pub attempts: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The client's `Idempotency-Key`, unique where present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Fingerprint of the normalized payload sent with that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
     pub accepted_at: DateTime,
     pub updated_at: DateTime,
 }

@@ -41,13 +41,3 @@ pub(crate) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
         _ => false,
     }
 }
-
-/// The server could not be reached at all (as opposed to refusing a write).
-pub(crate) fn is_unreachable(error: &mongodb::error::Error) -> bool {
-    matches!(
-        error.kind.as_ref(),
-        ErrorKind::ServerSelection { .. }
-            | ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-    )
-}

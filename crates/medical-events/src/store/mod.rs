@@ -12,8 +12,10 @@ pub use enqueue::{EnqueueOutcome, IdempotencyKey};
 pub use error::StoreError;
 
 use futures_util::TryStreamExt;
-use mongodb::bson::{DateTime, Document, doc};
-use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::bson::{DateTime, doc};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReturnDocument, WriteConcern,
+};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use error::is_duplicate_key;
@@ -23,12 +25,9 @@ pub const DEFAULT_DATABASE: &str = "medical_events";
 
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
     db: Database,
     queued: Collection<QueuedEvent>,
     processed: Collection<ProcessedEvent>,
-    sequences: Collection<Document>,
-    idempotency: Collection<Document>,
 }
 
 impl Store {
@@ -46,12 +45,18 @@ impl Store {
             .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
         let client = Client::with_options(options).map_err(StoreError::InvalidUri)?;
         let db = client.database(&database);
+        // An accepted event must survive the loss of the primary: majority, journaled.
+        let durable = CollectionOptions::builder()
+            .write_concern(
+                WriteConcern::builder()
+                    .w(Acknowledgment::Majority)
+                    .journal(true)
+                    .build(),
+            )
+            .build();
         Ok(Self {
-            queued: db.collection("queued_events"),
-            processed: db.collection("processed_events"),
-            sequences: db.collection("patient_sequences"),
-            idempotency: db.collection("idempotency_keys"),
-            client,
+            queued: db.collection_with_options("queued_events", durable.clone()),
+            processed: db.collection_with_options("processed_events", durable),
             db,
         })
     }
@@ -85,6 +90,17 @@ impl Store {
                 IndexModel::builder()
                     .keys(doc! { "patientId": 1, "seq": 1 })
                     .options(unique())
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "idempotencyKey": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .unique(true)
+                            .partial_filter_expression(
+                                doc! { "idempotencyKey": { "$exists": true } },
+                            )
+                            .build(),
+                    )
                     .build(),
                 // Lets the recovery sweep find unfinished work without a scan.
                 IndexModel::builder()
