@@ -1,0 +1,12 @@
+.PHONY: run test check-packaging
+
+## Run the whole system locally (SecantusDB + processor + ingest); Ctrl-C stops all.
+run:
+	scripts/run.sh
+
+## Every check and test (installs SecantusDB and the packaging tools if missing).
+test:
+	scripts/test.sh
+
+check-packaging:
+	scripts/check-packaging.sh
