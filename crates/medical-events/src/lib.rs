@@ -12,6 +12,7 @@ pub mod notify;
 pub mod processing;
 pub mod retry;
 pub mod scheduler;
+pub mod service_main;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

@@ -54,6 +54,21 @@ async fn open_store(settings: &MongoSettings, app_name: &str) -> Result<Store, S
     Ok(store)
 }
 
+/// Serves `router` until `shutdown` resolves, then finishes in-flight requests.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    service: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    info!(port, "{service} listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(StartupError::Serve)
+}
+
 async fn bind(port: u16) -> Result<TcpListener, StartupError> {
     TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
         .await
@@ -90,11 +105,7 @@ impl IngestApp {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        info!(port = self.port(), "ingest listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(StartupError::Serve)?;
+        serve(self.listener, self.router, "ingest", shutdown).await?;
         info!("ingest stopped");
         Ok(())
     }
@@ -147,11 +158,7 @@ impl ProcessorApp {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        info!(port = self.port(), "processor listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(StartupError::Serve)?;
+        serve(self.listener, self.router, "processor", shutdown).await?;
         self.scheduler.shutdown(self.shutdown_grace).await;
         info!("processor stopped");
         Ok(())

@@ -1,0 +1,94 @@
+//! What both binaries' `main` does: the `healthcheck` subcommand, or read
+//! the configuration (one clear line and exit code 2 if it is wrong), set up
+//! logging, build the service and run it until SIGTERM/SIGINT.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use crate::config::{ConfigError, IngestConfig, ProcessorConfig};
+use crate::startup::{IngestApp, ProcessorApp, StartupError};
+use crate::telemetry::{self, LogFormat};
+use crate::{http, shutdown};
+
+/// A runnable service, as seen from `main`.
+pub trait Service: Sized + Send {
+    const NAME: &'static str;
+    const DEFAULT_PORT: u16;
+    type Config: Send;
+
+    fn config_from_env() -> Result<Self::Config, ConfigError>;
+    fn log_format(config: &Self::Config) -> LogFormat;
+    fn build(config: Self::Config) -> impl Future<Output = Result<Self, StartupError>> + Send;
+    fn run(self) -> impl Future<Output = Result<(), StartupError>> + Send;
+}
+
+impl Service for IngestApp {
+    const NAME: &'static str = "ingest";
+    const DEFAULT_PORT: u16 = 3000;
+    type Config = IngestConfig;
+
+    fn config_from_env() -> Result<IngestConfig, ConfigError> {
+        IngestConfig::from_env()
+    }
+    fn log_format(config: &IngestConfig) -> LogFormat {
+        config.log_format
+    }
+    async fn build(config: IngestConfig) -> Result<Self, StartupError> {
+        IngestApp::build(config).await
+    }
+    async fn run(self) -> Result<(), StartupError> {
+        IngestApp::run(self, shutdown::signal()).await
+    }
+}
+
+impl Service for ProcessorApp {
+    const NAME: &'static str = "processor";
+    const DEFAULT_PORT: u16 = 3001;
+    type Config = ProcessorConfig;
+
+    fn config_from_env() -> Result<ProcessorConfig, ConfigError> {
+        ProcessorConfig::from_env()
+    }
+    fn log_format(config: &ProcessorConfig) -> LogFormat {
+        config.log_format
+    }
+    async fn build(config: ProcessorConfig) -> Result<Self, StartupError> {
+        ProcessorApp::build(config).await
+    }
+    async fn run(self) -> Result<(), StartupError> {
+        ProcessorApp::run(self, shutdown::signal()).await
+    }
+}
+
+pub async fn main<S: Service>() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        let port = std::env::var("PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(S::DEFAULT_PORT);
+        return if http::health::probe(port).await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let config = match S::config_from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{}: configuration error: {e}", S::NAME);
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(S::log_format(&config));
+    let result = match S::build(config).await {
+        Ok(service) => service.run().await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{} failed", S::NAME);
+            ExitCode::FAILURE
+        }
+    }
+}
