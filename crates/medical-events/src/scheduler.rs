@@ -131,7 +131,7 @@ impl<H: EventHandler> Inner<H> {
     async fn run_lane(self: Arc<Self>, patient: String) {
         let mut failures = 0;
         while !self.draining.is_cancelled() {
-            match self.store.next_unfinished(&patient).await {
+            match self.store.claim_next(&patient).await {
                 Ok(Some(event)) => {
                     failures = 0;
                     if !self.process(event).await {
@@ -163,41 +163,22 @@ impl<H: EventHandler> Inner<H> {
             .remove(&patient);
     }
 
-    /// Takes one event to a recorded outcome. Returns `false` if interrupted
-    /// by shutdown (the event then stays unfinished and is resumed later).
+    /// Takes one claimed event to a recorded outcome. Returns `false` if
+    /// interrupted by shutdown (the event then stays unfinished and is resumed later).
     async fn process(&self, event: QueuedEvent) -> bool {
         let span = info_span!("event", eventId = %event.event_id, patientId = %event.patient_id, seq = event.seq);
         self.process_in_span(event).instrument(span).await
     }
 
     async fn process_in_span(&self, mut event: QueuedEvent) -> bool {
-        // A previous run may have written the outcome and died before closing
-        // the lifecycle: finish the bookkeeping, never redo the work.
-        match self
-            .retrying(|| self.store.find_processed(&event.event_id))
-            .await
-        {
-            Some(Some(outcome)) => return self.persist(&outcome, true).await,
-            Some(None) => {}
-            None => return false,
+        if event.attempts > 1 {
+            match self.after_interruption(&event).await {
+                Some(true) => {}
+                Some(false) => return true,
+                None => return false,
+            }
         }
         loop {
-            if event.attempts >= self.policy.max_attempts {
-                let error = event.last_error.clone().unwrap_or_else(|| {
-                    format!("processing was interrupted {} time(s)", event.attempts)
-                });
-                let outcome = ProcessedEvent::from_queued(
-                    &event,
-                    0,
-                    ProcessingResult::failed(event.attempts, error),
-                );
-                return self.persist(&outcome, false).await;
-            }
-            event = match self.retrying(|| self.store.claim(&event.event_id)).await {
-                Some(Some(claimed)) => claimed,
-                Some(None) => return true, // finished elsewhere meanwhile
-                None => return false,
-            };
             info!(attempt = event.attempts, "processing started");
             let started = Instant::now();
             let result = tokio::select! {
@@ -208,43 +189,82 @@ impl<H: EventHandler> Inner<H> {
                 }
             };
             let duration_ms = started.elapsed().as_millis() as i64;
-            match result {
+            let error = match result {
                 Ok(()) => {
                     let outcome = ProcessedEvent::from_queued(
                         &event,
                         duration_ms,
                         ProcessingResult::success(),
                     );
-                    return self.persist(&outcome, false).await;
+                    return self.persist(&outcome, event.attempts, false).await;
                 }
-                Err(error) => {
-                    warn!(attempt = event.attempts, error = %error, "processing attempt failed");
-                    if event.attempts >= self.policy.max_attempts {
-                        let outcome = ProcessedEvent::from_queued(
-                            &event,
-                            duration_ms,
-                            ProcessingResult::failed(event.attempts, error),
-                        );
-                        return self.persist(&outcome, false).await;
-                    }
-                    let _ = self.store.note_error(&event.event_id, &error).await;
-                    event.last_error = Some(error);
-                    if !self.pause(self.policy.delay(event.attempts as u32)).await {
-                        self.hand_back(&event).await;
-                        return false;
-                    }
-                }
+                Err(error) => error,
+            };
+            warn!(attempt = event.attempts, error = %error, "processing attempt failed");
+            if event.attempts >= self.policy.max_attempts {
+                let result = ProcessingResult::failed(event.attempts, error);
+                let outcome = ProcessedEvent::from_queued(&event, duration_ms, result);
+                return self.persist(&outcome, event.attempts, false).await;
             }
+            let _ = self.store.note_error(&event.event_id, &error).await;
+            if !self.pause(self.policy.delay(event.attempts as u32)).await {
+                self.hand_back(&event).await;
+                return false;
+            }
+            event = match self.retrying(|| self.store.claim(&event.event_id)).await {
+                Some(Some(claimed)) => claimed,
+                Some(None) => return true, // finished elsewhere meanwhile
+                None => return false,
+            };
         }
+    }
+
+    /// For an event an earlier run claimed and never finished: `Some(true)`
+    /// to process it now, `Some(false)` when it is settled here (its outcome
+    /// was already written, or it has used up its attempts), `None` if
+    /// shutdown interrupted.
+    async fn after_interruption(&self, event: &QueuedEvent) -> Option<bool> {
+        // The run may have written the outcome and died before closing the
+        // lifecycle: finish the bookkeeping, never redo the work.
+        let previous = event.attempts - 1;
+        if let Some(outcome) = self
+            .retrying(|| self.store.find_processed(&event.event_id))
+            .await?
+        {
+            return self
+                .persist(&outcome, previous, true)
+                .await
+                .then_some(false);
+        }
+        if previous >= self.policy.max_attempts {
+            let error = event
+                .last_error
+                .clone()
+                .unwrap_or_else(|| format!("processing was interrupted {previous} time(s)"));
+            let outcome =
+                ProcessedEvent::from_queued(event, 0, ProcessingResult::failed(previous, error));
+            return self
+                .persist(&outcome, previous, false)
+                .await
+                .then_some(false);
+        }
+        Some(true)
     }
 
     /// Writes the outcome, retrying store errors (order is kept: the lane
     /// does not move on until this event is recorded).
-    async fn persist(&self, outcome: &ProcessedEvent, already_written: bool) -> bool {
+    async fn persist(
+        &self,
+        outcome: &ProcessedEvent,
+        attempts: i32,
+        already_written: bool,
+    ) -> bool {
         let written = if already_written {
-            self.retrying(|| self.store.close_lifecycle(outcome)).await
+            self.retrying(|| self.store.close_lifecycle(outcome, attempts))
+                .await
         } else {
-            self.retrying(|| self.store.record_outcome(outcome)).await
+            self.retrying(|| self.store.record_outcome(outcome, attempts))
+                .await
         };
         if written.is_none() {
             return false;

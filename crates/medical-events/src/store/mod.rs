@@ -137,19 +137,23 @@ impl Store {
             .map_err(StoreError::mongo("reading a processed event"))
     }
 
-    /// The patient's oldest unfinished event, by sequence number.
-    pub async fn next_unfinished(
-        &self,
-        patient_id: &str,
-    ) -> Result<Option<QueuedEvent>, StoreError> {
+    /// Claims the patient's oldest unfinished event (by sequence number):
+    /// marks it `processing` and counts the attempt, durably, in one round
+    /// trip. An event found already `processing` was claimed by a run that
+    /// died; its `attempts` tells how many runs tried.
+    pub async fn claim_next(&self, patient_id: &str) -> Result<Option<QueuedEvent>, StoreError> {
         self.queued
-            .find_one(doc! {
-                "patientId": patient_id,
-                "status": { "$in": [EventStatus::Queued.as_str(), EventStatus::Processing.as_str()] },
-            })
+            .find_one_and_update(
+                doc! {
+                    "patientId": patient_id,
+                    "status": { "$in": [EventStatus::Queued.as_str(), EventStatus::Processing.as_str()] },
+                },
+                claim_update(),
+            )
             .sort(doc! { "seq": 1 })
+            .return_document(ReturnDocument::After)
             .await
-            .map_err(StoreError::mongo("finding the next event of a patient"))
+            .map_err(StoreError::mongo("claiming the next event of a patient"))
     }
 
     /// Patients with unfinished events: what recovery must resume.
@@ -168,16 +172,15 @@ impl Store {
             .collect())
     }
 
-    /// Marks the event as being worked on and counts the attempt, durably,
-    /// so an event that keeps crashing the processor is eventually given up.
+    /// Claims one event again (a retry after a failed attempt).
     pub async fn claim(&self, event_id: &str) -> Result<Option<QueuedEvent>, StoreError> {
         self.queued
             .find_one_and_update(
-                doc! { "eventId": event_id, "status": { "$in": ["queued", "processing"] } },
                 doc! {
-                    "$set": { "status": EventStatus::Processing.as_str(), "updatedAt": DateTime::now() },
-                    "$inc": { "attempts": 1 },
+                    "eventId": event_id,
+                    "status": { "$in": [EventStatus::Queued.as_str(), EventStatus::Processing.as_str()] },
                 },
+                claim_update(),
             )
             .return_document(ReturnDocument::After)
             .await
@@ -214,17 +217,25 @@ impl Store {
     /// Writes the one `processed_events` document of the event, then closes its
     /// lifecycle. A duplicate key means an earlier run already wrote it: the
     /// effect happened exactly once, so only the lifecycle is brought up to date.
-    pub async fn record_outcome(&self, outcome: &ProcessedEvent) -> Result<(), StoreError> {
+    pub async fn record_outcome(
+        &self,
+        outcome: &ProcessedEvent,
+        attempts: i32,
+    ) -> Result<(), StoreError> {
         match self.processed.insert_one(outcome).await {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => {}
             Err(e) => return Err(StoreError::mongo("inserting a processed event")(e)),
         }
-        self.close_lifecycle(outcome).await
+        self.close_lifecycle(outcome, attempts).await
     }
 
     /// Sets the terminal status of a queued event from its recorded outcome.
-    pub async fn close_lifecycle(&self, outcome: &ProcessedEvent) -> Result<(), StoreError> {
+    pub async fn close_lifecycle(
+        &self,
+        outcome: &ProcessedEvent,
+        attempts: i32,
+    ) -> Result<(), StoreError> {
         let status = if outcome.result.is_success() {
             EventStatus::Processed
         } else {
@@ -233,7 +244,7 @@ impl Store {
         self.queued
             .update_one(
                 doc! { "eventId": &outcome.event_id },
-                doc! { "$set": { "status": status.as_str(), "updatedAt": DateTime::now() } },
+                doc! { "$set": { "status": status.as_str(), "attempts": attempts, "updatedAt": DateTime::now() } },
             )
             .await
             .map(|_| ())
@@ -253,5 +264,12 @@ impl Store {
             .try_collect()
             .await
             .map_err(StoreError::mongo("listing processed events"))
+    }
+}
+
+fn claim_update() -> mongodb::bson::Document {
+    doc! {
+        "$set": { "status": EventStatus::Processing.as_str(), "updatedAt": DateTime::now() },
+        "$inc": { "attempts": 1 },
     }
 }
