@@ -32,5 +32,8 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
+step "load smoke (k6, 10 s)"
+MONGO_BASE_URI=$TEST_MONGO_URI scripts/k6-smoke.sh
+
 step "packaging"
 scripts/check-packaging.sh

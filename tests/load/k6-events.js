@@ -1,0 +1,84 @@
+// k6 load test for a running stack: POST /events at a ramping arrival rate.
+//
+//   BASE_URL   ingest address                 (default http://localhost:3000)
+//   PEAK_RATE  peak events per second          (default 200)
+//   HOLD       how long each plateau lasts     (default 1m)
+//   SMOKE=1    a 10-second run at a low rate, for the test command
+//
+// Traffic: mostly distinct patients, plus a few hot ones that receive many
+// events, as a ward monitor would. Every request carries an Idempotency-Key.
+// Thresholds: under 1% failed requests, p95 latency under 100 ms.
+
+import http from 'k6/http';
+import { check } from 'k6';
+import exec from 'k6/execution';
+
+const BASE_URL = __ENV.BASE_URL || 'http://localhost:3000';
+const SMOKE = __ENV.SMOKE === '1';
+const PEAK_RATE = parseInt(__ENV.PEAK_RATE || '200', 10);
+const HOLD = __ENV.HOLD || '1m';
+const TARGET_PER_SECOND = Math.ceil(1000 / 60); // the original design's 1,000 events/min
+const HOT_PATIENTS = 5;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+const stages = SMOKE
+  ? [
+      { target: TARGET_PER_SECOND, duration: '3s' },
+      { target: TARGET_PER_SECOND, duration: '7s' },
+    ]
+  : [
+      { target: TARGET_PER_SECOND, duration: '30s' },
+      { target: TARGET_PER_SECOND, duration: HOLD },
+      { target: PEAK_RATE, duration: '30s' },
+      { target: PEAK_RATE, duration: HOLD },
+      { target: 0, duration: '10s' },
+    ];
+
+export const options = {
+  scenarios: {
+    events: {
+      executor: 'ramping-arrival-rate',
+      startRate: 1,
+      timeUnit: '1s',
+      preAllocatedVUs: SMOKE ? 10 : 50,
+      maxVUs: SMOKE ? 50 : 500,
+      stages,
+    },
+  },
+  thresholds: {
+    http_req_failed: ['rate<0.01'],
+    http_req_duration: ['p(95)<100'],
+    checks: ['rate>0.99'],
+  },
+};
+
+const TYPES = ['admission', 'lab_result', 'vitals', 'medication', 'discharge'];
+
+export default function () {
+  const n = exec.scenario.iterationInTest;
+  // One event in ten goes to a hot patient; the rest spread over many.
+  const patientId = n % 10 === 0 ? `hot-${n % HOT_PATIENTS}` : `patient-${n % 5000}`;
+  const body = JSON.stringify({
+    patientId,
+    type: TYPES[n % TYPES.length],
+    data: { sequence: n, value: Math.round(Math.random() * 1000) / 10, unit: 'mmol/L' },
+    ts: new Date().toISOString(),
+  });
+  const res = http.post(`${BASE_URL}/events`, body, {
+    headers: {
+      'Content-Type': 'application/json',
+      'Idempotency-Key': `k6-${exec.vu.idInTest}-${n}-${Date.now()}`,
+    },
+    tags: { name: 'POST /events' },
+  });
+  check(res, {
+    'status is 202': (r) => r.status === 202,
+    'has an eventId': (r) => {
+      try {
+        return UUID.test(r.json('eventId'));
+      } catch (_) {
+        return false;
+      }
+    },
+  });
+}
