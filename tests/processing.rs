@@ -72,7 +72,7 @@ async fn store(uri: &str) -> Store {
 async fn enqueue(store: &Store, patient: &str, n: usize) -> String {
     let event = NewEvent::parse(&event_body(patient, n)).unwrap();
     match store
-        .enqueue(&event, EventId::new_random(), None)
+        .enqueue(&event, EventId::new_random(), None, 1)
         .await
         .unwrap()
     {
@@ -156,7 +156,8 @@ async fn an_outcome_written_before_a_crash_is_not_redone() {
     let id = enqueue(&store, "p", 0).await;
     // Simulate a crash after the processed document was inserted but before
     // the queued event was marked processed.
-    let event = store.claim(&id).await.unwrap().unwrap();
+    let queued = store.find_event(&id).await.unwrap().unwrap();
+    let event = store.claim(queued).await.unwrap().unwrap();
     let outcome = ProcessedEvent::from_queued(&event, 5, ProcessingResult::success());
     let db = Db::connect(&uri).await;
     mongodb::Client::with_uri_str(&uri)
@@ -192,7 +193,8 @@ async fn an_event_that_keeps_crashing_the_processor_is_given_up() {
     let id = enqueue(&store, "p", 0).await;
     // Three claims without an outcome: three runs died while processing it.
     for _ in 0..3 {
-        store.claim(&id).await.unwrap().unwrap();
+        let queued = store.find_event(&id).await.unwrap().unwrap();
+        store.claim(queued).await.unwrap().unwrap();
     }
     let handler = ScriptedHandler::default();
     let scheduler = Scheduler::new(store.clone(), handler.clone(), policy(3));

@@ -262,3 +262,55 @@ async fn sigterm_past_the_grace_period_hands_the_event_back() {
     processor.restart().await;
     assert_all_processed_once_in_order(&db, &accepted).await;
 }
+
+#[tokio::test]
+async fn a_database_that_stops_answering_gives_503_not_a_hang() {
+    let upstream = e2e::shared_mongo()
+        .trim_start_matches("mongodb://")
+        .to_owned();
+    let proxy = e2e::freezable_proxy::FreezableProxy::start(upstream).await;
+    let database = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let uri = format!(
+        "mongodb://127.0.0.1:{}/{database}?directConnection=true",
+        proxy.port
+    );
+    let ingest = e2e::InProcessIngest::start_with_timeout(
+        &uri,
+        "http://127.0.0.1:9",
+        Duration::from_millis(500),
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let post = |n: usize| {
+        client
+            .post(format!("{}/events", ingest.url))
+            .json(&event_body("p-frozen", n))
+            .send()
+    };
+    assert_eq!(post(0).await.unwrap().status(), StatusCode::ACCEPTED);
+
+    proxy.freeze(true);
+    let started = std::time::Instant::now();
+    let response = post(1).await.expect("ingest must answer, not hang");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // The patient is not left blocked once the database answers again.
+    proxy.freeze(false);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for n in 2..40 {
+        status = post(n).await.unwrap().status();
+        if status == StatusCode::ACCEPTED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(status, StatusCode::ACCEPTED);
+}

@@ -6,6 +6,7 @@
 //! (default `.mongo/venv/bin/secantusd-py`).
 
 pub mod checks;
+pub mod freezable_proxy;
 pub mod mongo_server;
 pub mod services;
 

@@ -172,11 +172,20 @@ pub struct InProcessIngest {
 impl InProcessIngest {
     /// `processor_url` may point nowhere: notifications are best-effort.
     pub async fn start(mongo_uri: &str, processor_url: &str) -> Self {
+        Self::start_with_timeout(mongo_uri, processor_url, Duration::from_secs(5)).await
+    }
+
+    /// With `MONGO_TIMEOUT_MS` set to `mongo_timeout`.
+    pub async fn start_with_timeout(
+        mongo_uri: &str,
+        processor_url: &str,
+        mongo_timeout: Duration,
+    ) -> Self {
         let config = IngestConfig {
             port: 0,
             mongo: MongoSettings {
                 uri: mongo_uri.to_owned(),
-                timeout: Duration::from_secs(5),
+                timeout: mongo_timeout,
             },
             processor_url: processor_url.to_owned(),
             log_format: LogFormat::Pretty,

@@ -211,7 +211,7 @@ impl<H: EventHandler> Inner<H> {
                 self.hand_back(&event).await;
                 return false;
             }
-            event = match self.retrying(|| self.store.claim(&event.event_id)).await {
+            event = match self.retrying(|| self.store.claim(event.clone())).await {
                 Some(Some(claimed)) => claimed,
                 Some(None) => return true, // finished elsewhere meanwhile
                 None => return false,

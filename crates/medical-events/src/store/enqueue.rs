@@ -15,6 +15,7 @@ use mongodb::bson::{DateTime, Document, doc};
 use rand::Rng;
 
 use super::Store;
+use super::deadline::Bounded;
 use super::documents::{EventStatus, QueuedEvent};
 use super::error::{StoreError, is_duplicate_key};
 use crate::event::{EventId, NewEvent};
@@ -63,24 +64,26 @@ pub enum EnqueueOutcome {
 impl Store {
     /// Stores a new event durably (majority, journaled) with the next
     /// sequence number of its patient. Returns only once it is stored.
+    ///
+    /// `next_seq` is the caller's guess of that number (what it last stored
+    /// for the patient, plus one; 1 for a patient it has not seen). A right
+    /// guess costs one round trip; a wrong one is refused by the unique index
+    /// and corrected from the store. A guess can only be too low, never skip
+    /// a number, because it comes from a number that was stored.
     pub async fn enqueue(
         &self,
         event: &NewEvent,
         event_id: EventId,
         key: Option<&IdempotencyKey>,
+        next_seq: i64,
     ) -> Result<EnqueueOutcome, StoreError> {
         let fingerprint = key.map(|_| event.fingerprint());
         let data: Document = mongodb::bson::to_document(event.data.as_map())?;
         let started = Instant::now();
+        let mut seq = next_seq.max(1);
         let mut tries = 0u32;
         loop {
             tries += 1;
-            if let (Some(key), Some(fingerprint)) = (key, &fingerprint)
-                && let Some(outcome) = self.replay(key, fingerprint).await?
-            {
-                return Ok(outcome);
-            }
-            let seq = self.last_seq(event.patient_id.as_str()).await? + 1;
             let now = DateTime::now();
             let queued = QueuedEvent {
                 event_id: event_id.to_string(),
@@ -97,14 +100,25 @@ impl Store {
                 accepted_at: now,
                 updated_at: now,
             };
-            match self.queued.insert_one(&queued).await {
+            let inserted = self
+                .queued
+                .insert_one(&queued)
+                .into_future()
+                .bounded_raw("storing an event", self.op_timeout)
+                .await?;
+            match inserted {
                 Ok(_) => return Ok(EnqueueOutcome::Accepted { event_id, seq }),
                 Err(e) if is_duplicate_key(&e) => {}
                 Err(e) => return Err(StoreError::mongo("storing an event")(e)),
             }
-            // Which unique index refused it? A same-key request (the next
-            // loop replays it), the same eventId, or a sequence collision.
-            if key.is_none() && self.find_event(&queued.event_id).await?.is_some() {
+            // Which unique index refused it? The idempotency key (a retry:
+            // replay it), the eventId (already stored), or the sequence
+            // number (a stale guess or another writer: take the next one).
+            if let (Some(key), Some(fingerprint)) = (key, &fingerprint) {
+                if let Some(outcome) = self.replay(key, fingerprint).await? {
+                    return Ok(outcome);
+                }
+            } else if self.find_event(&queued.event_id).await?.is_some() {
                 return Ok(EnqueueOutcome::AlreadyStored);
             }
             if started.elapsed() > CONTENTION_BUDGET {
@@ -113,8 +127,13 @@ impl Store {
                     attempts: tries,
                 });
             }
-            let pause = rand::rng().random_range(0..=(2 * tries.min(25)) as u64);
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            if tries > 2 {
+                // Still colliding after a fresh read: another instance is
+                // writing the same patient; step aside for a moment.
+                let pause = rand::rng().random_range(0..=(2 * tries.min(25)) as u64);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            seq = self.last_seq(event.patient_id.as_str()).await? + 1;
         }
     }
 
@@ -140,8 +159,8 @@ impl Store {
         let earlier = self
             .queued
             .find_one(doc! { "idempotencyKey": key.as_str() })
-            .await
-            .map_err(StoreError::mongo("reading an idempotency key"))?;
+            .bounded("reading an idempotency key", self.op_timeout)
+            .await?;
         Ok(earlier.map(|earlier| {
             if earlier.request_hash.as_deref() == Some(fingerprint) {
                 EnqueueOutcome::Replayed {

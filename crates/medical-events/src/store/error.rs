@@ -19,6 +19,11 @@ pub enum StoreError {
         operation: &'static str,
         attempts: u32,
     },
+    #[error("MongoDB {operation} did not answer within {limit:?}")]
+    Timeout {
+        operation: &'static str,
+        limit: std::time::Duration,
+    },
 }
 
 impl StoreError {

@@ -1,6 +1,7 @@
 //! The MongoDB store both services share: connection, indexes, the intake
 //! transaction and the event lifecycle updates.
 
+mod deadline;
 mod documents;
 mod enqueue;
 mod error;
@@ -14,10 +15,11 @@ pub use error::StoreError;
 use futures_util::TryStreamExt;
 use mongodb::bson::{DateTime, doc};
 use mongodb::options::{
-    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReturnDocument, WriteConcern,
+    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, WriteConcern,
 };
 use mongodb::{Client, Collection, Database, IndexModel};
 
+use deadline::Bounded;
 use error::is_duplicate_key;
 
 /// Database used when `MONGO_URI` names none.
@@ -26,6 +28,10 @@ pub const DEFAULT_DATABASE: &str = "medical_events";
 #[derive(Clone)]
 pub struct Store {
     db: Database,
+    /// Upper bound of any one operation: the driver has no socket timeout,
+    /// and a request the server never answers must not hold a patient's
+    /// lane or intake stripe forever.
+    op_timeout: Duration,
     queued: Collection<QueuedEvent>,
     processed: Collection<ProcessedEvent>,
 }
@@ -55,6 +61,8 @@ impl Store {
             )
             .build();
         Ok(Self {
+            // Server selection may take `timeout` by itself; the operation as much again.
+            op_timeout: timeout * 2,
             queued: db.collection_with_options("queued_events", durable.clone()),
             processed: db.collection_with_options("processed_events", durable),
             db,
@@ -115,16 +123,16 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db
             .run_command(doc! { "ping": 1 })
+            .bounded("ping", self.op_timeout)
             .await
             .map(|_| ())
-            .map_err(StoreError::mongo("ping"))
     }
 
     pub async fn find_event(&self, event_id: &str) -> Result<Option<QueuedEvent>, StoreError> {
         self.queued
             .find_one(doc! { "eventId": event_id })
+            .bounded("reading a queued event", self.op_timeout)
             .await
-            .map_err(StoreError::mongo("reading a queued event"))
     }
 
     pub async fn find_processed(
@@ -133,27 +141,31 @@ impl Store {
     ) -> Result<Option<ProcessedEvent>, StoreError> {
         self.processed
             .find_one(doc! { "eventId": event_id })
+            .bounded("reading a processed event", self.op_timeout)
             .await
-            .map_err(StoreError::mongo("reading a processed event"))
     }
 
     /// Claims the patient's oldest unfinished event (by sequence number):
-    /// marks it `processing` and counts the attempt, durably, in one round
-    /// trip. An event found already `processing` was claimed by a run that
-    /// died; its `attempts` tells how many runs tried.
+    /// marks it `processing` and counts the attempt, durably. An event found
+    /// already `processing` was claimed by a run that died; its `attempts`
+    /// tells how many runs tried.
     pub async fn claim_next(&self, patient_id: &str) -> Result<Option<QueuedEvent>, StoreError> {
-        self.queued
-            .find_one_and_update(
-                doc! {
-                    "patientId": patient_id,
-                    "status": { "$in": [EventStatus::Queued.as_str(), EventStatus::Processing.as_str()] },
-                },
-                claim_update(),
-            )
+        // A find then an update by eventId rather than one findAndModify: both
+        // are single-index operations, which every MongoDB-compatible server
+        // we run on executes fast (SecantusDB scans for a sorted findAndModify).
+        let next = self
+            .queued
+            .find_one(doc! {
+                "patientId": patient_id,
+                "status": { "$in": [EventStatus::Queued.as_str(), EventStatus::Processing.as_str()] },
+            })
             .sort(doc! { "seq": 1 })
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(StoreError::mongo("claiming the next event of a patient"))
+            .bounded("finding the next event of a patient", self.op_timeout)
+            .await?;
+        match next {
+            Some(event) => self.claim(event).await,
+            None => Ok(None),
+        }
     }
 
     /// Patients with unfinished events: what recovery must resume.
@@ -164,27 +176,40 @@ impl Store {
                 "patientId",
                 doc! { "status": { "$in": [EventStatus::Queued.as_str(), EventStatus::Processing.as_str()] } },
             )
-            .await
-            .map_err(StoreError::mongo("listing patients with unfinished events"))?;
+            .bounded("listing patients with unfinished events", self.op_timeout)
+            .await?;
         Ok(patients
             .into_iter()
             .filter_map(|p| p.as_str().map(str::to_owned))
             .collect())
     }
 
-    /// Claims one event again (a retry after a failed attempt).
-    pub async fn claim(&self, event_id: &str) -> Result<Option<QueuedEvent>, StoreError> {
-        self.queued
-            .find_one_and_update(
+    /// Marks an unfinished event `processing` and counts the attempt.
+    /// `None` if it was finished meanwhile. The processor is the only writer
+    /// of these fields, so the returned copy is what the store now holds.
+    pub async fn claim(&self, mut event: QueuedEvent) -> Result<Option<QueuedEvent>, StoreError> {
+        let now = DateTime::now();
+        let result = self
+            .queued
+            .update_one(
                 doc! {
-                    "eventId": event_id,
+                    "eventId": &event.event_id,
                     "status": { "$in": [EventStatus::Queued.as_str(), EventStatus::Processing.as_str()] },
                 },
-                claim_update(),
+                doc! {
+                    "$set": { "status": EventStatus::Processing.as_str(), "updatedAt": now },
+                    "$inc": { "attempts": 1 },
+                },
             )
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(StoreError::mongo("claiming an event"))
+            .bounded("claiming an event", self.op_timeout)
+            .await?;
+        if result.matched_count == 0 {
+            return Ok(None);
+        }
+        event.status = EventStatus::Processing;
+        event.attempts += 1;
+        event.updated_at = now;
+        Ok(Some(event))
     }
 
     /// Puts an interrupted event back in the queue without counting the attempt.
@@ -197,9 +222,9 @@ impl Store {
                     "$inc": { "attempts": -1 },
                 },
             )
+            .bounded("handing an event back", self.op_timeout)
             .await
             .map(|_| ())
-            .map_err(StoreError::mongo("handing an event back"))
     }
 
     /// Remembers why the last attempt failed (shown by `GET /events/{id}`).
@@ -209,9 +234,9 @@ impl Store {
                 doc! { "eventId": event_id },
                 doc! { "$set": { "lastError": error, "updatedAt": DateTime::now() } },
             )
+            .bounded("recording an attempt's error", self.op_timeout)
             .await
             .map(|_| ())
-            .map_err(StoreError::mongo("recording an attempt's error"))
     }
 
     /// Writes the one `processed_events` document of the event, then closes its
@@ -222,7 +247,13 @@ impl Store {
         outcome: &ProcessedEvent,
         attempts: i32,
     ) -> Result<(), StoreError> {
-        match self.processed.insert_one(outcome).await {
+        match self
+            .processed
+            .insert_one(outcome)
+            .into_future()
+            .bounded_raw("inserting a processed event", self.op_timeout)
+            .await?
+        {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => {}
             Err(e) => return Err(StoreError::mongo("inserting a processed event")(e)),
@@ -246,9 +277,9 @@ impl Store {
                 doc! { "eventId": &outcome.event_id },
                 doc! { "$set": { "status": status.as_str(), "attempts": attempts, "updatedAt": DateTime::now() } },
             )
+            .bounded("closing an event's lifecycle", self.op_timeout)
             .await
             .map(|_| ())
-            .map_err(StoreError::mongo("closing an event's lifecycle"))
     }
 
     /// All processed documents of one patient in processing order (tests and tools).
@@ -259,17 +290,10 @@ impl Store {
         self.processed
             .find(doc! { "patientId": patient_id })
             .sort(doc! { "processedAt": 1, "_id": 1 })
-            .await
-            .map_err(StoreError::mongo("listing processed events"))?
+            .bounded("listing processed events", self.op_timeout)
+            .await?
             .try_collect()
+            .bounded("listing processed events", self.op_timeout)
             .await
-            .map_err(StoreError::mongo("listing processed events"))
-    }
-}
-
-fn claim_update() -> mongodb::bson::Document {
-    doc! {
-        "$set": { "status": EventStatus::Processing.as_str(), "updatedAt": DateTime::now() },
-        "$inc": { "attempts": 1 },
     }
 }

@@ -1,0 +1,30 @@
+//! A time limit on every store operation. The MongoDB driver has no socket
+//! timeout: a request the server never answers would otherwise wait forever
+//! while holding a patient's intake stripe or lane.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use super::StoreError;
+
+pub(crate) trait Bounded<T>: IntoFuture<Output = mongodb::error::Result<T>> + Sized {
+    /// The operation's result, or [`StoreError::Timeout`] after `limit`.
+    async fn bounded(self, operation: &'static str, limit: Duration) -> Result<T, StoreError> {
+        self.bounded_raw(operation, limit)
+            .await?
+            .map_err(StoreError::mongo(operation))
+    }
+
+    /// Like [`Bounded::bounded`], leaving the driver's error to the caller.
+    async fn bounded_raw(
+        self,
+        operation: &'static str,
+        limit: Duration,
+    ) -> Result<mongodb::error::Result<T>, StoreError> {
+        tokio::time::timeout(limit, self)
+            .await
+            .map_err(|_| StoreError::Timeout { operation, limit })
+    }
+}
+
+impl<T, F: IntoFuture<Output = mongodb::error::Result<T>>> Bounded<T> for F {}
