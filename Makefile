@@ -1,4 +1,4 @@
-.PHONY: run test check-packaging
+.PHONY: run test bench check-packaging
 
 ## Run the whole system locally (SecantusDB + processor + ingest); Ctrl-C stops all.
 run:
@@ -10,3 +10,7 @@ test:
 
 check-packaging:
 	scripts/check-packaging.sh
+
+## Benchmarks (not tests): prints a table, writes target/bench/results.json and bench.png.
+bench:
+	scripts/bench.sh
