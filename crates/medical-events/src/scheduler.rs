@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
@@ -17,6 +18,10 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::processing::EventHandler;
 use crate::retry::RetryPolicy;
 use crate::store::{ProcessedEvent, ProcessingResult, QueuedEvent, Store};
+
+/// At most this many store operations of the lanes at once (the driver's
+/// pool has 10 connections by default; a few more keep them busy).
+const STORE_CONCURRENCY: usize = 32;
 
 pub struct Scheduler<H> {
     inner: Arc<Inner<H>>,
@@ -37,6 +42,10 @@ struct Inner<H> {
     /// Patients with a running lane; `true` asks the lane to look once more
     /// before it exits, because new work was announced while it ran.
     lanes: Mutex<HashMap<String, bool>>,
+    /// Store operations in flight across all lanes. Thousands of lanes waking
+    /// together queue here, cheaply, instead of each holding a prepared
+    /// driver request (memory) and piling onto the database (latency).
+    store_slots: Semaphore,
     tracker: TaskTracker,
     /// Cancelled first on shutdown: lanes finish the event in hand, start no other.
     draining: CancellationToken,
@@ -52,6 +61,7 @@ impl<H: EventHandler> Scheduler<H> {
                 handler,
                 policy,
                 lanes: Mutex::new(HashMap::new()),
+                store_slots: Semaphore::new(STORE_CONCURRENCY),
                 tracker: TaskTracker::new(),
                 draining: CancellationToken::new(),
                 abort: CancellationToken::new(),
@@ -131,7 +141,12 @@ impl<H: EventHandler> Inner<H> {
     async fn run_lane(self: Arc<Self>, patient: String) {
         let mut failures = 0;
         while !self.draining.is_cancelled() {
-            match self.store.claim_next(&patient).await {
+            // Store futures are large; boxing them keeps a sleeping lane small.
+            let next = {
+                let _slot = self.store_slots.acquire().await.expect("never closed");
+                Box::pin(self.store.claim_next(&patient)).await
+            };
+            match next {
                 Ok(Some(event)) => {
                     failures = 0;
                     if !self.process(event).await {
@@ -172,7 +187,7 @@ impl<H: EventHandler> Inner<H> {
 
     async fn process_in_span(&self, mut event: QueuedEvent) -> bool {
         if event.attempts > 1 {
-            match self.after_interruption(&event).await {
+            match Box::pin(self.after_interruption(&event)).await {
                 Some(true) => {}
                 Some(false) => return true,
                 None => return false,
@@ -196,7 +211,7 @@ impl<H: EventHandler> Inner<H> {
                         duration_ms,
                         ProcessingResult::success(),
                     );
-                    return self.persist(&outcome, event.attempts, false).await;
+                    return Box::pin(self.persist(&outcome, event.attempts, false)).await;
                 }
                 Err(error) => error,
             };
@@ -204,9 +219,9 @@ impl<H: EventHandler> Inner<H> {
             if event.attempts >= self.policy.max_attempts {
                 let result = ProcessingResult::failed(event.attempts, error);
                 let outcome = ProcessedEvent::from_queued(&event, duration_ms, result);
-                return self.persist(&outcome, event.attempts, false).await;
+                return Box::pin(self.persist(&outcome, event.attempts, false)).await;
             }
-            let _ = self.store.note_error(&event.event_id, &error).await;
+            let _ = Box::pin(self.store.note_error(&event.event_id, &error)).await;
             if !self.pause(self.policy.delay(event.attempts as u32)).await {
                 self.hand_back(&event).await;
                 return false;
@@ -284,7 +299,7 @@ impl<H: EventHandler> Inner<H> {
     }
 
     async fn hand_back(&self, event: &QueuedEvent) {
-        match self.store.hand_back(&event.event_id).await {
+        match Box::pin(self.store.hand_back(&event.event_id)).await {
             Ok(()) => info!("event handed back for a later run"),
             Err(e) => {
                 warn!(error = %e, "could not hand the event back; it will be resumed as interrupted")
@@ -301,7 +316,11 @@ impl<H: EventHandler> Inner<H> {
     {
         let mut failures = 0;
         loop {
-            match operation().await {
+            let result = {
+                let _slot = self.store_slots.acquire().await.expect("never closed");
+                Box::pin(operation()).await
+            };
+            match result {
                 Ok(value) => return Some(value),
                 Err(e) => {
                     failures += 1;
