@@ -31,6 +31,9 @@ OUT = ROOT / "target" / "bench"
 RELEASE = ROOT / "target" / "release"
 WRK_SCRIPT = ROOT / "tests" / "load" / "wrk-events.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+API_KEY = "bench-api-key-0123456789"
+PROCESSOR_TOKEN = "bench-processor-token-0123456789"
+os.environ["API_KEY"] = API_KEY  # read by wrk-events.lua and loadgen
 
 CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_CONCURRENCIES", "1,16,64,256").split(",")]
 WRK_SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "10"))
@@ -120,7 +123,9 @@ class Stack:
         self.ingest_port = free_port()
         self.processor_port = free_port()
         base = {"PATH": os.environ.get("PATH", ""), "MONGO_URI": uri, "RUST_LOG": "error",
-                "LOG_FORMAT": "json"}
+                "LOG_FORMAT": "json", "INGEST_API_KEYS": API_KEY, "PROCESSOR_TOKEN": PROCESSOR_TOKEN,
+                # Measure capacity, not the default per-key rate limit.
+                "RATE_LIMIT_PER_SEC": "1000000", "RATE_LIMIT_BURST": "1000000"}
         self.processor = None
         if processor:
             env = dict(base, PORT=str(self.processor_port))

@@ -24,6 +24,7 @@ mkdir -p target/test-logs
 pids=()
 trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
 
+export INGEST_API_KEYS=k6-smoke-key-0123456789 PROCESSOR_TOKEN=k6-smoke-token-0123456789
 PORT=$processor_port MONGO_URI=$db PROCESSING_MIN_MS=50 PROCESSING_MAX_MS=100 RUST_LOG=warn \
     "$PROFILE_DIR/processor" >target/test-logs/k6-processor.log 2>&1 &
 pids+=($!)
@@ -35,5 +36,5 @@ for _ in $(seq 1 150); do
     sleep 0.2
 done
 
-K6_NO_USAGE_REPORT=true SMOKE=1 BASE_URL="http://127.0.0.1:$ingest_port" \
+K6_NO_USAGE_REPORT=true SMOKE=1 BASE_URL="http://127.0.0.1:$ingest_port" API_KEY=$INGEST_API_KEYS \
     "$VENV/bin/k6" run --quiet --no-color tests/load/k6-events.js

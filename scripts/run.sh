@@ -9,6 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MONGO_PORT=${MONGO_PORT:-27017}
 export MONGO_URI=${MONGO_URI:-mongodb://127.0.0.1:$MONGO_PORT/medical_events}
 export LOG_FORMAT=${LOG_FORMAT:-pretty}
+# Development credentials (README's curl examples use them); set your own in production.
+export INGEST_API_KEYS=${INGEST_API_KEYS:-dev-ingest-key-change-me}
+export PROCESSOR_TOKEN=${PROCESSOR_TOKEN:-dev-processor-token-change-me}
 
 cargo build --release --bins --locked
 mkdir -p .mongo/data

@@ -89,7 +89,7 @@ fn rejected_cases() -> Vec<Case> {
 async fn every_invalid_event_is_a_400_naming_the_field_and_nothing_is_stored() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = reqwest::Client::new();
+    let client = e2e::client();
     let cases = rejected_cases();
     assert!(cases.len() >= 30);
     for case in &cases {
@@ -138,7 +138,7 @@ async fn every_invalid_event_is_a_400_naming_the_field_and_nothing_is_stored() {
 #[tokio::test]
 async fn all_broken_rules_are_reported_at_once() {
     let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;
-    let response = reqwest::Client::new()
+    let response = e2e::client()
         .post(format!("{}/events", ingest.url))
         .json(&json!({ "patientId": "", "type": 1, "data": [], "extra": true }))
         .send()
@@ -160,7 +160,7 @@ async fn all_broken_rules_are_reported_at_once() {
 async fn edge_values_that_are_valid_are_accepted_and_normalized() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = reqwest::Client::new();
+    let client = e2e::client();
     let accepted = [
         with("patientId", json!("p".repeat(128))),
         with("patientId", json!("Ünïcødé-患者")),
@@ -202,7 +202,7 @@ async fn edge_values_that_are_valid_are_accepted_and_normalized() {
 async fn accepted_event_answers_202_with_its_id_and_location() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let response = reqwest::Client::new()
+    let response = e2e::client()
         .post(format!("{}/events", ingest.url))
         .json(&valid())
         .send()
@@ -226,7 +226,9 @@ async fn accepted_event_answers_202_with_its_id_and_location() {
     assert_eq!(stored[0].get_i64("seq").unwrap(), 1);
     assert_eq!(stored[0].get_str("ts").unwrap(), "2025-10-01T12:00:00.000Z");
 
-    let status: Value = reqwest::get(format!("{}{location}", ingest.url))
+    let status: Value = e2e::client()
+        .get(format!("{}{location}", ingest.url))
+        .send()
         .await
         .unwrap()
         .json()
@@ -244,7 +246,7 @@ async fn accepted_event_answers_202_with_its_id_and_location() {
 #[tokio::test]
 async fn transport_level_errors_are_problem_json_too() {
     let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;
-    let client = reqwest::Client::new();
+    let client = e2e::client();
     let url = format!("{}/events", ingest.url);
 
     let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode)> = vec![
@@ -286,14 +288,20 @@ async fn transport_level_errors_are_problem_json_too() {
 #[tokio::test]
 async fn health_and_readiness() {
     let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;
-    let health: Value = reqwest::get(format!("{}/health", ingest.url))
+    let health: Value = e2e::client()
+        .get(format!("{}/health", ingest.url))
+        .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(health, json!({"status": "ok", "service": "ingest-service"}));
-    let ready = reqwest::get(format!("{}/ready", ingest.url)).await.unwrap();
+    let ready = e2e::client()
+        .get(format!("{}/ready", ingest.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 }
 

@@ -32,7 +32,7 @@ async fn send_round(
     patients: usize,
     per_patient: usize,
 ) -> Vec<(String, Vec<String>)> {
-    let client = reqwest::Client::new();
+    let client = e2e::client();
     join_all((0..patients).map(|p| {
         let client = client.clone();
         let url = url.to_owned();
@@ -152,7 +152,7 @@ async fn mongodb_outage_gives_503_then_everything_recovers() {
     let mut env = ingest_env(&uri, &processor.url());
     env.push(("MONGO_TIMEOUT_MS", "500".to_owned()));
     let ingest = Service::start("ingest", &env).await;
-    let client = reqwest::Client::new();
+    let client = e2e::client();
     let before = send_load(&ingest.url(), "outage", 3, 3).await;
 
     mongo.stop();
@@ -274,13 +274,10 @@ async fn a_database_that_stops_answering_gives_503_not_a_hang() {
         "mongodb://127.0.0.1:{}/{database}?directConnection=true",
         proxy.port
     );
-    let ingest = e2e::InProcessIngest::start_with_timeout(
-        &uri,
-        "http://127.0.0.1:9",
-        Duration::from_millis(500),
-    )
-    .await;
-    let client = reqwest::Client::builder()
+    let mut config = e2e::InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    config.mongo.timeout = Duration::from_millis(500);
+    let ingest = e2e::InProcessIngest::start_with(config).await;
+    let client = e2e::client_with_token(e2e::API_KEY)
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();

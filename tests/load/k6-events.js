@@ -1,6 +1,7 @@
 // k6 load test for a running stack: POST /events at a ramping arrival rate.
 //
 //   BASE_URL   ingest address                 (default http://localhost:3000)
+//   API_KEY    sent as Authorization: Bearer  (default: make run's development key)
 //   PEAK_RATE  peak events per second          (default 200)
 //   HOLD       how long each plateau lasts     (default 1m)
 //   SMOKE=1    a 10-second run at a low rate, for the test command
@@ -14,6 +15,7 @@ import { check } from 'k6';
 import exec from 'k6/execution';
 
 const BASE_URL = __ENV.BASE_URL || 'http://localhost:3000';
+const API_KEY = __ENV.API_KEY || 'dev-ingest-key-change-me';
 const SMOKE = __ENV.SMOKE === '1';
 const PEAK_RATE = parseInt(__ENV.PEAK_RATE || '200', 10);
 const HOLD = __ENV.HOLD || '1m';
@@ -67,6 +69,7 @@ export default function () {
   const res = http.post(`${BASE_URL}/events`, body, {
     headers: {
       'Content-Type': 'application/json',
+      Authorization: `Bearer ${API_KEY}`,
       'Idempotency-Key': `k6-${exec.vu.idInTest}-${n}-${Date.now()}`,
     },
     tags: { name: 'POST /events' },

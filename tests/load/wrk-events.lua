@@ -2,8 +2,10 @@
 -- line (prefixed "WRK_JSON ") with throughput, latency percentiles and errors.
 --   wrk -t2 -c64 -d20s -s tests/load/wrk-events.lua http://127.0.0.1:3000
 -- Patients: 10,000 distinct ids, so some see several events per run.
+-- API key: environment variable API_KEY (sent as Authorization: Bearer).
 
 local counter = 0
+local api_key = os.getenv("API_KEY") or "dev-ingest-key-change-me"
 local thread_id = 0
 local threads = {}
 
@@ -22,7 +24,8 @@ function request()
   local body = string.format(
     '{"patientId":"wrk-%d","type":"vitals","data":{"hr":%d,"seq":%d},"ts":"2025-10-01T12:00:00Z"}',
     n % 10000, 60 + (n % 40), n)
-  return wrk.format("POST", "/events", { ["Content-Type"] = "application/json" }, body)
+  return wrk.format("POST", "/events",
+    { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. api_key }, body)
 end
 
 function done(summary, latency, requests)

@@ -18,6 +18,31 @@ use std::time::Duration;
 pub use mongo_server::MongoServer;
 pub use services::{InProcessIngest, Service};
 
+/// The API key the test services accept.
+pub const API_KEY: &str = "test-api-key-0123456789";
+/// The token between ingest and the processor in tests.
+pub const PROCESSOR_TOKEN: &str = "test-processor-token-0123456789";
+
+/// A client that authenticates to ingest with [`API_KEY`].
+pub fn client() -> reqwest::Client {
+    client_with_token(API_KEY).build().expect("client")
+}
+
+/// A client that authenticates to the processor with [`PROCESSOR_TOKEN`].
+pub fn processor_client() -> reqwest::Client {
+    client_with_token(PROCESSOR_TOKEN).build().expect("client")
+}
+
+/// A client builder sending `Authorization: Bearer <token>` on every request.
+pub fn client_with_token(token: &str) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    reqwest::Client::builder().default_headers(headers)
+}
+
 /// The repository root (the tests package lives in `<root>/tests`).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -90,6 +115,7 @@ pub fn processor_env(mongo_uri: &str, min_ms: u64, max_ms: u64) -> Vec<(&'static
         ("PROCESSING_MIN_MS", min_ms.to_string()),
         ("PROCESSING_MAX_MS", max_ms.to_string()),
         ("SWEEP_INTERVAL_MS", "300".to_owned()),
+        ("PROCESSOR_TOKEN", PROCESSOR_TOKEN.to_owned()),
         ("RETRY_BASE_MS", "50".to_owned()),
         ("RETRY_MAX_MS", "500".to_owned()),
         ("LOG_FORMAT", "json".to_owned()),
@@ -100,6 +126,8 @@ pub fn ingest_env(mongo_uri: &str, processor_url: &str) -> Vec<(&'static str, St
     vec![
         ("MONGO_URI", mongo_uri.to_owned()),
         ("PROCESSOR_URL", processor_url.to_owned()),
+        ("INGEST_API_KEYS", API_KEY.to_owned()),
+        ("PROCESSOR_TOKEN", PROCESSOR_TOKEN.to_owned()),
         ("LOG_FORMAT", "json".to_owned()),
     ]
 }

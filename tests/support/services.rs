@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use medical_events::config::{IngestConfig, MongoSettings};
+use medical_events::auth::{Access, Secret};
+use medical_events::config::{HttpLimits, IngestConfig, MongoSettings, RateLimit};
 use medical_events::startup::IngestApp;
 use medical_events::telemetry::LogFormat;
 
@@ -172,24 +173,34 @@ pub struct InProcessIngest {
 impl InProcessIngest {
     /// `processor_url` may point nowhere: notifications are best-effort.
     pub async fn start(mongo_uri: &str, processor_url: &str) -> Self {
-        Self::start_with_timeout(mongo_uri, processor_url, Duration::from_secs(5)).await
+        Self::start_with(Self::config(mongo_uri, processor_url)).await
     }
 
-    /// With `MONGO_TIMEOUT_MS` set to `mongo_timeout`.
-    pub async fn start_with_timeout(
-        mongo_uri: &str,
-        processor_url: &str,
-        mongo_timeout: Duration,
-    ) -> Self {
-        let config = IngestConfig {
+    /// The test configuration: auth with [`super::API_KEY`], generous limits.
+    pub fn config(mongo_uri: &str, processor_url: &str) -> IngestConfig {
+        IngestConfig {
             port: 0,
             mongo: MongoSettings {
                 uri: mongo_uri.to_owned(),
-                timeout: mongo_timeout,
+                timeout: Duration::from_secs(5),
             },
             processor_url: processor_url.to_owned(),
             log_format: LogFormat::Pretty,
-        };
+            access: Access::Required(vec![Secret::new(super::API_KEY)]),
+            processor_token: Some(Secret::new(super::PROCESSOR_TOKEN)),
+            rate_limit: RateLimit {
+                per_second: 100_000,
+                burst: 100_000,
+            },
+            limits: HttpLimits {
+                max_in_flight: 1024,
+                request_timeout: Duration::from_secs(30),
+            },
+            tls: None,
+        }
+    }
+
+    pub async fn start_with(config: IngestConfig) -> Self {
         let app = IngestApp::build(config).await.expect("build ingest");
         let url = format!("http://127.0.0.1:{}", app.port());
         let (stop, stopped) = tokio::sync::oneshot::channel();

@@ -6,7 +6,7 @@
 //! one after another, patients concurrently, at most CONCURRENCY requests in
 //! flight), waits until every accepted event has its `processed_events`
 //! document, then checks exactly-once and per-patient order. Prints one JSON
-//! object on stdout.
+//! object on stdout. The API key comes from the environment (`API_KEY`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -89,7 +89,16 @@ async fn post(
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args = parse_args()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    let key = std::env::var("API_KEY").unwrap_or_else(|_| "dev-ingest-key-change-me".to_owned());
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}")
+            .parse()
+            .map_err(|_| "API_KEY is not a valid header value")?,
+    );
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.concurrency)
         .build()
         .map_err(|e| e.to_string())?;

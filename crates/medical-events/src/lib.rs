@@ -4,6 +4,7 @@
 //! ([`intake`], [`store`]); the processor walks each patient's events in that
 //! order ([`scheduler`]) and records exactly one outcome per event.
 
+pub mod auth;
 pub mod config;
 pub mod event;
 pub mod http;

@@ -10,6 +10,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
+use crate::auth::Secret;
 use crate::event::{EventId, NewEvent};
 
 const BACKLOG: usize = 10_000;
@@ -29,13 +30,19 @@ struct Notification {
 
 impl ProcessorNotifier {
     /// Starts the background sender towards `processor_url` (no trailing slash).
-    pub fn spawn(processor_url: &str) -> Self {
+    /// `token` is sent as `Authorization: Bearer` (the processor's PROCESSOR_TOKEN).
+    pub fn spawn(processor_url: &str, token: Option<Secret>) -> Self {
         let (sender, receiver) = mpsc::channel(BACKLOG);
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("a reqwest client with a timeout always builds");
-        tokio::spawn(deliver(client, format!("{processor_url}/queue"), receiver));
+        tokio::spawn(deliver(
+            client,
+            format!("{processor_url}/queue"),
+            token,
+            receiver,
+        ));
         Self { sender }
     }
 
@@ -59,16 +66,24 @@ impl ProcessorNotifier {
     }
 }
 
-async fn deliver(client: reqwest::Client, url: String, mut receiver: mpsc::Receiver<Notification>) {
+async fn deliver(
+    client: reqwest::Client,
+    url: String,
+    token: Option<Secret>,
+    mut receiver: mpsc::Receiver<Notification>,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(notification) = receiver.recv().await {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let request = client
+        let mut request = client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(notification.body);
+        if let Some(token) = &token {
+            request = request.bearer_auth(token.expose());
+        }
         tokio::spawn(async move {
             let _permit = permit;
             match request.send().await {

@@ -42,6 +42,7 @@ struct Inner<H> {
     /// Patients with a running lane; `true` asks the lane to look once more
     /// before it exits, because new work was announced while it ran.
     lanes: Mutex<HashMap<String, bool>>,
+    max_lanes: usize,
     /// Store operations in flight across all lanes. Thousands of lanes waking
     /// together queue here, cheaply, instead of each holding a prepared
     /// driver request (memory) and piling onto the database (latency).
@@ -55,12 +56,23 @@ struct Inner<H> {
 
 impl<H: EventHandler> Scheduler<H> {
     pub fn new(store: Store, handler: H, policy: RetryPolicy) -> Self {
+        Self::with_lane_limit(store, handler, policy, usize::MAX)
+    }
+
+    /// As [`Scheduler::new`], with at most `max_lanes` patients in memory.
+    pub fn with_lane_limit(
+        store: Store,
+        handler: H,
+        policy: RetryPolicy,
+        max_lanes: usize,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 handler,
                 policy,
                 lanes: Mutex::new(HashMap::new()),
+                max_lanes,
                 store_slots: Semaphore::new(STORE_CONCURRENCY),
                 tracker: TaskTracker::new(),
                 draining: CancellationToken::new(),
@@ -69,7 +81,15 @@ impl<H: EventHandler> Scheduler<H> {
         }
     }
 
+    /// Whether `wake(patient_id)` would run a lane now: the patient has one,
+    /// or there is room for another.
+    pub fn has_room_for(&self, patient_id: &str) -> bool {
+        let lanes = self.inner.lanes.lock().expect("lane map poisoned");
+        lanes.contains_key(patient_id) || lanes.len() < self.inner.max_lanes
+    }
+
     /// Makes sure the patient's lane runs; cheap and safe to call repeatedly.
+    /// At the lane bound a patient without a lane is left to a later sweep.
     pub fn wake(&self, patient_id: &str) {
         if self.inner.draining.is_cancelled() {
             return;
@@ -77,6 +97,9 @@ impl<H: EventHandler> Scheduler<H> {
         let mut lanes = self.inner.lanes.lock().expect("lane map poisoned");
         if let Some(look_again) = lanes.get_mut(patient_id) {
             *look_again = true;
+            return;
+        }
+        if lanes.len() >= self.inner.max_lanes {
             return;
         }
         lanes.insert(patient_id.to_owned(), false);

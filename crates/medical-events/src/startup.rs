@@ -9,8 +9,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::auth::{Access, Guard};
 use crate::config::{IngestConfig, MongoSettings, ProcessorConfig};
-use crate::http::ingest::{self, IngestState};
+use crate::http::ingest::{self, IngestGuards, IngestState};
+use crate::http::limits::KeyedLimiter;
 use crate::http::processor::{self, ProcessorState};
 use crate::intake::Intake;
 use crate::notify::ProcessorNotifier;
@@ -82,14 +84,27 @@ pub struct IngestApp {
 
 impl IngestApp {
     pub async fn build(config: IngestConfig) -> Result<Self, StartupError> {
+        if matches!(config.access, Access::Disabled) {
+            warn!("AUTH_DISABLED=true: ingest accepts requests without an API key");
+        }
         let store = open_store(&config.mongo, "ingest").await?;
         let state = IngestState {
             intake: Arc::new(Intake::new(store)),
-            notifier: ProcessorNotifier::spawn(&config.processor_url),
+            notifier: ProcessorNotifier::spawn(
+                &config.processor_url,
+                config.processor_token.clone(),
+            ),
         };
         Ok(Self {
             listener: bind(config.port).await?,
-            router: ingest::router(state),
+            router: ingest::router(
+                state,
+                IngestGuards {
+                    guard: Arc::new(Guard::new(&config.access)),
+                    limiter: Arc::new(KeyedLimiter::new(config.rate_limit)),
+                    limits: config.limits,
+                },
+            ),
         })
     }
 
@@ -120,12 +135,20 @@ pub struct ProcessorApp {
 
 impl ProcessorApp {
     pub async fn build(config: ProcessorConfig) -> Result<Self, StartupError> {
+        if matches!(config.access, Access::Disabled) {
+            warn!("AUTH_DISABLED=true: the processor accepts /queue without a token");
+        }
         let store = open_store(&config.mongo, "processor").await?;
         let handler = SimulatedProcessing {
             min: config.processing_min,
             max: config.processing_max,
         };
-        let scheduler = Scheduler::new(store.clone(), handler, config.retry);
+        let scheduler = Scheduler::with_lane_limit(
+            store.clone(),
+            handler,
+            config.retry,
+            config.max_active_lanes,
+        );
         match scheduler.resume_unfinished().await {
             Ok(patients) => info!(patients, "resumed unfinished events"),
             Err(e) => {
@@ -139,7 +162,7 @@ impl ProcessorApp {
         };
         Ok(Self {
             listener: bind(config.port).await?,
-            router: processor::router(state),
+            router: processor::router(state, Arc::new(Guard::new(&config.access)), config.limits),
             scheduler,
             shutdown_grace: config.shutdown_grace,
         })

@@ -6,14 +6,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
 use mongodb::bson::DateTime;
 use serde_json::{Value, json};
 use tracing::{error, info};
 
 use super::json_body::JsonBody;
+use super::limits::{KeyedLimiter, rate_limit};
 use super::problem::ApiError;
 use super::{finish, health};
+use crate::auth::{Guard, require_bearer};
+use crate::config::HttpLimits;
 use crate::event::{EventId, NewEvent};
 use crate::intake::Intake;
 use crate::notify::ProcessorNotifier;
@@ -28,11 +31,22 @@ pub struct IngestState {
     pub notifier: ProcessorNotifier,
 }
 
-pub fn router(state: IngestState) -> Router {
+/// Who may call and how much: API keys, a rate limit per key, HTTP bounds.
+pub struct IngestGuards {
+    pub guard: Arc<Guard>,
+    pub limiter: Arc<KeyedLimiter>,
+    pub limits: HttpLimits,
+}
+
+pub fn router(state: IngestState, guards: IngestGuards) -> Router {
+    // Route layers run last-added first: authenticate, then count against the key.
+    let protected = Router::new()
+        .route("/events", post(accept_event))
+        .route("/events/{event_id}", get(event_status))
+        .route_layer(middleware::from_fn_with_state(guards.limiter, rate_limit))
+        .route_layer(middleware::from_fn_with_state(guards.guard, require_bearer));
     finish(
-        Router::new()
-            .route("/events", post(accept_event))
-            .route("/events/{event_id}", get(event_status))
+        protected
             .route("/health", get(|| async { health::live(SERVICE) }))
             .route(
                 "/ready",
@@ -41,6 +55,7 @@ pub fn router(state: IngestState) -> Router {
                 }),
             )
             .with_state(state),
+        guards.limits,
     )
 }
 

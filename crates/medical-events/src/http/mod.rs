@@ -3,6 +3,7 @@
 pub mod health;
 pub mod ingest;
 pub mod json_body;
+pub mod limits;
 pub mod problem;
 pub mod processor;
 
@@ -10,11 +11,15 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tower_http::trace::TraceLayer;
 
-/// Layers both services share: body limit, problem+json fallbacks, request spans.
-fn finish(router: Router) -> Router {
-    router
+use crate::config::HttpLimits;
+
+/// Layers both services share: body limit, problem+json fallbacks, request
+/// spans, and the bounds on requests in flight and their duration.
+fn finish(router: Router, limits: HttpLimits) -> Router {
+    let router = router
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(json_body::BODY_LIMIT_BYTES))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http());
+    limits::bounded(router, limits)
 }

@@ -27,6 +27,14 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("the event store is unavailable; retry later")]
     Unavailable { retry_after_secs: u64 },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("rate limit exceeded for this API key; retry later")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("the service is at capacity; retry later")]
+    Overloaded { retry_after_secs: u64 },
+    #[error("the request took too long and was abandoned; retry later")]
+    TimedOut,
     #[error("internal error")]
     Internal,
 }
@@ -41,7 +49,11 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } | Self::TimedOut => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,8 +81,19 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Self::Unavailable { retry_after_secs } = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        match self {
+            Self::Unavailable { retry_after_secs }
+            | Self::Overloaded { retry_after_secs }
+            | Self::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            Self::TimedOut => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
 use serde_json::{Value, json};
 use tracing::info;
 
@@ -14,6 +14,8 @@ use super::ingest::unavailable;
 use super::json_body::JsonBody;
 use super::problem::ApiError;
 use super::{finish, health};
+use crate::auth::{Guard, require_bearer};
+use crate::config::HttpLimits;
 use crate::event::QueuedEventRequest;
 use crate::intake::Intake;
 use crate::processing::SimulatedProcessing;
@@ -28,10 +30,11 @@ pub struct ProcessorState {
     pub scheduler: Scheduler<SimulatedProcessing>,
 }
 
-pub fn router(state: ProcessorState) -> Router {
+pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> Router {
     finish(
         Router::new()
             .route("/queue", post(queue_event))
+            .route_layer(middleware::from_fn_with_state(guard, require_bearer))
             .route("/health", get(|| async { health::live(SERVICE) }))
             .route(
                 "/ready",
@@ -40,6 +43,7 @@ pub fn router(state: ProcessorState) -> Router {
                 }),
             )
             .with_state(state),
+        limits,
     )
 }
 
@@ -50,6 +54,13 @@ async fn queue_event(
     let request = QueuedEventRequest::parse(&body).map_err(ApiError::Validation)?;
     let event_id = request.event_id.to_string();
     let event = &request.event;
+    // Lanes live in memory: past the bound, refuse before storing anything.
+    // (An event ingest already stored waits for the sweep; none is lost.)
+    if !state.scheduler.has_room_for(event.patient_id.as_str()) {
+        return Err(ApiError::Overloaded {
+            retry_after_secs: 5,
+        });
+    }
     // The usual case: ingest already stored it and this is only the wake-up.
     if let Some(stored) = state
         .intake

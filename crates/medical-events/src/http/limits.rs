@@ -1,0 +1,88 @@
+//! Backpressure and rate limits: bounded requests in flight (past the bound,
+//! 503 at once instead of a growing queue), a time limit per request, and a
+//! token bucket per API key (429).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::BoxError;
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tower::ServiceBuilder;
+
+use super::problem::ApiError;
+use crate::auth::ClientId;
+use crate::config::{HttpLimits, RateLimit};
+
+/// Wraps the whole router: load shedding over a concurrency limit over a timeout.
+pub fn bounded(router: Router, limits: HttpLimits) -> Router {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(overload_response))
+            .load_shed()
+            .concurrency_limit(limits.max_in_flight)
+            .timeout(limits.request_timeout),
+    )
+}
+
+async fn overload_response(error: BoxError) -> ApiError {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded {
+            retry_after_secs: 1,
+        }
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::TimedOut
+    } else {
+        tracing::error!(error = %error, "unexpected middleware error");
+        ApiError::Internal
+    }
+}
+
+/// One token bucket per API key.
+pub struct KeyedLimiter {
+    limiter: DefaultKeyedRateLimiter<ClientId>,
+    clock: DefaultClock,
+}
+
+impl KeyedLimiter {
+    pub fn new(limit: RateLimit) -> Self {
+        let per_second = NonZeroU32::new(limit.per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limit.burst).unwrap_or(per_second);
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    fn check(&self, client: ClientId) -> Result<(), ApiError> {
+        self.limiter.check_key(&client).map_err(|not_until| {
+            let wait: Duration = not_until.wait_time_from(self.clock.now());
+            ApiError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            }
+        })
+    }
+}
+
+/// Middleware, after authentication: 429 once a key's bucket is empty.
+pub async fn rate_limit(
+    State(limiter): State<Arc<KeyedLimiter>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let client = request
+        .extensions()
+        .get::<ClientId>()
+        .copied()
+        .unwrap_or(ClientId(0));
+    match limiter.check(client) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}

@@ -1,0 +1,402 @@
+//! Who may call, and how much: API keys on ingest, the token between the
+//! services, refusal to start without them, rate limits, backpressure.
+
+use std::time::{Duration, Instant};
+
+use e2e::checks::Db;
+use e2e::freezable_proxy::FreezableProxy;
+use e2e::{
+    API_KEY, InProcessIngest, PROCESSOR_TOKEN, Service, event_body, fresh_database_uri, ingest_env,
+    processor_env, wait_until,
+};
+use medical_events::auth::{Access, Secret};
+use mongodb::bson::doc;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+async fn assert_problem(response: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["status"], status.as_u16());
+    problem
+}
+
+#[tokio::test]
+async fn ingest_refuses_requests_without_a_valid_api_key_and_stores_nothing() {
+    let uri = fresh_database_uri();
+    let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
+    let anonymous = reqwest::Client::new();
+    let url = format!("{}/events", ingest.url);
+    let body = event_body("p-auth", 1);
+
+    let response = anonymous.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+    for header in ["Bearer wrong-key-0123456789", "Basic dGVzdDp0ZXN0", API_KEY] {
+        let response = anonymous
+            .post(&url)
+            .header("Authorization", header)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::UNAUTHORIZED).await;
+    }
+    // The processor's token is not an API key.
+    let response = e2e::processor_client()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+    let status = anonymous
+        .get(format!("{url}/{}", uuid::Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(status, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        Db::connect(&uri)
+            .await
+            .count("queued_events", doc! {})
+            .await,
+        0
+    );
+
+    // Liveness and readiness stay open for orchestrators.
+    assert!(
+        anonymous
+            .get(format!("{}/health", ingest.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert!(
+        anonymous
+            .get(format!("{}/ready", ingest.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+
+    let response = e2e::client().post(&url).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn the_processor_requires_the_shared_token_and_ingest_sends_it() {
+    let uri = fresh_database_uri();
+    let processor = Service::start("processor", &processor_env(&uri, 10, 20)).await;
+    let mut body = event_body("p-token", 1);
+    body["eventId"] = uuid::Uuid::new_v4().to_string().into();
+    let url = format!("{}/queue", processor.url());
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+    let response = e2e::client().post(&url).json(&body).send().await.unwrap();
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        Db::connect(&uri)
+            .await
+            .count("queued_events", doc! {})
+            .await,
+        0
+    );
+
+    // Through ingest the token is sent, so the processor is woken at once.
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    let response = e2e::client()
+        .post(format!("{}/events", ingest.url()))
+        .json(&event_body("p-token", 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let db = Db::connect(&uri).await;
+    wait_until(Duration::from_secs(10), "the event processed", || async {
+        db.processed_count().await == 1
+    })
+    .await;
+    assert!(!ingest.read_log().contains("refused the notification"));
+}
+
+#[tokio::test]
+async fn ingest_with_the_wrong_token_is_refused_by_the_processor_and_the_sweep_still_delivers() {
+    let uri = fresh_database_uri();
+    let processor = Service::start("processor", &processor_env(&uri, 10, 20)).await;
+    let mut env = ingest_env(&uri, &processor.url());
+    env.retain(|(name, _)| *name != "PROCESSOR_TOKEN");
+    env.push(("PROCESSOR_TOKEN", "not-the-processor-token-0123".to_owned()));
+    let ingest = Service::start("ingest", &env).await;
+    let response = e2e::client()
+        .post(format!("{}/events", ingest.url()))
+        .json(&event_body("p-wrong-token", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let db = Db::connect(&uri).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the sweep to process the event",
+        || async { db.processed_count().await == 1 },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(5),
+        "the refusal in ingest's log",
+        || async { ingest.read_log().contains("\"status\":401") },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn services_refuse_to_start_without_credentials_unless_auth_is_disabled_explicitly() {
+    let binary_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let run = |binary: &str, env: &[(&str, &str)]| {
+        std::process::Command::new(binary_dir.join(binary))
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let mongo = ("MONGO_URI", "mongodb://127.0.0.1:1/x");
+    let processor_url = ("PROCESSOR_URL", "http://127.0.0.1:9");
+    type Env<'a> = Vec<(&'a str, &'a str)>;
+    let cases: [(&str, Env, &str); 5] = [
+        (
+            "ingest",
+            vec![mongo, processor_url, ("PROCESSOR_TOKEN", PROCESSOR_TOKEN)],
+            "INGEST_API_KEYS is required",
+        ),
+        (
+            "ingest",
+            vec![mongo, processor_url, ("INGEST_API_KEYS", API_KEY)],
+            "PROCESSOR_TOKEN is required",
+        ),
+        (
+            "ingest",
+            vec![
+                mongo,
+                processor_url,
+                ("INGEST_API_KEYS", "short"),
+                ("PROCESSOR_TOKEN", PROCESSOR_TOKEN),
+            ],
+            "at least 16",
+        ),
+        ("processor", vec![mongo], "PROCESSOR_TOKEN is required"),
+        (
+            "processor",
+            vec![mongo, ("AUTH_DISABLED", "yes")],
+            "AUTH_DISABLED",
+        ),
+    ];
+    for (binary, env, message) in cases {
+        let output = run(binary, &env);
+        assert_eq!(output.status.code(), Some(2), "{binary} {env:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(message), "{binary}: {stderr}");
+        assert!(
+            !stderr.contains(API_KEY) || message != "at least 16",
+            "a secret was printed"
+        );
+    }
+
+    // AUTH_DISABLED=true starts, and says so.
+    let uri = fresh_database_uri();
+    let mut processor = Service::start(
+        "processor",
+        &[
+            ("MONGO_URI", uri.clone()),
+            ("AUTH_DISABLED", "true".to_owned()),
+        ],
+    )
+    .await;
+    assert!(processor.read_log().contains("AUTH_DISABLED=true"));
+    processor.kill9();
+}
+
+#[tokio::test]
+async fn each_api_key_has_its_own_rate_limit() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    let other_key = "other-api-key-0123456789";
+    config.access = Access::Required(vec![Secret::new(API_KEY), Secret::new(other_key)]);
+    config.rate_limit.per_second = 1;
+    config.rate_limit.burst = 3;
+    let ingest = InProcessIngest::start_with(config).await;
+    let url = format!("{}/events", ingest.url);
+    let client = e2e::client();
+    for n in 0..3 {
+        let response = client
+            .post(&url)
+            .json(&event_body("p-rate", n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    let response = client
+        .post(&url)
+        .json(&event_body("p-rate", 3))
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after));
+    assert_problem(response, StatusCode::TOO_MANY_REQUESTS).await;
+    assert_eq!(
+        Db::connect(&uri)
+            .await
+            .count("queued_events", doc! {})
+            .await,
+        3
+    );
+
+    let other = e2e::client_with_token(other_key).build().unwrap();
+    let response = other
+        .post(&url)
+        .json(&event_body("p-rate", 4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::ACCEPTED,
+        "another key is not throttled"
+    );
+}
+
+#[tokio::test]
+async fn past_the_in_flight_bound_requests_get_503_at_once_and_slow_ones_time_out() {
+    let upstream = e2e::shared_mongo()
+        .trim_start_matches("mongodb://")
+        .to_owned();
+    let proxy = FreezableProxy::start(upstream).await;
+    let uri = format!(
+        "mongodb://127.0.0.1:{}/t_{}?directConnection=true",
+        proxy.port,
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    config.limits.max_in_flight = 1;
+    config.limits.request_timeout = Duration::from_millis(800);
+    let ingest = InProcessIngest::start_with(config).await;
+    let url = format!("{}/events", ingest.url);
+    let client = e2e::client();
+    assert_eq!(
+        client
+            .post(&url)
+            .json(&event_body("p-busy", 0))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::ACCEPTED
+    );
+
+    proxy.freeze(true);
+    let slow = tokio::spawn({
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .post(&url)
+                .json(&event_body("p-busy", 1))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let shed = client
+        .post(&url)
+        .json(&event_body("p-busy", 2))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "shedding must not wait"
+    );
+    assert!(shed.headers().contains_key("retry-after"));
+    let problem = assert_problem(shed, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(problem["detail"].as_str().unwrap().contains("capacity"));
+
+    let slow = slow.await.unwrap();
+    let problem = assert_problem(slow, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("too long"),
+        "{problem}"
+    );
+    proxy.freeze(false);
+}
+
+#[tokio::test]
+async fn the_processor_bounds_its_lanes_and_says_503_past_the_bound() {
+    let uri = fresh_database_uri();
+    let mut env = processor_env(&uri, 1500, 1500);
+    env.push(("MAX_ACTIVE_LANES", "1".to_owned()));
+    let processor = Service::start("processor", &env).await;
+    let client = e2e::processor_client();
+    let post = |patient: &str| {
+        let mut body = event_body(patient, 1);
+        body["eventId"] = uuid::Uuid::new_v4().to_string().into();
+        client
+            .post(format!("{}/queue", processor.url()))
+            .json(&body)
+            .send()
+    };
+    assert_eq!(post("lane-a").await.unwrap().status(), StatusCode::ACCEPTED);
+    // The same patient still fits: it has the lane.
+    assert_eq!(post("lane-a").await.unwrap().status(), StatusCode::ACCEPTED);
+    let refused = post("lane-b").await.unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE).await;
+    let db = Db::connect(&uri).await;
+    assert_eq!(
+        db.count("queued_events", doc! { "patientId": "lane-b" })
+            .await,
+        0,
+        "refused means not stored"
+    );
+
+    wait_until(Duration::from_secs(15), "lane a to finish", || async {
+        db.processed_count().await == 2
+    })
+    .await;
+    let mut accepted = false;
+    for _ in 0..40 {
+        if post("lane-b").await.unwrap().status() == StatusCode::ACCEPTED {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "room again once lane a is done");
+}
