@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod intake;
+pub mod metrics;
 pub mod notify;
 pub mod processing;
 pub mod retry;

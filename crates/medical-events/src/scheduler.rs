@@ -136,8 +136,26 @@ impl<H: EventHandler> Scheduler<H> {
                 if let Err(e) = scheduler.resume_unfinished().await {
                     warn!(error = %e, "recovery sweep failed; will try again");
                 }
+                scheduler.report_gauges().await;
             }
         });
+    }
+
+    /// Publishes backlog size, age of the oldest unfinished event and lanes.
+    pub async fn report_gauges(&self) {
+        metrics::gauge!("processor_active_lanes").set(self.active_lanes() as f64);
+        match self.inner.store.backlog().await {
+            Ok((count, oldest)) => {
+                metrics::gauge!("processor_backlog_events").set(count as f64);
+                let age = oldest.map_or(0.0, |at| {
+                    (mongodb::bson::DateTime::now().timestamp_millis() - at.timestamp_millis())
+                        .max(0) as f64
+                        / 1000.0
+                });
+                metrics::gauge!("processor_oldest_unfinished_age_seconds").set(age);
+            }
+            Err(e) => warn!(error = %e, "cannot measure the backlog"),
+        }
     }
 
     /// Stops starting events, waits up to `grace` for those in hand, then
@@ -234,15 +252,28 @@ impl<H: EventHandler> Inner<H> {
                         duration_ms,
                         ProcessingResult::success(),
                     );
-                    return Box::pin(self.persist(&outcome, event.attempts, false)).await;
+                    return Box::pin(self.persist(
+                        &outcome,
+                        event.attempts,
+                        false,
+                        Some(event.accepted_at),
+                    ))
+                    .await;
                 }
                 Err(error) => error,
             };
             warn!(attempt = event.attempts, error = %error, "processing attempt failed");
+            metrics::counter!("event_attempts_failed_total").increment(1);
             if event.attempts >= self.policy.max_attempts {
                 let result = ProcessingResult::failed(event.attempts, error);
                 let outcome = ProcessedEvent::from_queued(&event, duration_ms, result);
-                return Box::pin(self.persist(&outcome, event.attempts, false)).await;
+                return Box::pin(self.persist(
+                    &outcome,
+                    event.attempts,
+                    false,
+                    Some(event.accepted_at),
+                ))
+                .await;
             }
             let _ = Box::pin(self.store.note_error(&event.event_id, &error)).await;
             if !self.pause(self.policy.delay(event.attempts as u32)).await {
@@ -270,7 +301,7 @@ impl<H: EventHandler> Inner<H> {
             .await?
         {
             return self
-                .persist(&outcome, previous, true)
+                .persist(&outcome, previous, true, None)
                 .await
                 .then_some(false);
         }
@@ -282,7 +313,7 @@ impl<H: EventHandler> Inner<H> {
             let outcome =
                 ProcessedEvent::from_queued(event, 0, ProcessingResult::failed(previous, error));
             return self
-                .persist(&outcome, previous, false)
+                .persist(&outcome, previous, false, Some(event.accepted_at))
                 .await
                 .then_some(false);
         }
@@ -296,6 +327,7 @@ impl<H: EventHandler> Inner<H> {
         outcome: &ProcessedEvent,
         attempts: i32,
         already_written: bool,
+        accepted_at: Option<mongodb::bson::DateTime>,
     ) -> bool {
         let written = if already_written {
             self.retrying(|| self.store.close_lifecycle(outcome, attempts))
@@ -317,6 +349,18 @@ impl<H: EventHandler> Inner<H> {
                 error = outcome.result.error.as_deref().unwrap_or(""),
                 "event failed for good"
             );
+        }
+        let result = if outcome.result.is_success() {
+            "success"
+        } else {
+            "failed"
+        };
+        metrics::counter!("events_processed_total", "result" => result).increment(1);
+        metrics::histogram!("processing_duration_seconds")
+            .record(outcome.processing_duration_ms as f64 / 1000.0);
+        if let Some(accepted_at) = accepted_at {
+            let millis = outcome.processed_at.timestamp_millis() - accepted_at.timestamp_millis();
+            metrics::histogram!("event_end_to_end_seconds").record(millis.max(0) as f64 / 1000.0);
         }
         true
     }

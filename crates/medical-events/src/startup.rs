@@ -37,6 +37,8 @@ pub enum StartupError {
 /// Connects and creates the indexes, waiting for MongoDB as long as it takes:
 /// no event may be accepted before the unique indexes exist.
 async fn open_store(settings: &MongoSettings, app_name: &str) -> Result<Store, StartupError> {
+    // Install the metrics recorder before anything records.
+    crate::metrics::handle();
     let store = Store::connect(&settings.uri, settings.timeout, app_name).await?;
     let mut delay = Duration::from_millis(250);
     loop {

@@ -78,11 +78,13 @@ async fn accept_event(
     let event_id = match outcome {
         EnqueueOutcome::Accepted { event_id, seq } => {
             info!(eventId = %event_id, patientId = event.patient_id.as_str(), seq, "event accepted");
+            metrics::counter!("events_accepted_total").increment(1);
             state.notifier.notify(event_id, &event);
             event_id.to_string()
         }
         EnqueueOutcome::Replayed { event_id } => {
             info!(eventId = %event_id, patientId = event.patient_id.as_str(), "idempotent retry answered");
+            metrics::counter!("events_replayed_total").increment(1);
             event_id
         }
         EnqueueOutcome::KeyReused => {

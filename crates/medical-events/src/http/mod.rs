@@ -17,9 +17,11 @@ use crate::config::HttpLimits;
 /// spans, and the bounds on requests in flight and their duration.
 fn finish(router: Router, limits: HttpLimits) -> Router {
     let router = router
+        .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(json_body::BODY_LIMIT_BYTES))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http());
     limits::bounded(router, limits)
 }

@@ -63,8 +63,30 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A short label for the `requests_rejected_total` metric.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Validation(_) | Self::MalformedJson(_) => "invalid",
+            Self::UnsupportedMediaType => "media_type",
+            Self::PayloadTooLarge { .. } => "too_large",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method",
+            Self::Conflict(_) => "conflict",
+            Self::Unprocessable(_) => "idempotency_key_reused",
+            Self::Unavailable { .. } => "store_unavailable",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Overloaded { .. } => "overloaded",
+            Self::TimedOut => "timed_out",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!("requests_rejected_total", "reason" => self.reason()).increment(1);
         let status = self.status();
         let mut body = json!({
             "type": "about:blank",

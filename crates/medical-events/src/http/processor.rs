@@ -85,6 +85,7 @@ async fn queue_event(
             .map_err(unavailable)?;
         if let EnqueueOutcome::Accepted { seq, .. } = outcome {
             info!(eventId = %event_id, patientId = event.patient_id.as_str(), seq, "event accepted directly");
+            metrics::counter!("events_accepted_total").increment(1);
         }
     }
     state.scheduler.wake(event.patient_id.as_str());

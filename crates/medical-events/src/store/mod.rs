@@ -114,6 +114,10 @@ impl Store {
                 IndexModel::builder()
                     .keys(doc! { "status": 1, "patientId": 1 })
                     .build(),
+                // The oldest unfinished event, for the backlog-age gauge.
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "acceptedAt": 1 })
+                    .build(),
             ])
             .await
             .map_err(StoreError::mongo("creating queued_events indexes"))?;
@@ -166,6 +170,25 @@ impl Store {
             Some(event) => self.claim(event).await,
             None => Ok(None),
         }
+    }
+
+    /// How many events are unfinished, and when the oldest was accepted.
+    pub async fn backlog(&self) -> Result<(u64, Option<DateTime>), StoreError> {
+        let unfinished = doc! {
+            "status": { "$in": [EventStatus::Queued.as_str(), EventStatus::Processing.as_str()] },
+        };
+        let count = self
+            .queued
+            .count_documents(unfinished.clone())
+            .bounded("counting unfinished events", self.op_timeout)
+            .await?;
+        let oldest = self
+            .queued
+            .find_one(unfinished)
+            .sort(doc! { "acceptedAt": 1 })
+            .bounded("finding the oldest unfinished event", self.op_timeout)
+            .await?;
+        Ok((count, oldest.map(|event| event.accepted_at)))
     }
 
     /// Patients with unfinished events: what recovery must resume.

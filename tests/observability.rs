@@ -1,0 +1,152 @@
+//! Metrics are served, and they move with traffic.
+
+use std::time::Duration;
+
+use e2e::{
+    InProcessIngest, Service, event_body, fresh_database_uri, ingest_env, post_until_accepted,
+    processor_env,
+};
+
+/// The value of the sample `name{labels...}` in a Prometheus text exposition.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            let (series, _) = line.rsplit_once(' ').unwrap_or((line, ""));
+            let bare = series.split('{').next().unwrap_or("");
+            bare == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+async fn scrape(url: &str) -> String {
+    // Scrapers do not authenticate; metrics carry no clinical data.
+    let response = reqwest::get(format!("{url}/metrics")).await.unwrap();
+    assert!(response.status().is_success());
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn ingest_counts_accepted_and_rejected_requests() {
+    let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;
+    let before = scrape(&ingest.url).await;
+    assert_eq!(sample(&before, "events_accepted_total", &[]), None);
+
+    let client = e2e::client();
+    let url = format!("{}/events", ingest.url);
+    for n in 0..2 {
+        client
+            .post(&url)
+            .json(&event_body("p-metrics", n))
+            .send()
+            .await
+            .unwrap();
+    }
+    client
+        .post(&url)
+        .json(&serde_json::json!({"patientId": ""}))
+        .send()
+        .await
+        .unwrap();
+    reqwest::Client::new()
+        .post(&url)
+        .json(&event_body("p", 9))
+        .send()
+        .await
+        .unwrap();
+
+    let after = scrape(&ingest.url).await;
+    assert_eq!(
+        sample(&after, "events_accepted_total", &[]),
+        Some(2.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "requests_rejected_total", &[("reason", "invalid")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "requests_rejected_total",
+            &[("reason", "unauthorized")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "http_requests_total",
+            &[("route", "/events"), ("method", "POST"), ("status", "202")]
+        ),
+        Some(2.0)
+    );
+    let latency_count = sample(
+        &after,
+        "http_request_duration_seconds_count",
+        &[("route", "/events"), ("method", "POST")],
+    );
+    assert_eq!(latency_count, Some(4.0));
+    assert!(
+        after.contains("http_request_duration_seconds_bucket"),
+        "latency is a histogram"
+    );
+}
+
+#[tokio::test]
+async fn the_processor_reports_outcomes_durations_backlog_and_lanes() {
+    let uri = fresh_database_uri();
+    let processor = Service::start("processor", &processor_env(&uri, 20, 40)).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    let client = e2e::client();
+    for n in 0..3 {
+        post_until_accepted(
+            &client,
+            &ingest.url(),
+            &event_body("p-gauges", n),
+            &format!("k{n}"),
+        )
+        .await;
+    }
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = scrape(&processor.url()).await;
+        if sample(&text, "events_processed_total", &[("result", "success")]) == Some(3.0)
+            && sample(&text, "processor_backlog_events", &[]) == Some(0.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sample(&text, "events_processed_total", &[("result", "success")]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "processing_duration_seconds_count", &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, "event_end_to_end_seconds_count", &[]),
+        Some(3.0)
+    );
+    assert_eq!(sample(&text, "processor_backlog_events", &[]), Some(0.0));
+    assert_eq!(
+        sample(&text, "processor_oldest_unfinished_age_seconds", &[]),
+        Some(0.0)
+    );
+    assert!(sample(&text, "processor_active_lanes", &[]).is_some());
+    assert_eq!(
+        sample(
+            &text,
+            "http_requests_total",
+            &[("route", "/queue"), ("status", "202")]
+        ),
+        Some(3.0)
+    );
+}
