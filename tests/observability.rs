@@ -150,3 +150,59 @@ async fn the_processor_reports_outcomes_durations_backlog_and_lanes() {
         Some(3.0)
     );
 }
+
+#[tokio::test]
+async fn the_callers_trace_id_reaches_the_processors_log_lines() {
+    let uri = fresh_database_uri();
+    let processor = Service::start("processor", &processor_env(&uri, 10, 20)).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = e2e::client()
+        .post(format!("{}/events", ingest.url()))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&event_body("p-trace", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let echoed = response.headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(echoed.starts_with(&format!("00-{trace_id}-")), "{echoed}");
+    assert!(
+        !echoed.contains("00f067aa0ba902b7"),
+        "ingest answers with its own span id"
+    );
+
+    let processed_line = |log: &str| {
+        log.lines().any(|line| {
+            line.contains("event processed")
+                && line.contains(&format!("\"traceId\":\"{trace_id}\""))
+        })
+    };
+    for _ in 0..100 {
+        if processed_line(&processor.read_log()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        processed_line(&processor.read_log()),
+        "{}",
+        processor.read_log()
+    );
+    assert!(
+        processor
+            .read_log()
+            .lines()
+            .any(|l| l.contains("/queue") || l.contains(trace_id)),
+        "the notification carried the trace"
+    );
+    assert!(
+        ingest
+            .read_log()
+            .lines()
+            .any(|l| l.contains("event accepted") && l.contains(trace_id))
+    );
+}

@@ -12,7 +12,9 @@ use medical_events::config::RetryPolicy;
 use medical_events::event::{EventId, NewEvent};
 use medical_events::processing::EventHandler;
 use medical_events::scheduler::Scheduler;
-use medical_events::store::{EnqueueOutcome, ProcessedEvent, ProcessingResult, QueuedEvent, Store};
+use medical_events::store::{
+    EnqueueOutcome, ProcessedEvent, ProcessingResult, QueuedEvent, Store, Submission,
+};
 use mongodb::bson::doc;
 
 /// Fails each event's first `failures[n]` attempts (n = `data.n`), records calls.
@@ -71,11 +73,14 @@ async fn store(uri: &str) -> Store {
 
 async fn enqueue(store: &Store, patient: &str, n: usize) -> String {
     let event = NewEvent::parse(&event_body(patient, n)).unwrap();
-    match store
-        .enqueue(&event, EventId::new_random(), None, 1)
-        .await
-        .unwrap()
-    {
+    let submission = Submission {
+        event: &event,
+        event_id: EventId::new_random(),
+        key: None,
+        traceparent: None,
+    };
+    // Always guessing seq 1 also exercises the correction of a stale guess.
+    match store.enqueue(&submission, 1).await.unwrap() {
         EnqueueOutcome::Accepted { event_id, .. } => event_id.to_string(),
         other => panic!("unexpected {other:?}"),
     }

@@ -8,8 +8,8 @@ use std::hash::{Hash, Hasher};
 
 use tokio::sync::Mutex;
 
-use crate::event::{EventId, NewEvent, PatientId};
-use crate::store::{EnqueueOutcome, IdempotencyKey, Store, StoreError};
+use crate::event::PatientId;
+use crate::store::{EnqueueOutcome, Store, StoreError, Submission};
 
 /// Lock stripes: bounded memory whatever the number of patients; two
 /// patients share a stripe rarely and then only wait a few milliseconds.
@@ -40,17 +40,13 @@ impl Intake {
 
     /// Stores the event before returning; the tokio mutex is fair, so one
     /// patient's requests are sequenced in the order they arrived here.
-    pub async fn submit(
-        &self,
-        event: &NewEvent,
-        event_id: EventId,
-        key: Option<&IdempotencyKey>,
-    ) -> Result<EnqueueOutcome, StoreError> {
+    pub async fn submit(&self, submission: &Submission<'_>) -> Result<EnqueueOutcome, StoreError> {
+        let event = submission.event;
         let mut last_seqs = self.stripe(&event.patient_id).lock().await;
         let next_seq = last_seqs
             .get(event.patient_id.as_str())
             .map_or(1, |seq| seq + 1);
-        let outcome = self.store.enqueue(event, event_id, key, next_seq).await?;
+        let outcome = self.store.enqueue(submission, next_seq).await?;
         if let EnqueueOutcome::Accepted { seq, .. } = outcome {
             if last_seqs.len() >= REMEMBERED_PER_STRIPE
                 && !last_seqs.contains_key(event.patient_id.as_str())

@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 
 use crate::auth::Secret;
 use crate::event::{EventId, NewEvent};
+use crate::trace_context::TraceContext;
 
 const BACKLOG: usize = 10_000;
 const IN_FLIGHT: usize = 32;
@@ -23,6 +24,7 @@ pub struct ProcessorNotifier {
 }
 
 struct Notification {
+    traceparent: String,
     event_id: String,
     patient_id: String,
     body: Vec<u8>,
@@ -46,8 +48,9 @@ impl ProcessorNotifier {
         Self { sender }
     }
 
-    pub fn notify(&self, event_id: EventId, event: &NewEvent) {
+    pub fn notify(&self, event_id: EventId, event: &NewEvent, trace: &TraceContext) {
         let notification = Notification {
+            traceparent: trace.child().header_value(),
             event_id: event_id.to_string(),
             patient_id: event.patient_id.as_str().to_owned(),
             body: json!({
@@ -80,6 +83,7 @@ async fn deliver(
         let mut request = client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(crate::trace_context::HEADER, notification.traceparent)
             .body(notification.body);
         if let Some(token) = &token {
             request = request.bearer_auth(token.expose());

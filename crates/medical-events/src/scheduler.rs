@@ -18,6 +18,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::processing::EventHandler;
 use crate::retry::RetryPolicy;
 use crate::store::{ProcessedEvent, ProcessingResult, QueuedEvent, Store};
+use crate::trace_context::TraceContext;
 
 /// At most this many store operations of the lanes at once (the driver's
 /// pool has 10 connections by default; a few more keep them busy).
@@ -222,7 +223,19 @@ impl<H: EventHandler> Inner<H> {
     /// Takes one claimed event to a recorded outcome. Returns `false` if
     /// interrupted by shutdown (the event then stays unfinished and is resumed later).
     async fn process(&self, event: QueuedEvent) -> bool {
-        let span = info_span!("event", eventId = %event.event_id, patientId = %event.patient_id, seq = event.seq);
+        let trace_id = event
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse)
+            .map(|context| context.trace_id().to_owned())
+            .unwrap_or_default();
+        let span = info_span!(
+            "event",
+            eventId = %event.event_id,
+            patientId = %event.patient_id,
+            seq = event.seq,
+            traceId = %trace_id
+        );
         self.process_in_span(event).instrument(span).await
     }
 

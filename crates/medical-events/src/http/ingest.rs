@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,7 +20,8 @@ use crate::config::HttpLimits;
 use crate::event::{EventId, NewEvent};
 use crate::intake::Intake;
 use crate::notify::ProcessorNotifier;
-use crate::store::{EnqueueOutcome, EventStatus, IdempotencyKey, StoreError};
+use crate::store::{EnqueueOutcome, EventStatus, IdempotencyKey, StoreError, Submission};
+use crate::trace_context::TraceContext;
 
 pub const SERVICE: &str = "ingest-service";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -61,6 +62,7 @@ pub fn router(state: IngestState, guards: IngestGuards) -> Router {
 
 async fn accept_event(
     State(state): State<IngestState>,
+    Extension(trace): Extension<TraceContext>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -70,16 +72,23 @@ async fn accept_event(
         .transpose()
         .map_err(|reason| ApiError::field("Idempotency-Key", reason))?;
     let event = NewEvent::parse(&body).map_err(ApiError::Validation)?;
+    let traceparent = trace.header_value();
+    let submission = Submission {
+        event: &event,
+        event_id: EventId::new_random(),
+        key: key.as_ref(),
+        traceparent: Some(&traceparent),
+    };
     let outcome = state
         .intake
-        .submit(&event, EventId::new_random(), key.as_ref())
+        .submit(&submission)
         .await
         .map_err(unavailable)?;
     let event_id = match outcome {
         EnqueueOutcome::Accepted { event_id, seq } => {
             info!(eventId = %event_id, patientId = event.patient_id.as_str(), seq, "event accepted");
             metrics::counter!("events_accepted_total").increment(1);
-            state.notifier.notify(event_id, &event);
+            state.notifier.notify(event_id, &event, &trace);
             event_id.to_string()
         }
         EnqueueOutcome::Replayed { event_id } => {

@@ -22,6 +22,7 @@ fn finish(router: Router, limits: HttpLimits) -> Router {
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(json_body::BODY_LIMIT_BYTES))
         .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::middleware::from_fn(crate::trace_context::propagate))
         .layer(TraceLayer::new_for_http());
     limits::bounded(router, limits)
 }

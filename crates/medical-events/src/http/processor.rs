@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
@@ -20,7 +20,8 @@ use crate::event::QueuedEventRequest;
 use crate::intake::Intake;
 use crate::processing::SimulatedProcessing;
 use crate::scheduler::Scheduler;
-use crate::store::EnqueueOutcome;
+use crate::store::{EnqueueOutcome, Submission};
+use crate::trace_context::TraceContext;
 
 pub const SERVICE: &str = "processor-service";
 
@@ -49,6 +50,7 @@ pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> R
 
 async fn queue_event(
     State(state): State<ProcessorState>,
+    Extension(trace): Extension<TraceContext>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request = QueuedEventRequest::parse(&body).map_err(ApiError::Validation)?;
@@ -78,9 +80,16 @@ async fn queue_event(
             )));
         }
     } else {
+        let traceparent = trace.header_value();
+        let submission = Submission {
+            event,
+            event_id: request.event_id,
+            key: None,
+            traceparent: Some(&traceparent),
+        };
         let outcome = state
             .intake
-            .submit(event, request.event_id, None)
+            .submit(&submission)
             .await
             .map_err(unavailable)?;
         if let EnqueueOutcome::Accepted { seq, .. } = outcome {

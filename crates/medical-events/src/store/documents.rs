@@ -46,6 +46,9 @@ pub struct QueuedEvent {
     /// Fingerprint of the normalized payload sent with that key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
+    /// W3C trace context of the request that accepted it (for log correlation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub accepted_at: DateTime,
     pub updated_at: DateTime,
 }

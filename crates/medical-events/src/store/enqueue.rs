@@ -49,6 +49,16 @@ impl IdempotencyKey {
     }
 }
 
+/// What is stored for one accepted event besides the event itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Submission<'a> {
+    pub event: &'a NewEvent,
+    pub event_id: EventId,
+    pub key: Option<&'a IdempotencyKey>,
+    /// The W3C `traceparent` of the accepting request.
+    pub traceparent: Option<&'a str>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnqueueOutcome {
     /// Stored now, with this per-patient sequence number.
@@ -72,11 +82,15 @@ impl Store {
     /// a number, because it comes from a number that was stored.
     pub async fn enqueue(
         &self,
-        event: &NewEvent,
-        event_id: EventId,
-        key: Option<&IdempotencyKey>,
+        submission: &Submission<'_>,
         next_seq: i64,
     ) -> Result<EnqueueOutcome, StoreError> {
+        let Submission {
+            event,
+            event_id,
+            key,
+            traceparent,
+        } = *submission;
         let fingerprint = key.map(|_| event.fingerprint());
         let data: Document = mongodb::bson::to_document(event.data.as_map())?;
         let started = Instant::now();
@@ -97,6 +111,7 @@ impl Store {
                 last_error: None,
                 idempotency_key: key.map(|k| k.as_str().to_owned()),
                 request_hash: fingerprint.clone(),
+                traceparent: traceparent.map(str::to_owned),
                 accepted_at: now,
                 updated_at: now,
             };

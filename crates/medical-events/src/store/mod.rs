@@ -9,7 +9,7 @@ mod error;
 use std::time::Duration;
 
 pub use documents::{EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
-pub use enqueue::{EnqueueOutcome, IdempotencyKey};
+pub use enqueue::{EnqueueOutcome, IdempotencyKey, Submission};
 pub use error::StoreError;
 
 use futures_util::TryStreamExt;
