@@ -400,3 +400,105 @@ async fn the_processor_bounds_its_lanes_and_says_503_past_the_bound() {
     }
     assert!(accepted, "room again once lane a is done");
 }
+
+/// A CA and a certificate for localhost/127.0.0.1 signed by it, as PEM files.
+fn tls_files() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = e2e::repo_root()
+        .join("target/test-tls")
+        .join(uuid::Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    (ca_path, cert_path, key_path)
+}
+
+#[tokio::test]
+async fn both_services_can_speak_https_including_to_each_other() {
+    let (ca, cert, key) = tls_files();
+    let tls_env = [
+        ("TLS_CERT_PATH", cert.to_string_lossy().into_owned()),
+        ("TLS_KEY_PATH", key.to_string_lossy().into_owned()),
+    ];
+    let uri = fresh_database_uri();
+    let mut env = processor_env(&uri, 10, 20);
+    // No sweep during the test: processing must come from the https notification.
+    env.retain(|(name, _)| *name != "SWEEP_INTERVAL_MS");
+    env.push(("SWEEP_INTERVAL_MS", "600000".to_owned()));
+    env.extend(tls_env.clone());
+    let processor = Service::start("processor", &env).await;
+    let mut env = ingest_env(&uri, &format!("https://localhost:{}", processor.port()));
+    env.push(("PROCESSOR_CA_PATH", ca.to_string_lossy().into_owned()));
+    env.extend(tls_env.clone());
+    let ingest = Service::start("ingest", &env).await;
+    assert!(ingest.url().starts_with("https://"));
+
+    let trusted = e2e::client_with_token(API_KEY)
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let response = trusted
+        .post(format!("https://localhost:{}/events", ingest.port()))
+        .json(&event_body("p-tls", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let db = Db::connect(&uri).await;
+    wait_until(
+        Duration::from_secs(10),
+        "processing after an https notification",
+        || async { db.processed_count().await == 1 },
+    )
+    .await;
+    assert!(
+        !ingest.read_log().contains("the sweep will pick"),
+        "{}",
+        ingest.read_log()
+    );
+
+    // Plain HTTP to the HTTPS port gets no answer; an untrusted client refuses the certificate.
+    let plain = e2e::client()
+        .post(format!("http://127.0.0.1:{}/events", ingest.port()))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    assert!(
+        e2e::client()
+            .get(format!("https://localhost:{}/health", ingest.port()))
+            .send()
+            .await
+            .is_err()
+    );
+
+    // The container health probe works over https.
+    let binary_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let status = std::process::Command::new(binary_dir.join("ingest"))
+        .arg("healthcheck")
+        .env("PORT", ingest.port().to_string())
+        .env("TLS_CERT_PATH", &cert)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

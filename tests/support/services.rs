@@ -15,6 +15,7 @@ use super::{free_port, repo_root};
 
 /// A spawned `ingest` or `processor` binary.
 pub struct Service {
+    scheme: &'static str,
     binary: PathBuf,
     env: Vec<(String, String)>,
     port: u16,
@@ -43,7 +44,9 @@ impl Service {
     pub async fn start(name: &str, env: &[(&str, String)]) -> Self {
         let logs = repo_root().join("target/test-logs");
         std::fs::create_dir_all(&logs).expect("log dir");
+        let tls = env.iter().any(|(k, _)| *k == "TLS_CERT_PATH");
         let mut service = Self {
+            scheme: if tls { "https" } else { "http" },
             binary: binary_path(name),
             env: env
                 .iter()
@@ -59,7 +62,11 @@ impl Service {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn log_path(&self) -> &PathBuf {
@@ -87,7 +94,11 @@ impl Service {
     }
 
     async fn wait_healthy(&mut self) {
-        let client = reqwest::Client::new();
+        // Liveness only: certificate checks belong to the tests that make them.
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .expect("client");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(response) = client.get(format!("{}/health", self.url())).send().await
@@ -197,6 +208,7 @@ impl InProcessIngest {
                 request_timeout: Duration::from_secs(30),
             },
             tls: None,
+            processor_ca: None,
         }
     }
 

@@ -74,6 +74,8 @@ pub struct IngestConfig {
     pub rate_limit: RateLimit,
     pub limits: HttpLimits,
     pub tls: Option<TlsFiles>,
+    /// Extra CA certificate (PEM) to trust for an https `PROCESSOR_URL`.
+    pub processor_ca: Option<PathBuf>,
 }
 
 /// Token bucket per API key: `per_second` refill, `burst` capacity.
@@ -174,6 +176,17 @@ impl IngestConfig {
             },
             limits: http_limits(source)?,
             tls: tls(source)?,
+            processor_ca: match source.get("PROCESSOR_CA_PATH") {
+                None => None,
+                Some(path) => {
+                    std::fs::metadata(path.trim()).map_err(|e| ConfigError::Unreadable {
+                        name: "PROCESSOR_CA_PATH",
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    Some(PathBuf::from(path.trim()))
+                }
+            },
         })
     }
 }
@@ -310,16 +323,9 @@ fn http_limits(source: &impl Source) -> Result<HttpLimits, ConfigError> {
     })
 }
 
-const TLS_SUPPORTED: bool = false;
-
 fn tls(source: &impl Source) -> Result<Option<TlsFiles>, ConfigError> {
     match (source.get("TLS_CERT_PATH"), source.get("TLS_KEY_PATH")) {
         (None, None) => Ok(None),
-        (Some(_), Some(_)) if !TLS_SUPPORTED => Err(invalid(
-            "TLS_CERT_PATH",
-            "",
-            "TLS is not available in this build yet",
-        )),
         (Some(cert), Some(key)) => {
             for (name, path) in [("TLS_CERT_PATH", &cert), ("TLS_KEY_PATH", &key)] {
                 if let Err(e) = std::fs::metadata(path.trim()) {

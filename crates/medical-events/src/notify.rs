@@ -3,6 +3,7 @@
 //! never blocks intake; if it is dropped or fails, the processor's sweep finds
 //! the stored event anyway.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,19 +34,28 @@ struct Notification {
 impl ProcessorNotifier {
     /// Starts the background sender towards `processor_url` (no trailing slash).
     /// `token` is sent as `Authorization: Bearer` (the processor's PROCESSOR_TOKEN).
-    pub fn spawn(processor_url: &str, token: Option<Secret>) -> Self {
+    /// `ca` is an extra PEM certificate to trust for an https processor URL.
+    pub fn spawn(
+        processor_url: &str,
+        token: Option<Secret>,
+        ca: Option<&Path>,
+    ) -> Result<Self, String> {
         let (sender, receiver) = mpsc::channel(BACKLOG);
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .expect("a reqwest client with a timeout always builds");
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+            let certificate = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let client = builder.build().map_err(|e| e.to_string())?;
         tokio::spawn(deliver(
             client,
             format!("{processor_url}/queue"),
             token,
             receiver,
         ));
-        Self { sender }
+        Ok(Self { sender })
     }
 
     pub fn notify(&self, event_id: EventId, event: &NewEvent, trace: &TraceContext) {

@@ -66,7 +66,8 @@ pub async fn main<S: Service>() -> ExitCode {
             .ok()
             .and_then(|p| p.parse().ok())
             .unwrap_or(S::DEFAULT_PORT);
-        return if http::health::probe(port).await {
+        let https = std::env::var_os("TLS_CERT_PATH").is_some_and(|v| !v.is_empty());
+        return if http::health::probe(port, https).await {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::auth::{Access, Guard};
-use crate::config::{IngestConfig, MongoSettings, ProcessorConfig};
+use crate::config::{IngestConfig, MongoSettings, ProcessorConfig, TlsFiles};
 use crate::http::ingest::{self, IngestGuards, IngestState};
 use crate::http::limits::KeyedLimiter;
 use crate::http::processor::{self, ProcessorState};
@@ -19,6 +19,8 @@ use crate::notify::ProcessorNotifier;
 use crate::processing::SimulatedProcessing;
 use crate::scheduler::Scheduler;
 use crate::store::{Store, StoreError};
+use crate::tls::TlsListener;
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -32,6 +34,10 @@ pub enum StartupError {
     },
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot set up the client for PROCESSOR_URL: {0}")]
+    Client(String),
 }
 
 /// Connects and creates the indexes, waiting for MongoDB as long as it takes:
@@ -58,19 +64,40 @@ async fn open_store(settings: &MongoSettings, app_name: &str) -> Result<Store, S
     Ok(store)
 }
 
-/// Serves `router` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves `router` until `shutdown` resolves, then finishes in-flight
+/// requests; over HTTPS when `tls` is set.
 async fn serve(
     listener: TcpListener,
     router: axum::Router,
+    tls: Option<TlsAcceptor>,
     service: &str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-    info!(port, "{service} listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(StartupError::Serve)
+    match tls {
+        Some(acceptor) => {
+            info!(port, "{service} listening (https)");
+            let listener = TlsListener::new(listener, acceptor).map_err(StartupError::Serve)?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(StartupError::Serve)
+        }
+        None => {
+            info!(port, "{service} listening");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(StartupError::Serve)
+        }
+    }
+}
+
+fn tls_acceptor(files: Option<&TlsFiles>) -> Result<Option<TlsAcceptor>, StartupError> {
+    files
+        .map(crate::tls::acceptor)
+        .transpose()
+        .map_err(StartupError::Tls)
 }
 
 async fn bind(port: u16) -> Result<TcpListener, StartupError> {
@@ -82,6 +109,7 @@ async fn bind(port: u16) -> Result<TcpListener, StartupError> {
 pub struct IngestApp {
     listener: TcpListener,
     router: axum::Router,
+    tls: Option<TlsAcceptor>,
 }
 
 impl IngestApp {
@@ -95,10 +123,13 @@ impl IngestApp {
             notifier: ProcessorNotifier::spawn(
                 &config.processor_url,
                 config.processor_token.clone(),
-            ),
+                config.processor_ca.as_deref(),
+            )
+            .map_err(StartupError::Client)?,
         };
         Ok(Self {
             listener: bind(config.port).await?,
+            tls: tls_acceptor(config.tls.as_ref())?,
             router: ingest::router(
                 state,
                 IngestGuards {
@@ -122,7 +153,7 @@ impl IngestApp {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        serve(self.listener, self.router, "ingest", shutdown).await?;
+        serve(self.listener, self.router, self.tls, "ingest", shutdown).await?;
         info!("ingest stopped");
         Ok(())
     }
@@ -131,6 +162,7 @@ impl IngestApp {
 pub struct ProcessorApp {
     listener: TcpListener,
     router: axum::Router,
+    tls: Option<TlsAcceptor>,
     scheduler: Scheduler<SimulatedProcessing>,
     shutdown_grace: Duration,
 }
@@ -164,6 +196,7 @@ impl ProcessorApp {
         };
         Ok(Self {
             listener: bind(config.port).await?,
+            tls: tls_acceptor(config.tls.as_ref())?,
             router: processor::router(state, Arc::new(Guard::new(&config.access)), config.limits),
             scheduler,
             shutdown_grace: config.shutdown_grace,
@@ -183,7 +216,7 @@ impl ProcessorApp {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        serve(self.listener, self.router, "processor", shutdown).await?;
+        serve(self.listener, self.router, self.tls, "processor", shutdown).await?;
         self.scheduler.shutdown(self.shutdown_grace).await;
         info!("processor stopped");
         Ok(())
