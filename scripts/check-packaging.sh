@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Offline checks of the container packaging (no Docker engine needed):
 #   - docker-compose.yml is valid            (docker-compose config -q)
+#   - ... also with the `observability` profile (Prometheus + Grafana)
 #   - compose can plan the image builds      (docker-compose --dry-run build)
+#   - every JSON file under deploy/ parses   (python3 -m json.tool)
 #   - both Dockerfiles lint clean at warning (hadolint --failure-threshold warning)
 #
 # The tools come from PyPI, pinned by hash in scripts/packaging-requirements.txt,
@@ -17,6 +19,7 @@ VENV=.tools/venv
 REQUIREMENTS=scripts/packaging-requirements.txt
 COMPOSE_FILE=docker-compose.yml
 DOCKERFILES=(Dockerfile.ingest Dockerfile.processor)
+DEPLOY_DIR=deploy
 
 # --- tools -------------------------------------------------------------------
 
@@ -88,8 +91,29 @@ run_check() {
     fi
 }
 
+# check_json DIR: every *.json under DIR parses; names each one that does not.
+# Fails as well when there is none, so a moved folder is not a silent pass.
+check_json() {
+    local file count=0 bad=0
+    while IFS= read -r -d '' file; do
+        count=$((count + 1))
+        if ! python3 -m json.tool "$file" >/dev/null; then
+            echo "invalid JSON: $file"
+            bad=$((bad + 1))
+        fi
+    done < <(find "$1" -type f -name '*.json' -print0 | sort -z)
+    if ((count == 0)); then
+        echo "no JSON files under $1"
+        return 1
+    fi
+    ((bad == 0))
+}
+
 run_check "compose config" \
     docker-compose -f "$COMPOSE_FILE" config -q
+
+run_check "compose config (observability profile)" \
+    docker-compose -f "$COMPOSE_FILE" --profile observability config -q
 
 # --dry-run needs no Docker engine (checked with none running): compose
 # resolves every service's build section and prepares its build context, so a
@@ -100,6 +124,9 @@ run_check "compose dry-run build" \
 
 run_check "hadolint (failure threshold: warning)" \
     hadolint --no-color --failure-threshold warning "${DOCKERFILES[@]}"
+
+run_check "JSON under $DEPLOY_DIR/ parses (python3 -m json.tool)" \
+    check_json "$DEPLOY_DIR"
 
 echo
 echo "packaging: $passed passed, $failed failed"
