@@ -35,5 +35,8 @@ fi
 step "load smoke (k6, 10 s)"
 MONGO_BASE_URI=$TEST_MONGO_URI scripts/k6-smoke.sh
 
+step "API contract (schemathesis)"
+MONGO_BASE_URI=$TEST_MONGO_URI scripts/api-contract.sh
+
 step "packaging"
 scripts/check-packaging.sh

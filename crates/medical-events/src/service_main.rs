@@ -6,9 +6,11 @@ use std::future::Future;
 use std::process::ExitCode;
 
 use crate::config::{ConfigError, IngestConfig, ProcessorConfig};
+use crate::http::openapi;
 use crate::startup::{IngestApp, ProcessorApp, StartupError};
 use crate::telemetry::{self, LogFormat};
 use crate::{http, shutdown};
+use utoipa::OpenApi;
 
 /// A runnable service, as seen from `main`.
 pub trait Service: Sized + Send {
@@ -20,6 +22,8 @@ pub trait Service: Sized + Send {
     fn log_format(config: &Self::Config) -> LogFormat;
     fn build(config: Self::Config) -> impl Future<Output = Result<Self, StartupError>> + Send;
     fn run(self) -> impl Future<Output = Result<(), StartupError>> + Send;
+    /// The service's OpenAPI document (`<binary> openapi` prints it).
+    fn openapi() -> String;
 }
 
 impl Service for IngestApp {
@@ -38,6 +42,9 @@ impl Service for IngestApp {
     }
     async fn run(self) -> Result<(), StartupError> {
         IngestApp::run(self, shutdown::signal()).await
+    }
+    fn openapi() -> String {
+        openapi::render(&openapi::IngestApi::openapi())
     }
 }
 
@@ -58,9 +65,16 @@ impl Service for ProcessorApp {
     async fn run(self) -> Result<(), StartupError> {
         ProcessorApp::run(self, shutdown::signal()).await
     }
+    fn openapi() -> String {
+        openapi::render(&openapi::ProcessorApi::openapi())
+    }
 }
 
 pub async fn main<S: Service>() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("openapi") {
+        print!("{}", S::openapi());
+        return ExitCode::SUCCESS;
+    }
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         let port = std::env::var("PORT")
             .ok()

@@ -36,6 +36,23 @@ pub async fn ready(store: &Store, service: &'static str) -> Response {
     }
 }
 
+/// Liveness: the process answers; checks nothing else.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "The process is alive", body = super::openapi::Health)))]
+#[allow(dead_code)] // documentation of the route; the handler is `live`
+pub(crate) async fn live_doc() {}
+
+/// Readiness: MongoDB answers a ping within 2 s.
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready to take work", body = super::openapi::Health),
+        (status = 503, description = "MongoDB does not answer", body = super::openapi::Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
+#[allow(dead_code)] // documentation of the route; the handler is `ready`
+pub(crate) async fn ready_doc() {}
+
 /// The `healthcheck` subcommand of both binaries (for container HEALTHCHECKs
 /// in images without curl): exit 0 if `GET /health` on `port` answers 200.
 pub async fn probe(port: u16, https: bool) -> bool {

@@ -49,6 +49,7 @@ pub fn router(state: IngestState, guards: IngestGuards) -> Router {
     finish(
         protected
             .route("/health", get(|| async { health::live(SERVICE) }))
+            .route("/openapi.json", get(super::openapi::ingest_document))
             .route(
                 "/ready",
                 get(|State(state): State<IngestState>| async move {
@@ -60,7 +61,37 @@ pub fn router(state: IngestState, guards: IngestGuards) -> Router {
     )
 }
 
-async fn accept_event(
+/// Accept one clinical event: stored durably, with the patient's next
+/// sequence number, before the 202.
+#[utoipa::path(post, path = "/events", tag = "events",
+    request_body(content = super::openapi::EventBody, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; a retry with the same key and payload returns the same event"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context"),
+    ),
+    responses(
+        (status = 202, description = "Stored; processing follows", body = super::openapi::Queued,
+            headers(("Location" = String, description = "/events/{eventId}"))),
+        (status = 400, description = "Malformed JSON, wrong types, unknown fields or a broken rule; errors names each field", body = super::openapi::Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid API key", body = super::openapi::Problem,
+            content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 413, description = "Body over 1 MiB", body = super::openapi::Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json", body = super::openapi::Problem,
+            content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key already used with a different payload", body = super::openapi::Problem,
+            content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit of this API key exhausted", body = super::openapi::Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "Store unavailable, service at capacity or request too slow; nothing stored", body = super::openapi::Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn accept_event(
     State(state): State<IngestState>,
     Extension(trace): Extension<TraceContext>,
     headers: HeaderMap,
@@ -116,7 +147,27 @@ async fn accept_event(
         .into_response())
 }
 
-async fn event_status(
+/// Where an accepted event is in its life.
+#[utoipa::path(get, path = "/events/{eventId}", tag = "events",
+    params(("eventId" = String, Path, description = "The id returned by POST /events")),
+    responses(
+        (status = 200, description = "The event's state", body = super::openapi::EventState),
+        (status = 400, description = "eventId is not a UUID", body = super::openapi::Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid API key", body = super::openapi::Problem,
+            content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 404, description = "No such event", body = super::openapi::Problem,
+            content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit of this API key exhausted", body = super::openapi::Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "Store unavailable or service at capacity", body = super::openapi::Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn event_status(
     State(state): State<IngestState>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {

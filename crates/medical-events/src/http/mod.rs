@@ -4,6 +4,7 @@ pub mod health;
 pub mod ingest;
 pub mod json_body;
 pub mod limits;
+pub mod openapi;
 pub mod problem;
 pub mod processor;
 

@@ -37,6 +37,7 @@ pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> R
             .route("/queue", post(queue_event))
             .route_layer(middleware::from_fn_with_state(guard, require_bearer))
             .route("/health", get(|| async { health::live(SERVICE) }))
+            .route("/openapi.json", get(super::openapi::processor_document))
             .route(
                 "/ready",
                 get(|State(state): State<ProcessorState>| async move {
@@ -48,7 +49,29 @@ pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> R
     )
 }
 
-async fn queue_event(
+/// Wake the processor for an event, storing it first if it is new.
+#[utoipa::path(post, path = "/queue", tag = "processing",
+    request_body(content = super::openapi::QueueBody, content_type = "application/json"),
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context")),
+    responses(
+        (status = 202, description = "Stored (if new); processing follows in the background", body = super::openapi::Accepted),
+        (status = 400, description = "Malformed JSON, wrong types, unknown fields or a broken rule", body = super::openapi::Problem,
+            content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid PROCESSOR_TOKEN", body = super::openapi::Problem,
+            content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 409, description = "This eventId is stored with a different patientId, type or ts", body = super::openapi::Problem,
+            content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = super::openapi::Problem,
+            content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type is not application/json", body = super::openapi::Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable or too many patients in flight; nothing stored", body = super::openapi::Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn queue_event(
     State(state): State<ProcessorState>,
     Extension(trace): Extension<TraceContext>,
     JsonBody(body): JsonBody,

@@ -1,0 +1,177 @@
+//! The OpenAPI 3.1 documents of both services, generated from these
+//! declarations and the handlers' `#[utoipa::path]` attributes, served at
+//! `GET /openapi.json` and committed under `docs/openapi/` (a test keeps
+//! the committed copies in sync).
+
+use axum::Json;
+use serde::Serialize;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// A clinical event as sent to `POST /events`. Besides the limits below:
+/// `patientId` and `type` must not be blank or contain control characters;
+/// `data` must nest at most 32 levels, have no key starting with `$` or
+/// containing NUL, and hold integers within signed 64 bits.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct EventBody {
+    #[schema(min_length = 1, max_length = 128, example = "patient-123")]
+    patient_id: String,
+    #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 64, example = "lab_result")]
+    event_type: String,
+    #[schema(value_type = Object, example = json!({"test": "glucose", "value": 5.4}))]
+    data: serde_json::Value,
+    /// RFC 3339 with a timezone; stored as UTC with milliseconds.
+    #[schema(format = DateTime, example = "2025-10-01T14:00:00+02:00")]
+    ts: String,
+}
+
+/// `POST /queue`: an event with the id ingest gave it.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct QueueBody {
+    #[serde(rename = "eventId")]
+    #[schema(format = Uuid)]
+    event_id: String,
+    #[serde(rename = "patientId")]
+    #[schema(min_length = 1, max_length = 128)]
+    patient_id: String,
+    #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 64)]
+    event_type: String,
+    #[schema(value_type = Object)]
+    data: serde_json::Value,
+    #[schema(format = DateTime)]
+    ts: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Queued {
+    #[schema(example = "queued")]
+    status: String,
+    #[serde(rename = "eventId")]
+    #[schema(format = Uuid)]
+    event_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Accepted {
+    #[schema(example = "accepted")]
+    status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ResultView {
+    /// `success` or `failed`.
+    status: String,
+    message: String,
+    error: Option<String>,
+}
+
+/// Where an accepted event is; `result`, `processedAt` and
+/// `processingDurationMs` appear once it has an outcome.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+pub struct EventState {
+    #[schema(format = Uuid)]
+    event_id: String,
+    patient_id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    #[schema(format = DateTime)]
+    ts: String,
+    seq: i64,
+    /// `queued`, `processing`, `processed` or `failed`.
+    status: String,
+    attempts: i32,
+    #[schema(format = DateTime)]
+    accepted_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+    last_error: Option<String>,
+    result: Option<ResultView>,
+    #[schema(format = DateTime)]
+    processed_at: Option<String>,
+    processing_duration_ms: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct FieldProblem {
+    field: String,
+    message: String,
+}
+
+/// RFC 9457 problem details (`application/problem+json`).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    problem_type: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// One entry per broken rule (validation errors only).
+    errors: Option<Vec<FieldProblem>>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Health {
+    status: String,
+    service: String,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Medical events: ingest", description = "Accepts clinical events durably, in order per patient."),
+    paths(super::ingest::accept_event, super::ingest::event_status, super::health::live_doc, super::health::ready_doc),
+    components(schemas(EventBody, Queued, EventState, Problem, FieldProblem, ResultView, Health)),
+    modifiers(&BearerAuth)
+)]
+pub struct IngestApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Medical events: processor", description = "Processes each patient's events in order, exactly once."),
+    paths(super::processor::queue_event, super::health::live_doc, super::health::ready_doc),
+    components(schemas(QueueBody, Accepted, Problem, FieldProblem, Health)),
+    modifiers(&BearerAuth)
+)]
+pub struct ProcessorApi;
+
+/// The document as served and committed: pretty JSON with a final newline.
+pub fn render(api: &utoipa::openapi::OpenApi) -> String {
+    let mut text = api
+        .to_pretty_json()
+        .expect("an OpenAPI document serializes");
+    text.push('\n');
+    text
+}
+
+pub async fn ingest_document() -> Json<utoipa::openapi::OpenApi> {
+    Json(IngestApi::openapi())
+}
+
+pub async fn processor_document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ProcessorApi::openapi())
+}
