@@ -160,7 +160,12 @@ async fn the_callers_trace_id_reaches_the_processors_log_lines() {
     let response = e2e::client()
         .post(format!("{}/events", ingest.url()))
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-        .json(&event_body("p-trace", 1))
+        .json(&serde_json::json!({
+            "patientId": "p-trace",
+            "type": "diagnosis",
+            "ts": "2025-10-01T12:00:00Z",
+            "data": { "note": "PHI-MARKER-7d1f", "PHI-KEY-2c9a": 1 },
+        }))
         .send()
         .await
         .unwrap();
@@ -204,5 +209,76 @@ async fn the_callers_trace_id_reaches_the_processors_log_lines() {
             .read_log()
             .lines()
             .any(|l| l.contains("event accepted") && l.contains(trace_id))
+    );
+    // Clinical data never reaches the logs, not even as a key.
+    for log in [ingest.read_log(), processor.read_log()] {
+        assert!(
+            !log.contains("PHI-MARKER") && !log.contains("PHI-KEY"),
+            "data was logged"
+        );
+    }
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_under_the_callers_trace_id() {
+    use std::sync::{Arc, Mutex};
+    // A stand-in OTLP/HTTP collector that keeps what it receives.
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let sink = Arc::clone(&received);
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            sink.lock().unwrap().push(body.to_vec());
+            async { axum::http::StatusCode::OK }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let uri = fresh_database_uri();
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    let mut env = processor_env(&uri, 10, 20);
+    env.extend(otel.clone());
+    let processor = Service::start("processor", &env).await;
+    let mut env = ingest_env(&uri, &processor.url());
+    env.extend(otel);
+    let ingest = Service::start("ingest", &env).await;
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let response = e2e::client()
+        .post(format!("{}/events", ingest.url()))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&event_body("p-otlp", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+
+    let trace_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let exported_by = |service: &str| {
+        received.lock().unwrap().iter().any(|body| {
+            body.windows(16).any(|w| w == trace_bytes.as_slice())
+                && body.windows(service.len()).any(|w| w == service.as_bytes())
+        })
+    };
+    for _ in 0..100 {
+        if exported_by("ingest") && exported_by("processor") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        exported_by("ingest"),
+        "no ingest span with the trace id was exported"
+    );
+    assert!(
+        exported_by("processor"),
+        "no processor span with the trace id was exported"
     );
 }

@@ -223,19 +223,17 @@ impl<H: EventHandler> Inner<H> {
     /// Takes one claimed event to a recorded outcome. Returns `false` if
     /// interrupted by shutdown (the event then stays unfinished and is resumed later).
     async fn process(&self, event: QueuedEvent) -> bool {
-        let trace_id = event
-            .traceparent
-            .as_deref()
-            .and_then(TraceContext::parse)
-            .map(|context| context.trace_id().to_owned())
-            .unwrap_or_default();
+        let trace = event.traceparent.as_deref().and_then(TraceContext::parse);
         let span = info_span!(
             "event",
             eventId = %event.event_id,
             patientId = %event.patient_id,
             seq = event.seq,
-            traceId = %trace_id
+            traceId = %trace.as_ref().map(TraceContext::trace_id).unwrap_or_default()
         );
+        if let Some(trace) = &trace {
+            crate::telemetry::continue_trace(&span, trace);
+        }
         self.process_in_span(event).instrument(span).await
     }
 

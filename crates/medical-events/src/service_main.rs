@@ -94,7 +94,7 @@ pub async fn main<S: Service>() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(S::log_format(&config));
+    let _telemetry = telemetry::init(S::log_format(&config), S::NAME);
     let result = match S::build(config).await {
         Ok(service) => service.run().await,
         Err(e) => Err(e),

@@ -80,6 +80,10 @@ impl TraceContext {
         &self.trace_id
     }
 
+    pub fn span_id(&self) -> &str {
+        &self.span_id
+    }
+
     pub fn header_value(&self) -> String {
         format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
     }
@@ -89,13 +93,18 @@ impl TraceContext {
 /// trace) goes into the request extensions and onto every log line of the
 /// request; the response carries it back in `traceparent`.
 pub async fn propagate(mut request: Request, next: Next) -> Response {
-    let context = request
+    let parent = request
         .headers()
         .get(HEADER)
         .and_then(|value| value.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map_or_else(TraceContext::new_root, |parent| parent.child());
+        .and_then(TraceContext::parse);
+    let context = parent
+        .as_ref()
+        .map_or_else(TraceContext::new_root, TraceContext::child);
     let span = tracing::info_span!("request", traceId = %context.trace_id());
+    if let Some(parent) = &parent {
+        crate::telemetry::continue_trace(&span, parent);
+    }
     let header = HeaderValue::from_str(&context.header_value()).ok();
     request.extensions_mut().insert(context);
     let mut response = next.run(request).instrument(span).await;
