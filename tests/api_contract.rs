@@ -10,13 +10,7 @@ fn committed(name: &str) -> String {
 }
 
 fn generated(binary: &str) -> String {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let dir = e2e::binary_path("ingest").parent().unwrap().to_path_buf();
     let output = std::process::Command::new(dir.join(binary))
         .arg("openapi")
         .output()

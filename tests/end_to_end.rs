@@ -225,13 +225,7 @@ async fn the_real_default_timing_takes_five_to_six_seconds() {
 
 #[tokio::test]
 async fn a_missing_setting_stops_start_up_with_one_clear_line() {
-    let binary_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let binary_dir = e2e::binary_path("ingest").parent().unwrap().to_path_buf();
     type Env = &'static [(&'static str, &'static str)];
     let cases: [(&str, Env, &str); 2] = [
         (

@@ -165,13 +165,7 @@ async fn ingest_with_the_wrong_token_is_refused_by_the_processor_and_the_sweep_s
 
 #[tokio::test]
 async fn services_refuse_to_start_without_credentials_unless_auth_is_disabled_explicitly() {
-    let binary_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let binary_dir = e2e::binary_path("ingest").parent().unwrap().to_path_buf();
     let run = |binary: &str, env: &[(&str, &str)]| {
         std::process::Command::new(binary_dir.join(binary))
             .env_clear()
@@ -487,13 +481,7 @@ async fn both_services_can_speak_https_including_to_each_other() {
     );
 
     // The container health probe works over https.
-    let binary_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let binary_dir = e2e::binary_path("ingest").parent().unwrap().to_path_buf();
     let status = std::process::Command::new(binary_dir.join("ingest"))
         .arg("healthcheck")
         .env("PORT", ingest.port().to_string())

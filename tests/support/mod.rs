@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use mongo_server::MongoServer;
-pub use services::{InProcessIngest, Service};
+pub use services::{InProcessIngest, Service, binary_path};
 
 /// The API key the test services accept.
 pub const API_KEY: &str = "test-api-key-0123456789";

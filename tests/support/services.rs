@@ -23,7 +23,8 @@ pub struct Service {
     child: Option<Child>,
 }
 
-fn binary_path(name: &str) -> PathBuf {
+/// The path of a built workspace binary (`ingest`, `processor`).
+pub fn binary_path(name: &str) -> PathBuf {
     // Test executables live in <target>/<profile>/deps; the binaries one level up.
     let exe = std::env::current_exe().expect("current exe");
     let path = exe
