@@ -20,7 +20,7 @@ use crate::config::HttpLimits;
 use crate::event::{EventId, NewEvent};
 use crate::intake::Intake;
 use crate::notify::ProcessorNotifier;
-use crate::store::{EnqueueOutcome, EventStatus, IdempotencyKey, StoreError, Submission};
+use crate::store::{EnqueueOutcome, EventStatus, IdempotencyKey, Submission};
 use crate::trace_context::TraceContext;
 
 pub const SERVICE: &str = "ingest-service";
@@ -110,11 +110,7 @@ pub(crate) async fn accept_event(
         key: key.as_ref(),
         traceparent: Some(&traceparent),
     };
-    let outcome = state
-        .intake
-        .submit(&submission)
-        .await
-        .map_err(unavailable)?;
+    let outcome = state.intake.submit(&submission).await?;
     let event_id = match outcome {
         EnqueueOutcome::Accepted { event_id, seq } => {
             info!(eventId = %event_id, patientId = event.patient_id.as_str(), seq, "event accepted");
@@ -176,8 +172,7 @@ pub(crate) async fn event_status(
     let store = state.intake.store();
     let event = store
         .find_event(&event_id.to_string())
-        .await
-        .map_err(unavailable)?
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no event with id {event_id}")))?;
     let mut body = json!({
         "eventId": event.event_id,
@@ -194,10 +189,7 @@ pub(crate) async fn event_status(
         body["lastError"] = json!(error);
     }
     if matches!(event.status, EventStatus::Processed | EventStatus::Failed)
-        && let Some(outcome) = store
-            .find_processed(&event.event_id)
-            .await
-            .map_err(unavailable)?
+        && let Some(outcome) = store.find_processed(&event.event_id).await?
     {
         body["result"] = json!(outcome.result);
         body["processedAt"] = json!(rfc3339(outcome.processed_at));
@@ -208,11 +200,4 @@ pub(crate) async fn event_status(
 
 fn rfc3339(at: DateTime) -> String {
     at.try_to_rfc3339_string().unwrap_or_default()
-}
-
-pub(crate) fn unavailable(e: StoreError) -> ApiError {
-    error!(error = %e, "event store unavailable");
-    ApiError::Unavailable {
-        retry_after_secs: 5,
-    }
 }

@@ -63,6 +63,17 @@ impl ApiError {
     }
 }
 
+/// Any store failure is the client's 503: logged here with its cause,
+/// shown to the client without it.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        tracing::error!(error = %error, "event store unavailable");
+        Self::Unavailable {
+            retry_after_secs: 5,
+        }
+    }
+}
+
 impl ApiError {
     /// A short label for the `requests_rejected_total` metric.
     fn reason(&self) -> &'static str {

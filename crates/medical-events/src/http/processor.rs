@@ -10,7 +10,6 @@ use axum::{Json, Router, middleware};
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::ingest::unavailable;
 use super::json_body::JsonBody;
 use super::problem::ApiError;
 use super::{finish, health};
@@ -87,13 +86,7 @@ pub(crate) async fn queue_event(
         });
     }
     // The usual case: ingest already stored it and this is only the wake-up.
-    if let Some(stored) = state
-        .intake
-        .store()
-        .find_event(&event_id)
-        .await
-        .map_err(unavailable)?
-    {
+    if let Some(stored) = state.intake.store().find_event(&event_id).await? {
         if stored.patient_id != event.patient_id.as_str()
             || stored.event_type != event.event_type.as_str()
             || stored.ts != event.ts.as_str()
@@ -110,11 +103,7 @@ pub(crate) async fn queue_event(
             key: None,
             traceparent: Some(&traceparent),
         };
-        let outcome = state
-            .intake
-            .submit(&submission)
-            .await
-            .map_err(unavailable)?;
+        let outcome = state.intake.submit(&submission).await?;
         if let EnqueueOutcome::Accepted { seq, .. } = outcome {
             info!(eventId = %event_id, patientId = event.patient_id.as_str(), seq, "event accepted directly");
             metrics::counter!("events_accepted_total").increment(1);

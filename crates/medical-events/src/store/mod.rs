@@ -12,7 +12,6 @@ pub use documents::{EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
 pub use enqueue::{EnqueueOutcome, IdempotencyKey, Submission};
 pub use error::StoreError;
 
-use futures_util::TryStreamExt;
 use mongodb::bson::{DateTime, doc};
 use mongodb::options::{
     Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, WriteConcern,
@@ -303,20 +302,5 @@ impl Store {
             .bounded("closing an event's lifecycle", self.op_timeout)
             .await
             .map(|_| ())
-    }
-
-    /// All processed documents of one patient in processing order (tests and tools).
-    pub async fn processed_for_patient(
-        &self,
-        patient_id: &str,
-    ) -> Result<Vec<ProcessedEvent>, StoreError> {
-        self.processed
-            .find(doc! { "patientId": patient_id })
-            .sort(doc! { "processedAt": 1, "_id": 1 })
-            .bounded("listing processed events", self.op_timeout)
-            .await?
-            .try_collect()
-            .bounded("listing processed events", self.op_timeout)
-            .await
     }
 }
