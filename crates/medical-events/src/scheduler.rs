@@ -256,47 +256,46 @@ impl<H: EventHandler> Inner<H> {
                 }
             };
             let duration_ms = started.elapsed().as_millis() as i64;
-            let error = match result {
-                Ok(()) => {
-                    let outcome = ProcessedEvent::from_queued(
-                        &event,
-                        duration_ms,
-                        ProcessingResult::success(),
-                    );
-                    return Box::pin(self.persist(
-                        &outcome,
-                        event.attempts,
-                        false,
-                        Some(event.accepted_at),
-                    ))
-                    .await;
+            let result = match result {
+                Ok(()) => ProcessingResult::success(),
+                Err(error) => {
+                    warn!(attempt = event.attempts, error = %error, "processing attempt failed");
+                    metrics::counter!("event_attempts_failed_total").increment(1);
+                    if event.attempts < self.policy.max_attempts {
+                        match self.retry_later(event, &error).await {
+                            Some(claimed) => {
+                                event = claimed;
+                                continue;
+                            }
+                            None => return !self.abort.is_cancelled(),
+                        }
+                    }
+                    ProcessingResult::failed(event.attempts, error)
                 }
-                Err(error) => error,
             };
-            warn!(attempt = event.attempts, error = %error, "processing attempt failed");
-            metrics::counter!("event_attempts_failed_total").increment(1);
-            if event.attempts >= self.policy.max_attempts {
-                let result = ProcessingResult::failed(event.attempts, error);
-                let outcome = ProcessedEvent::from_queued(&event, duration_ms, result);
-                return Box::pin(self.persist(
-                    &outcome,
-                    event.attempts,
-                    false,
-                    Some(event.accepted_at),
-                ))
-                .await;
-            }
-            let _ = Box::pin(self.store.note_error(&event.event_id, &error)).await;
-            if !self.pause(self.policy.delay(event.attempts as u32)).await {
-                self.hand_back(&event).await;
-                return false;
-            }
-            event = match self.retrying(|| self.store.claim(event.clone())).await {
-                Some(Some(claimed)) => claimed,
-                Some(None) => return true, // finished elsewhere meanwhile
-                None => return false,
-            };
+            let outcome = ProcessedEvent::from_queued(&event, duration_ms, result);
+            return Box::pin(self.persist(
+                &outcome,
+                event.attempts,
+                false,
+                Some(event.accepted_at),
+            ))
+            .await;
         }
+    }
+
+    /// After a failed attempt: note the error, back off, claim the event
+    /// again. `None` if shutdown interrupted (the event was handed back) or
+    /// the event was finished elsewhere meanwhile.
+    async fn retry_later(&self, event: QueuedEvent, error: &str) -> Option<QueuedEvent> {
+        let _ = Box::pin(self.store.note_error(&event.event_id, error)).await;
+        if !self.pause(self.policy.delay(event.attempts as u32)).await {
+            self.hand_back(&event).await;
+            return None;
+        }
+        self.retrying(|| self.store.claim(event.clone()))
+            .await
+            .flatten()
     }
 
     /// For an event an earlier run claimed and never finished: `Some(true)`
