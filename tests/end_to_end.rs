@@ -94,12 +94,17 @@ async fn processed_documents_carry_the_original_fields() {
         .find("processed_events", doc! {}, doc! {})
         .await
         .remove(0);
+    // The original service's fields, plus where the event sits and which
+    // run produced the outcome.
     let mut keys: Vec<&str> = doc.keys().map(String::as_str).collect();
     keys.sort();
     assert_eq!(
         keys,
         [
             "_id",
+            "attempts",
+            "bucket",
+            "client",
             "createdAt",
             "data",
             "eventId",
@@ -107,6 +112,8 @@ async fn processed_documents_carry_the_original_fields() {
             "processedAt",
             "processingDurationMs",
             "result",
+            "run",
+            "seq",
             "ts",
             "type",
             "updatedAt"

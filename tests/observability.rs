@@ -23,17 +23,21 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
-async fn scrape(url: &str) -> String {
-    // Scrapers do not authenticate; metrics carry no clinical data.
-    let response = reqwest::get(format!("{url}/metrics")).await.unwrap();
+async fn scrape(metrics_url: &str) -> String {
+    // Scrapers do not authenticate; metrics carry no clinical data and are
+    // served on their own (internal) listener.
+    let response = reqwest::get(metrics_url).await.unwrap();
     assert!(response.status().is_success());
     response.text().await.unwrap()
 }
 
 #[tokio::test]
 async fn ingest_counts_accepted_and_rejected_requests() {
-    let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;
-    let before = scrape(&ingest.url).await;
+    let mut config = InProcessIngest::config(&fresh_database_uri(), "http://127.0.0.1:9");
+    config.metrics_port = e2e::free_port();
+    let ingest = InProcessIngest::start_with(config).await;
+    let metrics = ingest.metrics_url.clone().expect("a metrics listener");
+    let before = scrape(&metrics).await;
     assert_eq!(sample(&before, "events_accepted_total", &[]), None);
 
     let client = e2e::client();
@@ -59,7 +63,7 @@ async fn ingest_counts_accepted_and_rejected_requests() {
         .await
         .unwrap();
 
-    let after = scrape(&ingest.url).await;
+    let after = scrape(&metrics).await;
     assert_eq!(
         sample(&after, "events_accepted_total", &[]),
         Some(2.0),
@@ -114,7 +118,7 @@ async fn the_processor_reports_outcomes_durations_backlog_and_lanes() {
     }
     let mut text = String::new();
     for _ in 0..100 {
-        text = scrape(&processor.url()).await;
+        text = scrape(&processor.metrics_url()).await;
         if sample(&text, "events_processed_total", &[("result", "success")]) == Some(3.0)
             && sample(&text, "processor_backlog_events", &[]) == Some(0.0)
         {
@@ -281,4 +285,37 @@ async fn spans_are_exported_over_otlp_under_the_callers_trace_id() {
         exported_by("processor"),
         "no processor span with the trace id was exported"
     );
+}
+
+#[tokio::test]
+async fn metrics_stay_off_the_public_port_and_made_up_methods_add_no_series() {
+    let mut config = InProcessIngest::config(&fresh_database_uri(), "http://127.0.0.1:9");
+    config.metrics_port = e2e::free_port();
+    let ingest = InProcessIngest::start_with(config).await;
+    let metrics = ingest.metrics_url.clone().expect("a metrics listener");
+    let public = reqwest::get(format!("{}/metrics", ingest.url))
+        .await
+        .unwrap();
+    assert_eq!(public.status(), reqwest::StatusCode::NOT_FOUND);
+
+    // Unauthenticated requests with invented methods: one series, "other".
+    let client = reqwest::Client::new();
+    for n in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("BREW{n}").as_bytes()).unwrap();
+        client
+            .request(method, format!("{}/health", ingest.url))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = scrape(&metrics).await;
+    assert!(
+        !text.contains("BREW"),
+        "a client-chosen method became a label"
+    );
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{") && l.contains("method=\"other\""))
+        .count();
+    assert_eq!(series, 1, "{text}");
 }

@@ -1,6 +1,7 @@
-//! The processor's scheduler against the real store, with handlers that fail
-//! on purpose: retries, giving up after MAX_ATTEMPTS, and resuming work that
-//! a crash left half-done.
+//! The processor's worker (lanes, leases, fencing) against the real store,
+//! with handlers that fail on purpose: retries, giving up after
+//! MAX_ATTEMPTS, resuming work that a crash left half-done, fenced writes,
+//! and the per-attempt deadline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,16 +12,20 @@ use e2e::{event_body, fresh_database_uri, wait_until};
 use medical_events::config::RetryPolicy;
 use medical_events::event::{EventId, NewEvent};
 use medical_events::processing::EventHandler;
-use medical_events::scheduler::Scheduler;
+use medical_events::scheduler::LaneConfig;
 use medical_events::store::{
-    EnqueueOutcome, ProcessedEvent, ProcessingResult, QueuedEvent, Store, Submission,
+    Applied, EnqueueOutcome, Fence, IntakePolicy, NextEvent, ProcessingResult, QueuedEvent, Store,
+    Submission,
 };
-use mongodb::bson::doc;
+use medical_events::worker::{Worker, WorkerConfig};
+use mongodb::bson::{DateTime, doc};
 
-/// Fails each event's first `failures[n]` attempts (n = `data.n`), records calls.
+/// Fails each event's first `failures[n]` attempts (n = `data.n`), records
+/// calls; events listed in `hang` never finish.
 #[derive(Clone, Default)]
 struct ScriptedHandler {
     failures: Arc<HashMap<i64, u32>>,
+    hang: Arc<Vec<i64>>,
     calls: Arc<Mutex<Vec<(i64, u32)>>>,
 }
 
@@ -28,7 +33,7 @@ impl ScriptedHandler {
     fn failing(failures: &[(i64, u32)]) -> Self {
         Self {
             failures: Arc::new(failures.iter().copied().collect()),
-            calls: Arc::default(),
+            ..Self::default()
         }
     }
 
@@ -46,6 +51,9 @@ impl EventHandler for ScriptedHandler {
             calls.push((n, attempt));
             attempt
         };
+        if self.hang.contains(&n) && attempt == 1 {
+            std::future::pending::<()>().await;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
         if attempt <= self.failures.get(&n).copied().unwrap_or(0) {
             Err(format!("lab system timeout on attempt {attempt}"))
@@ -55,11 +63,18 @@ impl EventHandler for ScriptedHandler {
     }
 }
 
-fn policy(max_attempts: i32) -> RetryPolicy {
-    RetryPolicy {
+fn config(max_attempts: i32) -> WorkerConfig {
+    let mut lanes = LaneConfig::new(RetryPolicy {
         max_attempts,
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(40),
+    });
+    lanes.attempt_timeout = Duration::from_millis(500);
+    WorkerConfig {
+        lanes,
+        lease: Duration::from_secs(3),
+        sweep_interval: Duration::from_millis(300),
+        release_grace: Duration::from_secs(2),
     }
 }
 
@@ -75,15 +90,33 @@ async fn enqueue(store: &Store, patient: &str, n: usize) -> String {
     let event = NewEvent::parse(&event_body(patient, n)).unwrap();
     let submission = Submission {
         event: &event,
-        event_id: EventId::new_random(),
+        event_id: EventId::new_time_ordered(),
+        client: e2e::CLIENT,
         key: None,
+        deduplicate: false,
         traceparent: None,
+        size_hint: 100,
     };
     // Always guessing seq 1 also exercises the correction of a stale guess.
-    match store.enqueue(&submission, 1).await.unwrap() {
+    match store
+        .enqueue(&submission, 1, &IntakePolicy::default())
+        .await
+        .unwrap()
+    {
         EnqueueOutcome::Accepted { event_id, .. } => event_id.to_string(),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+fn fence(epoch: i64, owner: &str) -> Fence {
+    Fence {
+        epoch,
+        owner: owner.into(),
+    }
+}
+
+fn bucket(patient: &str) -> i32 {
+    medical_events::bucket::of(patient)
 }
 
 #[tokio::test]
@@ -96,8 +129,9 @@ async fn a_failing_attempt_is_retried_and_order_is_kept() {
         enqueue(&store, "p", 2).await,
     ];
     let handler = ScriptedHandler::failing(&[(0, 2)]);
-    let scheduler = Scheduler::new(store.clone(), handler.clone(), policy(5));
-    scheduler.wake("p");
+    let worker = Worker::start(&store, handler.clone(), config(5))
+        .await
+        .unwrap();
     let db = Db::connect(&uri).await;
     wait_until(Duration::from_secs(20), "3 processed events", || async {
         db.processed_count().await == 3
@@ -111,10 +145,15 @@ async fn a_failing_attempt_is_retried_and_order_is_kept() {
     db.assert_processed_in_order("p", &ids).await;
     let first = store.find_event(&ids[0]).await.unwrap().unwrap();
     assert_eq!(first.attempts, 3);
+    assert_eq!(first.api_status(), "processed");
     assert_eq!(
         store.find_processed(&ids[0]).await.unwrap().unwrap().result,
         ProcessingResult::success()
     );
+    for id in &ids[1..] {
+        assert_eq!(store.find_event(id).await.unwrap().unwrap().attempts, 1);
+    }
+    worker.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -124,8 +163,9 @@ async fn an_event_failing_max_attempts_times_is_recorded_failed_and_the_patient_
     let poisoned = enqueue(&store, "p", 0).await;
     let next = enqueue(&store, "p", 1).await;
     let handler = ScriptedHandler::failing(&[(0, u32::MAX)]);
-    let scheduler = Scheduler::new(store.clone(), handler.clone(), policy(3));
-    scheduler.wake("p");
+    let worker = Worker::start(&store, handler.clone(), config(3))
+        .await
+        .unwrap();
     let db = Db::connect(&uri).await;
     wait_until(Duration::from_secs(20), "2 outcomes", || async {
         db.processed_count().await == 2
@@ -140,7 +180,8 @@ async fn an_event_failing_max_attempts_times_is_recorded_failed_and_the_patient_
     );
     assert_eq!(handler.calls().iter().filter(|(n, _)| *n == 0).count(), 3);
     let queued = store.find_event(&poisoned).await.unwrap().unwrap();
-    assert_eq!(queued.status.as_str(), "failed");
+    assert_eq!(queued.api_status(), "failed");
+    assert_eq!(queued.attempts, 3);
     assert_eq!(
         store
             .find_processed(&next)
@@ -152,43 +193,47 @@ async fn an_event_failing_max_attempts_times_is_recorded_failed_and_the_patient_
         "success"
     );
     db.assert_processed_in_order("p", &[poisoned, next]).await;
+    worker.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
-async fn an_outcome_written_before_a_crash_is_not_redone() {
+async fn an_outcome_recorded_before_a_crash_is_not_redone() {
     let uri = fresh_database_uri();
     let store = store(&uri).await;
     let id = enqueue(&store, "p", 0).await;
-    // Simulate a crash after the processed document was inserted but before
-    // the queued event was marked processed.
-    let queued = store.find_event(&id).await.unwrap().unwrap();
-    let event = store.claim(queued).await.unwrap().unwrap();
-    let outcome = ProcessedEvent::from_queued(&event, 5, ProcessingResult::success());
-    let db = Db::connect(&uri).await;
-    mongodb::Client::with_uri_str(&uri)
+    // A run claimed the event and recorded its outcome, then died before
+    // writing processed_events and closing it.
+    let NextEvent::Claimed(claimed) = store
+        .claim_next(bucket("p"), "p", &fence(0, "dead-instance"))
         .await
         .unwrap()
-        .database(store.database_name())
-        .collection::<ProcessedEvent>("processed_events")
-        .insert_one(&outcome)
+    else {
+        panic!("expected a claim");
+    };
+    assert_eq!(
+        store
+            .record(&claimed, &ProcessingResult::success(), DateTime::now(), 5)
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+    let handler = ScriptedHandler::default();
+    let worker = Worker::start(&store, handler.clone(), config(5))
         .await
         .unwrap();
-    let handler = ScriptedHandler::default();
-    let scheduler = Scheduler::new(store.clone(), handler.clone(), policy(5));
-    assert_eq!(scheduler.resume_unfinished().await.unwrap(), 1);
+    let db = Db::connect(&uri).await;
     wait_until(Duration::from_secs(10), "lifecycle closed", || async {
-        store
-            .find_event(&id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status
-            .as_str()
-            == "processed"
+        store.find_event(&id).await.unwrap().unwrap().api_status() == "processed"
     })
     .await;
     assert!(handler.calls().is_empty(), "the work must not run twice");
     assert_eq!(db.processed_count().await, 1);
+    let event = store.find_event(&id).await.unwrap().unwrap();
+    assert_eq!(
+        event.attempts, 1,
+        "finishing the bookkeeping is not an attempt"
+    );
+    worker.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -197,13 +242,18 @@ async fn an_event_that_keeps_crashing_the_processor_is_given_up() {
     let store = store(&uri).await;
     let id = enqueue(&store, "p", 0).await;
     // Three claims without an outcome: three runs died while processing it.
-    for _ in 0..3 {
-        let queued = store.find_event(&id).await.unwrap().unwrap();
-        store.claim(queued).await.unwrap().unwrap();
+    for run in 0..3 {
+        let next = store
+            .claim_next(bucket("p"), "p", &fence(0, &format!("dead-{run}")))
+            .await
+            .unwrap();
+        assert!(matches!(next, NextEvent::Claimed(_)));
     }
+    assert_eq!(store.find_event(&id).await.unwrap().unwrap().attempts, 3);
     let handler = ScriptedHandler::default();
-    let scheduler = Scheduler::new(store.clone(), handler.clone(), policy(3));
-    scheduler.resume_unfinished().await.unwrap();
+    let worker = Worker::start(&store, handler.clone(), config(3))
+        .await
+        .unwrap();
     let db = Db::connect(&uri).await;
     wait_until(Duration::from_secs(10), "a failed outcome", || async {
         db.processed_count().await == 1
@@ -219,6 +269,105 @@ async fn an_event_that_keeps_crashing_the_processor_is_given_up() {
             .contains("interrupted 3 time(s)")
     );
     assert!(handler.calls().is_empty());
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let id = enqueue(&store, "p", 0).await;
+    let NextEvent::Claimed(old) = store
+        .claim_next(bucket("p"), "p", &fence(1, "paused-instance"))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a claim");
+    };
+    // A new owner took the bucket over (epoch 2) and claimed the event.
+    let NextEvent::Claimed(new) = store
+        .claim_next(bucket("p"), "p", &fence(2, "new-owner"))
+        .await
+        .unwrap()
+    else {
+        panic!("the new owner must be able to take the orphaned claim over");
+    };
+    // The old owner wakes up: every write it tries is refused.
+    let result = ProcessingResult::success();
+    assert_eq!(
+        store
+            .record(&old, &result, DateTime::now(), 1)
+            .await
+            .unwrap(),
+        Applied::Fenced
+    );
+    assert_eq!(
+        store.release_for_retry(&old, "x").await.unwrap(),
+        Applied::Fenced
+    );
+    assert_eq!(store.hand_back(&old).await.unwrap(), Applied::Fenced);
+    assert_eq!(
+        store
+            .close(&old, medical_events::store::EventStatus::Processed)
+            .await
+            .unwrap(),
+        Applied::Fenced
+    );
+    // It cannot even claim it back.
+    assert!(matches!(
+        store
+            .claim_next(bucket("p"), "p", &fence(1, "paused-instance"))
+            .await
+            .unwrap(),
+        NextEvent::Fenced
+    ));
+    let stored = store.find_event(&id).await.unwrap().unwrap();
+    assert_eq!(stored.epoch, 2);
+    assert_eq!(stored.claim.unwrap().owner, "new-owner");
+    assert!(
+        stored.result.is_none(),
+        "nothing of the old owner's was recorded"
+    );
+    assert_eq!(
+        store
+            .record(&new, &result, DateTime::now(), 1)
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+}
+
+#[tokio::test]
+async fn a_handler_that_hangs_is_a_failed_attempt() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let hung = enqueue(&store, "p", 0).await;
+    let next = enqueue(&store, "p", 1).await;
+    let handler = ScriptedHandler {
+        hang: Arc::new(vec![0]),
+        ..ScriptedHandler::default()
+    };
+    let worker = Worker::start(&store, handler.clone(), config(5))
+        .await
+        .unwrap();
+    let db = Db::connect(&uri).await;
+    wait_until(Duration::from_secs(20), "2 outcomes", || async {
+        db.processed_count().await == 2
+    })
+    .await;
+    let event = store.find_event(&hung).await.unwrap().unwrap();
+    assert_eq!(
+        event.attempts, 2,
+        "the hung attempt counted, the retry succeeded"
+    );
+    assert!(
+        event
+            .last_error
+            .unwrap()
+            .contains("did not finish within 500 ms")
+    );
+    db.assert_processed_in_order("p", &[hung, next]).await;
+    worker.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -233,9 +382,9 @@ async fn many_patients_run_in_parallel_each_in_order() {
             expected.entry(patient).or_default().push(id);
         }
     }
-    let scheduler = Scheduler::new(store.clone(), ScriptedHandler::default(), policy(5));
-    let started = std::time::Instant::now();
-    assert_eq!(scheduler.resume_unfinished().await.unwrap(), 30);
+    let worker = Worker::start(&store, ScriptedHandler::default(), config(5))
+        .await
+        .unwrap();
     let db = Db::connect(&uri).await;
     wait_until(Duration::from_secs(60), "150 processed events", || async {
         db.processed_count().await == 150
@@ -245,13 +394,13 @@ async fn many_patients_run_in_parallel_each_in_order() {
         db.assert_processed_in_order(patient, ids).await;
     }
     wait_until(Duration::from_secs(5), "lanes to close", || async {
-        scheduler.active_lanes() == 0
+        worker.scheduler().active_lanes() == 0
     })
     .await;
-    // 150 events of 5 ms each would take 750 ms one after the other; lanes overlap.
-    eprintln!("150 events over 30 patients took {:?}", started.elapsed());
-    let db_queued = db
-        .count("queued_events", doc! { "status": "processed" })
-        .await;
-    assert_eq!(db_queued, 150);
+    assert_eq!(
+        db.count("queued_events", doc! { "status": "processed" })
+            .await,
+        150
+    );
+    worker.shutdown(Duration::from_secs(1)).await;
 }

@@ -92,7 +92,10 @@ async fn processor_killed_with_sigkill_mid_run_loses_and_duplicates_nothing() {
     let done_at_crash = db.processed_count().await;
     assert!(done_at_crash < 80, "the crash should interrupt the run");
     let in_flight = db
-        .count("queued_events", doc! { "status": "processing" })
+        .count(
+            "queued_events",
+            doc! { "status": "queued", "claim": { "$exists": true } },
+        )
         .await;
     eprintln!("killed with {done_at_crash} processed and {in_flight} in flight");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -212,8 +215,11 @@ async fn sigterm_lets_in_flight_work_finish_within_the_grace_period() {
         Duration::from_secs(10),
         "the first event in flight",
         || async {
-            db.count("queued_events", doc! { "status": "processing" })
-                .await
+            db.count(
+                "queued_events",
+                doc! { "status": "queued", "claim": { "$exists": true } },
+            )
+            .await
                 == 1
         },
     )
@@ -242,8 +248,11 @@ async fn sigterm_past_the_grace_period_hands_the_event_back() {
     let accepted = send_load(&ingest.url(), "handback", 1, 1).await;
     let db = Db::connect(&uri).await;
     wait_until(Duration::from_secs(10), "the event in flight", || async {
-        db.count("queued_events", doc! { "status": "processing" })
-            .await
+        db.count(
+            "queued_events",
+            doc! { "status": "queued", "claim": { "$exists": true } },
+        )
+        .await
             == 1
     })
     .await;

@@ -9,7 +9,7 @@ use e2e::{
     API_KEY, InProcessIngest, PROCESSOR_TOKEN, Service, event_body, fresh_database_uri, ingest_env,
     processor_env, wait_until,
 };
-use medical_events::auth::{Access, Secret};
+use medical_events::auth::{Access, Credential};
 use mongodb::bson::doc;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -231,11 +231,14 @@ async fn services_refuse_to_start_without_credentials_unless_auth_is_disabled_ex
 }
 
 #[tokio::test]
-async fn each_api_key_has_its_own_rate_limit() {
+async fn each_client_has_its_own_rate_limit() {
     let uri = fresh_database_uri();
     let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
     let other_key = "other-api-key-0123456789";
-    config.access = Access::Required(vec![Secret::new(API_KEY), Secret::new(other_key)]);
+    config.access = Access::Required(vec![
+        Credential::named(e2e::CLIENT, API_KEY),
+        Credential::named("other-client", other_key),
+    ]);
     config.rate_limit.per_second = 1;
     config.rate_limit.burst = 3;
     let ingest = InProcessIngest::start_with(config).await;
@@ -357,6 +360,7 @@ async fn the_processor_bounds_its_lanes_and_says_503_past_the_bound() {
     let mut env = processor_env(&uri, 1500, 1500);
     env.push(("MAX_ACTIVE_LANES", "1".to_owned()));
     let processor = Service::start("processor", &env).await;
+    e2e::wait_for_leases(&processor.url(), 256).await;
     let client = e2e::processor_client();
     let post = |patient: &str| {
         let mut body = event_body(patient, 1);

@@ -18,8 +18,11 @@ use std::time::Duration;
 pub use mongo_server::MongoServer;
 pub use services::{InProcessIngest, Service, binary_path};
 
-/// The API key the test services accept.
+/// The API key the test services accept, and the client it belongs to.
 pub const API_KEY: &str = "test-api-key-0123456789";
+pub const CLIENT: &str = "test-client";
+/// An operator credential (`ADMIN_API_KEYS`) of the test services.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 /// The token between ingest and the processor in tests.
 pub const PROCESSOR_TOKEN: &str = "test-processor-token-0123456789";
 
@@ -98,6 +101,26 @@ where
     }
 }
 
+/// Waits until the processor at `url` holds at least `leases` bucket leases
+/// (its `/ready` says how many).
+pub async fn wait_for_leases(url: &str, leases: u64) {
+    let client = reqwest::Client::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the processor to hold leases",
+        || async {
+            match client.get(format!("{url}/ready")).send().await {
+                Ok(response) => response
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|body| body["leases"].as_u64().unwrap_or(0) >= leases),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+}
+
 /// A valid event body for `patient`.
 pub fn event_body(patient: &str, n: usize) -> serde_json::Value {
     serde_json::json!({
@@ -119,6 +142,8 @@ pub fn processor_env(mongo_uri: &str, min_ms: u64, max_ms: u64) -> Vec<(&'static
         ("RETRY_BASE_MS", "50".to_owned()),
         ("RETRY_MAX_MS", "500".to_owned()),
         ("LOG_FORMAT", "json".to_owned()),
+        // Short leases: a killed instance's buckets move in about 2 s.
+        ("LEASE_MS", "2000".to_owned()),
     ]
 }
 
@@ -126,7 +151,8 @@ pub fn ingest_env(mongo_uri: &str, processor_url: &str) -> Vec<(&'static str, St
     vec![
         ("MONGO_URI", mongo_uri.to_owned()),
         ("PROCESSOR_URL", processor_url.to_owned()),
-        ("INGEST_API_KEYS", API_KEY.to_owned()),
+        ("INGEST_API_KEYS", format!("{CLIENT}:{API_KEY}")),
+        ("ADMIN_API_KEYS", format!("test-operator:{ADMIN_KEY}")),
         ("PROCESSOR_TOKEN", PROCESSOR_TOKEN.to_owned()),
         ("LOG_FORMAT", "json".to_owned()),
     ]

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use medical_events::auth::{Access, Secret};
-use medical_events::config::{HttpLimits, IngestConfig, MongoSettings, RateLimit};
+use medical_events::auth::{Access, Credential, Secret};
+use medical_events::config::{
+    HttpLimits, IngestConfig, MongoSettings, PatientLoggingSetting, RateLimit,
+};
 use medical_events::startup::IngestApp;
 use medical_events::telemetry::LogFormat;
 
@@ -19,6 +21,7 @@ pub struct Service {
     binary: PathBuf,
     env: Vec<(String, String)>,
     port: u16,
+    metrics_port: u16,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -54,6 +57,11 @@ impl Service {
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
             port: free_port(),
+            metrics_port: env
+                .iter()
+                .find(|(k, _)| *k == "METRICS_PORT")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or_else(free_port),
             log: logs.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple())),
             child: None,
         };
@@ -68,6 +76,16 @@ impl Service {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Where this service serves `/metrics` (its separate listener).
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.metrics_port)
+    }
+
+    /// The process id (for SIGSTOP/SIGCONT and /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_path(&self) -> &PathBuf {
@@ -85,6 +103,7 @@ impl Service {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("PORT", self.port.to_string())
+            .env("METRICS_PORT", self.metrics_port.to_string())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
@@ -179,6 +198,8 @@ impl Drop for Service {
 /// The real ingest app served from inside the test process on a random port.
 pub struct InProcessIngest {
     pub url: String,
+    /// `/metrics` on its own listener, when the config asked for one.
+    pub metrics_url: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -198,7 +219,8 @@ impl InProcessIngest {
             },
             processor_url: processor_url.to_owned(),
             log_format: LogFormat::Pretty,
-            access: Access::Required(vec![Secret::new(super::API_KEY)]),
+            access: Access::Required(vec![Credential::named(super::CLIENT, super::API_KEY)]),
+            admins: vec![Credential::named("test-operator", super::ADMIN_KEY)],
             processor_token: Some(Secret::new(super::PROCESSOR_TOKEN)),
             rate_limit: RateLimit {
                 per_second: 100_000,
@@ -210,18 +232,25 @@ impl InProcessIngest {
             },
             tls: None,
             processor_ca: None,
+            intake: Default::default(),
+            metrics_port: 0,
+            patient_logging: PatientLoggingSetting::Pseudonym(None),
         }
     }
 
     pub async fn start_with(config: IngestConfig) -> Self {
         let app = IngestApp::build(config).await.expect("build ingest");
         let url = format!("http://127.0.0.1:{}", app.port());
+        let metrics_url = app
+            .metrics_port()
+            .map(|port| format!("http://127.0.0.1:{port}/metrics"));
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(app.run(async {
             let _ = stopped.await;
         }));
         Self {
             url,
+            metrics_url,
             stop: Some(stop),
         }
     }

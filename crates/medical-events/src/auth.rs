@@ -1,6 +1,7 @@
-//! Who may call the APIs: API keys for ingest clients (`INGEST_API_KEYS`),
-//! one shared token between ingest and the processor (`PROCESSOR_TOKEN`).
-//! Secure by default: without them a service refuses to start unless
+//! Who may call the APIs: named API clients for ingest (`INGEST_API_KEYS`,
+//! `lab-a:KEY,adt:KEY`), operators (`ADMIN_API_KEYS`), and one shared token
+//! between ingest and the processor (`PROCESSOR_TOKEN`). Secure by default:
+//! without credentials a service refuses to start unless
 //! `AUTH_DISABLED=true` says so explicitly.
 
 use std::fmt;
@@ -17,6 +18,10 @@ use crate::http::problem::ApiError;
 
 /// Shortest key or token accepted in configuration.
 pub const MIN_SECRET_CHARS: usize = 16;
+/// Longest client name.
+pub const MAX_CLIENT_CHARS: usize = 64;
+/// The client name of every caller when authentication is disabled.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// A credential from configuration; never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -38,37 +43,128 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// One configured key and the client (or operator) it identifies.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub client: Arc<str>,
+    pub secret: Secret,
+}
+
+impl Credential {
+    /// Parses `name:KEY`, or a bare `KEY` whose client name is derived from
+    /// it (`key-` and 8 hex digits of its SHA-256: stable, and reveals nothing).
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let (client, key) = match entry.split_once(':') {
+            Some((name, key)) if is_client_name(name) && is_key(key) => (name.to_owned(), key),
+            _ => (derived_name(entry), entry),
+        };
+        if !is_key(key) {
+            return Err(format!(
+                "each entry must be a key of at least {MIN_SECRET_CHARS} visible ASCII characters, \
+                 optionally preceded by a client name and ':' (letters, digits, '.', '_', '-')"
+            ));
+        }
+        Ok(Self {
+            client: client.into(),
+            secret: Secret::new(key),
+        })
+    }
+
+    /// A credential named `client`.
+    pub fn named(client: &str, secret: impl Into<String>) -> Self {
+        Self {
+            client: client.into(),
+            secret: Secret::new(secret),
+        }
+    }
+}
+
+fn is_client_name(name: &str) -> bool {
+    (1..=MAX_CLIENT_CHARS).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn is_key(key: &str) -> bool {
+    key.chars().count() >= MIN_SECRET_CHARS && key.chars().all(|c| c.is_ascii_graphic())
+}
+
+fn derived_name(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("key-{hex}")
+}
+
 /// The credentials a service accepts, or none when auth is disabled.
 #[derive(Debug, Clone)]
 pub enum Access {
-    Required(Vec<Secret>),
+    Required(Vec<Credential>),
     Disabled,
 }
 
-/// Which of the configured credentials a request presented (its index):
-/// the identity rate limits are kept per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientId(pub usize);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Admin,
+}
+
+/// Who made a request: the client name its key belongs to, and whether it
+/// is an operator. Attached to the request by [`require_bearer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub client: Arc<str>,
+    pub role: Role,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
 
 /// The check itself, with the credentials digested once.
 pub struct Guard {
-    digests: Option<Vec<[u8; 32]>>,
+    /// `None`: authentication disabled.
+    known: Option<Vec<([u8; 32], Caller)>>,
 }
 
 impl Guard {
-    pub fn new(access: &Access) -> Self {
-        let digests = match access {
-            Access::Required(secrets) => Some(secrets.iter().map(|s| digest(s.expose())).collect()),
+    /// `admins` may be used whatever `access` says (they are always required).
+    pub fn new(access: &Access, admins: &[Credential]) -> Self {
+        let known = match access {
+            Access::Required(credentials) => {
+                let clients = credentials.iter().map(|c| (c, Role::Client));
+                let operators = admins.iter().map(|c| (c, Role::Admin));
+                Some(
+                    clients
+                        .chain(operators)
+                        .map(|(c, role)| {
+                            (
+                                digest(c.secret.expose()),
+                                Caller {
+                                    client: Arc::clone(&c.client),
+                                    role,
+                                },
+                            )
+                        })
+                        .collect(),
+                )
+            }
             Access::Disabled => None,
         };
-        Self { digests }
+        Self { known }
     }
 
-    /// The matching credential's index. Compares digests in constant time and
-    /// always against every credential, so timing says nothing about a key.
-    pub fn identify(&self, authorization: Option<&str>) -> Result<ClientId, ApiError> {
-        let Some(digests) = &self.digests else {
-            return Ok(ClientId(0));
+    /// The caller the credential belongs to. Compares digests in constant
+    /// time and always against every credential, so timing says nothing
+    /// about a key.
+    pub fn identify(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+        let Some(known) = &self.known else {
+            return Ok(Caller {
+                client: ANONYMOUS.into(),
+                role: Role::Client,
+            });
         };
         let presented = authorization
             .and_then(|value| value.strip_prefix("Bearer "))
@@ -77,13 +173,13 @@ impl Guard {
             .ok_or(ApiError::Unauthorized("missing bearer token"))?;
         let presented = digest(presented);
         let mut found = None;
-        for (index, known) in digests.iter().enumerate() {
+        for (known, caller) in known {
             if bool::from(known.ct_eq(&presented)) && found.is_none() {
-                found = Some(index);
+                found = Some(caller);
             }
         }
         found
-            .map(ClientId)
+            .cloned()
             .ok_or(ApiError::Unauthorized("invalid bearer token"))
     }
 }
@@ -93,7 +189,7 @@ fn digest(value: &str) -> [u8; 32] {
 }
 
 /// Middleware: refuses requests without a valid `Authorization: Bearer`
-/// credential with 401, and tags accepted ones with their [`ClientId`].
+/// credential with 401, and tags accepted ones with their [`Caller`].
 pub async fn require_bearer(
     State(guard): State<Arc<Guard>>,
     mut request: Request,
@@ -104,11 +200,20 @@ pub async fn require_bearer(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     match guard.identify(authorization) {
-        Ok(client) => {
-            request.extensions_mut().insert(client);
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(error) => error.into_response(),
+    }
+}
+
+/// Middleware for operator routes, after [`require_bearer`]: a client key is 403.
+pub async fn require_admin(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Caller>() {
+        Some(caller) if caller.is_admin() => next.run(request).await,
+        _ => ApiError::Forbidden("this route needs an operator credential (ADMIN_API_KEYS)")
+            .into_response(),
     }
 }
 
@@ -117,20 +222,47 @@ mod tests {
     use super::*;
 
     fn guard() -> Guard {
-        Guard::new(&Access::Required(vec![
-            Secret::new("first-key-0123456789"),
-            Secret::new("second-key-0123456789"),
-        ]))
+        Guard::new(
+            &Access::Required(vec![
+                Credential::parse("lab-a:first-key-0123456789").unwrap(),
+                Credential::parse("second-key-0123456789").unwrap(),
+            ]),
+            &[Credential::parse("alice:admin-key-0123456789").unwrap()],
+        )
     }
 
     #[test]
-    fn a_known_key_is_identified() {
-        assert_eq!(
-            guard()
-                .identify(Some("Bearer second-key-0123456789"))
-                .unwrap(),
-            ClientId(1)
+    fn keys_are_identified_with_their_client() {
+        let caller = guard()
+            .identify(Some("Bearer first-key-0123456789"))
+            .unwrap();
+        assert_eq!(&*caller.client, "lab-a");
+        assert_eq!(caller.role, Role::Client);
+        let bare = guard()
+            .identify(Some("Bearer second-key-0123456789"))
+            .unwrap();
+        assert!(
+            bare.client.starts_with("key-") && bare.client.len() == 12,
+            "{}",
+            bare.client
         );
+        let admin = guard()
+            .identify(Some("Bearer admin-key-0123456789"))
+            .unwrap();
+        assert!(admin.is_admin());
+        assert_eq!(&*admin.client, "alice");
+    }
+
+    #[test]
+    fn a_colon_makes_a_name_only_before_a_whole_key() {
+        assert!(Credential::parse("ab cd:0123456789abcdef").is_err());
+        let named = Credential::parse("x:0123456789abcdef").unwrap();
+        assert_eq!(&*named.client, "x");
+        assert_eq!(named.secret.expose(), "0123456789abcdef");
+        // The tail is too short to be a key: the entry is one bare key.
+        let bare = Credential::parse("abcdefgh:01234567").unwrap();
+        assert_eq!(bare.secret.expose(), "abcdefgh:01234567");
+        assert!(bare.client.starts_with("key-"));
     }
 
     #[test]
@@ -153,7 +285,7 @@ mod tests {
     fn secrets_never_print() {
         let text = format!(
             "{:?}",
-            Access::Required(vec![Secret::new("first-key-0123456789")])
+            Access::Required(vec![Credential::parse("a:first-key-0123456789").unwrap()])
         );
         assert!(!text.contains("first-key"));
     }

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::auth::{Access, MIN_SECRET_CHARS, Secret};
+use crate::auth::{Access, Credential, MIN_SECRET_CHARS, Secret};
+use crate::privacy::PatientLogging;
+use crate::store::IntakePolicy;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +69,10 @@ pub struct IngestConfig {
     pub mongo: MongoSettings,
     pub processor_url: String,
     pub log_format: LogFormat,
-    /// API keys clients must present (`INGEST_API_KEYS`).
+    /// API keys clients must present, with their client names (`INGEST_API_KEYS`).
     pub access: Access,
+    /// Operator credentials (`ADMIN_API_KEYS`); may be empty.
+    pub admins: Vec<Credential>,
     /// Sent to the processor (`PROCESSOR_TOKEN`); `None` only with auth disabled.
     pub processor_token: Option<Secret>,
     pub rate_limit: RateLimit,
@@ -76,6 +80,63 @@ pub struct IngestConfig {
     pub tls: Option<TlsFiles>,
     /// Extra CA certificate (PEM) to trust for an https `PROCESSOR_URL`.
     pub processor_ca: Option<PathBuf>,
+    /// How long retries and duplicates are recognised.
+    pub intake: IntakePolicy,
+    /// The separate listener for `/metrics` (`METRICS_PORT`; 0: none).
+    pub metrics_port: u16,
+    pub patient_logging: PatientLoggingSetting,
+}
+
+/// `LOG_PATIENT_ID` and `LOG_PSEUDONYM_KEY`: the key may also come from the
+/// database (shared by all instances), so it is resolved at start-up.
+#[derive(Debug, Clone)]
+pub enum PatientLoggingSetting {
+    /// Pseudonyms with the configured key, or the deployment's if `None`.
+    Pseudonym(Option<Secret>),
+    Plain,
+}
+
+impl PatientLoggingSetting {
+    pub fn resolve(&self, deployment_key: impl FnOnce() -> Vec<u8>) -> PatientLogging {
+        match self {
+            Self::Plain => PatientLogging::Plain,
+            Self::Pseudonym(Some(key)) => PatientLogging::Pseudonym {
+                key: key.expose().as_bytes().to_vec(),
+            },
+            Self::Pseudonym(None) => PatientLogging::Pseudonym {
+                key: deployment_key(),
+            },
+        }
+    }
+}
+
+/// What happens to a patient whose event failed `MAX_ATTEMPTS` times (`ON_FAILURE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Record it failed and go on with the patient's next events.
+    Continue,
+    /// Park the patient at that event until an operator retries or skips it.
+    Park,
+}
+
+/// Delivery downstream (`DELIVERY_URL`, `DELIVERY_AUTH_HEADER`).
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub url: String,
+    /// `Name: value`, sent with every delivery; never logged.
+    pub auth_header: Option<(String, Secret)>,
+}
+
+/// What the pruner keeps (`RETENTION_DAYS`, `OUTCOME_RETENTION_DAYS`).
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionSettings {
+    /// Finished events older than this lose their payload and lifecycle
+    /// record; `None` keeps everything.
+    pub events: Option<Duration>,
+    /// `processed_events` older than this are removed; `None` keeps them.
+    pub outcomes: Option<Duration>,
+    /// Idempotency records are honoured this long; events keep them at least as long.
+    pub idempotency_ttl: Duration,
 }
 
 /// Token bucket per API key: `per_second` refill, `burst` capacity.
@@ -116,6 +177,15 @@ pub struct ProcessorConfig {
     /// and the sweep starts the rest as lanes free up.
     pub max_active_lanes: usize,
     pub tls: Option<TlsFiles>,
+    /// `LEASE_MS`: how long a bucket lease lasts without renewal.
+    pub lease: Duration,
+    /// `ATTEMPT_TIMEOUT_MS`: a handler running longer is a failed attempt.
+    pub attempt_timeout: Duration,
+    pub on_failure: FailurePolicy,
+    pub delivery: Option<DeliverySettings>,
+    pub retention: RetentionSettings,
+    pub metrics_port: u16,
+    pub patient_logging: PatientLoggingSetting,
 }
 
 /// How failed attempts are retried: capped exponential backoff with jitter.
@@ -143,7 +213,7 @@ impl IngestConfig {
             ));
         }
         let disabled = auth_disabled(source)?;
-        let access = match secrets(source, "INGEST_API_KEYS", "INGEST_API_KEYS_FILE")? {
+        let access = match credentials(source, "INGEST_API_KEYS", "INGEST_API_KEYS_FILE")? {
             Some(keys) => Access::Required(keys),
             None if disabled => Access::Disabled,
             None => {
@@ -154,7 +224,7 @@ impl IngestConfig {
             }
         };
         let processor_token = match secrets(source, "PROCESSOR_TOKEN", "PROCESSOR_TOKEN_FILE")? {
-            Some(mut tokens) => Some(tokens.remove(0)),
+            Some(mut tokens) => Some(Secret::new(tokens.remove(0))),
             None if disabled => None,
             None => {
                 return Err(ConfigError::Insecure {
@@ -163,12 +233,15 @@ impl IngestConfig {
                 });
             }
         };
+        let admins =
+            credentials(source, "ADMIN_API_KEYS", "ADMIN_API_KEYS_FILE")?.unwrap_or_default();
         Ok(Self {
             port: number(source, "PORT", 3000)?,
             mongo: mongo(source)?,
             processor_url: processor_url.trim_end_matches('/').to_owned(),
             log_format: log_format(source)?,
             access,
+            admins,
             processor_token,
             rate_limit: RateLimit {
                 per_second: positive(source, "RATE_LIMIT_PER_SEC", 1_000)?,
@@ -187,6 +260,12 @@ impl IngestConfig {
                     Some(PathBuf::from(path.trim()))
                 }
             },
+            intake: IntakePolicy {
+                idempotency_ttl: idempotency_ttl(source)?,
+                dedup_window: Duration::from_secs(number(source, "DEDUP_WINDOW_S", 300)?),
+            },
+            metrics_port: number(source, "METRICS_PORT", 9464)?,
+            patient_logging: patient_logging(source)?,
         })
     }
 }
@@ -204,6 +283,14 @@ impl ProcessorConfig {
                 "PROCESSING_MAX_MS",
                 &max.to_string(),
                 &format!("must not be below PROCESSING_MIN_MS ({min})"),
+            ));
+        }
+        let lease = positive_millis(source, "LEASE_MS", 10_000)?;
+        if lease < Duration::from_millis(1_000) {
+            return Err(invalid(
+                "LEASE_MS",
+                &lease.as_millis().to_string(),
+                "must be at least 1000 (renewals happen every third of it)",
             ));
         }
         let max_attempts: i32 = number(source, "MAX_ATTEMPTS", 5)?;
@@ -228,7 +315,9 @@ impl ProcessorConfig {
             shutdown_grace: millis(source, "SHUTDOWN_GRACE_MS", 8_000)?,
             log_format: log_format(source)?,
             access: match secrets(source, "PROCESSOR_TOKEN", "PROCESSOR_TOKEN_FILE")? {
-                Some(mut tokens) => Access::Required(vec![tokens.remove(0)]),
+                Some(mut tokens) => {
+                    Access::Required(vec![Credential::named("ingest", tokens.remove(0))])
+                }
                 None if auth_disabled(source)? => Access::Disabled,
                 None => {
                     return Err(ConfigError::Insecure {
@@ -240,6 +329,23 @@ impl ProcessorConfig {
             limits: http_limits(source)?,
             max_active_lanes: positive(source, "MAX_ACTIVE_LANES", 50_000)? as usize,
             tls: tls(source)?,
+            lease,
+            attempt_timeout: positive_millis(source, "ATTEMPT_TIMEOUT_MS", 60_000)?,
+            on_failure: match source.get("ON_FAILURE").as_deref().map(str::trim) {
+                None | Some("continue") => FailurePolicy::Continue,
+                Some("park") => FailurePolicy::Park,
+                Some(other) => {
+                    return Err(invalid("ON_FAILURE", other, "must be continue or park"));
+                }
+            },
+            delivery: delivery(source)?,
+            retention: RetentionSettings {
+                events: days(source, "RETENTION_DAYS", 30)?,
+                outcomes: days(source, "OUTCOME_RETENTION_DAYS", 0)?,
+                idempotency_ttl: idempotency_ttl(source)?,
+            },
+            metrics_port: number(source, "METRICS_PORT", 9465)?,
+            patient_logging: patient_logging(source)?,
         })
     }
 }
@@ -253,7 +359,7 @@ fn mongo(source: &impl Source) -> Result<MongoSettings, ConfigError> {
     if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
         return Err(invalid(
             "MONGO_URI",
-            &uri,
+            &mask_uri_password(&uri),
             "must start with mongodb:// or mongodb+srv://",
         ));
     }
@@ -271,13 +377,13 @@ fn auth_disabled(source: &impl Source) -> Result<bool, ConfigError> {
     }
 }
 
-/// Credentials from `name` (comma-separated) or the file named by `file_name`
+/// Entries of `name` (comma-separated) or of the file named by `file_name`
 /// (comma- or newline-separated; for secrets mounted by an orchestrator).
-fn secrets(
+fn entries(
     source: &impl Source,
     name: &'static str,
     file_name: &'static str,
-) -> Result<Option<Vec<Secret>>, ConfigError> {
+) -> Result<Option<(Vec<String>, &'static str)>, ConfigError> {
     let (raw, origin) = match (source.get(name), source.get(file_name)) {
         (Some(value), _) => (value, name),
         (None, Some(path)) => {
@@ -291,12 +397,28 @@ fn secrets(
         }
         (None, None) => return Ok(None),
     };
-    let mut values = Vec::new();
-    for value in raw
+    let values: Vec<String> = raw
         .split([',', '\n'])
         .map(str::trim)
         .filter(|v| !v.is_empty())
-    {
+        .map(str::to_owned)
+        .collect();
+    if values.is_empty() {
+        return Err(invalid(origin, "", "lists no credential"));
+    }
+    Ok(Some((values, origin)))
+}
+
+/// Tokens (no client names), e.g. `PROCESSOR_TOKEN`.
+fn secrets(
+    source: &impl Source,
+    name: &'static str,
+    file_name: &'static str,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some((values, origin)) = entries(source, name, file_name)? else {
+        return Ok(None);
+    };
+    for value in &values {
         if value.chars().count() < MIN_SECRET_CHARS || !value.chars().all(|c| c.is_ascii_graphic())
         {
             // Never echo the secret itself.
@@ -308,12 +430,29 @@ fn secrets(
                 ),
             });
         }
-        values.push(Secret::new(value));
-    }
-    if values.is_empty() {
-        return Err(invalid(origin, "", "lists no credential"));
     }
     Ok(Some(values))
+}
+
+/// API keys with their client names (`name:KEY` or a bare `KEY`).
+fn credentials(
+    source: &impl Source,
+    name: &'static str,
+    file_name: &'static str,
+) -> Result<Option<Vec<Credential>>, ConfigError> {
+    let Some((values, origin)) = entries(source, name, file_name)? else {
+        return Ok(None);
+    };
+    let credentials = values
+        .iter()
+        .map(|entry| Credential::parse(entry))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|reason| ConfigError::Invalid {
+            name: origin,
+            value: "***".to_owned(),
+            reason,
+        })?;
+    Ok(Some(credentials))
 }
 
 fn http_limits(source: &impl Source) -> Result<HttpLimits, ConfigError> {
@@ -420,6 +559,87 @@ fn invalid(name: &'static str, value: &str, reason: &str) -> ConfigError {
         name,
         value: value.to_owned(),
         reason: reason.to_owned(),
+    }
+}
+
+fn idempotency_ttl(source: &impl Source) -> Result<Duration, ConfigError> {
+    let hours: u64 = number(source, "IDEMPOTENCY_TTL_HOURS", 168)?;
+    if hours == 0 {
+        return Err(invalid("IDEMPOTENCY_TTL_HOURS", "0", "must be at least 1"));
+    }
+    Ok(Duration::from_secs(hours * 3600))
+}
+
+/// Whole days; 0 means "keep forever" (`None`).
+fn days(
+    source: &impl Source,
+    name: &'static str,
+    default: u64,
+) -> Result<Option<Duration>, ConfigError> {
+    let days: u64 = number(source, name, default)?;
+    Ok((days > 0).then(|| Duration::from_secs(days * 86_400)))
+}
+
+fn delivery(source: &impl Source) -> Result<Option<DeliverySettings>, ConfigError> {
+    let Some(url) = source.get("DELIVERY_URL").map(|u| u.trim().to_owned()) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://"))
+        || reqwest::Url::parse(&url).is_err()
+    {
+        return Err(invalid("DELIVERY_URL", &url, "must be an http(s) URL"));
+    }
+    let auth_header = match source.get("DELIVERY_AUTH_HEADER") {
+        None => None,
+        Some(raw) => {
+            let (name, value) = raw.split_once(':').ok_or_else(|| ConfigError::Invalid {
+                name: "DELIVERY_AUTH_HEADER",
+                value: "***".to_owned(),
+                reason: "must be `Header-Name: value`, e.g. `Authorization: Bearer ...`".to_owned(),
+            })?;
+            let name = name.trim().to_owned();
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value.trim()).is_err()
+            {
+                return Err(ConfigError::Invalid {
+                    name: "DELIVERY_AUTH_HEADER",
+                    value: "***".to_owned(),
+                    reason: "is not a valid HTTP header".to_owned(),
+                });
+            }
+            Some((name, Secret::new(value.trim())))
+        }
+    };
+    Ok(Some(DeliverySettings { url, auth_header }))
+}
+
+fn patient_logging(source: &impl Source) -> Result<PatientLoggingSetting, ConfigError> {
+    match source.get("LOG_PATIENT_ID").as_deref().map(str::trim) {
+        None | Some("pseudonym") => Ok(PatientLoggingSetting::Pseudonym(
+            source.get("LOG_PSEUDONYM_KEY").map(Secret::new),
+        )),
+        Some("plain") => Ok(PatientLoggingSetting::Plain),
+        Some(other) => Err(invalid(
+            "LOG_PATIENT_ID",
+            other,
+            "must be pseudonym or plain",
+        )),
+    }
+}
+
+/// `mongodb://user:secret@host` -> `mongodb://user:***@host`, for messages.
+pub fn mask_uri_password(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => uri.to_owned(),
     }
 }
 

@@ -5,12 +5,15 @@
 //! order ([`scheduler`]) and records exactly one outcome per event.
 
 pub mod auth;
+pub mod bucket;
 pub mod config;
 pub mod event;
+pub mod fleet;
 pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod notify;
+pub mod privacy;
 pub mod processing;
 pub mod retry;
 pub mod scheduler;
@@ -21,3 +24,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
+pub mod worker;

@@ -7,20 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::auth::{Access, Guard};
-use crate::config::{IngestConfig, MongoSettings, ProcessorConfig, TlsFiles};
+use crate::config::{
+    DeliverySettings, IngestConfig, MongoSettings, PatientLoggingSetting, ProcessorConfig, TlsFiles,
+};
 use crate::http::ingest::{self, IngestGuards, IngestState};
 use crate::http::limits::KeyedLimiter;
 use crate::http::processor::{self, ProcessorState};
 use crate::intake::Intake;
 use crate::notify::ProcessorNotifier;
-use crate::processing::SimulatedProcessing;
-use crate::scheduler::Scheduler;
+use crate::processing::{Delivery, Handler, SimulatedProcessing};
+use crate::scheduler::LaneConfig;
 use crate::store::{Store, StoreError};
 use crate::tls::TlsListener;
-use tokio_rustls::TlsAcceptor;
+use crate::worker::{Worker, WorkerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -36,13 +40,18 @@ pub enum StartupError {
     Serve(#[source] std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("cannot set up the client for PROCESSOR_URL: {0}")]
+    #[error("cannot set up an HTTP client: {0}")]
     Client(String),
 }
 
 /// Connects and creates the indexes, waiting for MongoDB as long as it takes:
-/// no event may be accepted before the unique indexes exist.
-async fn open_store(settings: &MongoSettings, app_name: &str) -> Result<Store, StartupError> {
+/// no event may be accepted before the unique indexes exist. A database of
+/// an incompatible layout stops start-up instead.
+async fn open_store(
+    settings: &MongoSettings,
+    app_name: &str,
+    logging: &PatientLoggingSetting,
+) -> Result<Store, StartupError> {
     // Install the metrics recorder before anything records.
     crate::metrics::handle();
     let store = Store::connect(&settings.uri, settings.timeout, app_name).await?;
@@ -50,6 +59,7 @@ async fn open_store(settings: &MongoSettings, app_name: &str) -> Result<Store, S
     loop {
         match store.ensure_indexes().await {
             Ok(()) => break,
+            Err(e @ StoreError::Incompatible(_)) => return Err(e.into()),
             Err(e) => {
                 warn!(error = %e, "MongoDB not ready; retrying");
                 tokio::time::sleep(delay).await;
@@ -57,6 +67,11 @@ async fn open_store(settings: &MongoSettings, app_name: &str) -> Result<Store, S
             }
         }
     }
+    let key = match logging {
+        PatientLoggingSetting::Pseudonym(None) => store.log_pseudonym_key().await?,
+        _ => Vec::new(),
+    };
+    crate::privacy::init(logging.resolve(|| key));
     info!(
         database = store.database_name(),
         "connected to MongoDB; indexes in place"
@@ -93,6 +108,38 @@ async fn serve(
     }
 }
 
+/// Serves the public router and, on its own listener, `/metrics`, until
+/// `shutdown` resolves.
+async fn serve_both(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<TlsAcceptor>,
+    metrics: Option<TcpListener>,
+    service: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let (stop, stopped) = watch::channel(false);
+    let metrics_task = metrics.map(|listener| {
+        let mut stopped = stopped.clone();
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        info!(port, "metrics listening");
+        tokio::spawn(async move {
+            let router = crate::http::metrics_router();
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    });
+    let result = serve(listener, router, tls, service, shutdown).await;
+    let _ = stop.send(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    result
+}
+
 fn tls_acceptor(files: Option<&TlsFiles>) -> Result<Option<TlsAcceptor>, StartupError> {
     files
         .map(crate::tls::acceptor)
@@ -106,8 +153,21 @@ async fn bind(port: u16) -> Result<TcpListener, StartupError> {
         .map_err(|source| StartupError::Bind { port, source })
 }
 
+/// The metrics listener; port 0 means none.
+async fn bind_metrics(port: u16) -> Result<Option<TcpListener>, StartupError> {
+    if port == 0 {
+        return Ok(None);
+    }
+    bind(port).await.map(Some)
+}
+
+fn port_of(listener: &TcpListener) -> u16 {
+    listener.local_addr().map(|a| a.port()).unwrap_or_default()
+}
+
 pub struct IngestApp {
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     router: axum::Router,
     tls: Option<TlsAcceptor>,
 }
@@ -117,9 +177,9 @@ impl IngestApp {
         if matches!(config.access, Access::Disabled) {
             warn!("AUTH_DISABLED=true: ingest accepts requests without an API key");
         }
-        let store = open_store(&config.mongo, "ingest").await?;
+        let store = open_store(&config.mongo, "ingest", &config.patient_logging).await?;
         let state = IngestState {
-            intake: Arc::new(Intake::new(store)),
+            intake: Arc::new(Intake::new(store, config.intake)),
             notifier: ProcessorNotifier::spawn(
                 &config.processor_url,
                 config.processor_token.clone(),
@@ -129,11 +189,12 @@ impl IngestApp {
         };
         Ok(Self {
             listener: bind(config.port).await?,
+            metrics: bind_metrics(config.metrics_port).await?,
             tls: tls_acceptor(config.tls.as_ref())?,
             router: ingest::router(
                 state,
                 IngestGuards {
-                    guard: Arc::new(Guard::new(&config.access)),
+                    guard: Arc::new(Guard::new(&config.access, &config.admins)),
                     limiter: Arc::new(KeyedLimiter::new(config.rate_limit)),
                     limits: config.limits,
                 },
@@ -142,10 +203,12 @@ impl IngestApp {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        port_of(&self.listener)
+    }
+
+    /// The port `/metrics` is served on, if any.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(port_of)
     }
 
     /// Serves until `shutdown` resolves, then finishes in-flight requests.
@@ -153,7 +216,15 @@ impl IngestApp {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        serve(self.listener, self.router, self.tls, "ingest", shutdown).await?;
+        serve_both(
+            self.listener,
+            self.router,
+            self.tls,
+            self.metrics,
+            "ingest",
+            shutdown,
+        )
+        .await?;
         info!("ingest stopped");
         Ok(())
     }
@@ -161,9 +232,10 @@ impl IngestApp {
 
 pub struct ProcessorApp {
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     router: axum::Router,
     tls: Option<TlsAcceptor>,
-    scheduler: Scheduler<SimulatedProcessing>,
+    worker: Worker<Handler>,
     shutdown_grace: Duration,
 }
 
@@ -172,53 +244,95 @@ impl ProcessorApp {
         if matches!(config.access, Access::Disabled) {
             warn!("AUTH_DISABLED=true: the processor accepts /queue without a token");
         }
-        let store = open_store(&config.mongo, "processor").await?;
-        let handler = SimulatedProcessing {
-            min: config.processing_min,
-            max: config.processing_max,
-        };
-        let scheduler = Scheduler::with_lane_limit(
-            store.clone(),
+        let store = open_store(&config.mongo, "processor", &config.patient_logging).await?;
+        let handler = handler(&config)?;
+        let worker = Worker::start(
+            &store,
             handler,
-            config.retry,
-            config.max_active_lanes,
-        );
-        match scheduler.resume_unfinished().await {
-            Ok(patients) => info!(patients, "resumed unfinished events"),
-            Err(e) => {
-                warn!(error = %e, "could not resume unfinished events now; the sweep will retry")
-            }
-        }
-        scheduler.spawn_sweeper(config.sweep_interval);
+            WorkerConfig {
+                lanes: LaneConfig {
+                    retry: config.retry,
+                    max_lanes: config.max_active_lanes,
+                    attempt_timeout: config.attempt_timeout,
+                    on_failure: config.on_failure,
+                },
+                lease: config.lease,
+                sweep_interval: config.sweep_interval,
+                release_grace: config.shutdown_grace,
+            },
+        )
+        .await?;
         let state = ProcessorState {
-            intake: Arc::new(Intake::new(store)),
-            scheduler: scheduler.clone(),
+            intake: Arc::new(Intake::new(store, Default::default())),
+            scheduler: worker.scheduler().clone(),
         };
         Ok(Self {
             listener: bind(config.port).await?,
+            metrics: bind_metrics(config.metrics_port).await?,
             tls: tls_acceptor(config.tls.as_ref())?,
-            router: processor::router(state, Arc::new(Guard::new(&config.access)), config.limits),
-            scheduler,
+            router: processor::router(
+                state,
+                Arc::new(Guard::new(&config.access, &[])),
+                config.limits,
+            ),
+            worker,
             shutdown_grace: config.shutdown_grace,
         })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        port_of(&self.listener)
     }
 
-    /// Serves until `shutdown` resolves; then stops taking requests and lets
-    /// the lanes finish or hand back their events within the grace period.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(port_of)
+    }
+
+    /// Serves until `shutdown` resolves; then stops taking requests, lets
+    /// the lanes finish or hand back their events within the grace period,
+    /// and releases its bucket leases.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        serve(self.listener, self.router, self.tls, "processor", shutdown).await?;
-        self.scheduler.shutdown(self.shutdown_grace).await;
+        serve_both(
+            self.listener,
+            self.router,
+            self.tls,
+            self.metrics,
+            "processor",
+            shutdown,
+        )
+        .await?;
+        self.worker.shutdown(self.shutdown_grace).await;
         info!("processor stopped");
         Ok(())
     }
+}
+
+fn handler(config: &ProcessorConfig) -> Result<Handler, StartupError> {
+    Ok(match &config.delivery {
+        None => Handler::Simulated(SimulatedProcessing {
+            min: config.processing_min,
+            max: config.processing_max,
+        }),
+        Some(DeliverySettings { url, auth_header }) => {
+            let auth = auth_header
+                .as_ref()
+                .map(|(name, value)| {
+                    let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    let mut value = reqwest::header::HeaderValue::from_str(value.expose())
+                        .map_err(|e| e.to_string())?;
+                    value.set_sensitive(true);
+                    Ok::<_, String>((name, value))
+                })
+                .transpose()
+                .map_err(StartupError::Client)?;
+            info!(url = %crate::config::mask_uri_password(url), "delivering events downstream");
+            Handler::Delivery(
+                Delivery::new(url, auth, config.attempt_timeout).map_err(StartupError::Client)?,
+            )
+        }
+    })
 }

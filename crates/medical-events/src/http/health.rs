@@ -17,8 +17,23 @@ pub fn live(service: &'static str) -> Json<serde_json::Value> {
 }
 
 pub async fn ready(store: &Store, service: &'static str) -> Response {
+    ready_with(store, service, json!({})).await
+}
+
+/// Readiness with extra fields in the body (the processor's leases).
+pub async fn ready_with(
+    store: &Store,
+    service: &'static str,
+    extra: serde_json::Value,
+) -> Response {
     match tokio::time::timeout(READY_TIMEOUT, store.ping()).await {
-        Ok(Ok(())) => Json(json!({ "status": "ready", "service": service })).into_response(),
+        Ok(Ok(())) => {
+            let mut body = json!({ "status": "ready", "service": service });
+            if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+                body.extend(extra.clone());
+            }
+            Json(body).into_response()
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready: MongoDB ping failed");
             ApiError::Unavailable {

@@ -15,12 +15,15 @@ use super::json_body::JsonBody;
 use super::limits::{KeyedLimiter, rate_limit};
 use super::problem::ApiError;
 use super::{finish, health};
-use crate::auth::{Guard, require_bearer};
+use crate::auth::{Caller, Guard, require_bearer};
 use crate::config::HttpLimits;
 use crate::event::{EventId, NewEvent};
 use crate::intake::Intake;
 use crate::notify::ProcessorNotifier;
 use crate::store::{EnqueueOutcome, EventStatus, IdempotencyKey, Submission};
+
+/// Set on a `202` that answers a retry or a duplicate with the stored event.
+pub const REPLAYED: &str = "idempotent-replayed";
 use crate::trace_context::TraceContext;
 
 pub const SERVICE: &str = "ingest-service";
@@ -94,6 +97,7 @@ pub fn router(state: IngestState, guards: IngestGuards) -> Router {
 pub(crate) async fn accept_event(
     State(state): State<IngestState>,
     Extension(trace): Extension<TraceContext>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -106,22 +110,26 @@ pub(crate) async fn accept_event(
     let traceparent = trace.header_value();
     let submission = Submission {
         event: &event,
-        event_id: EventId::new_random(),
+        event_id: EventId::new_time_ordered(),
+        client: &caller.client,
         key: key.as_ref(),
+        deduplicate: true,
         traceparent: Some(&traceparent),
+        size_hint: body_size(&headers),
     };
     let outcome = state.intake.submit(&submission).await?;
-    let event_id = match outcome {
+    let patient = crate::privacy::patient(event.patient_id.as_str());
+    let (event_id, replayed) = match outcome {
         EnqueueOutcome::Accepted { event_id, seq } => {
-            info!(eventId = %event_id, patientId = event.patient_id.as_str(), seq, "event accepted");
+            info!(eventId = %event_id, %patient, seq, client = &*caller.client, "event accepted");
             metrics::counter!("events_accepted_total").increment(1);
             state.notifier.notify(event_id, &event, &trace);
-            event_id.to_string()
+            (event_id.to_string(), false)
         }
         EnqueueOutcome::Replayed { event_id } => {
-            info!(eventId = %event_id, patientId = event.patient_id.as_str(), "idempotent retry answered");
+            info!(eventId = %event_id, %patient, client = &*caller.client, "retry or duplicate answered with the stored event");
             metrics::counter!("events_replayed_total").increment(1);
-            event_id
+            (event_id, true)
         }
         EnqueueOutcome::KeyReused => {
             return Err(ApiError::Unprocessable(
@@ -135,12 +143,27 @@ pub(crate) async fn accept_event(
     };
     let location =
         HeaderValue::from_str(&format!("/events/{event_id}")).map_err(|_| ApiError::Internal)?;
-    Ok((
+    let mut response = (
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
         Json(json!({ "status": "queued", "eventId": event_id })),
     )
-        .into_response())
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The request body's declared size (for batching writes; 1 KiB if unknown).
+fn body_size(headers: &HeaderMap) -> usize {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
 }
 
 /// Where an accepted event is in its life.
@@ -165,22 +188,35 @@ pub(crate) async fn accept_event(
     security(("bearer" = [])))]
 pub(crate) async fn event_status(
     State(state): State<IngestState>,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let event_id =
         EventId::parse_str(&raw_id).map_err(|reason| ApiError::field("eventId", reason))?;
-    let store = state.intake.store();
-    let event = store
+    let not_found = || ApiError::NotFound(format!("no event with id {event_id}"));
+    let event = state
+        .intake
+        .store()
         .find_event(&event_id.to_string())
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no event with id {event_id}")))?;
+        .ok_or_else(not_found)?;
+    // Another client's event does not exist, as far as this caller can tell.
+    if event.client != *caller.client && !caller.is_admin() {
+        return Err(not_found());
+    }
+    Ok(Json(event_view(&event)))
+}
+
+/// An event as the API shows it (never its `data`).
+pub(crate) fn event_view(event: &crate::store::QueuedEvent) -> Value {
     let mut body = json!({
         "eventId": event.event_id,
         "patientId": event.patient_id,
         "type": event.event_type,
         "ts": event.ts,
         "seq": event.seq,
-        "status": event.status.as_str(),
+        "client": event.client,
+        "status": event.api_status(),
         "attempts": event.attempts,
         "acceptedAt": rfc3339(event.accepted_at),
         "updatedAt": rfc3339(event.updated_at),
@@ -188,14 +224,14 @@ pub(crate) async fn event_status(
     if let Some(error) = &event.last_error {
         body["lastError"] = json!(error);
     }
-    if matches!(event.status, EventStatus::Processed | EventStatus::Failed)
-        && let Some(outcome) = store.find_processed(&event.event_id).await?
+    if event.status != EventStatus::Queued
+        && let (Some(result), Some(at)) = (&event.result, event.processed_at)
     {
-        body["result"] = json!(outcome.result);
-        body["processedAt"] = json!(rfc3339(outcome.processed_at));
-        body["processingDurationMs"] = json!(outcome.processing_duration_ms);
+        body["result"] = json!(result);
+        body["processedAt"] = json!(rfc3339(at));
+        body["processingDurationMs"] = json!(event.processing_duration_ms.unwrap_or(0));
     }
-    Ok(Json(body))
+    body
 }
 
 fn rfc3339(at: DateTime) -> String {

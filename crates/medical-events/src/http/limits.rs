@@ -17,7 +17,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tower::ServiceBuilder;
 
 use super::problem::ApiError;
-use crate::auth::ClientId;
+use crate::auth::Caller;
 use crate::config::{HttpLimits, RateLimit};
 
 /// Wraps the whole router: load shedding over a concurrency limit over a timeout.
@@ -44,9 +44,10 @@ async fn overload_response(error: BoxError) -> ApiError {
     }
 }
 
-/// One token bucket per API key.
+/// One token bucket per client (keys of one client share it). The map holds
+/// configured client names only, so it stays small.
 pub struct KeyedLimiter {
-    limiter: DefaultKeyedRateLimiter<ClientId>,
+    limiter: DefaultKeyedRateLimiter<Arc<str>>,
     clock: DefaultClock,
 }
 
@@ -60,8 +61,8 @@ impl KeyedLimiter {
         }
     }
 
-    fn check(&self, client: ClientId) -> Result<(), ApiError> {
-        self.limiter.check_key(&client).map_err(|not_until| {
+    fn check(&self, client: &Arc<str>) -> Result<(), ApiError> {
+        self.limiter.check_key(client).map_err(|not_until| {
             let wait: Duration = not_until.wait_time_from(self.clock.now());
             ApiError::RateLimited {
                 retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
@@ -70,18 +71,19 @@ impl KeyedLimiter {
     }
 }
 
-/// Middleware, after authentication: 429 once a key's bucket is empty.
+/// Middleware, after authentication: 429 once a client's bucket is empty.
+/// Operators are not limited (they are few and their actions audited).
 pub async fn rate_limit(
     State(limiter): State<Arc<KeyedLimiter>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let client = request
-        .extensions()
-        .get::<ClientId>()
-        .copied()
-        .unwrap_or(ClientId(0));
-    match limiter.check(client) {
+    let checked = match request.extensions().get::<Caller>() {
+        Some(caller) if caller.is_admin() => Ok(()),
+        Some(caller) => limiter.check(&caller.client),
+        None => limiter.check(&Arc::from(crate::auth::ANONYMOUS)),
+    };
+    match checked {
         Ok(()) => next.run(request).await,
         Err(error) => error.into_response(),
     }

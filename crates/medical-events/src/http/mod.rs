@@ -14,11 +14,18 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::HttpLimits;
 
+/// `/metrics` alone, for its own listener (`METRICS_PORT`): counts and
+/// timings stay off the public port.
+pub fn metrics_router() -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(crate::metrics::render))
+        .fallback(problem::not_found)
+}
+
 /// Layers both services share: body limit, problem+json fallbacks, request
 /// spans, and the bounds on requests in flight and their duration.
 fn finish(router: Router, limits: HttpLimits) -> Router {
     let router = router
-        .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(json_body::BODY_LIMIT_BYTES))

@@ -29,6 +29,15 @@ pub enum ApiError {
     Unavailable { retry_after_secs: u64 },
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The event may or may not be stored: a retry with the same
+    /// Idempotency-Key (or the same body, within the duplicate window) is safe.
+    #[error(
+        "the database did not confirm whether event {event_id} was stored; retrying with the same \
+         Idempotency-Key, or the same body within the duplicate window, stores it at most once"
+    )]
+    OutcomeUnknown { event_id: String },
     #[error("rate limit exceeded for this API key; retry later")]
     RateLimited { retry_after_secs: u64 },
     #[error("the service is at capacity; retry later")]
@@ -49,10 +58,12 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable { .. } | Self::Overloaded { .. } | Self::TimedOut => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable { .. }
+            | Self::Overloaded { .. }
+            | Self::TimedOut
+            | Self::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -68,11 +79,19 @@ impl ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
         tracing::error!(error = %error, "event store unavailable");
-        Self::Unavailable {
-            retry_after_secs: 5,
+        match error {
+            crate::store::StoreError::OutcomeUnknown { event_id, .. } => {
+                Self::OutcomeUnknown { event_id }
+            }
+            _ => Self::Unavailable {
+                retry_after_secs: 5,
+            },
         }
     }
 }
+
+/// The problem type of an answer whose stored state is unknown.
+pub const OUTCOME_UNKNOWN_TYPE: &str = "/problems/outcome-unknown";
 
 impl ApiError {
     /// A short label for the `requests_rejected_total` metric.
@@ -87,6 +106,8 @@ impl ApiError {
             Self::Unprocessable(_) => "idempotency_key_reused",
             Self::Unavailable { .. } => "store_unavailable",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::OutcomeUnknown { .. } => "outcome_unknown",
             Self::RateLimited { .. } => "rate_limited",
             Self::Overloaded { .. } => "overloaded",
             Self::TimedOut => "timed_out",
@@ -99,14 +120,21 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         metrics::counter!("requests_rejected_total", "reason" => self.reason()).increment(1);
         let status = self.status();
+        let problem_type = match &self {
+            Self::OutcomeUnknown { .. } => OUTCOME_UNKNOWN_TYPE,
+            _ => "about:blank",
+        };
         let mut body = json!({
-            "type": "about:blank",
+            "type": problem_type,
             "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
             "detail": self.to_string(),
         });
         if let Self::Validation(errors) = &self {
             body["errors"] = json!(errors);
+        }
+        if let Self::OutcomeUnknown { event_id } = &self {
+            body["eventId"] = json!(event_id);
         }
         let mut response = (status, body.to_string()).into_response();
         let headers = response.headers_mut();
@@ -120,7 +148,7 @@ impl IntoResponse for ApiError {
             | Self::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
-            Self::TimedOut => {
+            Self::TimedOut | Self::OutcomeUnknown { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             Self::Unauthorized(_) => {

@@ -13,11 +13,11 @@ use tracing::info;
 use super::json_body::JsonBody;
 use super::problem::ApiError;
 use super::{finish, health};
-use crate::auth::{Guard, require_bearer};
+use crate::auth::{Caller, Guard, require_bearer};
 use crate::config::HttpLimits;
 use crate::event::QueuedEventRequest;
 use crate::intake::Intake;
-use crate::processing::SimulatedProcessing;
+use crate::processing::Handler;
 use crate::scheduler::Scheduler;
 use crate::store::{EnqueueOutcome, Submission};
 use crate::trace_context::TraceContext;
@@ -27,7 +27,7 @@ pub const SERVICE: &str = "processor-service";
 #[derive(Clone)]
 pub struct ProcessorState {
     pub intake: Arc<Intake>,
-    pub scheduler: Scheduler<SimulatedProcessing>,
+    pub scheduler: Scheduler<Handler>,
 }
 
 pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> Router {
@@ -40,7 +40,9 @@ pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> R
             .route(
                 "/ready",
                 get(|State(state): State<ProcessorState>| async move {
-                    health::ready(state.intake.store(), SERVICE).await
+                    let leases = state.scheduler.ownership().count();
+                    health::ready_with(state.intake.store(), SERVICE, json!({ "leases": leases }))
+                        .await
                 }),
             )
             .with_state(state),
@@ -73,6 +75,7 @@ pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> R
 pub(crate) async fn queue_event(
     State(state): State<ProcessorState>,
     Extension(trace): Extension<TraceContext>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request = QueuedEventRequest::parse(&body).map_err(ApiError::Validation)?;
@@ -80,7 +83,12 @@ pub(crate) async fn queue_event(
     let event = &request.event;
     // Lanes live in memory: past the bound, refuse before storing anything.
     // (An event ingest already stored waits for the sweep; none is lost.)
-    if !state.scheduler.has_room_for(event.patient_id.as_str()) {
+    let owned = state
+        .scheduler
+        .ownership()
+        .get(crate::bucket::of(event.patient_id.as_str()))
+        .is_some();
+    if owned && !state.scheduler.has_room_for(event.patient_id.as_str()) {
         return Err(ApiError::Overloaded {
             retry_after_secs: 5,
         });
@@ -100,15 +108,20 @@ pub(crate) async fn queue_event(
         let submission = Submission {
             event,
             event_id: request.event_id,
+            client: &caller.client,
             key: None,
+            deduplicate: false,
             traceparent: Some(&traceparent),
+            size_hint: 1024,
         };
         let outcome = state.intake.submit(&submission).await?;
         if let EnqueueOutcome::Accepted { seq, .. } = outcome {
-            info!(eventId = %event_id, patientId = event.patient_id.as_str(), seq, "event accepted directly");
+            info!(eventId = %event_id, patient = %crate::privacy::patient(event.patient_id.as_str()), seq, "event accepted directly");
             metrics::counter!("events_accepted_total").increment(1);
         }
     }
+    // The owner of the bucket starts it; if that is another instance, its
+    // change stream (or its sweep) tells it.
     state.scheduler.wake(event.patient_id.as_str());
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))))
 }

@@ -21,9 +21,14 @@ pub(crate) trait Bounded<T>: IntoFuture<Output = mongodb::error::Result<T>> + Si
         operation: &'static str,
         limit: Duration,
     ) -> Result<mongodb::error::Result<T>, StoreError> {
-        tokio::time::timeout(limit, self)
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(limit, self)
             .await
-            .map_err(|_| StoreError::Timeout { operation, limit })
+            .map_err(|_| StoreError::Timeout { operation, limit });
+        // Database time per operation kind (labels: a fixed set of names).
+        metrics::histogram!("store_operation_seconds", "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 }
 

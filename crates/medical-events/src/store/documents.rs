@@ -3,54 +3,116 @@
 use mongodb::bson::{DateTime, Document};
 use serde::{Deserialize, Serialize};
 
-/// Where an accepted event is in its life.
+/// Where an accepted event is in its life, as stored. An event being worked
+/// on stays `queued` and carries a [`Claim`]: claiming writes no indexed
+/// field, so it is cheap on every server (see [`QueuedEvent::api_status`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventStatus {
     Queued,
-    Processing,
     Processed,
     Failed,
+    /// Failed for good under `ON_FAILURE=park`: the patient waits behind it
+    /// until an operator retries or skips it.
+    Parked,
+    /// Set aside by an operator; the patient went on without it.
+    Skipped,
 }
 
 impl EventStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
-            Self::Processing => "processing",
             Self::Processed => "processed",
             Self::Failed => "failed",
+            Self::Parked => "parked",
+            Self::Skipped => "skipped",
         }
     }
+
+    /// Statuses that hold their patient's later events back.
+    pub const BLOCKING: [EventStatus; 2] = [EventStatus::Queued, EventStatus::Parked];
+}
+
+/// Who is working on an event, under which fencing epoch. Written by the
+/// claim; every later write about the event is conditional on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Random per claim: recognises a claim whose reply was lost.
+    pub token: String,
+    /// The processor instance that claimed it.
+    pub owner: String,
+    /// Database time of the claim.
+    pub at: DateTime,
 }
 
 /// `queued_events`: every accepted event, written before the 202, with its
-/// per-patient sequence number and lifecycle.
+/// per-patient sequence number and lifecycle. `_id` is the eventId (a UUID v7,
+/// so the primary key is in acceptance order).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueuedEvent {
+    #[serde(rename = "_id")]
+    pub id: String,
     pub event_id: String,
+    /// The API client that sent it (from its API key).
+    pub client: String,
     pub patient_id: String,
+    pub bucket: i32,
+    pub seq: i64,
     #[serde(rename = "type")]
     pub event_type: String,
+    /// Absent once retention pruned the payload of a patient's last event.
+    #[serde(default)]
     pub data: Document,
     pub ts: String,
-    pub seq: i64,
-    pub status: EventStatus,
-    pub attempts: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// The client's `Idempotency-Key`, unique where present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-    /// Fingerprint of the normalized payload sent with that key.
+    /// Uniqueness of retries and duplicates, per patient: `k:<client>:<key>`
+    /// (Idempotency-Key), `h:<client>:<digest>` (content within the duplicate
+    /// window), `e:<eventId>` (neither), `x:<eventId>` (expired).
+    pub intake_key: String,
+    /// Fingerprint of the normalized payload sent with an Idempotency-Key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
     /// W3C trace context of the request that accepted it (for log correlation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    pub status: EventStatus,
+    /// Attempts that started (each claim that went on to run counts one).
+    pub attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Fencing epoch of the bucket lease under which it was last claimed (0: never).
+    pub epoch: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
+    /// The outcome, recorded before `processed_events` is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ProcessingResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processed_at: Option<DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_duration_ms: Option<i64>,
+    /// When it reached a final status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime>,
+    /// 1 for the first run; an operator's retry starts the next.
+    pub run: i32,
+    /// Set when retention removed the payload (the patient's last event is
+    /// kept as its sequence high-water mark).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pruned: bool,
     pub accepted_at: DateTime,
     pub updated_at: DateTime,
+}
+
+impl QueuedEvent {
+    /// The status the API reports: `processing` while a claim is on a queued event.
+    pub fn api_status(&self) -> &'static str {
+        match (self.status, &self.claim) {
+            (EventStatus::Queued, Some(_)) => "processing",
+            (status, _) => status.as_str(),
+        }
+    }
 }
 
 /// The outcome recorded for an event, as in the original service.
@@ -65,6 +127,7 @@ pub struct ProcessingResult {
 impl ProcessingResult {
     pub const SUCCESS: &'static str = "success";
     pub const FAILED: &'static str = "failed";
+    pub const SKIPPED: &'static str = "skipped";
 
     pub fn success() -> Self {
         Self {
@@ -82,13 +145,22 @@ impl ProcessingResult {
         }
     }
 
+    pub fn skipped(reason: &str) -> Self {
+        Self {
+            status: Self::SKIPPED.to_owned(),
+            message: format!("skipped by an operator: {reason}"),
+            error: None,
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         self.status == Self::SUCCESS
     }
 }
 
 /// `processed_events`: exactly one per accepted event (unique `eventId`),
-/// with the fields of the original service.
+/// with the fields of the original service, plus where the event sits
+/// (`bucket`, `seq`, `client`) and which run produced the outcome.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessedEvent {
@@ -96,29 +168,46 @@ pub struct ProcessedEvent {
     pub patient_id: String,
     #[serde(rename = "type")]
     pub event_type: String,
+    #[serde(default)]
     pub data: Document,
     pub ts: String,
     pub processed_at: DateTime,
     pub processing_duration_ms: i64,
     pub result: ProcessingResult,
+    pub bucket: i32,
+    pub seq: i64,
+    pub client: String,
+    pub run: i32,
+    pub attempts: i32,
+    /// Earlier runs' outcomes, oldest first (kept when an operator retries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Document>,
     pub created_at: DateTime,
     pub updated_at: DateTime,
 }
 
 impl ProcessedEvent {
-    pub fn from_queued(event: &QueuedEvent, duration_ms: i64, result: ProcessingResult) -> Self {
-        let now = DateTime::now();
-        Self {
+    /// The outcome document of `event`'s current run, from what its record says.
+    pub fn from_recorded(event: &QueuedEvent) -> Option<Self> {
+        let result = event.result.clone()?;
+        let processed_at = event.processed_at?;
+        Some(Self {
             event_id: event.event_id.clone(),
             patient_id: event.patient_id.clone(),
             event_type: event.event_type.clone(),
             data: event.data.clone(),
             ts: event.ts.clone(),
-            processed_at: now,
-            processing_duration_ms: duration_ms,
+            processed_at,
+            processing_duration_ms: event.processing_duration_ms.unwrap_or(0),
             result,
-            created_at: now,
-            updated_at: now,
-        }
+            bucket: event.bucket,
+            seq: event.seq,
+            client: event.client.clone(),
+            run: event.run,
+            attempts: event.attempts,
+            history: Vec::new(),
+            created_at: processed_at,
+            updated_at: processed_at,
+        })
     }
 }

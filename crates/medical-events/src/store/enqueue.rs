@@ -1,13 +1,16 @@
 //! Intake: one single-document insert per event carries its per-patient
-//! sequence number and its idempotency record, so an event is stored whole
-//! or not at all without a multi-document transaction. (A transaction would
-//! leave locks behind when an ingest process dies mid-way: MongoDB keeps an
-//! abandoned transaction open for up to a minute, stalling that patient.)
+//! sequence number and its intake key (the idempotency or duplicate record),
+//! so an event is stored whole or not at all without a multi-document
+//! transaction. (A transaction would leave locks behind when an ingest
+//! process dies mid-way: MongoDB keeps an abandoned transaction open for up
+//! to a minute, stalling that patient.)
 //!
-//! Uniqueness does the coordination: `{patientId, seq}` is unique, so two
-//! writers that pick the same next number cannot both succeed; the loser
-//! reads again and takes the following number. Only successful inserts use
-//! a number, so the sequence has no gaps.
+//! Uniqueness does the coordination: `{bucket, patientId, seq}` is unique, so
+//! two writers that pick the same next number cannot both succeed; the loser
+//! reads again and takes the following number. Only successful inserts use a
+//! number, so the sequence has no gaps. `{bucket, patientId, intakeKey}` is
+//! unique too: a retry (same Idempotency-Key) or a duplicate (same content
+//! from the same client within the window) collides with the first event.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +20,10 @@ use rand::Rng;
 use super::Store;
 use super::deadline::Bounded;
 use super::documents::{EventStatus, QueuedEvent};
-use super::error::{StoreError, is_duplicate_key};
+use super::error::StoreError;
+use super::group_commit::Insert;
+use super::indexes::UniqueIndex;
+use super::shapes;
 use crate::event::{EventId, NewEvent};
 
 /// How long intake keeps retrying sequence collisions before answering 503.
@@ -49,31 +55,64 @@ impl IdempotencyKey {
     }
 }
 
+/// How long retries are recognised (published in the README).
+#[derive(Debug, Clone, Copy)]
+pub struct IntakePolicy {
+    /// An Idempotency-Key is honoured this long after its first use.
+    pub idempotency_ttl: Duration,
+    /// A keyless event with the same content from the same client within this
+    /// window is a duplicate; zero turns content deduplication off.
+    pub dedup_window: Duration,
+}
+
+impl Default for IntakePolicy {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl: Duration::from_secs(168 * 3600),
+            dedup_window: Duration::from_secs(300),
+        }
+    }
+}
+
 /// What is stored for one accepted event besides the event itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Submission<'a> {
     pub event: &'a NewEvent,
     pub event_id: EventId,
+    /// The API client that sent it.
+    pub client: &'a str,
     pub key: Option<&'a IdempotencyKey>,
+    /// Whether a keyless event is checked for duplicate content (ingest:
+    /// yes; the processor's `/queue`, which names its eventId: no).
+    pub deduplicate: bool,
     /// The W3C `traceparent` of the accepting request.
     pub traceparent: Option<&'a str>,
+    /// About how large the event is (its request body), for batching.
+    pub size_hint: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnqueueOutcome {
     /// Stored now, with this per-patient sequence number.
     Accepted { event_id: EventId, seq: i64 },
-    /// The idempotency key was used before for the same payload.
+    /// A retry or a duplicate of this stored event.
     Replayed { event_id: String },
-    /// The idempotency key was used before for a different payload.
+    /// The Idempotency-Key was used before for a different payload.
     KeyReused,
     /// An event with this id is already stored (a repeated `POST /queue`).
     AlreadyStored,
 }
 
+/// How the intake key of a submission works.
+enum KeyKind {
+    Idempotency { fingerprint: String },
+    Content,
+    None,
+}
+
 impl Store {
     /// Stores a new event durably (majority, journaled) with the next
-    /// sequence number of its patient. Returns only once it is stored.
+    /// sequence number of its patient. Returns only once its fate is known.
     ///
     /// `next_seq` is the caller's guess of that number (what it last stored
     /// for the patient, plus one; 1 for a patient it has not seen). A right
@@ -84,63 +123,97 @@ impl Store {
         &self,
         submission: &Submission<'_>,
         next_seq: i64,
+        policy: &IntakePolicy,
     ) -> Result<EnqueueOutcome, StoreError> {
-        let Submission {
-            event,
-            event_id,
-            key,
-            traceparent,
-        } = *submission;
-        let fingerprint = key.map(|_| event.fingerprint());
+        let event = submission.event;
+        let event_id = submission.event_id.to_string();
+        let bucket = crate::bucket::of(event.patient_id.as_str());
+        let (intake_key, kind) = intake_key(submission, policy);
         let data: Document = mongodb::bson::to_document(event.data.as_map())?;
         let started = Instant::now();
         let mut seq = next_seq.max(1);
         let mut tries = 0u32;
         loop {
-            tries += 1;
-            let now = DateTime::now();
-            let queued = QueuedEvent {
-                event_id: event_id.to_string(),
-                patient_id: event.patient_id.as_str().to_owned(),
-                event_type: event.event_type.as_str().to_owned(),
-                data: data.clone(),
-                ts: event.ts.as_str().to_owned(),
-                seq,
-                status: EventStatus::Queued,
-                attempts: 0,
-                last_error: None,
-                idempotency_key: key.map(|k| k.as_str().to_owned()),
-                request_hash: fingerprint.clone(),
-                traceparent: traceparent.map(str::to_owned),
-                accepted_at: now,
-                updated_at: now,
-            };
-            let inserted = self
-                .queued
-                .insert_one(&queued)
-                .into_future()
-                .bounded_raw("storing an event", self.op_timeout)
-                .await?;
-            match inserted {
-                Ok(_) => return Ok(EnqueueOutcome::Accepted { event_id, seq }),
-                Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(StoreError::mongo("storing an event")(e)),
-            }
-            // Which unique index refused it? The idempotency key (a retry:
-            // replay it), the eventId (already stored), or the sequence
-            // number (a stale guess or another writer: take the next one).
-            if let (Some(key), Some(fingerprint)) = (key, &fingerprint) {
-                if let Some(outcome) = self.replay(key, fingerprint).await? {
-                    return Ok(outcome);
-                }
-            } else if self.find_event(&queued.event_id).await?.is_some() {
-                return Ok(EnqueueOutcome::AlreadyStored);
-            }
-            if started.elapsed() > CONTENTION_BUDGET {
+            if tries > 0 && started.elapsed() > CONTENTION_BUDGET {
                 return Err(StoreError::Contention {
                     operation: "enqueue",
                     attempts: tries,
                 });
+            }
+            tries += 1;
+            let now = DateTime::now();
+            let queued = QueuedEvent {
+                id: event_id.clone(),
+                event_id: event_id.clone(),
+                client: submission.client.to_owned(),
+                patient_id: event.patient_id.as_str().to_owned(),
+                bucket,
+                seq,
+                event_type: event.event_type.as_str().to_owned(),
+                data: data.clone(),
+                ts: event.ts.as_str().to_owned(),
+                intake_key: intake_key.clone(),
+                request_hash: match &kind {
+                    KeyKind::Idempotency { fingerprint } => Some(fingerprint.clone()),
+                    _ => None,
+                },
+                traceparent: submission.traceparent.map(str::to_owned),
+                status: EventStatus::Queued,
+                attempts: 0,
+                last_error: None,
+                epoch: 0,
+                claim: None,
+                result: None,
+                processed_at: None,
+                processing_duration_ms: None,
+                finished_at: None,
+                run: 1,
+                pruned: false,
+                accepted_at: now,
+                updated_at: now,
+            };
+            let index = match self.inserts.insert(queued, submission.size_hint).await {
+                Ok(Insert::Stored) => {
+                    return Ok(EnqueueOutcome::Accepted {
+                        event_id: submission.event_id,
+                        seq,
+                    });
+                }
+                Ok(Insert::Duplicate(index)) => index,
+                Err(error) if error.is_ambiguous() => {
+                    return self.settle(submission.event_id, error).await;
+                }
+                Err(error) => return Err(error),
+            };
+            // Which unique index refused it? The intake key (a retry or a
+            // duplicate: replay it), the eventId (already stored), or the
+            // sequence number (a stale guess or another writer: take the next).
+            match index {
+                UniqueIndex::IntakeKey | UniqueIndex::Other => {
+                    let holder = self
+                        .settle_intake_key(
+                            bucket,
+                            event.patient_id.as_str(),
+                            &intake_key,
+                            &kind,
+                            policy,
+                        )
+                        .await?;
+                    match holder {
+                        KeyHolder::Replay(outcome) => return Ok(outcome),
+                        KeyHolder::Freed => continue,
+                        KeyHolder::Absent => {}
+                    }
+                    if self.find_event(&event_id).await?.is_some() {
+                        return Ok(EnqueueOutcome::AlreadyStored);
+                    }
+                    if index == UniqueIndex::IntakeKey {
+                        // Its holder went away meanwhile (pruned): try again.
+                        continue;
+                    }
+                }
+                UniqueIndex::Id => return Ok(EnqueueOutcome::AlreadyStored),
+                UniqueIndex::PatientSeq | UniqueIndex::OutcomeEvent => {}
             }
             if tries > 2 {
                 // Still colliding after a fresh read: another instance is
@@ -148,42 +221,114 @@ impl Store {
                 let pause = rand::rng().random_range(0..=(2 * tries.min(25)) as u64);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
-            seq = self.last_seq(event.patient_id.as_str()).await? + 1;
+            seq = self.last_seq(bucket, event.patient_id.as_str()).await? + 1;
         }
     }
 
-    async fn last_seq(&self, patient_id: &str) -> Result<i64, StoreError> {
+    /// The patient's highest stored sequence number (0 if none), read with
+    /// majority read concern so a number from a rolled-back write is never used.
+    async fn last_seq(&self, bucket: i32, patient_id: &str) -> Result<i64, StoreError> {
+        let shape = shapes::last_seq(bucket, patient_id);
         let last = self
             .queued
             .clone_with_type::<Document>()
-            .find_one(doc! { "patientId": patient_id })
-            .sort(doc! { "seq": -1 })
-            .projection(doc! { "seq": 1, "_id": 0 })
-            .await
-            .map_err(StoreError::mongo(
-                "reading a patient's last sequence number",
-            ))?;
+            .find_one(shape.filter)
+            .sort(shape.sort.unwrap_or_default())
+            .projection(shape.projection.unwrap_or_default())
+            .bounded("reading a patient's last sequence number", self.op_timeout)
+            .await?;
         Ok(last.and_then(|d| d.get_i64("seq").ok()).unwrap_or(0))
     }
 
-    async fn replay(
+    /// After an insert whose fate is unknown: the event is stored if a
+    /// majority read finds it; otherwise nobody can tell yet.
+    async fn settle(
         &self,
-        key: &IdempotencyKey,
-        fingerprint: &str,
-    ) -> Result<Option<EnqueueOutcome>, StoreError> {
-        let earlier = self
+        event_id: EventId,
+        cause: StoreError,
+    ) -> Result<EnqueueOutcome, StoreError> {
+        let id = event_id.to_string();
+        tracing::warn!(eventId = %id, error = %cause, "intake insert outcome unknown; settling");
+        match self.find_event(&id).await {
+            Ok(Some(stored)) => Ok(EnqueueOutcome::Accepted {
+                event_id,
+                seq: stored.seq,
+            }),
+            Ok(None) | Err(_) => Err(StoreError::OutcomeUnknown {
+                event_id: id,
+                cause: cause.to_string(),
+            }),
+        }
+    }
+
+    /// Who holds an intake key that refused an insert.
+    async fn settle_intake_key(
+        &self,
+        bucket: i32,
+        patient: &str,
+        key: &str,
+        kind: &KeyKind,
+        policy: &IntakePolicy,
+    ) -> Result<KeyHolder, StoreError> {
+        let shape = shapes::intake_key(bucket, patient, key);
+        let Some(holder) = self
             .queued
-            .find_one(doc! { "idempotencyKey": key.as_str() })
-            .bounded("reading an idempotency key", self.op_timeout)
-            .await?;
-        Ok(earlier.map(|earlier| {
-            if earlier.request_hash.as_deref() == Some(fingerprint) {
-                EnqueueOutcome::Replayed {
-                    event_id: earlier.event_id,
-                }
-            } else {
+            .find_one(shape.filter)
+            .bounded("reading an intake key", self.op_timeout)
+            .await?
+        else {
+            return Ok(KeyHolder::Absent);
+        };
+        let window = match kind {
+            KeyKind::Idempotency { .. } => policy.idempotency_ttl,
+            KeyKind::Content => policy.dedup_window,
+            KeyKind::None => return Ok(KeyHolder::Absent),
+        };
+        let age = DateTime::now().timestamp_millis() - holder.accepted_at.timestamp_millis();
+        if age > window.as_millis() as i64 {
+            // Expired: retire the key (only if it is still that event's), then insert.
+            self.queued
+                .update_one(
+                    doc! { "_id": &holder.id, "intakeKey": key },
+                    doc! { "$set": { "intakeKey": format!("x:{}", holder.id) } },
+                )
+                .bounded("retiring an expired intake key", self.op_timeout)
+                .await?;
+            return Ok(KeyHolder::Freed);
+        }
+        Ok(KeyHolder::Replay(match kind {
+            KeyKind::Idempotency { fingerprint }
+                if holder.request_hash.as_deref() != Some(fingerprint.as_str()) =>
+            {
                 EnqueueOutcome::KeyReused
             }
+            _ => EnqueueOutcome::Replayed {
+                event_id: holder.event_id,
+            },
         }))
+    }
+}
+
+enum KeyHolder {
+    Replay(EnqueueOutcome),
+    /// Its holder had expired and gave it up.
+    Freed,
+    Absent,
+}
+
+fn intake_key(submission: &Submission<'_>, policy: &IntakePolicy) -> (String, KeyKind) {
+    let client = submission.client;
+    match submission.key {
+        Some(key) => (
+            format!("k:{client}:{}", key.as_str()),
+            KeyKind::Idempotency {
+                fingerprint: submission.event.fingerprint(),
+            },
+        ),
+        None if submission.deduplicate && !policy.dedup_window.is_zero() => (
+            format!("h:{client}:{}", submission.event.fingerprint()),
+            KeyKind::Content,
+        ),
+        None => (format!("e:{}", submission.event_id), KeyKind::None),
     }
 }

@@ -24,25 +24,59 @@ pub enum StoreError {
         operation: &'static str,
         limit: std::time::Duration,
     },
+    /// The write was sent but its fate is unknown, and a read could not
+    /// settle it: the event may or may not be stored.
+    #[error("the outcome of storing event {event_id} is unknown: {cause}")]
+    OutcomeUnknown { event_id: String, cause: String },
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 impl StoreError {
     pub(crate) fn mongo(operation: &'static str) -> impl FnOnce(mongodb::error::Error) -> Self {
         move |source| Self::Mongo { operation, source }
     }
+
+    /// Whether the server may have applied the write although we saw an
+    /// error: a timeout or a connection lost after sending. A refusal by the
+    /// server, or no server to send to, is not ambiguous.
+    pub(crate) fn is_ambiguous(&self) -> bool {
+        match self {
+            Self::Timeout { .. } => true,
+            Self::Mongo { source, .. } => is_ambiguous(source),
+            _ => false,
+        }
+    }
+}
+
+fn is_ambiguous(error: &mongodb::error::Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => true,
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        ErrorKind::InsertMany(e) => e.write_concern_error.is_some(),
+        _ => error.contains_label("RetryableWriteError") || error.contains_label("NetworkError"),
+    }
 }
 
 /// MongoDB's duplicate key error code: the unique index said "already there".
-const DUPLICATE_KEY: i32 = 11000;
+pub(crate) const DUPLICATE_KEY: i32 = 11000;
 
 pub(crate) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    duplicate_key_message(error).is_some()
+}
+
+/// The server's message of a duplicate-key error (it names the index).
+pub(crate) fn duplicate_key_message(error: &mongodb::error::Error) -> Option<&str> {
     match error.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        ErrorKind::Write(WriteFailure::WriteError(e)) if e.code == DUPLICATE_KEY => {
+            Some(&e.message)
+        }
+        ErrorKind::Command(e) if e.code == DUPLICATE_KEY => Some(&e.message),
         ErrorKind::InsertMany(e) => e
             .write_errors
             .as_ref()
-            .is_some_and(|errors| errors.iter().any(|e| e.code == DUPLICATE_KEY)),
-        _ => false,
+            .and_then(|errors| errors.iter().find(|e| e.code == DUPLICATE_KEY))
+            .map(|e| e.message.as_str()),
+        _ => None,
     }
 }

@@ -1,0 +1,195 @@
+//! Lease documents (`leases`): one per bucket, plus named ones for singleton
+//! jobs (the pruner): `{owner, epoch}`, where `owner` is a processor session
+//! (see `membership.rs`); a lease lasts as long as its owner's session. Every
+//! takeover increments `epoch`, the fencing token the holder stamps on each
+//! write it makes under the lease.
+//!
+//! A lease is taken only from no one or from a session the database has
+//! declared expired; an expired session can never come back, so the
+//! condition the taker checked cannot become false before its write lands.
+
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use mongodb::Collection;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::InsertManyOptions;
+
+use crate::store::deadline::Bounded;
+use crate::store::{Store, StoreError};
+
+pub const COLLECTION: &str = "leases";
+
+/// The lease id of a bucket.
+pub fn bucket_id(bucket: i32) -> String {
+    format!("bucket:{bucket}")
+}
+
+/// A lease as read.
+#[derive(Debug, Clone)]
+pub struct LeaseView {
+    pub id: String,
+    pub bucket: Option<i32>,
+    pub owner: Option<String>,
+    pub epoch: i64,
+}
+
+/// Access to the lease documents.
+#[derive(Clone)]
+pub struct Leases {
+    collection: Collection<Document>,
+    op_timeout: Duration,
+}
+
+impl Leases {
+    pub fn new(store: &Store) -> Self {
+        Self {
+            collection: store.durable_collection(COLLECTION),
+            op_timeout: store.op_timeout(),
+        }
+    }
+
+    /// Creates the lease documents that do not exist yet (all free).
+    pub async fn seed(
+        &self,
+        ids: impl IntoIterator<Item = (String, Option<i32>)>,
+    ) -> Result<(), StoreError> {
+        let documents: Vec<Document> = ids
+            .into_iter()
+            .map(|(id, bucket)| {
+                let mut lease = doc! { "_id": id, "owner": Bson::Null, "epoch": 0i64 };
+                if let Some(bucket) = bucket {
+                    lease.insert("bucket", bucket);
+                }
+                lease
+            })
+            .collect();
+        let operation = "creating lease documents";
+        match self
+            .collection
+            .insert_many(documents)
+            .with_options(InsertManyOptions::builder().ordered(false).build())
+            .into_future()
+            .bounded_raw(operation, self.op_timeout * 5)
+            .await?
+        {
+            Ok(_) => Ok(()),
+            // Those that exist already are refused one by one; that is the point.
+            Err(e) if only_duplicates(&e) => Ok(()),
+            Err(e) => Err(StoreError::mongo(operation)(e)),
+        }
+    }
+
+    /// Every lease.
+    pub async fn read_all(&self) -> Result<Vec<LeaseView>, StoreError> {
+        let operation = "reading leases";
+        let documents: Vec<Document> = self
+            .collection
+            .find(doc! {})
+            .bounded(operation, self.op_timeout)
+            .await?
+            .try_collect()
+            .bounded_raw(operation, self.op_timeout)
+            .await?
+            .map_err(StoreError::mongo(operation))?;
+        Ok(documents.iter().map(view).collect())
+    }
+
+    /// Takes those of `ids` that are free or held by one of `dead` sessions,
+    /// in one round trip, each with its epoch incremented; returns the ones
+    /// now held by `session`.
+    pub async fn acquire(
+        &self,
+        ids: &[String],
+        dead: &[String],
+        session: &str,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut takeable: Vec<Bson> = dead.iter().map(|d| Bson::String(d.clone())).collect();
+        takeable.push(Bson::Null);
+        self.collection
+            .update_many(
+                doc! { "_id": { "$in": ids }, "owner": { "$in": takeable } },
+                vec![doc! { "$set": {
+                    "previousOwner": "$owner",
+                    "owner": { "$literal": session },
+                    "epoch": { "$add": ["$epoch", 1i64] },
+                    "acquiredAt": "$$NOW",
+                } }],
+            )
+            .bounded("acquiring leases", self.op_timeout)
+            .await?;
+        let operation = "reading acquired leases";
+        let held: Vec<Document> = self
+            .collection
+            .find(doc! { "_id": { "$in": ids }, "owner": session })
+            .bounded(operation, self.op_timeout)
+            .await?
+            .try_collect()
+            .bounded_raw(operation, self.op_timeout)
+            .await?
+            .map_err(StoreError::mongo(operation))?;
+        Ok(held
+            .iter()
+            .filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), epoch_of(d))))
+            .collect())
+    }
+
+    /// Gives a lease up at once (only the epoch we hold: a lease someone
+    /// else took over meanwhile is left alone).
+    pub async fn release(&self, id: &str, session: &str, epoch: i64) -> Result<bool, StoreError> {
+        let result = self
+            .collection
+            .update_one(
+                doc! { "_id": id, "owner": session, "epoch": epoch },
+                doc! { "$set": { "owner": Bson::Null } },
+            )
+            .bounded("releasing a lease", self.op_timeout)
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+}
+
+impl Leases {
+    /// Gives up every lease `session` holds, in one write (graceful stop).
+    pub async fn release_all(&self, session: &str) -> Result<u64, StoreError> {
+        let result = self
+            .collection
+            .update_many(
+                doc! { "owner": session },
+                doc! { "$set": { "owner": Bson::Null } },
+            )
+            .bounded("releasing leases", self.op_timeout)
+            .await?;
+        Ok(result.modified_count)
+    }
+}
+
+fn view(document: &Document) -> LeaseView {
+    LeaseView {
+        id: document.get_str("_id").unwrap_or_default().to_owned(),
+        bucket: document.get_i32("bucket").ok(),
+        owner: document.get_str("owner").ok().map(str::to_owned),
+        epoch: epoch_of(document),
+    }
+}
+
+fn epoch_of(document: &Document) -> i64 {
+    match document.get("epoch") {
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Double(n)) => *n as i64,
+        _ => 0,
+    }
+}
+
+fn only_duplicates(error: &mongodb::error::Error) -> bool {
+    match error.kind.as_ref() {
+        mongodb::error::ErrorKind::InsertMany(e) => {
+            e.write_concern_error.is_none()
+                && e.write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|e| e.code == 11000))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,150 @@
+//! The fast path from an accepted event to its owner: a change stream on
+//! `queued_events` inserts, filtered to the buckets this instance owns,
+//! wakes the patient's lane within milliseconds of the insert, whichever
+//! instance received the HTTP notification (or none).
+//!
+//! It is a hint, not the source of truth: when the owned set changes the
+//! stream is reopened from its last resume token with the new filter; when
+//! the token is lost (`ChangeStreamHistoryLost`) or streams are unavailable
+//! (a standalone server), the owned buckets are rescanned and the periodic
+//! sweep carries on alone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{Document, doc};
+use mongodb::change_stream::event::ResumeToken;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::ownership::Ownership;
+use crate::store::{QUEUED_EVENTS, Store};
+
+/// The server's "resume token no longer in the oplog" error.
+const HISTORY_LOST: i32 = 286;
+const RETRY: Duration = Duration::from_secs(5);
+/// How long a getMore may wait for new events before coming back empty.
+const MAX_AWAIT: Duration = Duration::from_millis(500);
+/// Pause after an empty answer that came back sooner than this.
+const IDLE_PAUSE: Duration = Duration::from_millis(20);
+
+pub type Wake = Arc<dyn Fn(&str) + Send + Sync>;
+
+pub fn spawn(
+    store: &Store,
+    ownership: Ownership,
+    wake: Wake,
+    rescans: mpsc::UnboundedSender<Vec<i32>>,
+    stop: CancellationToken,
+) {
+    let collection = store.database().collection::<Document>(QUEUED_EVENTS);
+    tokio::spawn(async move {
+        let mut token: Option<ResumeToken> = None;
+        let mut changes = ownership.subscribe();
+        let mut warned = false;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            changes.borrow_and_update();
+            let buckets = ownership.usable_buckets();
+            if buckets.is_empty() {
+                tokio::select! {
+                    _ = changes.changed() => continue,
+                    () = stop.cancelled() => return,
+                }
+            }
+            let pipeline = [
+                doc! { "$match": {
+                    "operationType": "insert",
+                    "fullDocument.bucket": { "$in": &buckets },
+                } },
+                doc! { "$project": { "operationType": 1, "fullDocument.patientId": 1 } },
+            ];
+            let mut watch = collection
+                .watch()
+                .pipeline(pipeline)
+                .max_await_time(MAX_AWAIT);
+            if let Some(token) = token.clone() {
+                watch = watch.start_after(token);
+            }
+            let mut stream = match watch.await {
+                Ok(stream) => {
+                    warned = false;
+                    stream
+                }
+                Err(e) => {
+                    if !warned {
+                        warn!(error = %e, "cannot open the change stream; relying on the periodic sweep");
+                        warned = true;
+                    }
+                    if e.code() == Some(HISTORY_LOST) {
+                        token = None;
+                    }
+                    let _ = rescans.send(buckets);
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY) => continue,
+                        () = stop.cancelled() => return,
+                    }
+                }
+            };
+            debug!(buckets = buckets.len(), "watching for new events");
+            // One getMore at a time (never cancelled mid-flight: the driver's
+            // stream must not be dropped while a request is out), so the
+            // loop notices a new owned set or a stop between requests.
+            loop {
+                if stop.is_cancelled() {
+                    return;
+                }
+                if changes.has_changed().unwrap_or(true) {
+                    break;
+                }
+                let asked = Instant::now();
+                match stream.next_if_any().await {
+                    Ok(Some(change)) => {
+                        if let Some(patient) = change
+                            .full_document
+                            .as_ref()
+                            .and_then(|d| d.get_str("patientId").ok())
+                        {
+                            wake(patient);
+                        }
+                    }
+                    Ok(None) => {
+                        // Servers that do not wait for maxAwaitTime answer at
+                        // once; do not spin on them.
+                        if asked.elapsed() < IDLE_PAUSE {
+                            tokio::time::sleep(IDLE_PAUSE).await;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "change stream failed; rescanning owned buckets");
+                        token = if e.code() == Some(HISTORY_LOST) {
+                            None
+                        } else {
+                            stream.resume_token()
+                        };
+                        let _ = rescans.send(ownership.usable_buckets());
+                        break;
+                    }
+                }
+                token = stream.resume_token();
+            }
+        }
+    });
+}
+
+/// Error code of a driver error, when the server sent one.
+trait Code {
+    fn code(&self) -> Option<i32>;
+}
+
+impl Code for mongodb::error::Error {
+    fn code(&self) -> Option<i32> {
+        match self.kind.as_ref() {
+            mongodb::error::ErrorKind::Command(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! One patient's lane: claim the next event, run it, record the outcome,
+//! close it; again until the patient has nothing left, its next event is
+//! parked, or the bucket lease is gone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::DateTime;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::Inner;
+use crate::config::FailurePolicy;
+use crate::fleet::BucketLease;
+use crate::processing::EventHandler;
+use crate::store::{
+    Applied, Claimed, EventStatus, Fence, NextEvent, ProcessedEvent, ProcessingResult, StoreError,
+};
+use crate::trace_context::TraceContext;
+
+/// What a lane does after one step.
+enum Step {
+    Continue,
+    Stop,
+}
+
+impl<H: EventHandler> Inner<H> {
+    pub(super) async fn run_lane(self: Arc<Self>, patient: String, lease: Arc<BucketLease>) {
+        let fence = Fence {
+            epoch: lease.epoch,
+            owner: Arc::clone(&lease.session),
+        };
+        let mut failures = 0;
+        while !self.draining.is_cancelled() && lease.usable() {
+            // Store futures are large; boxing them keeps a sleeping lane small.
+            let next = {
+                let _slot = self.store_slots.acquire().await.expect("never closed");
+                Box::pin(self.store.claim_next(lease.bucket, &patient, &fence)).await
+            };
+            let step = match next {
+                Ok(NextEvent::Idle) => {
+                    let mut lanes = self.lanes.lock().expect("lane map poisoned");
+                    match lanes.get_mut(&patient) {
+                        Some(look_again) if *look_again => {
+                            *look_again = false;
+                            Step::Continue
+                        }
+                        _ => {
+                            lanes.remove(&patient);
+                            return;
+                        }
+                    }
+                }
+                Ok(NextEvent::Parked(event)) => {
+                    info!(patient = %crate::privacy::patient(&patient), seq = event.seq, "patient parked behind a failed event");
+                    Step::Stop
+                }
+                Ok(NextEvent::Fenced) => {
+                    self.fenced(&lease);
+                    Step::Stop
+                }
+                Ok(NextEvent::Recorded(claimed)) => {
+                    failures = 0;
+                    let _in_flight = lease.executing();
+                    Box::pin(self.finish(&lease, *claimed, None)).await
+                }
+                Ok(NextEvent::Claimed(claimed)) => {
+                    failures = 0;
+                    Box::pin(self.process(&lease, *claimed)).await
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(patient = %crate::privacy::patient(&patient), error = %e, "cannot read the patient's queue; retrying");
+                    if self.pause(&lease, self.config.retry.delay(failures)).await {
+                        Step::Continue
+                    } else {
+                        Step::Stop
+                    }
+                }
+            };
+            if matches!(step, Step::Stop) {
+                break;
+            }
+        }
+        self.lanes
+            .lock()
+            .expect("lane map poisoned")
+            .remove(&patient);
+    }
+
+    /// Takes one claimed event to a recorded outcome, in its span.
+    async fn process(&self, lease: &Arc<BucketLease>, claimed: Claimed) -> Step {
+        let event = &claimed.event;
+        let trace = event.traceparent.as_deref().and_then(TraceContext::parse);
+        let span = info_span!(
+            "event",
+            eventId = %event.event_id,
+            patient = %crate::privacy::patient(&event.patient_id),
+            seq = event.seq,
+            epoch = claimed.epoch,
+            traceId = %trace.as_ref().map(TraceContext::trace_id).unwrap_or_default()
+        );
+        if let Some(trace) = &trace {
+            crate::telemetry::continue_trace(&span, trace);
+        }
+        self.attempt(lease, claimed).instrument(span).await
+    }
+
+    async fn attempt(&self, lease: &Arc<BucketLease>, mut claimed: Claimed) -> Step {
+        let max_attempts = self.config.retry.max_attempts;
+        let _in_flight = lease.executing();
+        if claimed.event.attempts > max_attempts {
+            // Every earlier attempt died with its processor: give it up
+            // rather than let it take the fleet down again and again.
+            let previous = claimed.event.attempts - 1;
+            let error = claimed
+                .event
+                .last_error
+                .clone()
+                .unwrap_or_else(|| format!("processing was interrupted {previous} time(s)"));
+            let at = claimed_at(&claimed);
+            return self
+                .conclude(
+                    lease,
+                    claimed,
+                    ProcessingResult::failed(previous, error),
+                    at,
+                    0,
+                )
+                .await;
+        }
+        // The claim's reply may have come after our lease ran out locally.
+        if !lease.usable() {
+            self.hand_back(&claimed).await;
+            return Step::Stop;
+        }
+        info!(attempt = claimed.event.attempts, "processing started");
+        let started = Instant::now();
+        let timeout = self.config.attempt_timeout;
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(timeout, self.handler.handle(&claimed.event)) => match outcome {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("the attempt did not finish within {} ms", timeout.as_millis())),
+            },
+            () = self.abort.cancelled() => {
+                self.hand_back(&claimed).await;
+                return Step::Stop;
+            }
+            () = lease.aborted() => {
+                self.hand_back(&claimed).await;
+                return Step::Stop;
+            }
+            () = lease.invalidated() => {
+                // Another instance may own the bucket by now: write nothing;
+                // whoever owns it runs the event again.
+                warn!("bucket lease lost during processing; the attempt is abandoned");
+                return Step::Stop;
+            }
+        };
+        let duration_ms = started.elapsed().as_millis() as i64;
+        let processed_at =
+            DateTime::from_millis(claimed_at(&claimed).timestamp_millis() + duration_ms);
+        match outcome {
+            Ok(()) => {
+                self.conclude(
+                    lease,
+                    claimed,
+                    ProcessingResult::success(),
+                    processed_at,
+                    duration_ms,
+                )
+                .await
+            }
+            Err(error) => {
+                warn!(attempt = claimed.event.attempts, error = %error, "processing attempt failed");
+                metrics::counter!("event_attempts_failed_total").increment(1);
+                if claimed.event.attempts >= max_attempts {
+                    let result = ProcessingResult::failed(claimed.event.attempts, error);
+                    return self
+                        .conclude(lease, claimed, result, processed_at, duration_ms)
+                        .await;
+                }
+                match self
+                    .retrying(lease, || self.store.release_for_retry(&claimed, &error))
+                    .await
+                {
+                    Some(Applied::Yes) => {}
+                    Some(Applied::Fenced) => {
+                        self.fenced(lease);
+                        return Step::Stop;
+                    }
+                    None => return Step::Stop,
+                }
+                claimed.event.claim = None;
+                if self
+                    .pause(
+                        lease,
+                        self.config.retry.delay(claimed.event.attempts as u32),
+                    )
+                    .await
+                {
+                    Step::Continue
+                } else {
+                    Step::Stop
+                }
+            }
+        }
+    }
+
+    /// Records the attempt's result on the event, then finishes it.
+    async fn conclude(
+        &self,
+        lease: &Arc<BucketLease>,
+        mut claimed: Claimed,
+        result: ProcessingResult,
+        processed_at: DateTime,
+        duration_ms: i64,
+    ) -> Step {
+        match self
+            .retrying(lease, || {
+                self.store
+                    .record(&claimed, &result, processed_at, duration_ms)
+            })
+            .await
+        {
+            Some(Applied::Yes) => {}
+            Some(Applied::Fenced) => {
+                self.fenced(lease);
+                return Step::Stop;
+            }
+            None => return Step::Stop,
+        }
+        claimed.event.result = Some(result);
+        claimed.event.processed_at = Some(processed_at);
+        claimed.event.processing_duration_ms = Some(duration_ms);
+        self.finish(lease, claimed, Some(duration_ms)).await
+    }
+
+    /// The bookkeeping after a recorded outcome: the `processed_events`
+    /// document, then the final status. `duration_ms` is set when the work
+    /// ran in this lane (for the metrics).
+    async fn finish(
+        &self,
+        lease: &Arc<BucketLease>,
+        claimed: Claimed,
+        duration_ms: Option<i64>,
+    ) -> Step {
+        let Some(outcome) = ProcessedEvent::from_recorded(&claimed.event) else {
+            return Step::Stop;
+        };
+        if self
+            .retrying(lease, || self.store.write_outcome(&outcome))
+            .await
+            .is_none()
+        {
+            return Step::Stop;
+        }
+        let status = match (outcome.result.is_success(), self.config.on_failure) {
+            (true, _) => EventStatus::Processed,
+            (false, FailurePolicy::Continue) => EventStatus::Failed,
+            (false, FailurePolicy::Park) => EventStatus::Parked,
+        };
+        match self
+            .retrying(lease, || self.store.close(&claimed, status))
+            .await
+        {
+            Some(Applied::Yes) => {}
+            Some(Applied::Fenced) => {
+                self.fenced(lease);
+                return Step::Stop;
+            }
+            None => return Step::Stop,
+        }
+        report(&outcome, status, duration_ms, claimed.event.accepted_at);
+        if status == EventStatus::Parked {
+            Step::Stop
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// A fenced write was refused: another instance holds the bucket now.
+    fn fenced(&self, lease: &BucketLease) {
+        metrics::counter!("fenced_writes_total").increment(1);
+        warn!(
+            bucket = lease.bucket,
+            epoch = lease.epoch,
+            "write refused by fencing: the bucket has a new owner; dropping it"
+        );
+        self.ownership.remove(lease.bucket);
+    }
+
+    async fn hand_back(&self, claimed: &Claimed) {
+        match Box::pin(self.store.hand_back(claimed)).await {
+            Ok(Applied::Yes) => info!("event handed back for a later run"),
+            Ok(Applied::Fenced) => {}
+            Err(e) => {
+                warn!(error = %e, "could not hand the event back; it will be resumed as interrupted")
+            }
+        }
+    }
+
+    /// Runs a store operation until it succeeds, backing off between tries.
+    /// `None` when shutdown aborted or the lease became invalid meanwhile.
+    async fn retrying<T, F, Fut>(&self, lease: &BucketLease, mut operation: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut failures = 0;
+        loop {
+            let result = {
+                let _slot = self.store_slots.acquire().await.expect("never closed");
+                Box::pin(operation()).await
+            };
+            match result {
+                Ok(value) => return Some(value),
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, failures, "store operation failed; retrying");
+                    if !lease.valid() || !self.pause(lease, self.config.retry.delay(failures)).await
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps unless shutdown aborts or the lease goes first; `false` then.
+    async fn pause(&self, lease: &BucketLease, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.abort.cancelled() => false,
+            () = lease.invalidated() => false,
+            () = lease.aborted() => false,
+        }
+    }
+}
+
+/// Database time of the claim (the base of `processedAt`, so that outcomes
+/// of one patient are in order whichever instance recorded them).
+fn claimed_at(claimed: &Claimed) -> DateTime {
+    claimed
+        .event
+        .claim
+        .as_ref()
+        .map_or_else(DateTime::now, |claim| claim.at)
+}
+
+fn report(
+    outcome: &ProcessedEvent,
+    status: EventStatus,
+    duration_ms: Option<i64>,
+    accepted_at: DateTime,
+) {
+    if outcome.result.is_success() {
+        info!(
+            durationMs = outcome.processing_duration_ms,
+            "event processed"
+        );
+    } else {
+        warn!(
+            error = outcome.result.error.as_deref().unwrap_or(""),
+            status = status.as_str(),
+            "event failed for good"
+        );
+    }
+    let result = if outcome.result.is_success() {
+        "success"
+    } else {
+        "failed"
+    };
+    metrics::counter!("events_processed_total", "result" => result).increment(1);
+    if let Some(duration_ms) = duration_ms {
+        metrics::histogram!("processing_duration_seconds").record(duration_ms as f64 / 1000.0);
+        let millis = outcome.processed_at.timestamp_millis() - accepted_at.timestamp_millis();
+        metrics::histogram!("event_end_to_end_seconds").record(millis.max(0) as f64 / 1000.0);
+    }
+}

@@ -1,0 +1,171 @@
+//! Group commit of intake inserts: concurrent requests' events go to the
+//! database together in one unordered `insertMany`, so a busy ingest pays
+//! one round trip and one journal flush for many events. Nothing waits for a
+//! batch to fill: a batch is whatever queued up while earlier batches were
+//! in flight, so a lone request is sent at once.
+//!
+//! Each event still succeeds or fails on its own (the insert is unordered and
+//! every failure is reported with its position), so the guarantees of the
+//! single-document insert are unchanged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::Collection;
+use mongodb::error::ErrorKind;
+use mongodb::options::InsertManyOptions;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::deadline::Bounded;
+use super::documents::QueuedEvent;
+use super::error::{DUPLICATE_KEY, StoreError};
+use super::indexes::UniqueIndex;
+
+/// Events per batch at most; with the byte bound below it keeps one
+/// `insertMany` well inside MongoDB's 48 MB message limit.
+const MAX_DOCS: usize = 256;
+const MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Batches in flight at once: enough to keep a few connections busy.
+const IN_FLIGHT: usize = 4;
+/// Events waiting for a batch at most; past it intake waits (backpressure).
+const QUEUE: usize = 4096;
+
+/// What became of one event's insert.
+#[derive(Debug)]
+pub(crate) enum Insert {
+    Stored,
+    /// A unique index refused it.
+    Duplicate(UniqueIndex),
+}
+
+struct Pending {
+    event: QueuedEvent,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Insert, StoreError>>,
+}
+
+#[derive(Clone)]
+pub(crate) struct InsertBatcher {
+    sender: mpsc::Sender<Pending>,
+    op_timeout: Duration,
+}
+
+impl InsertBatcher {
+    pub(crate) fn spawn(collection: Collection<QueuedEvent>, op_timeout: Duration) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        tokio::spawn(run(collection, op_timeout, receiver));
+        Self { sender, op_timeout }
+    }
+
+    /// Inserts `event` (about `bytes` large) with the next batch.
+    pub(crate) async fn insert(
+        &self,
+        event: QueuedEvent,
+        bytes: usize,
+    ) -> Result<Insert, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Timeout {
+            operation: "storing an event (the batcher stopped)",
+            limit: self.op_timeout,
+        };
+        self.sender
+            .send(Pending {
+                event,
+                bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(
+    collection: Collection<QueuedEvent>,
+    op_timeout: Duration,
+    mut receiver: mpsc::Receiver<Pending>,
+) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = receiver.recv().await {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        // Everything that queued up while the slot was busy joins this batch.
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < MAX_DOCS && bytes < MAX_BYTES {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    bytes += next.bytes;
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let collection = collection.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            insert_batch(&collection, op_timeout, batch).await;
+        });
+    }
+}
+
+async fn insert_batch(
+    collection: &Collection<QueuedEvent>,
+    op_timeout: Duration,
+    batch: Vec<Pending>,
+) {
+    metrics::histogram!("intake_batch_size").record(batch.len() as f64);
+    let events: Vec<&QueuedEvent> = batch.iter().map(|p| &p.event).collect();
+    let result = collection
+        .insert_many(events)
+        .with_options(InsertManyOptions::builder().ordered(false).build())
+        .bounded_raw("storing events", op_timeout)
+        .await;
+    let failures: HashMap<usize, Result<Insert, StoreError>> = match result {
+        Ok(Ok(_)) => HashMap::new(),
+        Ok(Err(error)) => match error.kind.as_ref() {
+            // Per-event refusals; the events not named were stored.
+            ErrorKind::InsertMany(e) if e.write_concern_error.is_none() => e
+                .write_errors
+                .iter()
+                .flatten()
+                .map(|w| {
+                    let outcome = if w.code == DUPLICATE_KEY {
+                        Ok(Insert::Duplicate(UniqueIndex::from_message(&w.message)))
+                    } else {
+                        Err(StoreError::mongo("storing an event")(error.clone()))
+                    };
+                    (w.index, outcome)
+                })
+                .collect(),
+            // Anything else concerns the whole batch.
+            _ => {
+                answer_all(batch, |_| {
+                    Err(StoreError::mongo("storing an event")(error.clone()))
+                });
+                return;
+            }
+        },
+        Err(timeout) => {
+            let (operation, limit) = match timeout {
+                StoreError::Timeout { operation, limit } => (operation, limit),
+                _ => ("storing events", op_timeout),
+            };
+            answer_all(batch, |_| Err(StoreError::Timeout { operation, limit }));
+            return;
+        }
+    };
+    let mut failures = failures;
+    answer_all(batch, |index| {
+        failures.remove(&index).unwrap_or(Ok(Insert::Stored))
+    });
+}
+
+fn answer_all(batch: Vec<Pending>, mut outcome: impl FnMut(usize) -> Result<Insert, StoreError>) {
+    for (index, pending) in batch.into_iter().enumerate() {
+        // The requester may have given up (request timeout); nothing to do then.
+        let _ = pending.reply.send(outcome(index));
+    }
+}

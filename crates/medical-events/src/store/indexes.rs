@@ -1,0 +1,123 @@
+//! The indexes the guarantees and the hot queries rely on, by name (the
+//! names appear in duplicate-key errors and in query hints).
+//!
+//! Few on purpose: every index costs every write, and some servers rewrite
+//! all of a document's index entries on any update. `queued_events` has four
+//! (with `_id`, the eventId) and each serves several queries
+//! (see `shapes.rs` and ARCHITECTURE.md, "Query plans").
+
+use mongodb::IndexModel;
+use mongodb::bson::{Document, doc};
+use mongodb::options::IndexOptions;
+
+/// `{bucket, patientId, seq}`, unique: one event per sequence number of a
+/// patient; the patient's last number; the timeline.
+pub const PATIENT_SEQ: &str = "patient_seq";
+/// `{bucket, status, patientId, seq}`: a patient's next unfinished event;
+/// every bucket's waiting work; parked and failed events.
+pub const BUCKET_STATUS: &str = "bucket_status_patient_seq";
+/// `{bucket, patientId, intakeKey}`, unique: idempotent retries and
+/// duplicate suppression, scoped per client and patient.
+pub const INTAKE_KEY: &str = "patient_intake_key";
+
+/// `processed_events.eventId`, unique (the original service's index).
+pub const OUTCOME_EVENT: &str = "eventId_1";
+/// `{bucket, eventId}`, unique: the same guarantee with the shard key as
+/// prefix, so the collection can be sharded by bucket without losing it.
+pub const OUTCOME_BUCKET_EVENT: &str = "bucket_eventId";
+/// `processedAt`: the outcome stream's replay and outcome retention.
+pub const OUTCOME_TIME: &str = "processedAt_1";
+
+fn index(name: &str, keys: Document, unique: bool) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .unique(unique.then_some(true))
+                .build(),
+        )
+        .build()
+}
+
+pub fn queued_events() -> Vec<IndexModel> {
+    vec![
+        index(
+            PATIENT_SEQ,
+            doc! { "bucket": 1, "patientId": 1, "seq": 1 },
+            true,
+        ),
+        index(
+            BUCKET_STATUS,
+            doc! { "bucket": 1, "status": 1, "patientId": 1, "seq": 1 },
+            false,
+        ),
+        index(
+            INTAKE_KEY,
+            doc! { "bucket": 1, "patientId": 1, "intakeKey": 1 },
+            true,
+        ),
+    ]
+}
+
+pub fn processed_events() -> Vec<IndexModel> {
+    vec![
+        index(OUTCOME_EVENT, doc! { "eventId": 1 }, true),
+        index(
+            OUTCOME_BUCKET_EVENT,
+            doc! { "bucket": 1, "eventId": 1 },
+            true,
+        ),
+        // The original service's query indexes, kept for its readers.
+        index("patientId_1", doc! { "patientId": 1 }, false),
+        index("patientId_1_ts_1", doc! { "patientId": 1, "ts": 1 }, false),
+        index(OUTCOME_TIME, doc! { "processedAt": 1 }, false),
+    ]
+}
+
+/// Which unique index a duplicate-key error names (servers put it in the message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UniqueIndex {
+    Id,
+    PatientSeq,
+    IntakeKey,
+    OutcomeEvent,
+    Other,
+}
+
+impl UniqueIndex {
+    pub fn from_message(message: &str) -> Self {
+        let index = message
+            .split("index: ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or("");
+        match index {
+            "_id_" => Self::Id,
+            PATIENT_SEQ => Self::PatientSeq,
+            INTAKE_KEY => Self::IntakeKey,
+            OUTCOME_EVENT | OUTCOME_BUCKET_EVENT => Self::OutcomeEvent,
+            _ => Self::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_key_messages_name_their_index() {
+        let message = "E11000 duplicate key error collection: db.queued_events index: \
+                       patient_seq dup key: { bucket: 3, patientId: \"p\", seq: 4 }";
+        assert_eq!(UniqueIndex::from_message(message), UniqueIndex::PatientSeq);
+        assert_eq!(
+            UniqueIndex::from_message("E11000 duplicate key error index: _id_ dup key"),
+            UniqueIndex::Id
+        );
+        assert_eq!(
+            UniqueIndex::from_message("something else"),
+            UniqueIndex::Other
+        );
+    }
+}

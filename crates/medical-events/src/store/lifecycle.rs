@@ -1,0 +1,282 @@
+//! The fenced lifecycle of an event in the processor: claim, record the
+//! outcome, write `processed_events`, close. Every write names the fencing
+//! epoch and the claim token it was made under, and the database applies it
+//! only if the event still carries them: an instance that lost its bucket
+//! (paused, partitioned) sees `0 matched` and stops; it can never overwrite
+//! what the new owner did (ARCHITECTURE.md, "Fencing").
+//!
+//! Per event: one claim (`findOneAndUpdate`, which also finds the event), one
+//! record, one outcome upsert, one close: four operations.
+
+use std::sync::Arc;
+
+use mongodb::bson::{Bson, DateTime, Document, doc};
+use mongodb::options::{FindOneAndUpdateOptions, ReturnDocument, UpdateOptions};
+
+use super::deadline::Bounded;
+use super::documents::{EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
+use super::error::{StoreError, is_duplicate_key};
+use super::{Store, shapes};
+
+/// What a lane writes under: its bucket's lease epoch, and its instance.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub epoch: i64,
+    pub owner: Arc<str>,
+}
+
+/// An event this lane holds: its document as the claim left it, and the claim token.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub event: QueuedEvent,
+    pub token: String,
+    pub epoch: i64,
+}
+
+#[derive(Debug)]
+pub enum NextEvent {
+    /// The patient has nothing unfinished.
+    Idle,
+    /// The patient's lowest unfinished event is parked: it waits for an operator.
+    Parked(Box<QueuedEvent>),
+    /// Claimed for a new attempt (counted in `attempts`).
+    Claimed(Box<Claimed>),
+    /// Its outcome was recorded by an earlier run that stopped before closing
+    /// it: only the bookkeeping is left, the work is not redone.
+    Recorded(Box<Claimed>),
+    /// Claimed under a newer epoch: another instance owns the bucket now.
+    Fenced,
+}
+
+/// Whether a fenced write was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Yes,
+    /// The event no longer carries our epoch and token.
+    Fenced,
+}
+
+impl Applied {
+    fn from_matched(matched: u64) -> Self {
+        if matched == 0 {
+            Self::Fenced
+        } else {
+            Self::Yes
+        }
+    }
+}
+
+impl Store {
+    /// Claims the patient's lowest-`seq` unfinished event in one round trip:
+    /// it is marked with our epoch and a fresh claim token (database time),
+    /// and its attempt is counted, only if it is queued and its epoch is not
+    /// newer than ours. A parked event is returned, not claimed. If the reply
+    /// is lost, the token finds the claim again, so the attempt counts once.
+    pub async fn claim_next(
+        &self,
+        bucket: i32,
+        patient: &str,
+        fence: &Fence,
+    ) -> Result<NextEvent, StoreError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let shape = shapes::next_unfinished(bucket, patient);
+        let claimed = self
+            .queued
+            .find_one_and_update(shape.filter.clone(), claim_pipeline(fence, &token))
+            .with_options(
+                FindOneAndUpdateOptions::builder()
+                    .sort(shape.sort.clone())
+                    .return_document(ReturnDocument::After)
+                    .build(),
+            )
+            .bounded("claiming a patient's next event", self.op_timeout)
+            .await;
+        let event = match claimed {
+            Ok(event) => event,
+            Err(error) if error.is_ambiguous() => {
+                // The claim may have committed: look for our token.
+                let mut filter = shape.filter;
+                filter.insert("claim.token", &token);
+                match self
+                    .queued
+                    .find_one(filter)
+                    .bounded("finding a claim whose reply was lost", self.op_timeout)
+                    .await
+                {
+                    Ok(Some(event)) => Some(event),
+                    _ => return Err(error),
+                }
+            }
+            Err(error) => return Err(error),
+        };
+        let Some(event) = event else {
+            return Ok(NextEvent::Idle);
+        };
+        if event.status == EventStatus::Parked {
+            return Ok(NextEvent::Parked(Box::new(event)));
+        }
+        let ours = event.claim.as_ref().is_some_and(|c| c.token == token);
+        if !ours {
+            return Ok(NextEvent::Fenced);
+        }
+        let recorded = event.result.is_some();
+        let claimed = Box::new(Claimed {
+            event,
+            token,
+            epoch: fence.epoch,
+        });
+        Ok(if recorded {
+            NextEvent::Recorded(claimed)
+        } else {
+            NextEvent::Claimed(claimed)
+        })
+    }
+
+    /// Records the attempt's outcome on the event (before `processed_events`
+    /// is written, so that a crash in between is finished from here).
+    pub async fn record(
+        &self,
+        claimed: &Claimed,
+        result: &ProcessingResult,
+        processed_at: DateTime,
+        duration_ms: i64,
+    ) -> Result<Applied, StoreError> {
+        let mut set = doc! {
+            "result": mongodb::bson::to_bson(result)?,
+            "processedAt": processed_at,
+            "processingDurationMs": duration_ms,
+            "updatedAt": DateTime::now(),
+        };
+        if let Some(error) = &result.error {
+            set.insert("lastError", error);
+        }
+        self.fenced_update(claimed, doc! { "$set": set }, "recording an outcome")
+            .await
+    }
+
+    /// After a failed attempt that will be retried: remembers the error and
+    /// gives the claim up, so the next claim counts the next attempt.
+    pub async fn release_for_retry(
+        &self,
+        claimed: &Claimed,
+        error: &str,
+    ) -> Result<Applied, StoreError> {
+        self.fenced_update(
+            claimed,
+            doc! {
+                "$set": { "lastError": error, "updatedAt": DateTime::now() },
+                "$unset": { "claim": "" },
+            },
+            "releasing an event for a retry",
+        )
+        .await
+    }
+
+    /// Puts an interrupted event back without counting the attempt.
+    pub async fn hand_back(&self, claimed: &Claimed) -> Result<Applied, StoreError> {
+        let mut filter = shapes::fenced(&claimed.event.id, claimed.epoch, &claimed.token).filter;
+        filter.insert("result", doc! { "$exists": false });
+        let result = self
+            .queued
+            .update_one(
+                filter,
+                doc! {
+                    "$unset": { "claim": "" },
+                    "$inc": { "attempts": -1 },
+                    "$set": { "updatedAt": DateTime::now() },
+                },
+            )
+            .bounded("handing an event back", self.op_timeout)
+            .await?;
+        Ok(Applied::from_matched(result.matched_count))
+    }
+
+    /// Writes the event's one `processed_events` document from its record:
+    /// inserted for the first run, replaced for a later run (an operator's
+    /// retry), and left alone if this run's document is already there.
+    pub async fn write_outcome(&self, outcome: &ProcessedEvent) -> Result<(), StoreError> {
+        let mut set = mongodb::bson::to_document(outcome)?;
+        set.remove("createdAt");
+        set.remove("history");
+        let result = self
+            .processed
+            .update_one(
+                doc! { "eventId": &outcome.event_id, "run": { "$lt": outcome.run } },
+                doc! { "$set": set, "$setOnInsert": { "createdAt": outcome.created_at } },
+            )
+            .with_options(UpdateOptions::builder().upsert(true).build())
+            .into_future()
+            .bounded_raw("writing an outcome", self.op_timeout)
+            .await?;
+        match result {
+            Ok(_) => Ok(()),
+            // This run's (or a later run's) outcome is already there.
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(StoreError::mongo("writing an outcome")(e)),
+        }
+    }
+
+    /// Gives the event its final status for this run.
+    pub async fn close(
+        &self,
+        claimed: &Claimed,
+        status: EventStatus,
+    ) -> Result<Applied, StoreError> {
+        let now = DateTime::now();
+        self.fenced_update(
+            claimed,
+            doc! { "$set": { "status": status.as_str(), "finishedAt": now, "updatedAt": now } },
+            "closing an event",
+        )
+        .await
+    }
+
+    async fn fenced_update(
+        &self,
+        claimed: &Claimed,
+        update: Document,
+        operation: &'static str,
+    ) -> Result<Applied, StoreError> {
+        let filter = shapes::fenced(&claimed.event.id, claimed.epoch, &claimed.token).filter;
+        let result = self
+            .queued
+            .update_one(filter, update)
+            .bounded(operation, self.op_timeout)
+            .await?;
+        Ok(Applied::from_matched(result.matched_count))
+    }
+}
+
+/// The claim as an update pipeline: the conditions are evaluated by the
+/// database on the document it found, and the time is the database's.
+fn claim_pipeline(fence: &Fence, token: &str) -> Vec<Document> {
+    let claimable = doc! {
+        "$and": [
+            { "$eq": ["$status", EventStatus::Queued.as_str()] },
+            { "$lte": ["$epoch", fence.epoch] },
+        ]
+    };
+    let unrecorded = doc! { "$eq": [{ "$type": "$result" }, "missing"] };
+    vec![
+        doc! { "$set": { "_claimable": claimable } },
+        doc! { "$set": {
+            "attempts": { "$cond": [
+                { "$and": ["$_claimable", unrecorded] },
+                { "$add": ["$attempts", 1] },
+                "$attempts",
+            ] },
+            "epoch": { "$cond": ["$_claimable", fence.epoch, "$epoch"] },
+            "claim": { "$cond": [
+                "$_claimable",
+                {
+                    "token": { "$literal": token },
+                    "owner": { "$literal": Bson::String(fence.owner.to_string()) },
+                    "at": "$$NOW",
+                },
+                "$claim",
+            ] },
+            "updatedAt": { "$cond": ["$_claimable", "$$NOW", "$updatedAt"] },
+        } },
+        doc! { "$unset": "_claimable" },
+    ]
+}

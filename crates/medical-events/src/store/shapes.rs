@@ -1,0 +1,206 @@
+//! The hot queries, as data: each is built here once and used both by the
+//! store and by the plan test (`tests/query_plans.rs`), which runs `explain`
+//! on every one against the test server and fails on a collection scan or on
+//! an in-memory sort over more than one patient's documents.
+//!
+//! Shapes are chosen so that every server we run plans them with an index:
+//! equality on `bucket` (and `patientId`) first, one status or a short `$in`
+//! of statuses, and sorts only within one patient.
+
+use mongodb::bson::{Bson, Document, doc};
+
+use super::documents::EventStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    Queued,
+    Processed,
+}
+
+impl Collection {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => super::QUEUED_EVENTS,
+            Self::Processed => super::PROCESSED_EVENTS,
+        }
+    }
+}
+
+/// How much a server may have to sort in memory for this query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortScope {
+    /// No sort at all, or one the index order gives.
+    None,
+    /// A sort over one patient's documents (bounded by that patient).
+    OnePatient,
+}
+
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub name: &'static str,
+    pub collection: Collection,
+    pub filter: Document,
+    pub sort: Option<Document>,
+    pub projection: Option<Document>,
+    pub limit: Option<i64>,
+    /// The index the shape is designed for, when a server needs telling.
+    pub hint: Option<&'static str>,
+    pub sort_scope: SortScope,
+}
+
+impl Shape {
+    fn new(name: &'static str, collection: Collection, filter: Document) -> Self {
+        Self {
+            name,
+            collection,
+            filter,
+            sort: None,
+            projection: None,
+            limit: None,
+            hint: None,
+            sort_scope: SortScope::None,
+        }
+    }
+
+    fn sorted_within_patient(mut self, sort: Document) -> Self {
+        self.sort = Some(sort);
+        self.sort_scope = SortScope::OnePatient;
+        self
+    }
+
+    fn limit(mut self, limit: i64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    fn projection(mut self, projection: Document) -> Self {
+        self.projection = Some(projection);
+        self
+    }
+}
+
+fn statuses(list: &[EventStatus]) -> Bson {
+    Bson::Array(list.iter().map(|s| Bson::from(s.as_str())).collect())
+}
+
+/// The patient's highest sequence number (intake, when its guess is stale).
+pub fn last_seq(bucket: i32, patient: &str) -> Shape {
+    Shape::new(
+        "last sequence number of a patient",
+        Collection::Queued,
+        doc! { "bucket": bucket, "patientId": patient },
+    )
+    .sorted_within_patient(doc! { "seq": -1 })
+    .projection(doc! { "seq": 1, "_id": 0 })
+    .limit(1)
+}
+
+/// The event holding an intake key (idempotent replay, duplicate suppression).
+pub fn intake_key(bucket: i32, patient: &str, key: &str) -> Shape {
+    Shape::new(
+        "event by intake key",
+        Collection::Queued,
+        doc! { "bucket": bucket, "patientId": patient, "intakeKey": key },
+    )
+    .limit(1)
+}
+
+/// One event by id (status endpoint, claims, the processor's `/queue`).
+pub fn event(event_id: &str) -> Shape {
+    Shape::new("event by id", Collection::Queued, doc! { "_id": event_id }).limit(1)
+}
+
+/// Several events by id (settling an ambiguous batch insert).
+pub fn events(event_ids: &[String]) -> Shape {
+    Shape::new(
+        "events by id",
+        Collection::Queued,
+        doc! { "_id": { "$in": event_ids } },
+    )
+    .projection(doc! { "_id": 1, "seq": 1 })
+}
+
+/// The patient's next event to work on: its lowest-`seq` event that is
+/// queued or parked (a parked one stops the lane). Used as the filter and
+/// sort of the claim (`findOneAndUpdate`).
+pub fn next_unfinished(bucket: i32, patient: &str) -> Shape {
+    Shape::new(
+        "next unfinished event of a patient",
+        Collection::Queued,
+        doc! {
+            "bucket": bucket,
+            "status": { "$in": statuses(&EventStatus::BLOCKING) },
+            "patientId": patient,
+        },
+    )
+    .sorted_within_patient(doc! { "seq": 1 })
+    .limit(1)
+}
+
+/// Everything waiting in some buckets (start-up, takeover, the backstop
+/// sweep, the backlog gauges). No sort: the caller streams it.
+pub fn waiting_in(buckets: &[i32]) -> Shape {
+    Shape::new(
+        "waiting events of owned buckets",
+        Collection::Queued,
+        doc! { "bucket": { "$in": buckets }, "status": EventStatus::Queued.as_str() },
+    )
+    .projection(doc! { "_id": 0, "patientId": 1, "acceptedAt": 1, "claim.owner": 1 })
+}
+
+/// Parked events of some buckets (the parked-patients gauge).
+pub fn parked_in(buckets: &[i32]) -> Shape {
+    Shape::new(
+        "parked events of owned buckets",
+        Collection::Queued,
+        doc! { "bucket": { "$in": buckets }, "status": EventStatus::Parked.as_str() },
+    )
+    .projection(doc! { "_id": 0, "patientId": 1 })
+}
+
+/// The filter of every fenced write: the event as claimed under `epoch` with `token`.
+pub fn fenced(event_id: &str, epoch: i64, token: &str) -> Shape {
+    Shape::new(
+        "fenced write to a claimed event",
+        Collection::Queued,
+        doc! { "_id": event_id, "epoch": epoch, "claim.token": token },
+    )
+}
+
+/// The outcome document of an event.
+pub fn outcome(event_id: &str) -> Shape {
+    Shape::new(
+        "outcome of an event",
+        Collection::Processed,
+        doc! { "eventId": event_id },
+    )
+    .limit(1)
+}
+
+/// A patient's events after `after`, in sequence order (the timeline).
+pub fn timeline(bucket: i32, patient: &str, after: i64, limit: i64) -> Shape {
+    Shape::new(
+        "timeline of a patient",
+        Collection::Queued,
+        doc! { "bucket": bucket, "patientId": patient, "seq": { "$gt": after } },
+    )
+    .sorted_within_patient(doc! { "seq": 1 })
+    .limit(limit)
+}
+
+/// Every hot shape, with sample arguments, for the plan test.
+pub fn hot_for_explain() -> Vec<Shape> {
+    let ids = ["00000000-0000-7000-8000-000000000001".to_owned()];
+    vec![
+        last_seq(3, "patient-1"),
+        intake_key(3, "patient-1", "k:client:key"),
+        event(&ids[0]),
+        events(&ids),
+        next_unfinished(3, "patient-1"),
+        waiting_in(&[1, 2, 3]),
+        parked_in(&[1, 2, 3]),
+        fenced(&ids[0], 4, "token"),
+        outcome(&ids[0]),
+        timeline(3, "patient-1", 10, 50),
+    ]
+}

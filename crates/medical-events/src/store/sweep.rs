@@ -1,0 +1,79 @@
+//! The backstop scan of the processor fleet: everything waiting in the
+//! buckets an instance owns, streamed (no sort, no `distinct`, no size limit)
+//! from the `{bucket, status, patientId, seq}` index. It wakes the patients
+//! and yields the backlog figures in the same pass.
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{DateTime, Document};
+use mongodb::options::FindOptions;
+
+use super::deadline::Bounded;
+use super::error::StoreError;
+use super::{Store, shapes};
+
+/// Buckets per query: a short `$in` keeps every server on the index.
+const BUCKETS_PER_QUERY: usize = 64;
+/// Documents per cursor batch: small replies, steady memory.
+const BATCH: u32 = 1000;
+
+/// What a scan saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Waiting {
+    /// Events waiting (queued, claimed or not).
+    pub events: u64,
+    /// Of those, claimed (being worked on, or orphaned by a dead instance).
+    pub claimed: u64,
+    /// Acceptance time of the oldest.
+    pub oldest: Option<DateTime>,
+    /// Parked events (each holds its patient).
+    pub parked: u64,
+}
+
+impl Store {
+    /// Streams every waiting event of `buckets`, calling `visit(patientId)`
+    /// for each (a patient with several events is visited several times).
+    pub async fn scan_waiting(
+        &self,
+        buckets: &[i32],
+        mut visit: impl FnMut(&str),
+    ) -> Result<Waiting, StoreError> {
+        let raw = self.queued.clone_with_type::<Document>();
+        let mut seen = Waiting::default();
+        for chunk in buckets.chunks(BUCKETS_PER_QUERY) {
+            let shape = shapes::waiting_in(chunk);
+            let mut cursor = raw
+                .find(shape.filter)
+                .with_options(
+                    FindOptions::builder()
+                        .projection(shape.projection)
+                        .batch_size(BATCH)
+                        .build(),
+                )
+                .bounded("scanning waiting events", self.op_timeout)
+                .await?;
+            while let Some(event) = cursor
+                .try_next()
+                .bounded_raw("scanning waiting events", self.op_timeout)
+                .await?
+                .map_err(StoreError::mongo("scanning waiting events"))?
+            {
+                seen.events += 1;
+                if event.contains_key("claim") {
+                    seen.claimed += 1;
+                }
+                if let Ok(at) = event.get_datetime("acceptedAt") {
+                    seen.oldest = Some(seen.oldest.map_or(*at, |oldest| oldest.min(*at)));
+                }
+                if let Ok(patient) = event.get_str("patientId") {
+                    visit(patient);
+                }
+            }
+            let parked = shapes::parked_in(chunk);
+            seen.parked += raw
+                .count_documents(parked.filter)
+                .bounded("counting parked events", self.op_timeout)
+                .await?;
+        }
+        Ok(seen)
+    }
+}

@@ -1,0 +1,146 @@
+//! The processor's background machinery, started next to its HTTP server:
+//! the lease keeper (membership, buckets, fencing epochs), the lanes, the
+//! change-stream watcher and the backstop sweep with the backlog gauges.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::fleet::{self, Keeper, KeeperConfig, Ownership};
+use crate::processing::EventHandler;
+use crate::scheduler::{LaneConfig, Scheduler};
+use crate::store::{Store, StoreError, Waiting};
+
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    pub lanes: LaneConfig,
+    /// `LEASE_MS`.
+    pub lease: Duration,
+    /// `SWEEP_INTERVAL_MS`: the backstop scan of every owned bucket.
+    pub sweep_interval: Duration,
+    /// How long handing a bucket over waits for events in hand.
+    pub release_grace: Duration,
+}
+
+pub struct Worker<H> {
+    scheduler: Scheduler<H>,
+    keeper: Arc<Keeper>,
+    stop: CancellationToken,
+}
+
+impl<H: EventHandler> Worker<H> {
+    pub async fn start(
+        store: &Store,
+        handler: H,
+        config: WorkerConfig,
+    ) -> Result<Self, StoreError> {
+        let ownership = Ownership::new(fleet::instance_id());
+        info!(
+            session = &*ownership.session(),
+            "processor instance starting"
+        );
+        let (rescans, rescan_requests) = mpsc::unbounded_channel();
+        let keeper = Keeper::start(
+            store,
+            ownership.clone(),
+            KeeperConfig {
+                lease: config.lease,
+                release_grace: config.release_grace,
+            },
+            rescans.clone(),
+        )
+        .await?;
+        let scheduler = Scheduler::new(store.clone(), handler, ownership.clone(), config.lanes);
+        let stop = CancellationToken::new();
+        keeper.spawn();
+        let waker = scheduler.clone();
+        fleet::watch::spawn(
+            store,
+            ownership,
+            Arc::new(move |patient: &str| waker.wake(patient)),
+            rescans,
+            stop.clone(),
+        );
+        spawn_sweeper(
+            scheduler.clone(),
+            rescan_requests,
+            config.sweep_interval,
+            stop.clone(),
+        );
+        Ok(Self {
+            scheduler,
+            keeper,
+            stop,
+        })
+    }
+
+    pub fn scheduler(&self) -> &Scheduler<H> {
+        &self.scheduler
+    }
+
+    pub fn ownership(&self) -> &Ownership {
+        self.scheduler.ownership()
+    }
+
+    /// Graceful stop: lanes finish (or hand back after `grace`) the events in
+    /// hand, then every lease is released at once for the rest of the fleet.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop.cancel();
+        self.keeper.stop();
+        self.scheduler.shutdown(grace).await;
+        self.keeper.release_all().await;
+    }
+}
+
+/// Scans buckets as they are acquired (takeover), whatever the change
+/// stream asks for, and every owned bucket every `interval`, publishing the
+/// backlog gauges from the periodic scan.
+fn spawn_sweeper<H: EventHandler>(
+    scheduler: Scheduler<H>,
+    mut requests: mpsc::UnboundedReceiver<Vec<i32>>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut next_full = tokio::time::Instant::now() + interval;
+        loop {
+            tokio::select! {
+                Some(buckets) = requests.recv() => {
+                    let started = Instant::now();
+                    match scheduler.scan(&buckets).await {
+                        Ok(seen) => {
+                            metrics::histogram!("takeover_scan_seconds").record(started.elapsed().as_secs_f64());
+                            info!(buckets = buckets.len(), waiting = seen.events, "scanned newly owned buckets");
+                        }
+                        Err(e) => warn!(error = %e, "scan of newly owned buckets failed; the sweep will retry"),
+                    }
+                }
+                () = tokio::time::sleep_until(next_full) => {
+                    next_full = tokio::time::Instant::now() + interval;
+                    let buckets = scheduler.ownership().usable_buckets();
+                    match scheduler.scan(&buckets).await {
+                        Ok(seen) => publish(&seen, scheduler.active_lanes()),
+                        Err(e) => warn!(error = %e, "sweep failed; will try again"),
+                    }
+                }
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Backlog of the buckets this instance owns (sum them over the fleet).
+fn publish(seen: &Waiting, lanes: usize) {
+    metrics::gauge!("processor_active_lanes").set(lanes as f64);
+    metrics::gauge!("processor_backlog_events").set(seen.events as f64);
+    metrics::gauge!("processor_claimed_events").set(seen.claimed as f64);
+    metrics::gauge!("processor_parked_events").set(seen.parked as f64);
+    let age = seen.oldest.map_or(0.0, |at| {
+        (mongodb::bson::DateTime::now().timestamp_millis() - at.timestamp_millis()).max(0) as f64
+            / 1000.0
+    });
+    metrics::gauge!("processor_oldest_unfinished_age_seconds").set(age);
+}
