@@ -3,6 +3,8 @@
 
 mod data;
 mod fields;
+#[cfg(test)]
+mod tests;
 
 pub use data::EventData;
 pub use fields::{EventId, EventTime, EventType, PatientId};
