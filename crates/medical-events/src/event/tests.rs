@@ -355,3 +355,19 @@ fn a_queued_event_reports_unknown_fields_then_event_id_then_the_event() {
         ]
     );
 }
+
+#[test]
+fn keys_named_like_the_rust_fields_are_unknown_fields() {
+    let mut body = valid();
+    for key in ["patient_id", "event_type", "unknown", "event", "event_id"] {
+        body[key] = json!(1);
+    }
+    let expected: Vec<(String, String)> =
+        ["patient_id", "event_type", "unknown", "event", "event_id"]
+            .into_iter()
+            .map(|key| (key.to_owned(), "unknown field".to_owned()))
+            .collect();
+    assert_eq!(errors(&body), expected);
+    body["eventId"] = json!(EVENT_ID);
+    assert_eq!(queue_errors(&body), expected);
+}
