@@ -13,17 +13,9 @@ pub const MAX_DEPTH: usize = 32;
 pub struct EventData(Map<String, Value>);
 
 impl EventData {
-    pub fn parse_json(value: &Value) -> Result<Self, Vec<FieldError>> {
-        let Some(object) = value.as_object() else {
-            return Err(vec![FieldError::new("data", "must be a JSON object")]);
-        };
-        let mut errors = Vec::new();
-        check_object(object, "data", 1, &mut errors);
-        if errors.is_empty() {
-            Ok(Self(object.clone()))
-        } else {
-            Err(errors)
-        }
+    /// Only for an object that passed the `data` rules (see `storage_problems`).
+    pub(super) fn from_validated(object: Map<String, Value>) -> Self {
+        Self(object)
     }
 
     pub fn as_map(&self) -> &Map<String, Value> {
@@ -31,39 +23,49 @@ impl EventData {
     }
 }
 
+/// Everything in `object` that MongoDB could not store as is, each named by
+/// its JSON path from `data`, in document order. Nothing deeper than
+/// `MAX_DEPTH` is looked at: one error says the whole branch is too deep.
+pub(super) fn storage_problems(object: &Map<String, Value>) -> Vec<FieldError> {
+    let mut problems = Vec::new();
+    check_object(object, "data", 1, &mut problems);
+    problems
+}
+
 fn check_object(
     object: &Map<String, Value>,
     path: &str,
     depth: usize,
-    errors: &mut Vec<FieldError>,
+    problems: &mut Vec<FieldError>,
 ) {
     for (key, value) in object {
         let child = format!("{path}.{key}");
         if key.starts_with('$') {
-            errors.push(FieldError::new(&child, "keys must not start with '$'"));
+            problems.push(FieldError::new(&child, "keys must not start with '$'"));
         }
         if key.contains('\0') {
-            errors.push(FieldError::new(
+            // Named by the parent: a path with a NUL in it is no use to a client.
+            problems.push(FieldError::new(
                 path,
                 "keys must not contain NUL characters",
             ));
         }
-        check_value(value, &child, depth, errors);
+        check_value(value, &child, depth, problems);
     }
 }
 
-fn check_value(value: &Value, path: &str, depth: usize, errors: &mut Vec<FieldError>) {
+fn check_value(value: &Value, path: &str, depth: usize, problems: &mut Vec<FieldError>) {
     match value {
-        Value::Object(_) | Value::Array(_) if depth + 1 > MAX_DEPTH => errors.push(
+        Value::Object(_) | Value::Array(_) if depth + 1 > MAX_DEPTH => problems.push(
             FieldError::new(path, format!("nesting is deeper than {MAX_DEPTH} levels")),
         ),
-        Value::Object(object) => check_object(object, path, depth + 1, errors),
+        Value::Object(object) => check_object(object, path, depth + 1, problems),
         Value::Array(items) => {
             for (index, item) in items.iter().enumerate() {
-                check_value(item, &format!("{path}[{index}]"), depth + 1, errors);
+                check_value(item, &format!("{path}[{index}]"), depth + 1, problems);
             }
         }
-        Value::Number(number) if number.is_u64() && number.as_i64().is_none() => errors.push(
+        Value::Number(number) if number.is_u64() && number.as_i64().is_none() => problems.push(
             FieldError::new(path, "integers must fit in a signed 64-bit integer"),
         ),
         _ => {}

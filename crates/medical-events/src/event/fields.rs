@@ -1,34 +1,11 @@
-//! Newtypes for the scalar fields of an event.
+//! Newtypes for the scalar fields of an event. Their rules are declared on
+//! the request types (`request.rs`); text newtypes are built only from
+//! values that passed them, and the others parse what they need to store.
 
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::Value;
 use uuid::Uuid;
-
-fn as_string(value: &Value) -> Result<&str, String> {
-    value.as_str().ok_or_else(|| "must be a string".to_owned())
-}
-
-fn bounded_text(value: &Value, max_chars: usize) -> Result<String, String> {
-    let text = as_string(value)?;
-    let chars = text.chars().count();
-    if chars == 0 {
-        return Err("must not be empty".to_owned());
-    }
-    if chars > max_chars {
-        return Err(format!(
-            "must be at most {max_chars} characters (got {chars})"
-        ));
-    }
-    if text.trim().is_empty() {
-        return Err("must not be blank".to_owned());
-    }
-    if text.chars().any(char::is_control) {
-        return Err("must not contain control characters".to_owned());
-    }
-    Ok(text.to_owned())
-}
 
 /// The patient an event belongs to: 1-128 characters, not blank, printable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -37,8 +14,9 @@ pub struct PatientId(String);
 impl PatientId {
     pub const MAX_CHARS: usize = 128;
 
-    pub fn parse_json(value: &Value) -> Result<Self, String> {
-        bounded_text(value, Self::MAX_CHARS).map(Self)
+    /// Only for text that passed the `patientId` rules.
+    pub(super) fn from_validated(text: String) -> Self {
+        Self(text)
     }
 
     pub fn as_str(&self) -> &str {
@@ -53,8 +31,9 @@ pub struct EventType(String);
 impl EventType {
     pub const MAX_CHARS: usize = 64;
 
-    pub fn parse_json(value: &Value) -> Result<Self, String> {
-        bounded_text(value, Self::MAX_CHARS).map(Self)
+    /// Only for text that passed the `type` rules.
+    pub(super) fn from_validated(text: String) -> Self {
+        Self(text)
     }
 
     pub fn as_str(&self) -> &str {
@@ -68,8 +47,8 @@ impl EventType {
 pub struct EventTime(String);
 
 impl EventTime {
-    pub fn parse_json(value: &Value) -> Result<Self, String> {
-        let text = as_string(value)?;
+    /// Parses RFC 3339 with an offset; the `ts` rule is this same parse.
+    pub fn parse_str(text: &str) -> Result<Self, String> {
         let parsed = DateTime::parse_from_rfc3339(text).map_err(|_| {
             "must be an RFC 3339 date-time with a timezone, e.g. 2025-10-01T12:00:00Z".to_owned()
         })?;
@@ -100,6 +79,7 @@ impl EventId {
         Self(Uuid::now_v7())
     }
 
+    /// Parses the plain hyphenated form; the `eventId` rule is this same parse.
     pub fn parse_str(text: &str) -> Result<Self, String> {
         // `Uuid::parse_str` also takes braces and URNs; the API promises the plain form.
         if text.len() != 36 {
@@ -108,10 +88,6 @@ impl EventId {
         Uuid::try_parse(text)
             .map(Self)
             .map_err(|_| "must be a UUID like 123e4567-e89b-12d3-a456-426614174000".to_owned())
-    }
-
-    pub fn parse_json(value: &Value) -> Result<Self, String> {
-        Self::parse_str(as_string(value)?)
     }
 }
 
