@@ -308,7 +308,7 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
     assert_eq!(store.hand_back(&old).await.unwrap(), Applied::Fenced);
     assert_eq!(
         store
-            .close(&old, medical_events::store::EventStatus::Processed)
+            .close(&old, medical_events::store::RunEnd::Processed)
             .await
             .unwrap(),
         Applied::Fenced

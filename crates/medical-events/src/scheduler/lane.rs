@@ -13,7 +13,7 @@ use crate::config::FailurePolicy;
 use crate::fleet::BucketLease;
 use crate::processing::EventHandler;
 use crate::store::{
-    Applied, Claimed, EventStatus, Fence, NextEvent, ProcessedEvent, ProcessingResult, StoreError,
+    Applied, Claimed, Fence, NextEvent, ProcessedEvent, ProcessingResult, RunEnd, StoreError,
 };
 use crate::trace_context::TraceContext;
 
@@ -254,13 +254,13 @@ impl<H: EventHandler> Inner<H> {
         {
             return Step::Stop;
         }
-        let status = match (outcome.result.is_success(), self.config.on_failure) {
-            (true, _) => EventStatus::Processed,
-            (false, FailurePolicy::Continue) => EventStatus::Failed,
-            (false, FailurePolicy::Park) => EventStatus::Parked,
+        let end = match (outcome.result.is_success(), self.config.on_failure) {
+            (true, _) => RunEnd::Processed,
+            (false, FailurePolicy::Continue) => RunEnd::Failed,
+            (false, FailurePolicy::Park) => RunEnd::Parked,
         };
         match self
-            .retrying(lease, || self.store.close(&claimed, status))
+            .retrying(lease, || self.store.close(&claimed, end))
             .await
         {
             Some(Applied::Yes) => {}
@@ -270,8 +270,8 @@ impl<H: EventHandler> Inner<H> {
             }
             None => return Step::Stop,
         }
-        report(&outcome, status, duration_ms, claimed.event.accepted_at);
-        if status == EventStatus::Parked {
+        report(&outcome, end, duration_ms, claimed.event.accepted_at);
+        if end == RunEnd::Parked {
             Step::Stop
         } else {
             Step::Continue
@@ -347,12 +347,7 @@ fn claimed_at(claimed: &Claimed) -> DateTime {
         .map_or_else(DateTime::now, |claim| claim.at)
 }
 
-fn report(
-    outcome: &ProcessedEvent,
-    status: EventStatus,
-    duration_ms: Option<i64>,
-    accepted_at: DateTime,
-) {
+fn report(outcome: &ProcessedEvent, end: RunEnd, duration_ms: Option<i64>, accepted_at: DateTime) {
     if outcome.result.is_success() {
         info!(
             durationMs = outcome.processing_duration_ms,
@@ -361,7 +356,7 @@ fn report(
     } else {
         warn!(
             error = outcome.result.error.as_deref().unwrap_or(""),
-            status = status.as_str(),
+            parked = end == RunEnd::Parked,
             "event failed for good"
         );
     }

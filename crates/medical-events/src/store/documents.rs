@@ -4,17 +4,15 @@ use mongodb::bson::{DateTime, Document};
 use serde::{Deserialize, Serialize};
 
 /// Where an accepted event is in its life, as stored. An event being worked
-/// on stays `queued` and carries a [`Claim`]: claiming writes no indexed
-/// field, so it is cheap on every server (see [`QueuedEvent::api_status`]).
+/// on stays `queued` and carries a [`Claim`], and a parked one stays `queued`
+/// with `parked: true`: neither writes an indexed field, and both keep the
+/// patient's later events behind them (see [`QueuedEvent::api_status`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventStatus {
     Queued,
     Processed,
     Failed,
-    /// Failed for good under `ON_FAILURE=park`: the patient waits behind it
-    /// until an operator retries or skips it.
-    Parked,
     /// Set aside by an operator; the patient went on without it.
     Skipped,
 }
@@ -25,13 +23,9 @@ impl EventStatus {
             Self::Queued => "queued",
             Self::Processed => "processed",
             Self::Failed => "failed",
-            Self::Parked => "parked",
             Self::Skipped => "skipped",
         }
     }
-
-    /// Statuses that hold their patient's later events back.
-    pub const BLOCKING: [EventStatus; 2] = [EventStatus::Queued, EventStatus::Parked];
 }
 
 /// Who is working on an event, under which fencing epoch. Written by the
@@ -97,6 +91,14 @@ pub struct QueuedEvent {
     pub finished_at: Option<DateTime>,
     /// 1 for the first run; an operator's retry starts the next.
     pub run: i32,
+    /// Failed for good under `ON_FAILURE=park`: the patient waits behind it
+    /// until an operator retries or skips it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
+    /// Token of the claim whose fenced write last changed it (recognises a
+    /// write that was applied although its reply was lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_by: Option<String>,
     /// Set when retention removed the payload (the patient's last event is
     /// kept as its sequence high-water mark).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -106,11 +108,13 @@ pub struct QueuedEvent {
 }
 
 impl QueuedEvent {
-    /// The status the API reports: `processing` while a claim is on a queued event.
+    /// The status the API reports: `parked`, or `processing` while a claim
+    /// is on a queued event.
     pub fn api_status(&self) -> &'static str {
-        match (self.status, &self.claim) {
-            (EventStatus::Queued, Some(_)) => "processing",
-            (status, _) => status.as_str(),
+        match (self.status, self.parked, &self.claim) {
+            (EventStatus::Queued, true, _) => "parked",
+            (EventStatus::Queued, false, Some(_)) => "processing",
+            (status, _, _) => status.as_str(),
         }
     }
 }

@@ -168,6 +168,8 @@ impl Store {
                 processing_duration_ms: None,
                 finished_at: None,
                 run: 1,
+                parked: false,
+                fenced_by: None,
                 pruned: false,
                 accepted_at: now,
                 updated_at: now,

@@ -56,16 +56,6 @@ pub enum Applied {
     Fenced,
 }
 
-impl Applied {
-    fn from_matched(matched: u64) -> Self {
-        if matched == 0 {
-            Self::Fenced
-        } else {
-            Self::Yes
-        }
-    }
-}
-
 impl Store {
     /// Claims the patient's lowest-`seq` unfinished event in one round trip:
     /// it is marked with our epoch and a fresh claim token (database time),
@@ -112,7 +102,7 @@ impl Store {
         let Some(event) = event else {
             return Ok(NextEvent::Idle);
         };
-        if event.status == EventStatus::Parked {
+        if event.parked {
             return Ok(NextEvent::Parked(Box::new(event)));
         }
         let ours = event.claim.as_ref().is_some_and(|c| c.token == token);
@@ -142,15 +132,15 @@ impl Store {
         duration_ms: i64,
     ) -> Result<Applied, StoreError> {
         let mut set = doc! {
-            "result": mongodb::bson::to_bson(result)?,
-            "processedAt": processed_at,
-            "processingDurationMs": duration_ms,
-            "updatedAt": DateTime::now(),
+            "result": literal(mongodb::bson::to_bson(result)?),
+            "processedAt": literal(processed_at),
+            "processingDurationMs": literal(duration_ms),
+            "updatedAt": "$$NOW",
         };
         if let Some(error) = &result.error {
-            set.insert("lastError", error);
+            set.insert("lastError", literal(error.as_str()));
         }
-        self.fenced_update(claimed, doc! { "$set": set }, "recording an outcome")
+        self.fenced_update(claimed, set, &[], "recording an outcome")
             .await
     }
 
@@ -163,32 +153,26 @@ impl Store {
     ) -> Result<Applied, StoreError> {
         self.fenced_update(
             claimed,
-            doc! {
-                "$set": { "lastError": error, "updatedAt": DateTime::now() },
-                "$unset": { "claim": "" },
-            },
+            doc! { "lastError": literal(error), "updatedAt": "$$NOW" },
+            &["claim"],
             "releasing an event for a retry",
         )
         .await
     }
 
-    /// Puts an interrupted event back without counting the attempt.
+    /// Puts an interrupted event back without counting the attempt (unless
+    /// its outcome is already recorded: then there is nothing to hand back).
     pub async fn hand_back(&self, claimed: &Claimed) -> Result<Applied, StoreError> {
-        let mut filter = shapes::fenced(&claimed.event.id, claimed.epoch, &claimed.token).filter;
-        filter.insert("result", doc! { "$exists": false });
-        let result = self
-            .queued
-            .update_one(
-                filter,
-                doc! {
-                    "$unset": { "claim": "" },
-                    "$inc": { "attempts": -1 },
-                    "$set": { "updatedAt": DateTime::now() },
-                },
-            )
-            .bounded("handing an event back", self.op_timeout)
-            .await?;
-        Ok(Applied::from_matched(result.matched_count))
+        if claimed.event.result.is_some() {
+            return Ok(Applied::Yes);
+        }
+        self.fenced_update(
+            claimed,
+            doc! { "attempts": { "$add": ["$attempts", -1] }, "updatedAt": "$$NOW" },
+            &["claim"],
+            "handing an event back",
+        )
+        .await
     }
 
     /// Writes the event's one `processed_events` document from its record:
@@ -216,35 +200,101 @@ impl Store {
         }
     }
 
-    /// Gives the event its final status for this run.
-    pub async fn close(
-        &self,
-        claimed: &Claimed,
-        status: EventStatus,
-    ) -> Result<Applied, StoreError> {
-        let now = DateTime::now();
-        self.fenced_update(
-            claimed,
-            doc! { "$set": { "status": status.as_str(), "finishedAt": now, "updatedAt": now } },
-            "closing an event",
-        )
-        .await
+    /// Gives the event its final state for this run.
+    pub async fn close(&self, claimed: &Claimed, end: RunEnd) -> Result<Applied, StoreError> {
+        let set = match end {
+            RunEnd::Processed => doc! { "status": literal(EventStatus::Processed.as_str()) },
+            RunEnd::Failed => doc! { "status": literal(EventStatus::Failed.as_str()) },
+            // Stays queued, so the patient's later events stay behind it.
+            RunEnd::Parked => doc! { "parked": true },
+        };
+        let mut set = set;
+        set.insert("finishedAt", "$$NOW");
+        set.insert("updatedAt", "$$NOW");
+        self.fenced_update(claimed, set, &[], "closing an event")
+            .await
     }
 
+    /// Applies `set` (field: expression) and removes `unset`, in one update
+    /// pipeline whose every change is conditional on the event still
+    /// carrying the claim's epoch and token: the database decides, on the
+    /// document, at the moment of the write. The filter is the primary key
+    /// alone. A write that changed nothing is read back: it was ours if the
+    /// event names our token as its last fenced writer (a retry of a write
+    /// whose reply was lost), refused otherwise.
     async fn fenced_update(
         &self,
         claimed: &Claimed,
-        update: Document,
+        set: Document,
+        unset: &[&str],
         operation: &'static str,
     ) -> Result<Applied, StoreError> {
-        let filter = shapes::fenced(&claimed.event.id, claimed.epoch, &claimed.token).filter;
+        let fence = doc! { "$and": [
+            { "$eq": ["$epoch", claimed.epoch] },
+            { "$eq": ["$claim.token", literal(claimed.token.as_str())] },
+        ] };
+        let mut changes = Document::new();
+        for (field, value) in set {
+            changes.insert(
+                &field,
+                doc! { "$cond": ["$_fenced", value, format!("${field}")] },
+            );
+        }
+        for field in unset {
+            changes.insert(
+                *field,
+                doc! { "$cond": ["$_fenced", "$$REMOVE", format!("${field}")] },
+            );
+        }
+        changes.insert(
+            "fencedBy",
+            doc! { "$cond": ["$_fenced", literal(claimed.token.as_str()), "$fencedBy"] },
+        );
+        let pipeline = vec![
+            doc! { "$set": { "_fenced": fence } },
+            doc! { "$set": changes },
+            doc! { "$unset": "_fenced" },
+        ];
+        let filter = shapes::fenced(&claimed.event.id).filter;
         let result = self
             .queued
-            .update_one(filter, update)
+            .update_one(filter.clone(), pipeline)
             .bounded(operation, self.op_timeout)
             .await?;
-        Ok(Applied::from_matched(result.matched_count))
+        if result.modified_count > 0 {
+            return Ok(Applied::Yes);
+        }
+        let now = self
+            .queued
+            .find_one(filter)
+            .bounded(operation, self.op_timeout)
+            .await?;
+        Ok(match now {
+            Some(event)
+                if event.epoch == claimed.epoch
+                    && event.fenced_by.as_deref() == Some(claimed.token.as_str()) =>
+            {
+                Applied::Yes
+            }
+            _ => Applied::Fenced,
+        })
     }
+}
+
+/// How a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    Processed,
+    /// Failed for good; the patient goes on (`ON_FAILURE=continue`).
+    Failed,
+    /// Failed for good; the patient waits for an operator (`ON_FAILURE=park`).
+    Parked,
+}
+
+/// A value an update pipeline must take as is (a string starting with `$`
+/// would otherwise be read as a field path).
+fn literal(value: impl Into<Bson>) -> Document {
+    doc! { "$literal": value.into() }
 }
 
 /// The claim as an update pipeline: the conditions are evaluated by the
@@ -253,6 +303,7 @@ fn claim_pipeline(fence: &Fence, token: &str) -> Vec<Document> {
     let claimable = doc! {
         "$and": [
             { "$eq": ["$status", EventStatus::Queued.as_str()] },
+            { "$ne": ["$parked", true] },
             { "$lte": ["$epoch", fence.epoch] },
         ]
     };

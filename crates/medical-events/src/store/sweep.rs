@@ -11,21 +11,19 @@ use super::deadline::Bounded;
 use super::error::StoreError;
 use super::{Store, shapes};
 
-/// Buckets per query: a short `$in` keeps every server on the index.
-const BUCKETS_PER_QUERY: usize = 64;
 /// Documents per cursor batch: small replies, steady memory.
 const BATCH: u32 = 1000;
 
 /// What a scan saw.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Waiting {
-    /// Events waiting (queued, claimed or not).
+    /// Events waiting (queued, claimed or not; parked ones not counted).
     pub events: u64,
     /// Of those, claimed (being worked on, or orphaned by a dead instance).
     pub claimed: u64,
     /// Acceptance time of the oldest.
     pub oldest: Option<DateTime>,
-    /// Parked events (each holds its patient).
+    /// Parked events (each holds its patient; their lanes are not woken).
     pub parked: u64,
 }
 
@@ -38,9 +36,10 @@ impl Store {
         mut visit: impl FnMut(&str),
     ) -> Result<Waiting, StoreError> {
         let raw = self.queued.clone_with_type::<Document>();
+        let operation = "scanning waiting events";
         let mut seen = Waiting::default();
-        for chunk in buckets.chunks(BUCKETS_PER_QUERY) {
-            let shape = shapes::waiting_in(chunk);
+        for &bucket in buckets {
+            let shape = shapes::waiting_in(bucket);
             let mut cursor = raw
                 .find(shape.filter)
                 .with_options(
@@ -49,14 +48,18 @@ impl Store {
                         .batch_size(BATCH)
                         .build(),
                 )
-                .bounded("scanning waiting events", self.op_timeout)
+                .bounded(operation, self.op_timeout)
                 .await?;
             while let Some(event) = cursor
                 .try_next()
-                .bounded_raw("scanning waiting events", self.op_timeout)
+                .bounded_raw(operation, self.op_timeout)
                 .await?
-                .map_err(StoreError::mongo("scanning waiting events"))?
+                .map_err(StoreError::mongo(operation))?
             {
+                if event.get_bool("parked").unwrap_or(false) {
+                    seen.parked += 1;
+                    continue;
+                }
                 seen.events += 1;
                 if event.contains_key("claim") {
                     seen.claimed += 1;
@@ -68,11 +71,6 @@ impl Store {
                     visit(patient);
                 }
             }
-            let parked = shapes::parked_in(chunk);
-            seen.parked += raw
-                .count_documents(parked.filter)
-                .bounded("counting parked events", self.op_timeout)
-                .await?;
         }
         Ok(seen)
     }
