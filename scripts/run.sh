@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole system locally: a MongoDB-compatible server (SecantusDB,
-# installed into .mongo/ on first use, data kept in .mongo/data), the
-# processor on :3001 and ingest on :3000. Ctrl-C stops all three.
-# Any setting from the README's table can be passed in the environment.
+# Runs the whole system locally: a MongoDB-compatible server (SecantusDB's
+# compiled server, built into .tools/ on first use, about 4 minutes once;
+# data kept in .mongo/data-compiled), the processor on :3001 and ingest on
+# :3000. Ctrl-C stops all three. Any setting from the README's table can be
+# passed in the environment; LOCAL_MONGO=python uses the Python server instead.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -10,11 +11,16 @@ MONGO_PORT=${MONGO_PORT:-27017}
 export MONGO_URI=${MONGO_URI:-mongodb://127.0.0.1:$MONGO_PORT/medical_events}
 export LOG_FORMAT=${LOG_FORMAT:-pretty}
 # Development credentials (README's curl examples use them); set your own in production.
-export INGEST_API_KEYS=${INGEST_API_KEYS:-dev-ingest-key-change-me}
+export INGEST_API_KEYS=${INGEST_API_KEYS:-dev:dev-ingest-key-change-me}
+export ADMIN_API_KEYS=${ADMIN_API_KEYS:-operator:dev-admin-key-change-me}
 export PROCESSOR_TOKEN=${PROCESSOR_TOKEN:-dev-processor-token-change-me}
+# make run serves one person on one machine: the metrics listeners stay on
+# their defaults (9464 ingest, 9465 processor).
+LOCAL_MONGO=${LOCAL_MONGO:-compiled}
+DATA=.mongo/data-$LOCAL_MONGO
 
 cargo build --release --bins --locked
-mkdir -p .mongo/data
+mkdir -p "$DATA"
 pids=()
 mongo_pid=
 cleanup() {
@@ -30,9 +36,9 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-scripts/start-mongo.sh "$MONGO_PORT" .mongo/data .mongo/secantusd.pid .mongo/secantusd.log
+scripts/start-mongo.sh "$MONGO_PORT" "$DATA" .mongo/secantusd.pid .mongo/secantusd.log "$LOCAL_MONGO"
 mongo_pid=$(cat .mongo/secantusd.pid)
-echo "SecantusDB on 127.0.0.1:$MONGO_PORT (log: .mongo/secantusd.log)"
+echo "SecantusDB ($LOCAL_MONGO) on 127.0.0.1:$MONGO_PORT, data in $DATA (log: .mongo/secantusd.log)"
 
 PORT=${PROCESSOR_PORT:-3001} target/release/processor &
 pids+=($!)

@@ -325,9 +325,9 @@ async fn indexes_of_the_original_exist_after_start_up() {
         queued,
         [
             "_id_",
-            "bucket_status_patient_seq",
             "patient_intake_key",
-            "patient_seq"
+            "patient_seq",
+            "status_bucket_patient_seq"
         ],
         "queued_events keeps exactly the indexes its guarantees and hot queries need"
     );

@@ -33,8 +33,7 @@ async fn scrape(metrics_url: &str) -> String {
 
 #[tokio::test]
 async fn ingest_counts_accepted_and_rejected_requests() {
-    let mut config = InProcessIngest::config(&fresh_database_uri(), "http://127.0.0.1:9");
-    config.metrics_port = e2e::free_port();
+    let config = InProcessIngest::config(&fresh_database_uri(), "http://127.0.0.1:9");
     let ingest = InProcessIngest::start_with(config).await;
     let metrics = ingest.metrics_url.clone().expect("a metrics listener");
     let before = scrape(&metrics).await;
@@ -289,8 +288,7 @@ async fn spans_are_exported_over_otlp_under_the_callers_trace_id() {
 
 #[tokio::test]
 async fn metrics_stay_off_the_public_port_and_made_up_methods_add_no_series() {
-    let mut config = InProcessIngest::config(&fresh_database_uri(), "http://127.0.0.1:9");
-    config.metrics_port = e2e::free_port();
+    let config = InProcessIngest::config(&fresh_database_uri(), "http://127.0.0.1:9");
     let ingest = InProcessIngest::start_with(config).await;
     let metrics = ingest.metrics_url.clone().expect("a metrics listener");
     let public = reqwest::get(format!("{}/metrics", ingest.url))

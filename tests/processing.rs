@@ -404,3 +404,87 @@ async fn many_patients_run_in_parallel_each_in_order() {
     );
     worker.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_claim_whose_reply_was_lost_counts_one_attempt() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let id = enqueue(&store, "p", 0).await;
+    // The same database, through a proxy that will swallow the claim's reply.
+    let proxy = e2e::reply_dropper::ReplyDropper::start(
+        e2e::shared_mongo()
+            .trim_start_matches("mongodb://")
+            .to_owned(),
+    )
+    .await;
+    let database = uri.rsplit('/').next().unwrap();
+    let through_proxy = Store::connect(
+        &format!(
+            "mongodb://127.0.0.1:{}/{database}?directConnection=true",
+            proxy.port
+        ),
+        Duration::from_secs(5),
+        "test",
+    )
+    .await
+    .unwrap();
+    proxy.drop_reply_to("update");
+    let next = through_proxy
+        .claim_next(bucket("p"), "p", &fence(1, "instance"))
+        .await
+        .unwrap();
+    assert_eq!(proxy.dropped(), 1, "the claim's reply was dropped");
+    let NextEvent::Claimed(claimed) = next else {
+        panic!("the claim committed; its token must be recognised, got {next:?}");
+    };
+    assert_eq!(claimed.event.attempts, 1);
+    let stored = store.find_event(&id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.attempts, 1,
+        "the lost reply must not count a second attempt"
+    );
+    assert_eq!(stored.claim.unwrap().token, claimed.token);
+}
+
+#[tokio::test]
+async fn recovery_finds_100000_waiting_patients() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    // Straight into the collection, in the stored shape, to set the scene fast.
+    let queued = store
+        .database()
+        .collection::<mongodb::bson::Document>("queued_events");
+    let now = DateTime::now();
+    for chunk in 0..100 {
+        let documents: Vec<_> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|n| {
+                let patient = format!("patient-{n}");
+                let id = EventId::new_time_ordered().to_string();
+                doc! {
+                    "_id": &id, "eventId": &id, "client": "c", "patientId": &patient,
+                    "bucket": bucket(&patient), "seq": 1i64, "type": "t", "data": {},
+                    "ts": "2025-10-01T12:00:00.000Z", "intakeKey": format!("e:{id}"),
+                    "status": "queued", "attempts": 0, "epoch": 0i64, "run": 1,
+                    "acceptedAt": now, "updatedAt": now,
+                }
+            })
+            .collect();
+        queued.insert_many(documents).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let mut patients = std::collections::HashSet::new();
+    let all: Vec<i32> = medical_events::bucket::all().collect();
+    let seen = store
+        .scan_waiting(&all, |p| {
+            patients.insert(p.to_owned());
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "recovery scan of 100,000 waiting patients took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(patients.len(), 100_000);
+    assert_eq!(seen.events, 100_000);
+    assert!(seen.oldest.is_some());
+}

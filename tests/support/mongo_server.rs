@@ -75,8 +75,9 @@ impl MongoServer {
         let child = Command::new(&binary)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--storage-path", &self.storage, "--log-level", "WARNING"])
-            // Journaled writes must reach the disk before they are acknowledged.
-            .arg("--sync-on-commit")
+            // Journaled writes must reach the disk before they are acknowledged
+            // (a store in memory has no disk).
+            .args((self.storage != ":memory:").then_some("--sync-on-commit"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -13,16 +13,19 @@ use medical_events::config::{
 use medical_events::startup::IngestApp;
 use medical_events::telemetry::LogFormat;
 
-use super::{free_port, repo_root};
+use super::repo_root;
 
 /// A spawned `ingest` or `processor` binary.
 pub struct Service {
+    name: String,
     scheme: &'static str,
     binary: PathBuf,
     env: Vec<(String, String)>,
     port: u16,
     metrics_port: u16,
     log: PathBuf,
+    /// Where this run's lines start in the (appended) log.
+    log_offset: usize,
     child: Option<Child>,
 }
 
@@ -56,16 +59,17 @@ impl Service {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
-            port: free_port(),
-            metrics_port: env
-                .iter()
-                .find(|(k, _)| *k == "METRICS_PORT")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or_else(free_port),
+            // Ports are chosen by the service (0) and read from its log: a
+            // port picked here could be taken by anything before it binds.
+            port: 0,
+            metrics_port: 0,
+            name: name.to_owned(),
+            log_offset: 0,
             log: logs.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple())),
             child: None,
         };
         service.spawn();
+        service.learn_ports().await;
         service.wait_healthy().await;
         service
     }
@@ -93,6 +97,7 @@ impl Service {
     }
 
     fn spawn(&mut self) {
+        self.log_offset = self.read_log().len();
         let log = File::options()
             .create(true)
             .append(true)
@@ -104,6 +109,13 @@ impl Service {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("PORT", self.port.to_string())
             .env("METRICS_PORT", self.metrics_port.to_string())
+            // Unless a test pins them, the service picks free ports.
+            .envs(
+                self.env
+                    .iter()
+                    .filter(|(k, _)| k == "PORT" || k == "METRICS_PORT")
+                    .map(|(k, v)| (k, v)),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
@@ -111,6 +123,38 @@ impl Service {
             .spawn()
             .expect("spawn service");
         self.child = Some(child);
+    }
+
+    /// The ports this run of the service bound, from its log.
+    async fn learn_ports(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.read_log();
+            let run = log.get(self.log_offset..).unwrap_or("");
+            let service = port_of(run, &format!("\"{} listening", self.name));
+            let metrics = port_of(run, "\"metrics listening");
+            if let (Some(service), Some(metrics)) = (service, metrics) {
+                self.port = service;
+                self.metrics_port = metrics;
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "service exited during start-up ({status}); log: {}",
+                    self.log.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service did not say which port it listens on; log: {}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_healthy(&mut self) {
@@ -177,10 +221,11 @@ impl Service {
         }
     }
 
-    /// Starts the same binary again, same port and settings.
+    /// Starts the same binary again, same ports and settings.
     pub async fn restart(&mut self) {
         self.kill9();
         self.spawn();
+        self.learn_ports().await;
         self.wait_healthy().await;
     }
 
@@ -262,4 +307,15 @@ impl Drop for InProcessIngest {
             let _ = stop.send(());
         }
     }
+}
+
+/// The port of the last `<what>...","port":N` line of a JSON log.
+fn port_of(log: &str, what: &str) -> Option<u16> {
+    log.lines()
+        .filter(|line| line.contains(what))
+        .filter_map(|line| {
+            let rest = line.split("\"port\":").nth(1)?;
+            rest.split([',', '}']).next()?.trim().parse().ok()
+        })
+        .next_back()
 }

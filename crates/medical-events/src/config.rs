@@ -82,7 +82,7 @@ pub struct IngestConfig {
     pub processor_ca: Option<PathBuf>,
     /// How long retries and duplicates are recognised.
     pub intake: IntakePolicy,
-    /// The separate listener for `/metrics` (`METRICS_PORT`; 0: none).
+    /// The separate listener for `/metrics` (`METRICS_PORT`).
     pub metrics_port: u16,
     pub patient_logging: PatientLoggingSetting,
 }

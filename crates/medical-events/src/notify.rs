@@ -1,10 +1,13 @@
-//! Ingest's fast path to the processor: after an event is stored, a
-//! best-effort `POST /queue` so processing starts at once. It is bounded and
-//! never blocks intake; if it is dropped or fails, the processor's sweep finds
-//! the stored event anyway.
+//! Ingest's nudge to the processor: after an event is stored, a best-effort
+//! `POST /queue` marked `Event-Stored: true`, so the receiving processor
+//! wakes the patient's lane (if it owns the bucket) without touching the
+//! store. It is a hint among others (the owners' change stream, their sweep):
+//! bounded in count and in bytes, never blocking intake, dropped when over
+//! budget, and nothing is lost when it is.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -16,18 +19,24 @@ use crate::event::{EventId, NewEvent};
 use crate::trace_context::TraceContext;
 
 const BACKLOG: usize = 10_000;
+/// Bytes of notification bodies waiting or in flight at most (a slow
+/// processor must not make ingest hold thousands of 1 MiB payloads).
+const BYTE_BUDGET: usize = 4 * 1024 * 1024;
 const IN_FLIGHT: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Tells the processor the event is already stored: wake only.
+pub const STORED_HEADER: &str = "event-stored";
 
 #[derive(Clone)]
 pub struct ProcessorNotifier {
     sender: mpsc::Sender<Notification>,
+    /// Bytes of bodies queued or in flight.
+    held: Arc<AtomicUsize>,
 }
 
 struct Notification {
     traceparent: String,
     event_id: String,
-    patient_id: String,
     body: Vec<u8>,
 }
 
@@ -49,20 +58,21 @@ impl ProcessorNotifier {
             builder = builder.add_root_certificate(certificate);
         }
         let client = builder.build().map_err(|e| e.to_string())?;
+        let held = Arc::new(AtomicUsize::new(0));
         tokio::spawn(deliver(
             client,
             format!("{processor_url}/queue"),
             token,
             receiver,
+            Arc::clone(&held),
         ));
-        Ok(Self { sender })
+        Ok(Self { sender, held })
     }
 
     pub fn notify(&self, event_id: EventId, event: &NewEvent, trace: &TraceContext) {
         let notification = Notification {
             traceparent: trace.child().header_value(),
             event_id: event_id.to_string(),
-            patient_id: event.patient_id.as_str().to_owned(),
             body: json!({
                 "eventId": event_id.to_string(),
                 "patientId": event.patient_id.as_str(),
@@ -73,8 +83,17 @@ impl ProcessorNotifier {
             .to_string()
             .into_bytes(),
         };
+        let bytes = notification.body.len();
+        if self.held.fetch_add(bytes, Ordering::SeqCst) + bytes > BYTE_BUDGET {
+            self.held.fetch_sub(bytes, Ordering::SeqCst);
+            metrics::counter!("notifications_dropped_total").increment(1);
+            debug!(eventId = %event_id, "notification budget spent; the owner's change stream or sweep picks the event up");
+            return;
+        }
         if self.sender.try_send(notification).is_err() {
-            debug!(eventId = %event_id, "notification backlog full; the processor's sweep will pick the event up");
+            self.held.fetch_sub(bytes, Ordering::SeqCst);
+            metrics::counter!("notifications_dropped_total").increment(1);
+            debug!(eventId = %event_id, "notification backlog full; the owner's change stream or sweep picks the event up");
         }
     }
 }
@@ -84,35 +103,39 @@ async fn deliver(
     url: String,
     token: Option<Secret>,
     mut receiver: mpsc::Receiver<Notification>,
+    held: Arc<AtomicUsize>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(notification) = receiver.recv().await {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
+        let bytes = notification.body.len();
         let mut request = client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(STORED_HEADER, "true")
             .header(crate::trace_context::HEADER, notification.traceparent)
             .body(notification.body);
         if let Some(token) = &token {
             request = request.bearer_auth(token.expose());
         }
+        let held = Arc::clone(&held);
         tokio::spawn(async move {
             let _permit = permit;
-            match request.send().await {
+            let sent = request.send().await;
+            held.fetch_sub(bytes, Ordering::SeqCst);
+            match sent {
                 Ok(response) if response.status().is_success() => {}
                 Ok(response) => warn!(
                     eventId = %notification.event_id,
-                    patientId = %notification.patient_id,
                     status = response.status().as_u16(),
-                    "processor refused the notification; the sweep will pick the event up"
+                    "processor refused the notification; the owner's change stream or sweep picks the event up"
                 ),
                 Err(e) => warn!(
                     eventId = %notification.event_id,
-                    patientId = %notification.patient_id,
                     error = %e,
-                    "processor unreachable; the sweep will pick the event up"
+                    "processor unreachable; the owner's change stream or sweep picks the event up"
                 ),
             }
         });

@@ -153,11 +153,8 @@ async fn bind(port: u16) -> Result<TcpListener, StartupError> {
         .map_err(|source| StartupError::Bind { port, source })
 }
 
-/// The metrics listener; port 0 means none.
+/// The metrics listener (port 0: any free port, as for `PORT`).
 async fn bind_metrics(port: u16) -> Result<Option<TcpListener>, StartupError> {
-    if port == 0 {
-        return Ok(None);
-    }
     bind(port).await.map(Some)
 }
 

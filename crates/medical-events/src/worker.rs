@@ -43,8 +43,9 @@ impl<H: EventHandler> Worker<H> {
             "processor instance starting"
         );
         let (rescans, rescan_requests) = mpsc::unbounded_channel();
+        let control = store.separate_pool("processor-leases").await?;
         let keeper = Keeper::start(
-            store,
+            &control,
             ownership.clone(),
             KeeperConfig {
                 lease: config.lease,
@@ -119,12 +120,17 @@ fn spawn_sweeper<H: EventHandler>(
                     }
                 }
                 () = tokio::time::sleep_until(next_full) => {
-                    next_full = tokio::time::Instant::now() + interval;
+                    let started = tokio::time::Instant::now();
                     let buckets = scheduler.ownership().usable_buckets();
                     match scheduler.scan(&buckets).await {
                         Ok(seen) => publish(&seen, scheduler.active_lanes()),
                         Err(e) => warn!(error = %e, "sweep failed; will try again"),
                     }
+                    // A huge backlog makes a scan long: keep sweeping at most a
+                    // third of the time, whatever the interval says.
+                    let took = started.elapsed();
+                    metrics::histogram!("sweep_seconds").record(took.as_secs_f64());
+                    next_full = tokio::time::Instant::now() + interval.max(took * 2);
                 }
                 () = stop.cancelled() => return,
             }

@@ -36,8 +36,13 @@ pub struct Keeper {
     config: KeeperConfig,
     /// Buckets just acquired, to be scanned for waiting work.
     rescans: mpsc::UnboundedSender<Vec<i32>>,
+    /// Ends the renewals (after the lanes stopped, in `release_all`).
     stop: CancellationToken,
+    /// Ends the balancing: no bucket is taken any more (shutdown started).
+    no_more_buckets: CancellationToken,
     releases: TaskTracker,
+    /// Until when the session's last renewal may be trusted (new work, work in hand).
+    valid_until: std::sync::Mutex<Option<(Instant, Instant)>>,
 }
 
 impl Keeper {
@@ -53,6 +58,7 @@ impl Keeper {
             .seed(bucket::all().map(|b| (leases::bucket_id(b), Some(b))))
             .await?;
         let membership = Membership::new(store, config.lease);
+        let joined = Instant::now();
         membership.join(&ownership.session()).await?;
         Ok(Arc::new(Self {
             leases,
@@ -61,34 +67,54 @@ impl Keeper {
             config,
             rescans,
             stop: CancellationToken::new(),
+            no_more_buckets: CancellationToken::new(),
             releases: TaskTracker::new(),
+            valid_until: std::sync::Mutex::new(Some(Ownership::validity(joined, config.lease))),
         }))
     }
 
-    /// Runs the keeper until [`Keeper::stop`].
+    /// Runs the keeper until [`Keeper::stop`]: session renewals on their
+    /// own fixed beat (nothing slow may delay them), and the balancing of
+    /// buckets on another.
     pub fn spawn(self: &Arc<Self>) {
+        let tick = self.config.lease / 3;
         let keeper = Arc::clone(self);
         tokio::spawn(async move {
-            let tick = keeper.config.lease / 3;
+            let mut beat = tokio::time::interval(tick);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = beat.tick() => {}
+                    () = keeper.stop.cancelled() => return,
+                }
+                if let Err(e) = keeper.renew().await {
+                    warn!(error = %e, "session renewal failed; leases are trusted until they run out locally");
+                }
+            }
+        });
+        let keeper = Arc::clone(self);
+        tokio::spawn(async move {
             loop {
                 let started = tokio::time::Instant::now();
-                if let Err(e) = keeper.tick().await {
-                    warn!(error = %e, "lease keeper tick failed; leases are trusted until they run out locally");
+                if let Err(e) = keeper.balance().await {
+                    warn!(error = %e, "balancing buckets failed; will try again");
                 }
                 tokio::select! {
                     () = tokio::time::sleep_until(started + tick) => {}
-                    () = keeper.stop.cancelled() => return,
+                    () = keeper.no_more_buckets.cancelled() => return,
                 }
             }
         });
     }
 
-    /// Stops taking and renewing leases (shutdown); see [`Keeper::release_all`].
+    /// Stops taking leases (shutdown starts); the session stays renewed so
+    /// the events in hand can finish, until [`Keeper::release_all`].
     pub fn stop(&self) {
-        self.stop.cancel();
+        self.no_more_buckets.cancel();
     }
 
-    async fn tick(&self) -> Result<(), StoreError> {
+    /// Renews the session, which keeps every lease held.
+    async fn renew(&self) -> Result<(), StoreError> {
         let session = self.ownership.session();
         let sent = Instant::now();
         let alive = self.membership.renew(&session).await?;
@@ -102,78 +128,87 @@ impl Keeper {
             metrics::counter!("lease_lost_total").increment(self.ownership.count() as u64);
             self.ownership.lose_all();
             let fresh: Arc<str> = super::instance_id().into();
+            let joined = Instant::now();
             self.membership.join(&fresh).await?;
             self.ownership.replace_session(fresh);
+            *self.valid_until.lock().expect("keeper poisoned") =
+                Some(Ownership::validity(joined, self.config.lease));
             return Ok(());
         }
-        let valid_until = Ownership::validity(sent, self.config.lease);
-        if self.stop.is_cancelled() {
-            for lease in self.ownership.all() {
-                lease.extend(valid_until);
-            }
+        let validity = Ownership::validity(sent, self.config.lease);
+        // A live session keeps every lease it holds: nobody may take a lease
+        // from a live session, so there is nothing to check lease by lease.
+        for lease in self.ownership.all() {
+            lease.extend(validity.0, validity.1);
+        }
+        *self.valid_until.lock().expect("keeper poisoned") = Some(validity);
+        Ok(())
+    }
+
+    /// Moves towards the fair share: takes free and abandoned buckets, or
+    /// hands the excess over.
+    async fn balance(&self) -> Result<(), StoreError> {
+        if self.no_more_buckets.is_cancelled() {
             return Ok(());
         }
-        // Leases first, then sessions: every owner the leases name joined
-        // before the sessions are read, so a session missing from them ended.
-        let view = self.leases.read_all().await?;
+        // Leases taken now are trusted as long as the session's last renewal.
+        let Some(validity) = *self.valid_until.lock().expect("keeper poisoned") else {
+            return Ok(());
+        };
+        if Instant::now() >= validity.0 {
+            return Ok(());
+        }
+        let session = self.ownership.session();
         let sessions = self.membership.sessions().await?;
-        self.check_held(&view, &session, valid_until);
-        let live: HashSet<&str> = sessions.live.iter().map(String::as_str).collect();
-        let abandoned: Vec<String> = view
-            .iter()
-            .filter_map(|l| l.owner.as_deref())
-            .filter(|owner| !live.contains(owner))
-            .map(str::to_owned)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let live = sessions.live.len();
         let steady: Vec<Arc<BucketLease>> = self
             .ownership
             .all()
             .into_iter()
             .filter(|l| !l.is_releasing())
             .collect();
-        let plan = balance::plan(&session, live.len(), steady.len(), &view, &abandoned);
-        for lease in steady.iter().take(plan.release) {
-            self.hand_over(Arc::clone(lease));
+        let share = balance::share(live);
+        if steady.len() > share {
+            for lease in steady.iter().take(steady.len() - share) {
+                self.hand_over(Arc::clone(lease));
+            }
+        } else if steady.len() < share {
+            let candidates = self.leases.not_held_by(&sessions.live).await?;
+            let takeable = self.takeable_owners(&candidates, &sessions.dead).await?;
+            let plan = balance::plan(&session, live, steady.len(), &candidates, &takeable);
+            let acquired = self
+                .acquire(&plan.acquire, &candidates, &takeable, &session, validity)
+                .await?;
+            if !acquired.is_empty() {
+                info!(buckets = acquired.len(), live, "acquired bucket leases");
+                let _ = self.rescans.send(acquired);
+            }
         }
-        let acquired = self
-            .acquire(&plan.acquire, &view, &abandoned, &session, valid_until)
-            .await?;
         metrics::gauge!("processor_owned_buckets").set(self.ownership.count() as f64);
-        if !acquired.is_empty() {
-            info!(
-                buckets = acquired.len(),
-                live = live.len(),
-                "acquired bucket leases"
-            );
-            let _ = self.rescans.send(acquired);
-        }
         Ok(())
     }
 
-    /// Extends the leases the database still gives us; drops the others.
-    fn check_held(&self, view: &[LeaseView], session: &str, valid_until: Instant) {
-        for lease in self.ownership.all() {
-            let id = leases::bucket_id(lease.bucket);
-            let ours = view.iter().any(|l| {
-                l.id == id && l.owner.as_deref() == Some(session) && l.epoch == lease.epoch
-            });
-            if ours {
-                lease.extend(valid_until);
-            } else if lease.is_releasing() {
-                // Its hand-over released it a moment ago.
-                self.ownership.remove(lease.bucket);
-            } else {
-                warn!(
-                    bucket = lease.bucket,
-                    epoch = lease.epoch,
-                    "bucket lease lost to another processor"
-                );
-                metrics::counter!("lease_lost_total").increment(1);
-                self.ownership.remove(lease.bucket);
-            }
+    /// Owners of `candidates` whose sessions ended: expired (`dead`), or gone
+    /// from `processors` altogether. An owner that is neither was read as a
+    /// session that joined after `sessions` was read: not takeable.
+    async fn takeable_owners(
+        &self,
+        candidates: &[LeaseView],
+        dead: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut takeable: Vec<String> = dead.to_vec();
+        let unknown: Vec<String> = candidates
+            .iter()
+            .filter_map(|l| l.owner.clone())
+            .filter(|owner| !dead.contains(owner))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !unknown.is_empty() {
+            let existing = self.membership.existing(&unknown).await?;
+            takeable.extend(unknown.into_iter().filter(|o| !existing.contains(o)));
         }
+        Ok(takeable)
     }
 
     /// Takes the planned leases; returns the buckets now held.
@@ -183,7 +218,7 @@ impl Keeper {
         view: &[LeaseView],
         abandoned: &[String],
         session: &Arc<str>,
-        valid_until: Instant,
+        validity: (Instant, Instant),
     ) -> Result<Vec<i32>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -215,7 +250,7 @@ impl Keeper {
                 bucket,
                 epoch,
                 Arc::clone(session),
-                valid_until,
+                validity,
             )));
             buckets.push(bucket);
         }
@@ -251,6 +286,7 @@ impl Keeper {
     /// Shutdown, after the lanes stopped: releases every lease at once and
     /// ends the session.
     pub async fn release_all(&self) {
+        self.no_more_buckets.cancel();
         self.stop.cancel();
         self.releases.close();
         let _ = tokio::time::timeout(self.config.release_grace, self.releases.wait()).await;

@@ -80,12 +80,13 @@ impl Leases {
         }
     }
 
-    /// Every lease.
-    pub async fn read_all(&self) -> Result<Vec<LeaseView>, StoreError> {
+    /// Leases no live session holds: free, or held by a session that ended
+    /// (or that joined after `live` was read; the caller checks).
+    pub async fn not_held_by(&self, live: &[String]) -> Result<Vec<LeaseView>, StoreError> {
         let operation = "reading leases";
         let documents: Vec<Document> = self
             .collection
-            .find(doc! {})
+            .find(doc! { "owner": { "$nin": live } })
             .bounded(operation, self.op_timeout)
             .await?
             .try_collect()

@@ -122,6 +122,25 @@ impl Membership {
         Ok(sessions)
     }
 
+    /// Which of `ids` exist as sessions now (live or not).
+    pub async fn existing(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let operation = "looking sessions up";
+        let documents: Vec<Document> = self
+            .collection
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 })
+            .bounded(operation, self.op_timeout)
+            .await?
+            .try_collect()
+            .bounded_raw(operation, self.op_timeout)
+            .await?
+            .map_err(StoreError::mongo(operation))?;
+        Ok(documents
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect())
+    }
+
     /// Ends the session (graceful stop) and forgets sessions dead for an hour
     /// (a bucket naming a missing session counts as abandoned).
     pub async fn leave(&self, session: &str) -> Result<(), StoreError> {

@@ -26,7 +26,13 @@ pub struct BucketLease {
     pub epoch: i64,
     /// The session it was acquired under (the owner name in the database).
     pub session: Arc<str>,
+    /// No new work starts under the lease past this instant (local view,
+    /// 0.9 of the lease after the last renewal was sent).
     valid_until: Mutex<Instant>,
+    /// Work in hand stops past this instant: the earliest the database can
+    /// have let the session expire (a whole lease after the last renewal
+    /// was sent), unless a renewal comes first.
+    hard_until: Mutex<Instant>,
     /// The database no longer names us (taken over, or released).
     lost: CancellationToken,
     /// Being handed over: finish what is in hand, start nothing new.
@@ -38,13 +44,19 @@ pub struct BucketLease {
 }
 
 impl BucketLease {
-    /// A lease valid locally until `valid_until` (its session's local view).
-    pub fn new(bucket: i32, epoch: i64, session: Arc<str>, valid_until: Instant) -> Self {
+    /// A lease valid locally as its session's last renewal says.
+    pub fn new(
+        bucket: i32,
+        epoch: i64,
+        session: Arc<str>,
+        (valid_until, hard_until): (Instant, Instant),
+    ) -> Self {
         Self {
             bucket,
             epoch,
             session,
             valid_until: Mutex::new(valid_until),
+            hard_until: Mutex::new(hard_until),
             lost: CancellationToken::new(),
             releasing: CancellationToken::new(),
             abort: CancellationToken::new(),
@@ -57,18 +69,25 @@ impl BucketLease {
         !self.releasing.is_cancelled() && self.valid()
     }
 
-    /// Whether work in hand may go on (also while releasing).
+    /// Whether work in hand may go on (also while releasing, and a little
+    /// past the local view: up to the earliest the session can have expired).
     pub fn valid(&self) -> bool {
-        !self.lost.is_cancelled() && Instant::now() < self.valid_until()
+        !self.lost.is_cancelled() && Instant::now() < self.hard_until()
+    }
+
+    fn hard_until(&self) -> Instant {
+        *self.hard_until.lock().expect("lease clock poisoned")
     }
 
     pub fn valid_until(&self) -> Instant {
         *self.valid_until.lock().expect("lease clock poisoned")
     }
 
-    pub(crate) fn extend(&self, valid_until: Instant) {
+    pub(crate) fn extend(&self, valid_until: Instant, hard_until: Instant) {
         let mut until = self.valid_until.lock().expect("lease clock poisoned");
         *until = (*until).max(valid_until);
+        let mut hard = self.hard_until.lock().expect("lease clock poisoned");
+        *hard = (*hard).max(hard_until);
     }
 
     pub fn is_lost(&self) -> bool {
@@ -99,15 +118,17 @@ impl BucketLease {
         self.abort.cancelled().await;
     }
 
-    /// Resolves when the lease may no longer be worked under: lost, or its
-    /// local validity ran out.
+    /// Resolves when work in hand must stop: the lease is lost, or the
+    /// session may have expired in the database (no renewal for a whole
+    /// lease period). A late renewal alone does not stop work in hand: it
+    /// only stops new work from starting ([`BucketLease::usable`]).
     pub async fn invalidated(&self) {
         loop {
-            let until = self.valid_until();
+            let until = self.hard_until();
             tokio::select! {
                 () = self.lost.cancelled() => return,
                 () = tokio::time::sleep_until(until.into()) => {
-                    if Instant::now() >= self.valid_until() {
+                    if Instant::now() >= self.hard_until() {
                         return;
                     }
                 }
@@ -163,9 +184,13 @@ impl Ownership {
         *self.session.write().expect("ownership poisoned") = session;
     }
 
-    /// How long a lease renewed now may be trusted locally.
-    pub fn validity(renewal_sent: Instant, lease: Duration) -> Instant {
-        renewal_sent + lease.mul_f64(LOCAL_SHARE)
+    /// How long a lease renewed now may be trusted locally: new work may
+    /// start until the first instant, work in hand may go on until the second.
+    pub fn validity(renewal_sent: Instant, lease: Duration) -> (Instant, Instant) {
+        (
+            renewal_sent + lease.mul_f64(LOCAL_SHARE),
+            renewal_sent + lease,
+        )
     }
 
     pub fn get(&self, bucket: i32) -> Option<Arc<BucketLease>> {

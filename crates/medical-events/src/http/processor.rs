@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Extension, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use serde_json::{Value, json};
@@ -76,9 +76,18 @@ pub(crate) async fn queue_event(
     State(state): State<ProcessorState>,
     Extension(trace): Extension<TraceContext>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request = QueuedEventRequest::parse(&body).map_err(ApiError::Validation)?;
+    // Ingest's nudge for an event it stored: a wake-up, nothing to store or check.
+    if headers
+        .get(crate::notify::STORED_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"true")
+    {
+        state.scheduler.wake(request.event.patient_id.as_str());
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))));
+    }
     let event_id = request.event_id.to_string();
     let event = &request.event;
     // Lanes live in memory: past the bound, refuse before storing anything.

@@ -30,7 +30,14 @@ impl<H: EventHandler> Inner<H> {
             owner: Arc::clone(&lease.session),
         };
         let mut failures = 0;
-        while !self.draining.is_cancelled() && lease.usable() {
+        loop {
+            // Counted busy before looking at the lease: a hand-over marks the
+            // lease releasing, then waits for the busy count to drop, so it
+            // either sees this lane or this lane sees it releasing.
+            let _busy = lease.executing();
+            if self.draining.is_cancelled() || !lease.usable() {
+                break;
+            }
             // Store futures are large; boxing them keeps a sleeping lane small.
             let next = {
                 let _slot = self.store_slots.acquire().await.expect("never closed");
@@ -60,7 +67,6 @@ impl<H: EventHandler> Inner<H> {
                 }
                 Ok(NextEvent::Recorded(claimed)) => {
                     failures = 0;
-                    let _in_flight = lease.executing();
                     Box::pin(self.finish(&lease, *claimed, None)).await
                 }
                 Ok(NextEvent::Claimed(claimed)) => {
@@ -107,7 +113,6 @@ impl<H: EventHandler> Inner<H> {
 
     async fn attempt(&self, lease: &Arc<BucketLease>, mut claimed: Claimed) -> Step {
         let max_attempts = self.config.retry.max_attempts;
-        let _in_flight = lease.executing();
         if claimed.event.attempts > max_attempts {
             // Every earlier attempt died with its processor: give it up
             // rather than let it take the fleet down again and again.

@@ -13,9 +13,10 @@ use mongodb::options::IndexOptions;
 /// `{bucket, patientId, seq}`, unique: one event per sequence number of a
 /// patient; the patient's last number; the timeline.
 pub const PATIENT_SEQ: &str = "patient_seq";
-/// `{bucket, status, patientId, seq}`: a patient's next unfinished event;
-/// every bucket's waiting work; parked and failed events.
-pub const BUCKET_STATUS: &str = "bucket_status_patient_seq";
+/// `{status, bucket, patientId, seq}`: a patient's next unfinished event;
+/// the waiting work of a set of buckets; failed and parked events. Status
+/// leads so that one query serves many buckets on every server.
+pub const STATUS_BUCKET: &str = "status_bucket_patient_seq";
 /// `{bucket, patientId, intakeKey}`, unique: idempotent retries and
 /// duplicate suppression, scoped per client and patient.
 pub const INTAKE_KEY: &str = "patient_intake_key";
@@ -48,8 +49,8 @@ pub fn queued_events() -> Vec<IndexModel> {
             true,
         ),
         index(
-            BUCKET_STATUS,
-            doc! { "bucket": 1, "status": 1, "patientId": 1, "seq": 1 },
+            STATUS_BUCKET,
+            doc! { "status": 1, "bucket": 1, "patientId": 1, "seq": 1 },
             false,
         ),
         index(

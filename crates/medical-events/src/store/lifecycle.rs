@@ -5,13 +5,14 @@
 //! (paused, partitioned) sees `0 matched` and stops; it can never overwrite
 //! what the new owner did (ARCHITECTURE.md, "Fencing").
 //!
-//! Per event: one claim (`findOneAndUpdate`, which also finds the event), one
-//! record, one outcome upsert, one close: four operations.
+//! Per event: find the next event, claim it, record the outcome, write
+//! `processed_events`, close it: five operations, each a single-document
+//! write or an index walk (ARCHITECTURE.md, "Cost per event").
 
 use std::sync::Arc;
 
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use mongodb::options::{FindOneAndUpdateOptions, ReturnDocument, UpdateOptions};
+use mongodb::options::UpdateOptions;
 
 use super::deadline::Bounded;
 use super::documents::{EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
@@ -57,68 +58,80 @@ pub enum Applied {
 }
 
 impl Store {
-    /// Claims the patient's lowest-`seq` unfinished event in one round trip:
-    /// it is marked with our epoch and a fresh claim token (database time),
-    /// and its attempt is counted, only if it is queued and its epoch is not
-    /// newer than ours. A parked event is returned, not claimed. If the reply
-    /// is lost, the token finds the claim again, so the attempt counts once.
+    /// Claims the patient's lowest-`seq` unfinished event: finds it (an
+    /// index walk over this patient's queued events), then marks it with our
+    /// epoch and a fresh claim token and counts the attempt, in an update
+    /// whose condition the database evaluates on the document: it must still
+    /// be queued, not parked, and its epoch not newer than ours. A parked
+    /// event is returned, not claimed. If the claim's reply is lost, the
+    /// token finds it again, so the attempt counts once.
+    ///
+    /// (Not one `findAndModify`: SecantusDB's Python server executes every
+    /// `findAndModify` as a collection scan.)
     pub async fn claim_next(
         &self,
         bucket: i32,
         patient: &str,
         fence: &Fence,
     ) -> Result<NextEvent, StoreError> {
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let shape = shapes::next_unfinished(bucket, patient);
-        let claimed = self
-            .queued
-            .find_one_and_update(shape.filter.clone(), claim_pipeline(fence, &token))
-            .with_options(
-                FindOneAndUpdateOptions::builder()
-                    .sort(shape.sort.clone())
-                    .return_document(ReturnDocument::After)
-                    .build(),
-            )
-            .bounded("claiming a patient's next event", self.op_timeout)
-            .await;
-        let event = match claimed {
-            Ok(event) => event,
-            Err(error) if error.is_ambiguous() => {
-                // The claim may have committed: look for our token.
-                let mut filter = shape.filter;
-                filter.insert("claim.token", &token);
-                match self
-                    .queued
-                    .find_one(filter)
-                    .bounded("finding a claim whose reply was lost", self.op_timeout)
-                    .await
-                {
-                    Ok(Some(event)) => Some(event),
-                    _ => return Err(error),
-                }
+        for _ in 0..3 {
+            let shape = shapes::next_unfinished(bucket, patient);
+            let Some(mut event) = self
+                .find_one(&self.queued, shape, "finding a patient's next event")
+                .await?
+            else {
+                return Ok(NextEvent::Idle);
+            };
+            if event.parked {
+                return Ok(NextEvent::Parked(Box::new(event)));
             }
-            Err(error) => return Err(error),
-        };
-        let Some(event) = event else {
-            return Ok(NextEvent::Idle);
-        };
-        if event.parked {
-            return Ok(NextEvent::Parked(Box::new(event)));
+            if event.epoch > fence.epoch {
+                return Ok(NextEvent::Fenced);
+            }
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let at = DateTime::now();
+            let operation = "claiming an event";
+            let claimed = match self
+                .queued
+                .update_one(doc! { "_id": &event.id }, claim_pipeline(fence, &token, at))
+                .bounded(operation, self.op_timeout)
+                .await
+            {
+                Ok(result) => result.modified_count > 0,
+                Err(error) if error.is_ambiguous() => match self.find_event(&event.id).await {
+                    Ok(Some(now)) => now.claim.is_some_and(|c| c.token == token),
+                    _ => return Err(error),
+                },
+                Err(error) => return Err(error),
+            };
+            if !claimed {
+                // It changed between the read and the claim: look again.
+                continue;
+            }
+            let recorded = event.result.is_some();
+            if !recorded {
+                event.attempts += 1;
+            }
+            event.epoch = fence.epoch;
+            event.claim = Some(super::documents::Claim {
+                token: token.clone(),
+                owner: fence.owner.to_string(),
+                at,
+            });
+            let claimed = Box::new(Claimed {
+                event,
+                token,
+                epoch: fence.epoch,
+            });
+            return Ok(if recorded {
+                NextEvent::Recorded(claimed)
+            } else {
+                NextEvent::Claimed(claimed)
+            });
         }
-        let ours = event.claim.as_ref().is_some_and(|c| c.token == token);
-        if !ours {
-            return Ok(NextEvent::Fenced);
-        }
-        let recorded = event.result.is_some();
-        let claimed = Box::new(Claimed {
-            event,
-            token,
-            epoch: fence.epoch,
-        });
-        Ok(if recorded {
-            NextEvent::Recorded(claimed)
-        } else {
-            NextEvent::Claimed(claimed)
+        Err(StoreError::Contention {
+            operation: "claiming an event",
+            attempts: 3,
         })
     }
 
@@ -298,8 +311,8 @@ fn literal(value: impl Into<Bson>) -> Document {
 }
 
 /// The claim as an update pipeline: the conditions are evaluated by the
-/// database on the document it found, and the time is the database's.
-fn claim_pipeline(fence: &Fence, token: &str) -> Vec<Document> {
+/// database on the document, at the moment of the write.
+fn claim_pipeline(fence: &Fence, token: &str, at: DateTime) -> Vec<Document> {
     let claimable = doc! {
         "$and": [
             { "$eq": ["$status", EventStatus::Queued.as_str()] },
@@ -322,11 +335,11 @@ fn claim_pipeline(fence: &Fence, token: &str) -> Vec<Document> {
                 {
                     "token": { "$literal": token },
                     "owner": { "$literal": Bson::String(fence.owner.to_string()) },
-                    "at": "$$NOW",
+                    "at": { "$literal": at },
                 },
                 "$claim",
             ] },
-            "updatedAt": { "$cond": ["$_claimable", "$$NOW", "$updatedAt"] },
+            "updatedAt": { "$cond": ["$_claimable", { "$literal": at }, "$updatedAt"] },
         } },
         doc! { "$unset": "_claimable" },
     ]

@@ -39,6 +39,8 @@ pub const PROCESSED_EVENTS: &str = "processed_events";
 
 #[derive(Clone)]
 pub struct Store {
+    uri: String,
+    timeout: Duration,
     client: Client,
     db: Database,
     /// Upper bound of any one operation: the driver has no socket timeout,
@@ -76,6 +78,8 @@ impl Store {
         // Server selection may take `timeout` by itself; the operation as much again.
         let op_timeout = timeout * 2;
         Ok(Self {
+            uri: uri.to_owned(),
+            timeout,
             inserts: InsertBatcher::spawn(queued.clone(), op_timeout),
             op_timeout,
             processed: db.collection_with_options(PROCESSED_EVENTS, durable),
@@ -83,6 +87,13 @@ impl Store {
             client,
             db,
         })
+    }
+
+    /// The same database through a client of its own (its own connection
+    /// pool), so that its few operations never wait behind the many of the
+    /// lanes: the fleet's session renewals use it.
+    pub async fn separate_pool(&self, app_name: &str) -> Result<Self, StoreError> {
+        Self::connect(&self.uri, self.timeout, app_name).await
     }
 
     pub fn database_name(&self) -> &str {

@@ -124,8 +124,8 @@ pub fn next_unfinished(bucket: i32, patient: &str) -> Shape {
         "next unfinished event of a patient",
         Collection::Queued,
         doc! {
-            "bucket": bucket,
             "status": EventStatus::Queued.as_str(),
+            "bucket": bucket,
             "patientId": patient,
         },
     )
@@ -133,14 +133,13 @@ pub fn next_unfinished(bucket: i32, patient: &str) -> Shape {
     .limit(1)
 }
 
-/// Everything waiting in one bucket (start-up, takeover, the backstop
-/// sweep, the backlog gauges). No sort: the caller streams it. One bucket
-/// per query: equality keeps every server on the index.
-pub fn waiting_in(bucket: i32) -> Shape {
+/// Everything waiting in some buckets (start-up, takeover, the backstop
+/// sweep, the backlog gauges). No sort: the caller streams it.
+pub fn waiting_in(buckets: &[i32]) -> Shape {
     Shape::new(
-        "waiting events of a bucket",
+        "waiting events of owned buckets",
         Collection::Queued,
-        doc! { "bucket": bucket, "status": EventStatus::Queued.as_str() },
+        doc! { "status": EventStatus::Queued.as_str(), "bucket": { "$in": buckets } },
     )
     .projection(doc! {
         "_id": 0, "patientId": 1, "acceptedAt": 1, "claim.owner": 1, "parked": 1,
@@ -188,7 +187,7 @@ pub fn hot_for_explain() -> Vec<Shape> {
         event(&ids[0]),
         events(&ids),
         next_unfinished(3, "patient-1"),
-        waiting_in(3),
+        waiting_in(&[1, 2, 3]),
         fenced(&ids[0]),
         outcome(&ids[0]),
         timeline(3, "patient-1", 10, 50),

@@ -1,6 +1,6 @@
 //! The backstop scan of the processor fleet: everything waiting in the
 //! buckets an instance owns, streamed (no sort, no `distinct`, no size limit)
-//! from the `{bucket, status, patientId, seq}` index. It wakes the patients
+//! from the `{status, bucket, patientId, seq}` index. It wakes the patients
 //! and yields the backlog figures in the same pass.
 
 use futures_util::TryStreamExt;
@@ -11,6 +11,8 @@ use super::deadline::Bounded;
 use super::error::StoreError;
 use super::{Store, shapes};
 
+/// Buckets per query: a short `$in`.
+const BUCKETS_PER_QUERY: usize = 64;
 /// Documents per cursor batch: small replies, steady memory.
 const BATCH: u32 = 1000;
 
@@ -38,8 +40,8 @@ impl Store {
         let raw = self.queued.clone_with_type::<Document>();
         let operation = "scanning waiting events";
         let mut seen = Waiting::default();
-        for &bucket in buckets {
-            let shape = shapes::waiting_in(bucket);
+        for chunk in buckets.chunks(BUCKETS_PER_QUERY) {
+            let shape = shapes::waiting_in(chunk);
             let mut cursor = raw
                 .find(shape.filter)
                 .with_options(

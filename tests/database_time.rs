@@ -1,0 +1,101 @@
+//! The database cost of an event does not grow with the store: 20,000 events
+//! taken in and processed through the real binaries, and the database time
+//! per event (the services' own `store_operation_seconds` metrics) over the
+//! last 2,000 is within 2x of the first 2,000. A query that scanned a
+//! collection would make it grow tenfold.
+
+use std::time::Duration;
+
+use e2e::checks::Db;
+use e2e::{Service, event_body, fresh_database_uri, ingest_env, processor_env, wait_until};
+use futures_util::StreamExt;
+use futures_util::stream;
+
+const PATIENTS: usize = 2_000;
+const SENDERS: usize = 64;
+
+/// Seconds the service spent waiting on the database, all operations together.
+async fn database_seconds(metrics_url: &str) -> f64 {
+    let text = reqwest::get(metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("store_operation_seconds_sum{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sends events `from..to` (event n goes to patient n % PATIENTS, so each
+/// patient's events are in sequence), 64 at a time, each until accepted.
+async fn send(url: &str, from: usize, to: usize) {
+    let client = e2e::client();
+    stream::iter(from..to)
+        .for_each_concurrent(SENDERS, |n| {
+            let client = client.clone();
+            async move {
+                let patient = format!("patient-{}", n % PATIENTS);
+                e2e::post_until_accepted(&client, url, &event_body(&patient, n), &format!("k{n}"))
+                    .await;
+            }
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn per_event_database_time_stays_flat_over_20000_events() {
+    let uri = fresh_database_uri();
+    // The production sweep interval: the test suite's 300 ms would have the
+    // backstop rescan the whole intake backlog three times a second.
+    let mut env = processor_env(&uri, 0, 1);
+    env.retain(|(name, _)| *name != "SWEEP_INTERVAL_MS");
+    let processor = Service::start("processor", &env).await;
+    let mut env = ingest_env(&uri, &processor.url());
+    env.push(("RATE_LIMIT_PER_SEC", "100000".to_owned()));
+    env.push(("RATE_LIMIT_BURST", "100000".to_owned()));
+    let ingest = Service::start("ingest", &env).await;
+    let db = Db::connect(&uri).await;
+    let total = || async {
+        database_seconds(&ingest.metrics_url()).await
+            + database_seconds(&processor.metrics_url()).await
+    };
+    let phase = |from: usize, to: usize| {
+        let url = ingest.url();
+        let db = &db;
+        async move {
+            send(&url, from, to).await;
+            wait_until(
+                Duration::from_secs(600),
+                &format!("{to} processed events"),
+                || async { db.processed_count().await >= to as u64 },
+            )
+            .await;
+        }
+    };
+
+    let start = total().await;
+    phase(0, 2_000).await;
+    let after_first = total().await;
+    phase(2_000, 18_000).await;
+    let before_last = total().await;
+    phase(18_000, 20_000).await;
+    let after_last = total().await;
+
+    let first = (after_first - start) / 2_000.0;
+    let last = (after_last - before_last) / 2_000.0;
+    eprintln!(
+        "database time per event: first 2,000 {:.2} ms, last 2,000 {:.2} ms ({:.2}x)",
+        first * 1000.0,
+        last * 1000.0,
+        last / first
+    );
+    assert_eq!(db.processed_count().await, 20_000);
+    assert!(
+        last <= 2.0 * first,
+        "per-event database time grew from {:.2} ms to {:.2} ms",
+        first * 1000.0,
+        last * 1000.0
+    );
+}
