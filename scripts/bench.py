@@ -192,15 +192,20 @@ def bench_ingest(mongo_base, db_proc, with_processor):
     return rows, idle, peak
 
 
-def bench_end_to_end(mongo_base, db_proc, patients, events):
+def loadgen(command, stack, **flags):
+    args = [str(RELEASE / "loadgen"), command, "--url", stack.url, "--mongo", stack.uri]
+    for name, value in flags.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
+
+
+def bench_end_to_end(mongo_base, db_proc, patients, events, concurrency=64):
     stack = Stack(mongo_base, f"bench_e2e_{patients}_{int(time.time())}")
     time.sleep(1)
     before = (stack.ingest.cpu(), stack.processor.cpu(), db_proc.cpu())
-    concurrency = 64
-    timeout = 600
     out = subprocess.run(
-        [str(RELEASE / "loadgen"), stack.url, stack.uri, str(patients), str(events), str(concurrency),
-         str(timeout)], capture_output=True, text=True, check=True).stdout
+        loadgen("run", stack, patients=patients, events=events, concurrency=concurrency, timeout=600),
+        capture_output=True, text=True, check=True).stdout
     after = (stack.ingest.cpu(), stack.processor.cpu(), db_proc.cpu())
     result = json.loads(out)
     processed = max(result["processed"], 1)
@@ -223,7 +228,7 @@ def bench_sleeping_lanes(mongo_base, patients=10_000):
     """Processor CPU while `patients` lanes each sleep in a 30 s event."""
     stack = Stack(mongo_base, f"bench_lanes_{int(time.time())}", processing=(30_000, 30_000))
     proc = subprocess.Popen(
-        [str(RELEASE / "loadgen"), stack.url, stack.uri, str(patients), "1", "64", "1"],
+        loadgen("run", stack, patients=patients, events=1, concurrency=64, timeout=1),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.wait()
     # Wait until every event is claimed (all lanes asleep in their 30 s event).
