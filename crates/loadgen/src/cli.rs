@@ -12,6 +12,13 @@ commands:
          waits for every outcome and checks exactly-once and order
          --url URL --mongo URI [--patients 1000] [--events 5]
          [--concurrency 64] [--timeout 600]
+  soak   open loop: a constant arrival rate, event i to patient i % patients;
+         one JSON line per interval, then a summary after the backlog drains
+         --url URL --mongo URI [--rate 1000] [--seconds 600] [--patients 10000]
+         [--interval 60] [--max-in-flight 8192] [--request-timeout 30]
+         [--drain-timeout 600]
+  burst  the soak driver with burst defaults:
+         [--rate 10000] [--seconds 30] [--interval 5], other flags as soak
 
 The API key comes from the environment (API_KEY); the Mongo URI must name
 the database the services use.";

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use mongodb::bson::Document;
+use mongodb::bson::{Document, doc};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
 /// Latencies are recorded in microseconds, up to this (longer ones saturate).
@@ -53,6 +53,29 @@ pub async fn processed_count(
     processed.estimated_document_count().await
 }
 
+/// Every `eventId` in `processed_events`, as the 128-bit value of the UUID,
+/// once per document (so duplicates show as repeats).
+pub async fn processed_ids(processed: &mongodb::Collection<Document>) -> Result<Vec<u128>, String> {
+    use futures_util::TryStreamExt;
+    let raw = processed.clone_with_type::<mongodb::bson::RawDocumentBuf>();
+    let mut cursor = raw
+        .find(doc! {})
+        .projection(doc! { "_id": 0, "eventId": 1 })
+        .batch_size(10_000)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ids = Vec::new();
+    while let Some(d) = cursor.try_next().await.map_err(|e| e.to_string())? {
+        let id = d
+            .get_str("eventId")
+            .ok()
+            .and_then(|s| uuid::Uuid::try_parse(s).ok())
+            .map_or(0, |u| u.as_u128());
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
@@ -95,9 +118,28 @@ pub fn own_cpu_secs() -> f64 {
     (ticks(11) + ticks(12)) as f64 / CLOCK_TICKS_PER_SEC
 }
 
+/// The `eventId` of a `202` body (`{"status":"queued","eventId":"<uuid>"}`),
+/// found without building a JSON tree.
+pub fn event_id_of(body: &[u8]) -> Option<u128> {
+    const FIELD: &[u8] = b"\"eventId\":\"";
+    let start = body.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    let id = body.get(start..start + 36)?;
+    uuid::Uuid::try_parse_ascii(id).ok().map(|u| u.as_u128())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_event_id() {
+        let body = br#"{"status":"queued","eventId":"67e55044-10b1-426f-9247-bb680e5fe0c8"}"#;
+        assert_eq!(
+            event_id_of(body),
+            Some(0x67e5504410b1426f9247bb680e5fe0c8_u128)
+        );
+        assert_eq!(event_id_of(br#"{"status":"queued"}"#), None);
+    }
 
     #[test]
     fn reads_own_cpu_time() {

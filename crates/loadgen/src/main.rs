@@ -2,11 +2,14 @@
 //!
 //! - `loadgen run`: P patients x E events, each patient's in sequence,
 //!   C requests in flight; checks exactly-once and per-patient order.
+//! - `loadgen soak` / `loadgen burst`: a constant arrival rate (open loop),
+//!   one JSON line per interval, then a lost/duplicated check.
 //!
 //! `loadgen help` prints the flags. Figures go to stdout as JSON.
 
 mod cli;
 mod common;
+mod open_loop;
 mod run;
 
 use std::process::ExitCode;
@@ -36,6 +39,8 @@ async fn dispatch() -> Result<(), String> {
     let flags = Flags::parse(rest)?;
     match command.as_str() {
         "run" => run::main(flags).await,
+        "soak" => open_loop::main(open_loop::Args::soak(flags)?).await,
+        "burst" => open_loop::main(open_loop::Args::burst(flags)?).await,
         other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
     }
 }
