@@ -333,11 +333,18 @@ def bench_open_loop(mongo_base, db_proc, mode, rate, seconds, patients, interval
     stack.stop()
     print(f"  {mode}: sent {summary['sent']}, accepted {summary['accepted']}, errors {summary['errors']}, "
           f"dropped by the client {summary['dropped_by_client']}; drained in {summary['drain_secs']:.1f} s "
-          f"({'complete' if summary['drained'] else 'NOT complete'}); lost {summary['lost']}, "
+          f"({'complete' if summary['drained'] else 'NOT complete'}); {lost_text(summary)}, "
           f"duplicated {summary['duplicated']}; driver CPU {summary['driver_cpu_pct_sending']:.0f}% "
           f"of a core", flush=True)
     return {"settings": {"rate": rate, "seconds": seconds, "patients": patients, "interval_secs": interval},
             "intervals": rows, "summary": summary}
+
+
+def lost_text(s):
+    if s["lost"] is not None:
+        return f"lost {s['lost']}"
+    return (f"lost unknown: {s['without_outcome']} accepted events still without an outcome "
+            f"when the drain timed out")
 
 
 def soak_targets(soak):
@@ -397,8 +404,13 @@ def open_loop_table(title, run):
                  f"{s['dropped_by_client']}; latency p50 {s['p50_ms']:.1f} ms p99 {s['p99_ms']:.1f} ms "
                  f"max {s['max_ms']:.0f} ms")
     lines.append(f"  backlog drained in {s['drain_secs']:.1f} s after the last interval "
-                 f"({'complete' if s['drained'] else 'NOT complete'}); lost {s['lost']}, "
+                 f"({'complete' if s['drained'] else 'NOT complete'}); {lost_text(s)}, "
                  f"duplicated {s['duplicated']} of {s['accepted_ids']} accepted eventIds")
+    if s["unexpected_processed"]:
+        lines.append(f"  {s['unexpected_processed']} outcomes of events the driver never saw a 202 for "
+                     f"(requests that timed out at the client after ingest had stored them)")
+    lines.append(f"  driver fell behind its schedule by at most {s['start_lag_max_ms']:.0f} ms "
+                 f"(latencies are measured from when each request was due)")
     lines.append(f"  driver (loadgen) CPU: {s['driver_cpu_secs_sending']:.1f} s while sending, "
                  f"{s['driver_cpu_pct_sending']:.0f}% of one core")
     return lines
