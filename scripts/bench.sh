@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark command (`make bench`): installs what it needs on first use,
-# builds the release binaries and runs scripts/bench.py (about 20 minutes
+# builds the release binaries and runs scripts/bench.py (20-30 minutes
 # with the 10-minute soak; BENCH_SECTIONS picks sections).
 #   - secantusd-rs, SecantusDB's compiled server (cmake from Debian, then
 #     `cargo install`, about 7 minutes once on 2 cores)
