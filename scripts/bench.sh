@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark command (`make bench`): installs what it needs on first use,
-# builds the release binaries and runs scripts/bench.py (a few minutes).
+# builds the release binaries and runs scripts/bench.py (20-30 minutes
+# with the 10-minute soak; BENCH_SECTIONS picks sections).
 #   - secantusd-rs, SecantusDB's compiled server (cmake from Debian, then
 #     `cargo install`, about 7 minutes once on 2 cores)
 #   - wrk (Debian package)
@@ -16,11 +17,14 @@ apt_install() {
     fi
 }
 
+# bench.py looks for secantusd-rs in .tools/secantus-rs/bin, then on PATH,
+# then in ~/.cargo/bin; a missing one is installed into .tools/secantus-rs.
 export PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v secantusd-rs >/dev/null; then
+if [[ ! -x .tools/secantus-rs/bin/secantusd-rs ]] && ! command -v secantusd-rs >/dev/null; then
     command -v cmake >/dev/null || apt_install cmake
     echo "Installing secantusd-rs (about 7 minutes, once)"
-    cargo install secantus-mdb --version 0.5.3-beta.193 --locked --ignore-rust-version
+    cargo install secantus-mdb --version 0.5.3-beta.193 --locked --ignore-rust-version \
+        --root .tools/secantus-rs
 fi
 command -v wrk >/dev/null || apt_install wrk
 
