@@ -30,7 +30,7 @@ step "tests (Python server)"
 # The fleet tests and the 20,000-event run go to the compiled server below:
 # a whole fleet's lease renewals under load need more than the
 # single-threaded Python server can answer in time.
-heavy='binary(fleet) | binary(database_time)'
+heavy='binary(fleet) | binary(database_time) | test(never_reads)'
 cargo nextest run --workspace --locked --no-fail-fast -E "not ($heavy)"
 
 step "query plans, the fleet and 20,000 events on the compiled server (the one make run uses)"

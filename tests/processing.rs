@@ -75,6 +75,7 @@ fn config(max_attempts: i32) -> WorkerConfig {
         lease: Duration::from_secs(3),
         sweep_interval: Duration::from_millis(300),
         release_grace: Duration::from_secs(2),
+        retention: None,
     }
 }
 

@@ -54,9 +54,11 @@ impl Intake {
     pub async fn submit(&self, submission: &Submission<'_>) -> Result<EnqueueOutcome, StoreError> {
         let patient = submission.event.patient_id.as_str();
         let mut last_seqs = self.stripe(&submission.event.patient_id).lock().await;
+        // Without a recent number of our own, read the last one: a blind
+        // guess of 1 could land on a number retention pruned.
         let next_seq = match last_seqs.get(patient) {
             Some((seq, at)) if at.elapsed() < GUESS_HORIZON => seq + 1,
-            _ => 1,
+            _ => 0,
         };
         let outcome = self
             .store

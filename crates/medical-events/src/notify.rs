@@ -83,6 +83,11 @@ impl ProcessorNotifier {
             .to_string()
             .into_bytes(),
         };
+        self.send(notification);
+    }
+
+    fn send(&self, notification: Notification) {
+        let event_id = notification.event_id.clone();
         let bytes = notification.body.len();
         if self.held.fetch_add(bytes, Ordering::SeqCst) + bytes > BYTE_BUDGET {
             self.held.fetch_sub(bytes, Ordering::SeqCst);
@@ -95,6 +100,27 @@ impl ProcessorNotifier {
             metrics::counter!("notifications_dropped_total").increment(1);
             debug!(eventId = %event_id, "notification backlog full; the owner's change stream or sweep picks the event up");
         }
+    }
+}
+
+impl ProcessorNotifier {
+    /// Wakes the owner of a stored event's patient (after an operator's
+    /// retry or skip), within the same budget as every notification.
+    pub fn wake(&self, event: &crate::store::QueuedEvent) {
+        let notification = Notification {
+            traceparent: TraceContext::new_root().header_value(),
+            event_id: event.event_id.clone(),
+            body: json!({
+                "eventId": event.event_id,
+                "patientId": event.patient_id,
+                "type": event.event_type,
+                "data": mongodb::bson::Bson::Document(event.data.clone()).into_relaxed_extjson(),
+                "ts": event.ts,
+            })
+            .to_string()
+            .into_bytes(),
+        };
+        self.send(notification);
     }
 }
 

@@ -22,7 +22,7 @@ use crate::intake::Intake;
 use crate::notify::ProcessorNotifier;
 use crate::processing::{Delivery, Handler, SimulatedProcessing};
 use crate::scheduler::LaneConfig;
-use crate::store::{Store, StoreError};
+use crate::store::{MIN_AGE, Retention, Store, StoreError};
 use crate::tls::TlsListener;
 use crate::worker::{Worker, WorkerConfig};
 
@@ -176,6 +176,7 @@ impl IngestApp {
         }
         let store = open_store(&config.mongo, "ingest", &config.patient_logging).await?;
         let state = IngestState {
+            outcomes: crate::http::stream::OutcomeFeed::new(store.clone()),
             intake: Arc::new(Intake::new(store, config.intake)),
             notifier: ProcessorNotifier::spawn(
                 &config.processor_url,
@@ -256,6 +257,14 @@ impl ProcessorApp {
                 lease: config.lease,
                 sweep_interval: config.sweep_interval,
                 release_grace: config.shutdown_grace,
+                retention: (config.retention.events.is_some()
+                    || config.retention.outcomes.is_some())
+                .then_some(Retention {
+                    events: config.retention.events,
+                    idempotency_ttl: config.retention.idempotency_ttl,
+                    outcomes: config.retention.outcomes,
+                    min_age: MIN_AGE,
+                }),
             },
         )
         .await?;

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::fleet::{self, Keeper, KeeperConfig, Ownership};
 use crate::processing::EventHandler;
 use crate::scheduler::{LaneConfig, Scheduler};
-use crate::store::{Store, StoreError, Waiting};
+use crate::store::{Retention, Store, StoreError, Waiting};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
@@ -23,7 +23,12 @@ pub struct WorkerConfig {
     pub sweep_interval: Duration,
     /// How long handing a bucket over waits for events in hand.
     pub release_grace: Duration,
+    /// What the fleet's pruner removes; `None`: nothing (it does not run).
+    pub retention: Option<Retention>,
 }
+
+/// How often the fleet's pruner runs a pass (on one instance at a time).
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 pub struct Worker<H> {
     scheduler: Scheduler<H>,
@@ -50,6 +55,11 @@ impl<H: EventHandler> Worker<H> {
             KeeperConfig {
                 lease: config.lease,
                 release_grace: config.release_grace,
+                jobs: if config.retention.is_some() {
+                    &[fleet::leases::PRUNER]
+                } else {
+                    &[]
+                },
             },
             rescans.clone(),
         )
@@ -71,6 +81,14 @@ impl<H: EventHandler> Worker<H> {
             config.sweep_interval,
             stop.clone(),
         );
+        if let Some(retention) = config.retention {
+            spawn_pruner(
+                store.clone(),
+                scheduler.ownership().clone(),
+                retention,
+                stop.clone(),
+            );
+        }
         Ok(Self {
             scheduler,
             keeper,
@@ -133,6 +151,37 @@ fn spawn_sweeper<H: EventHandler>(
                     next_full = tokio::time::Instant::now() + interval.max(took * 2);
                 }
                 () = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Runs a pruning pass every [`PRUNE_EVERY`] while this instance holds the
+/// fleet's pruner lease (one instance at a time does it).
+fn spawn_pruner(store: Store, ownership: Ownership, retention: Retention, stop: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(PRUNE_EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+            if !ownership.runs_job(fleet::leases::PRUNER) {
+                continue;
+            }
+            let started = Instant::now();
+            match store.prune(&retention).await {
+                Ok(pruned) => {
+                    metrics::counter!("pruned_events_total").increment(pruned.events_deleted);
+                    metrics::counter!("pruned_outcomes_total").increment(pruned.outcomes_deleted);
+                    info!(
+                        events = pruned.events_deleted,
+                        highWaterMarks = pruned.high_water_marks,
+                        outcomes = pruned.outcomes_deleted,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "retention pass done"
+                    );
+                }
+                Err(e) => warn!(error = %e, "retention pass failed; will try again"),
             }
         }
     });

@@ -19,6 +19,11 @@ impl PatientId {
         Self(text)
     }
 
+    /// A patient id given alone (a path segment), under the body's rules.
+    pub fn parse(text: &str) -> Result<Self, Vec<super::FieldError>> {
+        super::request::patient_id(text)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -31,6 +31,34 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<AnyJson>
     AnyJson::deserialize(deserializer).map(Some)
 }
 
+/// A patient id on its own (a path segment), under the same rules.
+#[derive(Debug, Deserialize, Validate)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct PatientBody {
+    #[serde(default, deserialize_with = "present")]
+    #[validate(
+        required(message = "is required"),
+        length(min = 1, max = PatientId::MAX_CHARS),
+        custom(function = rules::is_string, message = "must be a string"),
+        custom(function = rules::not_blank, message = "must not be blank"),
+        custom(
+            function = rules::no_control_characters,
+            message = "must not contain control characters"
+        )
+    )]
+    patient_id: Option<AnyJson>,
+}
+
+/// Checks `text` as a patientId.
+pub(super) fn patient_id(text: &str) -> Result<PatientId, Vec<FieldError>> {
+    let body = PatientBody {
+        patient_id: Some(AnyJson(Value::String(text.to_owned()))),
+    };
+    body.validate()
+        .map_err(|errors| field_errors(&errors, FIELD_NAMES))?;
+    Ok(PatientId::from_validated(text.to_owned()))
+}
+
 /// The body of `POST /events`.
 #[derive(Debug, Deserialize, Validate)]
 #[serde(rename_all = "camelCase")]

@@ -27,6 +27,8 @@ pub struct KeeperConfig {
     pub lease: Duration,
     /// How long a hand-over waits for events in hand before handing them back.
     pub release_grace: Duration,
+    /// Singleton jobs to run on one instance of the fleet at a time.
+    pub jobs: &'static [&'static str],
 }
 
 pub struct Keeper {
@@ -55,7 +57,11 @@ impl Keeper {
     ) -> Result<Arc<Self>, StoreError> {
         let leases = Leases::new(store);
         leases
-            .seed(bucket::all().map(|b| (leases::bucket_id(b), Some(b))))
+            .seed(
+                bucket::all()
+                    .map(|b| (leases::bucket_id(b), Some(b)))
+                    .chain(config.jobs.iter().map(|job| (leases::job_id(job), None))),
+            )
             .await?;
         let membership = Membership::new(store, config.lease);
         let joined = Instant::now();
@@ -169,22 +175,70 @@ impl Keeper {
             .collect();
         let share = balance::share(live);
         if steady.len() > share {
-            for lease in steady.iter().take(steady.len() - share) {
+            let excess = steady.len() - share;
+            info!(
+                buckets = excess,
+                live, "handing buckets over to even out the fleet"
+            );
+            for lease in steady.iter().take(excess) {
                 self.hand_over(Arc::clone(lease));
             }
         } else if steady.len() < share {
             let candidates = self.leases.not_held_by(&sessions.live).await?;
             let takeable = self.takeable_owners(&candidates, &sessions.dead).await?;
             let plan = balance::plan(&session, live, steady.len(), &candidates, &takeable);
-            let acquired = self
-                .acquire(&plan.acquire, &candidates, &takeable, &session, validity)
-                .await?;
-            if !acquired.is_empty() {
-                info!(buckets = acquired.len(), live, "acquired bucket leases");
-                let _ = self.rescans.send(acquired);
+            if !plan.acquire.is_empty() {
+                let taken_over = candidates
+                    .iter()
+                    .filter(|l| plan.acquire.contains(&l.id) && l.owner.is_some())
+                    .count();
+                self.leases
+                    .acquire(&plan.acquire, &takeable, &session)
+                    .await?;
+                if taken_over > 0 {
+                    metrics::counter!("lease_takeovers_total").increment(taken_over as u64);
+                    info!(
+                        buckets = taken_over,
+                        "taking over buckets of processors whose session ended"
+                    );
+                }
             }
         }
+        self.claim_jobs(&sessions.dead, &session).await?;
+        self.adopt_held(&session, validity).await?;
         metrics::gauge!("processor_owned_buckets").set(self.ownership.count() as f64);
+        Ok(())
+    }
+
+    /// Takes the lease of each singleton job nobody alive holds.
+    async fn claim_jobs(&self, dead: &[String], session: &Arc<str>) -> Result<(), StoreError> {
+        for job in self.config.jobs {
+            if self.ownership.runs_job(job) {
+                continue;
+            }
+            let id = leases::job_id(job);
+            let Some(lease) = self.leases.read(&id).await? else {
+                continue;
+            };
+            let takeable = match &lease.owner {
+                None => Vec::new(),
+                Some(owner) if dead.contains(owner) => vec![owner.clone()],
+                Some(owner)
+                    if self
+                        .membership
+                        .existing(std::slice::from_ref(owner))
+                        .await?
+                        .is_empty() =>
+                {
+                    vec![owner.clone()]
+                }
+                Some(_) => continue,
+            };
+            // Adopted by `adopt_held` if it worked.
+            self.leases
+                .acquire(std::slice::from_ref(&id), &takeable, session)
+                .await?;
+        }
         Ok(())
     }
 
@@ -211,63 +265,49 @@ impl Keeper {
         Ok(takeable)
     }
 
-    /// Takes the planned leases; returns the buckets now held.
-    async fn acquire(
+    /// Makes the leases the database gives this session the ones it works
+    /// under: every lease it acquired (also one whose acquisition reply was
+    /// lost), and nothing else. Only this session can have given itself a
+    /// lease, so adopting one is safe.
+    async fn adopt_held(
         &self,
-        ids: &[String],
-        view: &[LeaseView],
-        abandoned: &[String],
         session: &Arc<str>,
         validity: (Instant, Instant),
-    ) -> Result<Vec<i32>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let taken = self.leases.acquire(ids, abandoned, session).await?;
-        let mut buckets = Vec::with_capacity(taken.len());
-        let mut taken_over = 0;
-        for (id, epoch) in taken {
-            let Some(before) = view.iter().find(|l| l.id == id) else {
-                continue;
-            };
-            let Some(bucket) = before.bucket else {
-                continue;
-            };
-            if self.ownership.get(bucket).is_some() {
-                continue;
+    ) -> Result<(), StoreError> {
+        let held = self.leases.owned_by(session).await?;
+        let mut acquired = Vec::new();
+        for lease in &held {
+            if let Some(bucket) = lease.bucket {
+                if self.ownership.get(bucket).is_none()
+                    && !self.ownership.was_retired(bucket, lease.epoch)
+                {
+                    self.ownership.insert(Arc::new(BucketLease::new(
+                        bucket,
+                        lease.epoch,
+                        Arc::clone(session),
+                        validity,
+                    )));
+                    acquired.push(bucket);
+                }
+            } else if let Some(job) = lease.id.strip_prefix("job:") {
+                if !self.ownership.runs_job(job) {
+                    info!(job, "running the fleet's singleton job here");
+                    self.ownership.set_job(job, true);
+                }
             }
-            if let Some(previous) = &before.owner {
-                // Taken from a processor whose session ended: it died or is paused.
-                taken_over += 1;
-                tracing::debug!(
-                    bucket,
-                    epoch,
-                    previous = previous.as_str(),
-                    "took over an abandoned bucket"
-                );
-            }
-            self.ownership.insert(Arc::new(BucketLease::new(
-                bucket,
-                epoch,
-                Arc::clone(session),
-                validity,
-            )));
-            buckets.push(bucket);
         }
-        if taken_over > 0 {
-            metrics::counter!("lease_takeovers_total").increment(taken_over);
-            info!(
-                buckets = taken_over,
-                "took over buckets of processors whose session ended"
-            );
+        if !acquired.is_empty() {
+            info!(buckets = acquired.len(), "acquired bucket leases");
+            let _ = self.rescans.send(acquired);
         }
-        Ok(buckets)
+        Ok(())
     }
 
     /// Hands a bucket over: no new events start, those in hand finish (or
     /// are handed back after the grace period), then the lease is released
     /// at once so the next owner need not wait for anything to expire.
     fn hand_over(&self, lease: Arc<BucketLease>) {
+        self.ownership.retire(lease.bucket, lease.epoch);
         lease.start_release();
         self.ownership.changed();
         let leases = self.leases.clone();

@@ -25,6 +25,14 @@ pub fn bucket_id(bucket: i32) -> String {
     format!("bucket:{bucket}")
 }
 
+/// The lease id of a singleton job.
+pub fn job_id(name: &str) -> String {
+    format!("job:{name}")
+}
+
+/// The singleton jobs of the fleet.
+pub const PRUNER: &str = "pruner";
+
 /// A lease as read.
 #[derive(Debug, Clone)]
 pub struct LeaseView {
@@ -80,13 +88,23 @@ impl Leases {
         }
     }
 
-    /// Leases no live session holds: free, or held by a session that ended
+    /// One lease.
+    pub async fn read(&self, id: &str) -> Result<Option<LeaseView>, StoreError> {
+        let found = self
+            .collection
+            .find_one(doc! { "_id": id })
+            .bounded("reading a lease", self.op_timeout)
+            .await?;
+        Ok(found.as_ref().map(view))
+    }
+
+    /// Bucket leases no live session holds: free, or held by a session that ended
     /// (or that joined after `live` was read; the caller checks).
     pub async fn not_held_by(&self, live: &[String]) -> Result<Vec<LeaseView>, StoreError> {
         let operation = "reading leases";
         let documents: Vec<Document> = self
             .collection
-            .find(doc! { "owner": { "$nin": live } })
+            .find(doc! { "owner": { "$nin": live }, "bucket": { "$exists": true } })
             .bounded(operation, self.op_timeout)
             .await?
             .try_collect()
@@ -97,14 +115,14 @@ impl Leases {
     }
 
     /// Takes those of `ids` that are free or held by one of `dead` sessions,
-    /// in one round trip, each with its epoch incremented; returns the ones
-    /// now held by `session`.
+    /// in one write, each with its epoch incremented. What was taken is read
+    /// back with [`Leases::owned_by`] (so a lost reply loses nothing).
     pub async fn acquire(
         &self,
         ids: &[String],
         dead: &[String],
         session: &str,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
+    ) -> Result<(), StoreError> {
         let mut takeable: Vec<Bson> = dead.iter().map(|d| Bson::String(d.clone())).collect();
         takeable.push(Bson::Null);
         self.collection
@@ -118,21 +136,23 @@ impl Leases {
                 } }],
             )
             .bounded("acquiring leases", self.op_timeout)
-            .await?;
-        let operation = "reading acquired leases";
+            .await
+            .map(|_| ())
+    }
+
+    /// Every lease `session` holds, with its epoch.
+    pub async fn owned_by(&self, session: &str) -> Result<Vec<LeaseView>, StoreError> {
+        let operation = "reading held leases";
         let held: Vec<Document> = self
             .collection
-            .find(doc! { "_id": { "$in": ids }, "owner": session })
+            .find(doc! { "owner": session })
             .bounded(operation, self.op_timeout)
             .await?
             .try_collect()
             .bounded_raw(operation, self.op_timeout)
             .await?
             .map_err(StoreError::mongo(operation))?;
-        Ok(held
-            .iter()
-            .filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), epoch_of(d))))
-            .collect())
+        Ok(held.iter().map(view).collect())
     }
 
     /// Gives a lease up at once (only the epoch we hold: a lease someone

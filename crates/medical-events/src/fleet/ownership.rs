@@ -162,6 +162,11 @@ pub struct Ownership {
     /// The processor session the leases hang on (replaced if it expires).
     session: Arc<RwLock<Arc<str>>>,
     held: Arc<RwLock<HashMap<i32, Arc<BucketLease>>>>,
+    /// Singleton jobs whose lease this instance holds (the pruner).
+    jobs: Arc<RwLock<std::collections::HashSet<String>>>,
+    /// The last epoch of each bucket this session gave up: a read of the
+    /// leases made just before the release must not bring it back.
+    retired: Arc<Mutex<HashMap<i32, i64>>>,
     /// Bumped whenever the set of usable buckets changes.
     version: watch::Sender<u64>,
 }
@@ -171,6 +176,8 @@ impl Ownership {
         Self {
             session: Arc::new(RwLock::new(session.into())),
             held: Arc::default(),
+            jobs: Arc::default(),
+            retired: Arc::default(),
             version: watch::Sender::new(0),
         }
     }
@@ -237,8 +244,40 @@ impl Ownership {
         self.changed();
     }
 
+    /// Remembers that this session gives up `bucket` at `epoch`.
+    pub(crate) fn retire(&self, bucket: i32, epoch: i64) {
+        self.retired
+            .lock()
+            .expect("ownership poisoned")
+            .insert(bucket, epoch);
+    }
+
+    /// Whether a lease at `epoch` is one this session already gave up.
+    pub(crate) fn was_retired(&self, bucket: i32, epoch: i64) -> bool {
+        self.retired
+            .lock()
+            .expect("ownership poisoned")
+            .get(&bucket)
+            .is_some_and(|retired| epoch <= *retired)
+    }
+
+    /// Whether this instance runs the singleton job `name` now.
+    pub fn runs_job(&self, name: &str) -> bool {
+        self.jobs.read().expect("ownership poisoned").contains(name)
+    }
+
+    pub(crate) fn set_job(&self, name: &str, held: bool) {
+        let mut jobs = self.jobs.write().expect("ownership poisoned");
+        if held {
+            jobs.insert(name.to_owned());
+        } else {
+            jobs.remove(name);
+        }
+    }
+
     /// Drops every lease (its session expired): nothing may be done under them.
     pub(crate) fn lose_all(&self) {
+        self.jobs.write().expect("ownership poisoned").clear();
         let lost: Vec<Arc<BucketLease>> = self
             .held
             .write()

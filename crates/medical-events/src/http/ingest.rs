@@ -15,7 +15,7 @@ use super::json_body::JsonBody;
 use super::limits::{KeyedLimiter, rate_limit};
 use super::problem::ApiError;
 use super::{finish, health};
-use crate::auth::{Caller, Guard, require_bearer};
+use crate::auth::{Caller, Guard, require_admin, require_bearer};
 use crate::config::HttpLimits;
 use crate::event::{EventId, NewEvent};
 use crate::intake::Intake;
@@ -33,6 +33,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub struct IngestState {
     pub intake: Arc<Intake>,
     pub notifier: ProcessorNotifier,
+    pub outcomes: super::stream::OutcomeFeed,
 }
 
 /// Who may call and how much: API keys, a rate limit per key, HTTP bounds.
@@ -46,11 +47,33 @@ pub fn router(state: IngestState, guards: IngestGuards) -> Router {
     // Route layers run last-added first: authenticate, then count against the key.
     let protected = Router::new()
         .route("/events", post(accept_event))
+        .route("/events/stream", get(super::stream::outcomes))
         .route("/events/{event_id}", get(event_status))
+        .route(
+            "/patients/{patient_id}/events",
+            get(super::patients::timeline),
+        )
         .route_layer(middleware::from_fn_with_state(guards.limiter, rate_limit))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&guards.guard),
+            require_bearer,
+        ));
+    // Operators: authenticated, then refused unless the key is an operator's.
+    let admin = Router::new()
+        .route("/admin/events", get(super::admin::list_events))
+        .route("/admin/events/{event_id}/retry", post(super::admin::retry))
+        .route("/admin/events/{event_id}/skip", post(super::admin::skip))
+        .route(
+            "/admin/events/{event_id}/acknowledge",
+            post(super::admin::acknowledge),
+        )
+        .route("/admin/stats", get(super::admin::stats))
+        .route("/admin/audit", get(super::admin::audit))
+        .route_layer(middleware::from_fn(require_admin))
         .route_layer(middleware::from_fn_with_state(guards.guard, require_bearer));
     finish(
         protected
+            .merge(admin)
             .route("/health", get(|| async { health::live(SERVICE) }))
             .route("/openapi.json", get(super::openapi::ingest_document))
             .route(

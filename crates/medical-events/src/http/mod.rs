@@ -1,12 +1,15 @@
 //! The HTTP faces of the two services.
 
+pub mod admin;
 pub mod health;
 pub mod ingest;
 pub mod json_body;
 pub mod limits;
 pub mod openapi;
+pub mod patients;
 pub mod problem;
 pub mod processor;
+pub mod stream;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -102,6 +102,27 @@ pub struct EventState {
     processing_duration_ms: Option<i64>,
 }
 
+/// A page of `GET /admin/events`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct EventPage {
+    events: Vec<EventState>,
+    /// Pass as `cursor` for the next page; null when this is the last.
+    next: Option<String>,
+}
+
+/// A page of a patient's timeline.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeline {
+    patient_id: String,
+    /// In sequence order, without `data`.
+    events: Vec<EventState>,
+    /// Pass as `after` for the next page; null when this is the last.
+    next: Option<i64>,
+}
+
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct FieldProblem {
@@ -144,8 +165,16 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Medical events: ingest", description = "Accepts clinical events durably, in order per patient."),
-    paths(super::ingest::accept_event, super::ingest::event_status, super::health::live_doc, super::health::ready_doc),
-    components(schemas(EventBody, Queued, EventState, Problem, FieldProblem, ResultView, Health)),
+    paths(
+        super::ingest::accept_event, super::ingest::event_status, super::stream::outcomes,
+        super::patients::timeline, super::admin::list_events, super::admin::retry,
+        super::admin::skip, super::admin::acknowledge, super::admin::stats, super::admin::audit,
+        super::health::live_doc, super::health::ready_doc
+    ),
+    components(schemas(
+        EventBody, Queued, EventState, EventPage, Timeline, Problem, FieldProblem, ResultView,
+        Health, super::admin::Reason
+    )),
     modifiers(&BearerAuth)
 )]
 pub struct IngestApi;

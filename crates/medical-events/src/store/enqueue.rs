@@ -114,11 +114,13 @@ impl Store {
     /// Stores a new event durably (majority, journaled) with the next
     /// sequence number of its patient. Returns only once its fate is known.
     ///
-    /// `next_seq` is the caller's guess of that number (what it last stored
-    /// for the patient, plus one; 1 for a patient it has not seen). A right
+    /// `next_seq` is the caller's guess of that number (what it recently
+    /// stored for the patient, plus one), or 0 to read it first. A right
     /// guess costs one round trip; a wrong one is refused by the unique index
     /// and corrected from the store. A guess can only be too low, never skip
-    /// a number, because it comes from a number that was stored.
+    /// a number, because it comes from a number that was stored, and never
+    /// falls into a gap retention made, because retention leaves recent
+    /// events and each patient's last one alone.
     pub async fn enqueue(
         &self,
         submission: &Submission<'_>,
@@ -131,7 +133,11 @@ impl Store {
         let (intake_key, kind) = intake_key(submission, policy);
         let data: Document = mongodb::bson::to_document(event.data.as_map())?;
         let started = Instant::now();
-        let mut seq = next_seq.max(1);
+        let mut seq = if next_seq > 0 {
+            next_seq
+        } else {
+            self.last_seq(bucket, event.patient_id.as_str()).await? + 1
+        };
         let mut tries = 0u32;
         loop {
             if tries > 0 && started.elapsed() > CONTENTION_BUDGET {

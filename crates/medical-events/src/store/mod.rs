@@ -8,6 +8,9 @@ mod error;
 mod group_commit;
 pub mod indexes;
 mod lifecycle;
+mod operator;
+mod outcomes;
+mod retention;
 mod schema;
 pub mod shapes;
 mod sweep;
@@ -18,6 +21,9 @@ pub use documents::{Claim, EventStatus, ProcessedEvent, ProcessingResult, Queued
 pub use enqueue::{EnqueueOutcome, IdempotencyKey, IntakePolicy, Submission};
 pub use error::StoreError;
 pub use lifecycle::{Applied, Claimed, Fence, NextEvent, RunEnd};
+pub use operator::{Action, ActionOutcome, ClientStats, ListCursor, ListQuery, ListedState};
+pub use outcomes::OutcomeCursor;
+pub use retention::{MIN_AGE, Pruned, Retention};
 pub use sweep::Waiting;
 
 use futures_util::TryStreamExt;
@@ -163,20 +169,32 @@ impl Store {
         .await
     }
 
-    /// A patient's events after sequence number `after`, in order.
+    /// A patient's events after sequence number `after`, in order, only
+    /// those `client` sent if given. Returns them and, when more may follow,
+    /// the sequence number to continue after.
     pub async fn timeline(
         &self,
         patient: &str,
+        client: Option<&str>,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<QueuedEvent>, StoreError> {
+    ) -> Result<(Vec<QueuedEvent>, Option<i64>), StoreError> {
         let bucket = crate::bucket::of(patient);
-        self.find_all(
-            &self.queued,
-            shapes::timeline(bucket, patient, after, limit),
-            "reading a patient's timeline",
-        )
-        .await
+        let mut shape = shapes::timeline(bucket, patient, after, limit);
+        shape.projection = Some(doc! { "data": 0 });
+        let page: Vec<QueuedEvent> = self
+            .find_all(&self.queued, shape, "reading a patient's timeline")
+            .await?;
+        // Paged over all the patient's events (the index order), filtered
+        // after: another client's events never leave the server.
+        let next = (page.len() as i64 == limit)
+            .then(|| page.last().map(|e| e.seq))
+            .flatten();
+        let visible = page
+            .into_iter()
+            .filter(|e| client.is_none_or(|c| e.client == c))
+            .collect();
+        Ok((visible, next))
     }
 
     async fn find_one<T>(

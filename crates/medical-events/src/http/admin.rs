@@ -1,0 +1,357 @@
+//! The operator API on ingest (`/admin/...`, `ADMIN_API_KEYS` only; a
+//! client key gets 403): list events by state, re-run or skip them,
+//! acknowledge failures, read the figures and the audit log. Every action
+//! names its reason and is audited.
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use mongodb::bson::oid::ObjectId;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::ingest::{IngestState, event_view};
+use super::problem::ApiError;
+use crate::auth::Caller;
+use crate::event::{EventId, PatientId};
+use crate::store::{Action, ActionOutcome, ListCursor, ListQuery, ListedState};
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+const MAX_REASON_CHARS: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ListParams {
+    status: Option<String>,
+    patient_id: Option<String>,
+    client: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+/// `<bucket>.<seq>.<patientId as hex>`: URL-safe, opaque to clients.
+fn encode_cursor(cursor: &ListCursor) -> String {
+    let hex: String = cursor.patient.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{}.{}.{hex}", cursor.bucket, cursor.seq)
+}
+
+fn decode_cursor(text: &str) -> Option<ListCursor> {
+    let mut parts = text.splitn(3, '.');
+    let bucket = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let hex = parts.next()?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some(ListCursor {
+        bucket,
+        patient: String::from_utf8(bytes).ok()?,
+        seq,
+    })
+}
+
+fn limit(raw: Option<&str>) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(DEFAULT_LIMIT),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::field(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+            }),
+    }
+}
+
+/// Events in a state, paginated by cursor (index order: bucket, patient, seq).
+#[utoipa::path(get, path = "/admin/events", tag = "operations",
+    params(
+        ("status" = String, Query, description = "queued, processing, parked or failed"),
+        ("patientId" = Option<String>, Query, description = "Only this patient's events"),
+        ("client" = Option<String>, Query, description = "Only this client's events"),
+        ("cursor" = Option<String>, Query, description = "The `next` of the previous page"),
+        ("limit" = Option<i64>, Query, description = "1-1000, default 100"),
+    ),
+    responses(
+        (status = 200, description = "A page of events and the cursor of the next", body = super::openapi::EventPage),
+        (status = 400, description = "A parameter is invalid", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn list_events(
+    State(state): State<IngestState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let status = params.status.as_deref().ok_or_else(|| {
+        ApiError::field(
+            "status",
+            "is required: queued, processing, parked or failed",
+        )
+    })?;
+    let state_wanted: ListedState = serde_json::from_value(json!(status))
+        .map_err(|_| ApiError::field("status", "must be queued, processing, parked or failed"))?;
+    let patient = params
+        .patient_id
+        .as_deref()
+        .map(PatientId::parse)
+        .transpose()
+        .map_err(|mut errors| {
+            for error in &mut errors {
+                error.field = "patientId".to_owned();
+            }
+            ApiError::Validation(errors)
+        })?;
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            decode_cursor(c)
+                .ok_or_else(|| ApiError::field("cursor", "is not a cursor this API gave"))
+        })
+        .transpose()?;
+    let query = ListQuery {
+        state: state_wanted,
+        patient: patient.map(|p| p.as_str().to_owned()),
+        client: params.client,
+        after,
+        limit: limit(params.limit.as_deref())?,
+    };
+    let events = state.intake.store().list_events(&query).await?;
+    let next = (events.len() as i64 == query.limit)
+        .then(|| events.last())
+        .flatten()
+        .map(|last| {
+            encode_cursor(&ListCursor {
+                bucket: last.bucket,
+                patient: last.patient_id.clone(),
+                seq: last.seq,
+            })
+        });
+    Ok(Json(json!({
+        "events": events.iter().map(event_view).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Reason {
+    /// Why (kept in the audit log): 1-500 characters.
+    reason: String,
+}
+
+async fn act(
+    state: &IngestState,
+    caller: &Caller,
+    raw_id: &str,
+    action: Action,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let event_id =
+        EventId::parse_str(raw_id).map_err(|reason| ApiError::field("eventId", reason))?;
+    let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
+    let reason: Reason = serde_json::from_value(body)
+        .map_err(|_| ApiError::field("reason", "a JSON body {\"reason\": \"...\"} is required"))?;
+    let reason = reason.reason.trim().to_owned();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        return Err(ApiError::field(
+            "reason",
+            format!("must be 1-{MAX_REASON_CHARS} characters"),
+        ));
+    }
+    let id = event_id.to_string();
+    match state
+        .intake
+        .store()
+        .act(&id, action, &caller.client, &reason)
+        .await?
+    {
+        ActionOutcome::Done(event) => {
+            info!(eventId = %id, action = action.as_str(), operator = &*caller.client, "operator action");
+            metrics::counter!("operator_actions_total", "action" => action.as_str()).increment(1);
+            if matches!(action, Action::Retry | Action::Skip) {
+                // The owner learns at its next scan anyway; this is sooner.
+                state.notifier.wake(&event);
+            }
+            Ok(Json(event_view(&event)))
+        }
+        ActionOutcome::NotFound => Err(ApiError::NotFound(format!("no event with id {id}"))),
+        ActionOutcome::WrongState(event) => Err(ApiError::Conflict(format!(
+            "event {id} is {}; {}",
+            event.api_status(),
+            match action {
+                Action::Retry => "only failed or parked events can be retried",
+                Action::Skip => "only parked events can be skipped",
+                Action::Acknowledge => "only unacknowledged failed events can be acknowledged",
+            }
+        ))),
+    }
+}
+
+/// Re-run a failed or parked event (a new run; the outcome document keeps the earlier ones).
+#[utoipa::path(post, path = "/admin/events/{eventId}/retry", tag = "operations",
+    params(("eventId" = String, Path, description = "The event")),
+    request_body(content = Reason, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Queued again; its patient's lane will run it", body = super::openapi::EventState),
+        (status = 400, description = "No reason, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The event is neither failed nor parked", body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn retry(
+    State(state): State<IngestState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    act(&state, &caller, &raw_id, Action::Retry, body).await
+}
+
+/// Set a parked event aside (`skipped`); its patient goes on.
+#[utoipa::path(post, path = "/admin/events/{eventId}/skip", tag = "operations",
+    params(("eventId" = String, Path, description = "The parked event")),
+    request_body(content = Reason, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Skipped", body = super::openapi::EventState),
+        (status = 400, description = "No reason, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The event is not parked", body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn skip(
+    State(state): State<IngestState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    act(&state, &caller, &raw_id, Action::Skip, body).await
+}
+
+/// Acknowledge a failed event: seen and dealt with (retention may then remove it).
+#[utoipa::path(post, path = "/admin/events/{eventId}/acknowledge", tag = "operations",
+    params(("eventId" = String, Path, description = "The failed event")),
+    request_body(content = Reason, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Acknowledged", body = super::openapi::EventState),
+        (status = 400, description = "No reason, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The event is not an unacknowledged failure", body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn acknowledge(
+    State(state): State<IngestState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw_id): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    act(&state, &caller, &raw_id, Action::Acknowledge, body).await
+}
+
+/// Backlog, work in hand, parked patients, failures and the oldest
+/// unfinished event, per client.
+#[utoipa::path(get, path = "/admin/stats", tag = "operations",
+    responses(
+        (status = 200, description = "Figures per client", body = Object),
+        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Store unavailable", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn stats(State(state): State<IngestState>) -> Result<Json<Value>, ApiError> {
+    let per_client = state.intake.store().stats().await?;
+    let clients: serde_json::Map<String, Value> = per_client
+        .into_iter()
+        .map(|(client, stats)| (client, json!(stats)))
+        .collect();
+    Ok(Json(json!({ "clients": clients })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditParams {
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+/// Operator actions, newest first.
+#[utoipa::path(get, path = "/admin/audit", tag = "operations",
+    params(
+        ("before" = Option<String>, Query, description = "The `next` of the previous page"),
+        ("limit" = Option<i64>, Query, description = "1-1000, default 100"),
+    ),
+    responses(
+        (status = 200, description = "Audit entries: who, when, what, why, before and after", body = Object),
+        (status = 400, description = "A parameter is invalid", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn audit(
+    State(state): State<IngestState>,
+    Query(params): Query<AuditParams>,
+) -> Result<Json<Value>, ApiError> {
+    let before = params
+        .before
+        .as_deref()
+        .map(|b| {
+            ObjectId::parse_str(b)
+                .map_err(|_| ApiError::field("before", "is not a cursor this API gave"))
+        })
+        .transpose()?;
+    let limit = limit(params.limit.as_deref())?;
+    let entries = state.intake.store().audit_log(before, limit).await?;
+    let next = (entries.len() as i64 == limit)
+        .then(|| entries.last().and_then(|e| e.get_object_id("_id").ok()))
+        .flatten()
+        .map(|id| id.to_hex());
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|mut entry| {
+            entry.remove("_id");
+            mongodb::bson::Bson::Document(entry).into_relaxed_extjson()
+        })
+        .collect();
+    Ok(Json(json!({ "entries": entries, "next": next })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_any_patient_id() {
+        let cursor = ListCursor {
+            bucket: 17,
+            patient: "MRN 12/ä.b".to_owned(),
+            seq: 42,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(&cursor)), Some(cursor));
+        assert_eq!(decode_cursor("nonsense"), None);
+        assert_eq!(decode_cursor("1.2.zz"), None);
+    }
+}

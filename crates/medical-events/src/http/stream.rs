@@ -1,0 +1,299 @@
+//! `GET /events/stream`: live outcomes as Server-Sent Events, one message per
+//! recorded outcome, scoped like `GET /events/{id}` (a client sees its own
+//! events, an operator all). Fed by one change stream on `processed_events`
+//! per ingest process, shared by its connections, opened while anyone
+//! listens. A reconnect with `Last-Event-ID` first replays what was recorded
+//! since (from the collection, as long as retention keeps it), then goes on
+//! live.
+//!
+//! Memory is bounded per connection: a connection that does not keep up
+//! (its buffer of [`BUFFER`] messages is full, or it fell behind the shared
+//! ring) is cut off; it resumes from its last id when it comes back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Extension, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use mongodb::bson::{Document, doc};
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::options::FullDocumentType;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, warn};
+
+use super::ingest::IngestState;
+use super::problem::ApiError;
+use crate::auth::Caller;
+use crate::store::{OutcomeCursor, PROCESSED_EVENTS, ProcessedEvent, Store};
+
+/// Messages waiting for one connection at most.
+pub const BUFFER: usize = 256;
+/// Outcomes the shared ring holds for connections that are a little behind.
+const RING: usize = 1024;
+/// Outcomes per replay query.
+const REPLAY_PAGE: i64 = 500;
+const MAX_AWAIT: Duration = Duration::from_millis(500);
+
+/// The process's shared feed of recorded outcomes.
+#[derive(Clone)]
+pub struct OutcomeFeed {
+    store: Store,
+    sender: broadcast::Sender<Arc<ProcessedEvent>>,
+    watching: Arc<AtomicBool>,
+}
+
+impl OutcomeFeed {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            sender: broadcast::channel(RING).0,
+            watching: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Live outcomes from now on; opens the change stream if it is not open.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<ProcessedEvent>> {
+        let receiver = self.sender.subscribe();
+        if !self.watching.swap(true, Ordering::SeqCst) {
+            tokio::spawn(watch(self.clone()));
+        }
+        receiver
+    }
+}
+
+/// Watches `processed_events` while anyone listens: new outcomes, and
+/// outcomes an operator's retry or skip replaced (not history updates).
+async fn watch(feed: OutcomeFeed) {
+    let collection = feed
+        .store
+        .database()
+        .collection::<Document>(PROCESSED_EVENTS);
+    let pipeline = [
+        doc! { "$match": { "$or": [
+            { "operationType": "insert" },
+            { "updateDescription.updatedFields.run": { "$exists": true } },
+            { "updateDescription.updatedFields.result": { "$exists": true } },
+        ] } },
+        doc! { "$project": { "fullDocument.data": 0 } },
+    ];
+    let mut token: Option<ResumeToken> = None;
+    loop {
+        let mut watch = collection
+            .watch()
+            .pipeline(pipeline.clone())
+            .full_document(FullDocumentType::UpdateLookup)
+            .max_await_time(MAX_AWAIT);
+        if let Some(token) = token.clone() {
+            watch = watch.start_after(token);
+        }
+        let mut changes = match watch.await {
+            Ok(changes) => changes,
+            Err(e) => {
+                warn!(error = %e, "cannot watch outcomes; live stream clients wait");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if feed.sender.receiver_count() == 0 {
+                    feed.watching.store(false, Ordering::SeqCst);
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            if feed.sender.receiver_count() == 0 {
+                feed.watching.store(false, Ordering::SeqCst);
+                debug!("nobody listens to outcomes any more; stream closed");
+                return;
+            }
+            let asked = Instant::now();
+            match changes.next_if_any().await {
+                Ok(Some(change)) => {
+                    let outcome = change
+                        .full_document
+                        .and_then(|d| mongodb::bson::from_document::<ProcessedEvent>(d).ok());
+                    if let Some(outcome) = outcome {
+                        let _ = feed.sender.send(Arc::new(outcome));
+                    }
+                }
+                Ok(None) => {
+                    if asked.elapsed() < Duration::from_millis(20) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "outcome change stream failed; reopening");
+                    break;
+                }
+            }
+            token = changes.resume_token();
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct StreamParams {
+    /// For clients that cannot set the `Last-Event-ID` header.
+    last_event_id: Option<String>,
+}
+
+/// Live outcomes (Server-Sent Events), resumable with `Last-Event-ID`.
+#[utoipa::path(get, path = "/events/stream", tag = "events",
+    params(
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this outcome (the `id` of the last message received)"),
+        ("lastEventId" = Option<String>, Query, description = "The same, for clients that cannot set headers"),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream: one `outcome` message per recorded outcome, `id` to resume from",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "Last-Event-ID is not an id this stream gave", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid API key", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 429, description = "Rate limit of this client exhausted", body = super::openapi::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn outcomes(
+    State(state): State<IngestState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Query(params): Query<StreamParams>,
+) -> Result<Response, ApiError> {
+    let raw = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(params.last_event_id);
+    let resume = raw
+        .as_deref()
+        .map(|id| {
+            OutcomeCursor::parse(id)
+                .ok_or_else(|| ApiError::field("Last-Event-ID", "is not an id this stream gave"))
+        })
+        .transpose()?;
+    let client = (!caller.is_admin()).then(|| caller.client.to_string());
+    // Subscribed before the replay, so nothing recorded meanwhile is missed.
+    let live = state.outcomes.subscribe();
+    let (sender, receiver) = mpsc::channel(BUFFER);
+    tokio::spawn(feed_one(
+        state.outcomes.store.clone(),
+        client,
+        resume,
+        live,
+        sender,
+    ));
+    metrics::counter!("outcome_stream_connections_total").increment(1);
+    let messages = stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|message| (Ok::<Event, Infallible>(message), receiver))
+    });
+    Ok(Sse::new(messages)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn message(outcome: &ProcessedEvent) -> Event {
+    let status = match outcome.result.status.as_str() {
+        "success" => "processed",
+        other => other,
+    };
+    Event::default()
+        .id(OutcomeCursor::of(outcome).to_id())
+        .event("outcome")
+        .data(
+            json!({
+                "eventId": outcome.event_id,
+                "patientId": outcome.patient_id,
+                "seq": outcome.seq,
+                "type": outcome.event_type,
+                "client": outcome.client,
+                "status": status,
+                "result": outcome.result,
+                "run": outcome.run,
+                "attempts": outcome.attempts,
+                "processedAt": outcome.processed_at.try_to_rfc3339_string().unwrap_or_default(),
+            })
+            .to_string(),
+        )
+}
+
+/// Why a connection's feed ended.
+enum Ended {
+    /// The client went away.
+    Gone,
+    /// The client could not keep up: cut off, to resume later.
+    CutOff,
+}
+
+fn offer(sender: &mpsc::Sender<Event>, outcome: &ProcessedEvent) -> Result<(), Ended> {
+    sender.try_send(message(outcome)).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => Ended::CutOff,
+        mpsc::error::TrySendError::Closed(_) => Ended::Gone,
+    })
+}
+
+async fn feed_one(
+    store: Store,
+    client: Option<String>,
+    resume: Option<OutcomeCursor>,
+    mut live: broadcast::Receiver<Arc<ProcessedEvent>>,
+    sender: mpsc::Sender<Event>,
+) {
+    let ended: Result<(), Ended> = async {
+        let mut last = None;
+        if let Some(mut from) = resume {
+            loop {
+                let page = store
+                    .outcomes_after(&from, client.as_deref(), REPLAY_PAGE)
+                    .await
+                    .map_err(|_| Ended::CutOff)?;
+                for outcome in &page {
+                    offer(&sender, outcome)?;
+                    from = OutcomeCursor::of(outcome);
+                }
+                if (page.len() as i64) < REPLAY_PAGE {
+                    break;
+                }
+                // A replay must not outrun its reader either.
+                while sender.capacity() < BUFFER / 2 {
+                    if sender.is_closed() {
+                        return Err(Ended::Gone);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            last = Some(from);
+        }
+        loop {
+            let outcome = match live.recv().await {
+                Ok(outcome) => outcome,
+                Err(broadcast::error::RecvError::Lagged(_)) => return Err(Ended::CutOff),
+                Err(broadcast::error::RecvError::Closed) => return Err(Ended::Gone),
+            };
+            if client.as_deref().is_some_and(|c| c != outcome.client) {
+                continue;
+            }
+            // Already sent by the replay.
+            if last
+                .as_ref()
+                .is_some_and(|l| OutcomeCursor::of(&outcome) <= *l)
+            {
+                continue;
+            }
+            offer(&sender, &outcome)?;
+        }
+    }
+    .await;
+    if let Err(Ended::CutOff) = ended {
+        metrics::counter!("outcome_stream_cut_off_total").increment(1);
+        debug!("outcome stream client too slow; cut off");
+    }
+}

@@ -1,0 +1,430 @@
+//! What operators do to events (`/admin/...` on ingest): list them by state,
+//! re-run a failed or parked one, skip a parked one, acknowledge a failure,
+//! and read the figures. Every action is a conditional single-document write
+//! (it applies only to an event in the state the action is for) and leaves an
+//! entry in `audit_log`: who, when, what, why, before and after.
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
+use serde::{Deserialize, Serialize};
+
+use super::deadline::Bounded;
+use super::documents::{EventStatus, ProcessingResult, QueuedEvent};
+use super::error::StoreError;
+use super::{PROCESSED_EVENTS, QUEUED_EVENTS, Store};
+
+pub const AUDIT_LOG: &str = "audit_log";
+
+/// The states an operator can list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListedState {
+    Queued,
+    Processing,
+    Parked,
+    Failed,
+}
+
+impl ListedState {
+    /// The stored status, and what tells this state apart among those events.
+    fn filter(self) -> (EventStatus, Document) {
+        match self {
+            Self::Queued => (
+                EventStatus::Queued,
+                doc! { "parked": { "$ne": true }, "claim": { "$exists": false } },
+            ),
+            Self::Processing => (
+                EventStatus::Queued,
+                doc! { "parked": { "$ne": true }, "claim": { "$exists": true } },
+            ),
+            Self::Parked => (EventStatus::Queued, doc! { "parked": true }),
+            Self::Failed => (EventStatus::Failed, doc! {}),
+        }
+    }
+}
+
+/// Where a listing stopped: the index position of the last event returned
+/// (the `{status, bucket, patientId, seq}` order), opaque to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListCursor {
+    #[serde(rename = "b")]
+    pub bucket: i32,
+    #[serde(rename = "p")]
+    pub patient: String,
+    #[serde(rename = "s")]
+    pub seq: i64,
+}
+
+/// What to list.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub state: ListedState,
+    pub patient: Option<String>,
+    pub client: Option<String>,
+    pub after: Option<ListCursor>,
+    pub limit: i64,
+}
+
+/// The action an operator takes on an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Retry,
+    Skip,
+    Acknowledge,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Skip => "skip",
+            Self::Acknowledge => "acknowledge",
+        }
+    }
+}
+
+/// What became of an action.
+#[derive(Debug)]
+pub enum ActionOutcome {
+    Done(Box<QueuedEvent>),
+    NotFound,
+    /// The event is not in a state this action applies to.
+    WrongState(Box<QueuedEvent>),
+}
+
+/// Per-client figures for `/admin/stats`.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientStats {
+    pub queued: u64,
+    pub processing: u64,
+    pub parked_events: u64,
+    pub parked_patients: u64,
+    pub failed: u64,
+    pub failed_unacknowledged: u64,
+    pub oldest_unfinished: Option<String>,
+}
+
+impl Store {
+    /// Events in `query.state`, in index order, from just after the cursor:
+    /// three index range walks (the rest of the cursor's patient, the rest of
+    /// its bucket, the later buckets), so no server sorts in memory beyond
+    /// what it walks.
+    pub async fn list_events(&self, query: &ListQuery) -> Result<Vec<QueuedEvent>, StoreError> {
+        let (status, extra) = query.state.filter();
+        let mut base = doc! { "status": status.as_str() };
+        base.extend(extra);
+        if let Some(client) = &query.client {
+            base.insert("client", client);
+        }
+        let patient_bucket = query.patient.as_deref().map(crate::bucket::of);
+        let ranges: Vec<(Document, Document)> = match (&query.after, &query.patient) {
+            (after, Some(patient)) => {
+                let mut filter = base.clone();
+                filter.insert("bucket", patient_bucket.unwrap_or_default());
+                filter.insert("patientId", patient);
+                if let Some(after) = after {
+                    filter.insert("seq", doc! { "$gt": after.seq });
+                }
+                vec![(filter, doc! { "seq": 1 })]
+            }
+            (Some(after), None) => {
+                let mut same_patient = base.clone();
+                same_patient.insert("bucket", after.bucket);
+                same_patient.insert("patientId", &after.patient);
+                same_patient.insert("seq", doc! { "$gt": after.seq });
+                let mut same_bucket = base.clone();
+                same_bucket.insert("bucket", after.bucket);
+                same_bucket.insert("patientId", doc! { "$gt": &after.patient });
+                let mut later = base.clone();
+                later.insert("bucket", doc! { "$gt": after.bucket });
+                vec![
+                    (same_patient, doc! { "seq": 1 }),
+                    (same_bucket, doc! { "patientId": 1, "seq": 1 }),
+                    (later, doc! { "bucket": 1, "patientId": 1, "seq": 1 }),
+                ]
+            }
+            (None, None) => vec![(base, doc! { "bucket": 1, "patientId": 1, "seq": 1 })],
+        };
+        let mut found = Vec::new();
+        for (filter, sort) in ranges {
+            let missing = query.limit - found.len() as i64;
+            if missing <= 0 {
+                break;
+            }
+            let operation = "listing events";
+            let page: Vec<QueuedEvent> = self
+                .queued
+                .find(filter)
+                .sort(sort)
+                .limit(missing)
+                .projection(doc! { "data": 0 })
+                .bounded(operation, self.op_timeout)
+                .await?
+                .try_collect()
+                .bounded_raw(operation, self.op_timeout)
+                .await?
+                .map_err(StoreError::mongo(operation))?;
+            found.extend(page);
+        }
+        Ok(found)
+    }
+
+    /// Figures per client: backlog, work in hand, parked, failed, oldest.
+    pub async fn stats(&self) -> Result<Vec<(String, ClientStats)>, StoreError> {
+        let queued = self
+            .aggregate(
+                doc! { "status": EventStatus::Queued.as_str() },
+                doc! {
+                    "_id": "$client",
+                    "events": { "$sum": 1 },
+                    "parked": { "$sum": { "$cond": [{ "$eq": ["$parked", true] }, 1, 0] } },
+                    "claimed": { "$sum": { "$cond": [
+                        { "$and": [
+                            { "$ne": ["$parked", true] },
+                            { "$ne": [{ "$type": "$claim" }, "missing"] },
+                        ] }, 1, 0,
+                    ] } },
+                    "oldest": { "$min": "$acceptedAt" },
+                },
+            )
+            .await?;
+        let parked_patients = self
+            .aggregate(
+                doc! { "status": EventStatus::Queued.as_str(), "parked": true },
+                doc! { "_id": { "client": "$client", "patient": "$patientId" } },
+            )
+            .await?;
+        let failed = self
+            .aggregate(
+                doc! { "status": EventStatus::Failed.as_str() },
+                doc! {
+                    "_id": "$client",
+                    "events": { "$sum": 1 },
+                    "unacknowledged": { "$sum": { "$cond": [
+                        { "$eq": [{ "$type": "$acknowledgedAt" }, "missing"] }, 1, 0,
+                    ] } },
+                },
+            )
+            .await?;
+        let mut stats: std::collections::BTreeMap<String, ClientStats> = Default::default();
+        let count = |d: &Document, field: &str| -> u64 {
+            match d.get(field) {
+                Some(Bson::Int32(n)) => *n as u64,
+                Some(Bson::Int64(n)) => *n as u64,
+                Some(Bson::Double(n)) => *n as u64,
+                _ => 0,
+            }
+        };
+        for d in &queued {
+            let entry = stats
+                .entry(d.get_str("_id").unwrap_or("").to_owned())
+                .or_default();
+            entry.parked_events = count(d, "parked");
+            entry.processing = count(d, "claimed");
+            entry.queued = count(d, "events") - entry.parked_events - entry.processing;
+            entry.oldest_unfinished = d
+                .get_datetime("oldest")
+                .ok()
+                .and_then(|at| at.try_to_rfc3339_string().ok());
+        }
+        for d in &parked_patients {
+            let client = d
+                .get_document("_id")
+                .ok()
+                .and_then(|id| id.get_str("client").ok())
+                .unwrap_or("");
+            stats.entry(client.to_owned()).or_default().parked_patients += 1;
+        }
+        for d in &failed {
+            let entry = stats
+                .entry(d.get_str("_id").unwrap_or("").to_owned())
+                .or_default();
+            entry.failed = count(d, "events");
+            entry.failed_unacknowledged = count(d, "unacknowledged");
+        }
+        Ok(stats.into_iter().collect())
+    }
+
+    async fn aggregate(
+        &self,
+        matching: Document,
+        group: Document,
+    ) -> Result<Vec<Document>, StoreError> {
+        let operation = "aggregating figures";
+        self.database()
+            .collection::<Document>(QUEUED_EVENTS)
+            .aggregate([doc! { "$match": matching }, doc! { "$group": group }])
+            .bounded(operation, self.op_timeout * 5)
+            .await?
+            .try_collect()
+            .bounded_raw(operation, self.op_timeout * 5)
+            .await?
+            .map_err(StoreError::mongo(operation))
+    }
+
+    /// Applies an operator's action to an event and audits it.
+    pub async fn act(
+        &self,
+        event_id: &str,
+        action: Action,
+        operator: &str,
+        reason: &str,
+    ) -> Result<ActionOutcome, StoreError> {
+        let Some(before) = self.find_event(event_id).await? else {
+            return Ok(ActionOutcome::NotFound);
+        };
+        let now = DateTime::now();
+        let failed = EventStatus::Failed.as_str();
+        let queued = EventStatus::Queued.as_str();
+        let (condition, update, outcome_result) = match action {
+            Action::Retry => (
+                doc! { "run": before.run, "$or": [
+                    { "status": failed },
+                    { "status": queued, "parked": true },
+                ] },
+                doc! {
+                    "$set": { "status": queued, "attempts": 0, "updatedAt": now },
+                    "$inc": { "run": 1 },
+                    "$unset": {
+                        "parked": "", "result": "", "processedAt": "", "processingDurationMs": "",
+                        "finishedAt": "", "claim": "", "fencedBy": "", "acknowledgedAt": "",
+                        "acknowledgedBy": "",
+                    },
+                },
+                None,
+            ),
+            Action::Skip => (
+                doc! { "run": before.run, "status": queued, "parked": true },
+                doc! {
+                    "$set": {
+                        "status": EventStatus::Skipped.as_str(), "finishedAt": now, "updatedAt": now,
+                        "result": mongodb::bson::to_bson(&ProcessingResult::skipped(reason))?,
+                        "processedAt": now,
+                    },
+                    "$unset": { "parked": "", "claim": "" },
+                },
+                Some(ProcessingResult::skipped(reason)),
+            ),
+            Action::Acknowledge => (
+                doc! { "status": failed, "acknowledgedAt": { "$exists": false } },
+                doc! { "$set": { "acknowledgedAt": now, "acknowledgedBy": operator, "updatedAt": now } },
+                None,
+            ),
+        };
+        if matches!(action, Action::Retry | Action::Skip) {
+            // The outcome of the run that ends here goes into its history
+            // first, once per run, so the next run's outcome can replace it.
+            self.archive_outcome(&before).await?;
+        }
+        let mut filter = doc! { "_id": event_id };
+        filter.extend(condition);
+        let result = self
+            .queued
+            .update_one(filter, update)
+            .bounded("applying an operator action", self.op_timeout)
+            .await?;
+        if result.matched_count == 0 {
+            return Ok(ActionOutcome::WrongState(Box::new(before)));
+        }
+        if let Some(result) = outcome_result {
+            self.database()
+                .collection::<Document>(PROCESSED_EVENTS)
+                .update_one(
+                    doc! { "eventId": event_id },
+                    doc! { "$set": {
+                        "result": mongodb::bson::to_bson(&result)?,
+                        "processedAt": now, "updatedAt": now,
+                    } },
+                )
+                .bounded("recording a skipped outcome", self.op_timeout)
+                .await?;
+        }
+        let after = self
+            .find_event(event_id)
+            .await?
+            .ok_or(StoreError::Contention {
+                operation: "reading an event after an operator action",
+                attempts: 1,
+            })?;
+        self.audit(action, operator, reason, &before, &after)
+            .await?;
+        Ok(ActionOutcome::Done(Box::new(after)))
+    }
+
+    async fn archive_outcome(&self, event: &QueuedEvent) -> Result<(), StoreError> {
+        self.database()
+            .collection::<Document>(PROCESSED_EVENTS)
+            .update_one(
+                doc! { "eventId": &event.event_id, "run": event.run, "archivedRuns": { "$ne": event.run } },
+                vec![doc! { "$set": {
+                    "history": { "$concatArrays": [
+                        { "$ifNull": ["$history", []] },
+                        [{
+                            "run": "$run",
+                            "result": "$result",
+                            "attempts": "$attempts",
+                            "processedAt": "$processedAt",
+                            "processingDurationMs": "$processingDurationMs",
+                        }],
+                    ] },
+                    "archivedRuns": { "$concatArrays": [
+                        { "$ifNull": ["$archivedRuns", []] }, [event.run],
+                    ] },
+                } }],
+            )
+            .bounded("keeping an outcome in its history", self.op_timeout)
+            .await
+            .map(|_| ())
+    }
+
+    async fn audit(
+        &self,
+        action: Action,
+        operator: &str,
+        reason: &str,
+        before: &QueuedEvent,
+        after: &QueuedEvent,
+    ) -> Result<(), StoreError> {
+        let state = |e: &QueuedEvent| doc! { "status": e.api_status(), "run": e.run, "attempts": e.attempts };
+        self.durable_collection::<Document>(AUDIT_LOG)
+            .insert_one(doc! {
+                "_id": ObjectId::new(),
+                "at": DateTime::now(),
+                "who": operator,
+                "action": action.as_str(),
+                "eventId": &after.event_id,
+                "patientId": &after.patient_id,
+                "client": &after.client,
+                "why": reason,
+                "before": state(before),
+                "after": state(after),
+            })
+            .bounded("writing the audit log", self.op_timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// Audit entries, newest first, before `before` (an entry id) if given.
+    pub async fn audit_log(
+        &self,
+        before: Option<ObjectId>,
+        limit: i64,
+    ) -> Result<Vec<Document>, StoreError> {
+        let filter = match before {
+            Some(id) => doc! { "_id": { "$lt": id } },
+            None => doc! {},
+        };
+        let operation = "reading the audit log";
+        self.durable_collection::<Document>(AUDIT_LOG)
+            .find(filter)
+            .sort(doc! { "_id": -1 })
+            .limit(limit)
+            .bounded(operation, self.op_timeout)
+            .await?
+            .try_collect()
+            .bounded_raw(operation, self.op_timeout)
+            .await?
+            .map_err(StoreError::mongo(operation))
+    }
+}

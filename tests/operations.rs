@@ -1,0 +1,577 @@
+//! Operating the system: failures an operator can see, replay and skip
+//! (with an audit trail), the strict-order mode that parks a patient,
+//! retention that keeps sequence numbers rising, idempotency records that
+//! expire when published, and a patient's timeline.
+
+use std::time::Duration;
+
+use e2e::checks::Db;
+use e2e::sink::Sink;
+use e2e::{
+    InProcessIngest, Service, event_body, fresh_database_uri, ingest_env, post_until_accepted,
+    processor_env, wait_until,
+};
+use medical_events::store::{IntakePolicy, Retention, Store};
+use mongodb::bson::doc;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn admin() -> reqwest::Client {
+    e2e::client_with_token(e2e::ADMIN_KEY).build().unwrap()
+}
+
+/// A processor delivering to `sink` with the failure policy `on_failure`,
+/// two attempts per run, and an ingest in front of it.
+async fn stack(uri: &str, sink: &Sink, on_failure: &str) -> (Service, Service) {
+    let mut env = processor_env(uri, 0, 0);
+    env.push(("DELIVERY_URL", sink.url.clone()));
+    env.push(("ON_FAILURE", on_failure.to_owned()));
+    env.push(("MAX_ATTEMPTS", "2".to_owned()));
+    let processor = Service::start("processor", &env).await;
+    e2e::wait_for_leases(&processor.url(), 256).await;
+    let ingest = Service::start("ingest", &ingest_env(uri, &processor.url())).await;
+    (processor, ingest)
+}
+
+async fn send(url: &str, patient: &str, count: usize) -> Vec<String> {
+    let client = e2e::client();
+    let mut ids = Vec::new();
+    for n in 0..count {
+        ids.push(
+            post_until_accepted(
+                &client,
+                url,
+                &event_body(patient, n),
+                &format!("{patient}-{n}"),
+            )
+            .await,
+        );
+    }
+    ids
+}
+
+async fn status_of(url: &str, id: &str) -> String {
+    let body: Value = admin()
+        .get(format!("{url}/events/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["status"].as_str().unwrap_or("?").to_owned()
+}
+
+async fn act(url: &str, id: &str, action: &str, reason: &str) -> reqwest::Response {
+    admin()
+        .post(format!("{url}/admin/events/{id}/{action}"))
+        .json(&json!({ "reason": reason }))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn refuses(patient: &'static str, seq: i64) -> impl Fn(&Value) -> bool + Send + Sync {
+    move |body| body["patientId"] == patient && body["seq"] == seq
+}
+
+#[tokio::test]
+async fn a_parked_patient_waits_until_its_failed_event_is_retried_then_goes_on_in_order() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::from_millis(20)).await;
+    sink.refuse(refuses("parked-a", 3));
+    let (_processor, ingest) = stack(&uri, &sink, "park").await;
+    let url = ingest.url();
+    let a = send(&url, "parked-a", 5).await;
+    let b = send(&url, "other-b", 3).await;
+
+    wait_until(Duration::from_secs(60), "event 3 parked", || async {
+        status_of(&url, &a[2]).await == "parked"
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "the other patient done",
+        || async {
+            db.count(
+                "queued_events",
+                doc! { "patientId": "other-b", "status": "processed" },
+            )
+            .await
+                == 3
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Events 4 and 5 wait, stored and untouched; 1 and 2 are done.
+    assert_eq!(status_of(&url, &a[0]).await, "processed");
+    assert_eq!(status_of(&url, &a[1]).await, "processed");
+    assert_eq!(status_of(&url, &a[3]).await, "queued");
+    assert_eq!(status_of(&url, &a[4]).await, "queued");
+    let delivered: Vec<i64> = sink
+        .deliveries()
+        .iter()
+        .filter(|d| d.patient == "parked-a")
+        .map(|d| d.seq)
+        .collect();
+    assert_eq!(
+        delivered,
+        vec![1, 2],
+        "nothing after the parked event was delivered"
+    );
+    // The operator finds it.
+    let parked: Value = admin()
+        .get(format!("{url}/admin/events?status=parked"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = parked["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![a[2].as_str()]);
+    let stats: Value = admin()
+        .get(format!("{url}/admin/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["clients"][e2e::CLIENT]["parkedPatients"],
+        1,
+        "{stats}"
+    );
+
+    // Fixed downstream, retried: 3, 4, 5 in order.
+    sink.accept_all();
+    let response = act(&url, &a[2], "retry", "lab system fixed").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    wait_until(Duration::from_secs(60), "the patient to finish", || async {
+        db.count(
+            "queued_events",
+            doc! { "patientId": "parked-a", "status": "processed" },
+        )
+        .await
+            == 5
+    })
+    .await;
+    db.assert_processed_in_order("parked-a", &a).await;
+    db.assert_processed_in_order("other-b", &b).await;
+    let delivered: Vec<i64> = sink
+        .deliveries()
+        .iter()
+        .filter(|d| d.patient == "parked-a")
+        .map(|d| d.seq)
+        .collect();
+    assert_eq!(delivered, vec![1, 2, 3, 4, 5]);
+    // One outcome document for the event, its failed run kept in its history.
+    let outcomes = db
+        .find("processed_events", doc! { "eventId": &a[2] }, doc! {})
+        .await;
+    assert_eq!(outcomes.len(), 1);
+    let outcome = &outcomes[0];
+    assert_eq!(
+        outcome
+            .get_document("result")
+            .unwrap()
+            .get_str("status")
+            .unwrap(),
+        "success"
+    );
+    assert_eq!(outcome.get_i32("run").unwrap(), 2);
+    let history = outcome.get_array("history").unwrap();
+    assert_eq!(history.len(), 1);
+    // The audit log says who, what and why.
+    let audit = db
+        .find("audit_log", doc! { "eventId": &a[2] }, doc! {})
+        .await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].get_str("who").unwrap(), "test-operator");
+    assert_eq!(audit[0].get_str("action").unwrap(), "retry");
+    assert_eq!(audit[0].get_str("why").unwrap(), "lab system fixed");
+}
+
+#[tokio::test]
+async fn skipping_a_parked_event_lets_the_patient_go_on_without_it() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::from_millis(20)).await;
+    sink.refuse(refuses("skip-c", 2));
+    let (_processor, ingest) = stack(&uri, &sink, "park").await;
+    let url = ingest.url();
+    let c = send(&url, "skip-c", 4).await;
+    wait_until(Duration::from_secs(60), "event 2 parked", || async {
+        status_of(&url, &c[1]).await == "parked"
+    })
+    .await;
+    // Only parked events can be skipped; a processed one is a 409.
+    assert_eq!(
+        act(&url, &c[0], "skip", "no").await.status(),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        act(&url, &c[1], "skip", "duplicate sent by the lab")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    wait_until(Duration::from_secs(60), "the rest processed", || async {
+        db.count(
+            "queued_events",
+            doc! { "patientId": "skip-c", "status": "processed" },
+        )
+        .await
+            == 3
+    })
+    .await;
+    assert_eq!(status_of(&url, &c[1]).await, "skipped");
+    let delivered: Vec<i64> = sink
+        .deliveries()
+        .iter()
+        .filter(|d| d.patient == "skip-c")
+        .map(|d| d.seq)
+        .collect();
+    assert_eq!(delivered, vec![1, 3, 4]);
+    let outcome = db
+        .find("processed_events", doc! { "eventId": &c[1] }, doc! {})
+        .await
+        .remove(0);
+    assert_eq!(
+        outcome
+            .get_document("result")
+            .unwrap()
+            .get_str("status")
+            .unwrap(),
+        "skipped"
+    );
+    assert_eq!(
+        outcome.get_array("history").unwrap().len(),
+        1,
+        "the failed run is kept"
+    );
+}
+
+#[tokio::test]
+async fn retrying_a_failed_event_keeps_one_outcome_with_its_history_and_an_audit_entry() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::from_millis(20)).await;
+    sink.refuse(refuses("failing-d", 1));
+    let (_processor, ingest) = stack(&uri, &sink, "continue").await;
+    let url = ingest.url();
+    let d = send(&url, "failing-d", 2).await;
+    wait_until(
+        Duration::from_secs(60),
+        "a failure and the next event",
+        || async {
+            db.count(
+                "queued_events",
+                doc! { "patientId": "failing-d", "status": { "$in": ["failed", "processed"] } },
+            )
+            .await
+                == 2
+        },
+    )
+    .await;
+    assert_eq!(status_of(&url, &d[0]).await, "failed");
+    // The patient went on (continue policy).
+    assert_eq!(status_of(&url, &d[1]).await, "processed");
+    let failed: Value = admin()
+        .get(format!(
+            "{url}/admin/events?status=failed&client={}",
+            e2e::CLIENT
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["events"].as_array().unwrap().len(), 1);
+
+    sink.accept_all();
+    assert_eq!(
+        act(&url, &d[0], "retry", "").await.status(),
+        StatusCode::BAD_REQUEST,
+        "a reason is required"
+    );
+    assert_eq!(
+        act(&url, &d[0], "retry", "downstream back").await.status(),
+        StatusCode::OK
+    );
+    wait_until(Duration::from_secs(60), "the retry processed", || async {
+        status_of(&url, &d[0]).await == "processed"
+    })
+    .await;
+    let outcomes = db
+        .find("processed_events", doc! { "eventId": &d[0] }, doc! {})
+        .await;
+    assert_eq!(outcomes.len(), 1, "one outcome document per event");
+    let history = outcomes[0].get_array("history").unwrap();
+    assert_eq!(history.len(), 1);
+    let earlier = history[0].as_document().unwrap();
+    assert_eq!(
+        earlier
+            .get_document("result")
+            .unwrap()
+            .get_str("status")
+            .unwrap(),
+        "failed"
+    );
+    assert_eq!(earlier.get_i32("attempts").unwrap(), 2);
+    let audit: Value = admin()
+        .get(format!("{url}/admin/audit"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = &audit["entries"][0];
+    assert_eq!(entry["action"], "retry");
+    assert_eq!(entry["who"], "test-operator");
+    assert_eq!(entry["why"], "downstream back");
+    assert_eq!(entry["before"]["status"], "failed");
+    assert_eq!(entry["after"]["status"], "queued");
+}
+
+#[tokio::test]
+async fn operator_routes_refuse_client_keys_and_anonymous_callers() {
+    let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;
+    for path in [
+        "/admin/events?status=failed",
+        "/admin/stats",
+        "/admin/audit",
+    ] {
+        let anonymous = reqwest::get(format!("{}{path}", ingest.url)).await.unwrap();
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let client = e2e::client()
+            .get(format!("{}{path}", ingest.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(client.status(), StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(client.headers()["content-type"], "application/problem+json");
+        let operator = admin()
+            .get(format!("{}{path}", ingest.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(operator.status(), StatusCode::OK, "{path}");
+    }
+    let id = uuid::Uuid::now_v7();
+    let client = e2e::client()
+        .post(format!("{}/admin/events/{id}/retry", ingest.url))
+        .json(&json!({ "reason": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(client.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        act(&ingest.url, &id.to_string(), "retry", "x")
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn pruning_a_patients_latest_events_keeps_its_sequence_rising() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    let (_processor, ingest) = stack(&uri, &sink, "continue").await;
+    let earlier = send(&ingest.url(), "pruned-p", 3).await;
+    wait_until(Duration::from_secs(60), "3 processed", || async {
+        db.count(
+            "queued_events",
+            doc! { "patientId": "pruned-p", "status": "processed" },
+        )
+        .await
+            == 3
+    })
+    .await;
+    let store = Store::connect(&uri, Duration::from_secs(5), "test")
+        .await
+        .unwrap();
+    let pruned = store
+        .prune(&Retention {
+            events: Some(Duration::ZERO),
+            idempotency_ttl: Duration::ZERO,
+            outcomes: None,
+            min_age: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.events_deleted, 2);
+    assert_eq!(pruned.high_water_marks, 1);
+    let left = db
+        .find("queued_events", doc! { "patientId": "pruned-p" }, doc! {})
+        .await;
+    assert_eq!(left.len(), 1, "only the high-water mark is left");
+    assert_eq!(left[0].get_i64("seq").unwrap(), 3);
+    assert!(
+        left[0].get_document("data").unwrap().is_empty(),
+        "its payload is gone"
+    );
+    assert_eq!(db.processed_count().await, 3, "outcomes are kept");
+
+    // A new event, through a fresh ingest that remembers nothing.
+    let fresh = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
+    let new = post_until_accepted(
+        &e2e::client(),
+        &fresh.url,
+        &event_body("pruned-p", 9),
+        "after-prune",
+    )
+    .await;
+    let stored = db
+        .find("queued_events", doc! { "_id": &new }, doc! {})
+        .await
+        .remove(0);
+    assert_eq!(stored.get_i64("seq").unwrap(), 4, "above every earlier one");
+    wait_until(
+        Duration::from_secs(30),
+        "the new event processed",
+        || async {
+            db.count("queued_events", doc! { "_id": &new, "status": "processed" })
+                .await
+                == 1
+        },
+    )
+    .await;
+    let deliveries: Vec<i64> = sink.deliveries().iter().map(|d| d.seq).collect();
+    assert_eq!(deliveries, vec![1, 2, 3, 4]);
+    assert!(!earlier.contains(&new));
+}
+
+#[tokio::test]
+async fn an_idempotency_record_is_honoured_within_its_window_and_not_after() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    config.intake = IntakePolicy {
+        idempotency_ttl: Duration::from_secs(1),
+        dedup_window: Duration::from_secs(300),
+    };
+    let ingest = InProcessIngest::start_with(config).await;
+    let client = e2e::client();
+    let post = || {
+        client
+            .post(format!("{}/events", ingest.url))
+            .header("Idempotency-Key", "hl7-1001")
+            .json(&event_body("ttl-p", 1))
+            .send()
+    };
+    let first = post().await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    let replay = post().await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay["eventId"], first["eventId"]);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let later = post().await.unwrap();
+    assert!(later.headers().get("idempotent-replayed").is_none());
+    let later: Value = later.json().await.unwrap();
+    assert_ne!(
+        later["eventId"], first["eventId"],
+        "an expired key is a new event"
+    );
+    let db = Db::connect(&uri).await;
+    assert_eq!(
+        db.count("queued_events", doc! { "patientId": "ttl-p" })
+            .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_patients_timeline_lists_its_events_in_order_without_data_and_only_to_their_sender() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    if let medical_events::auth::Access::Required(keys) = &mut config.access {
+        keys.push(medical_events::auth::Credential::named(
+            "other-lab",
+            "other-lab-key-0123456789",
+        ));
+    }
+    let ingest = InProcessIngest::start_with(config).await;
+    let mine = send(&ingest.url, "timeline-p", 5).await;
+    let other = e2e::client_with_token("other-lab-key-0123456789")
+        .build()
+        .unwrap();
+    post_until_accepted(&other, &ingest.url, &event_body("timeline-p", 7), "other-1").await;
+
+    let page: Value = e2e::client()
+        .get(format!("{}/patients/timeline-p/events?limit=3", ingest.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        mine[..3].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert!(page["events"][0].get("data").is_none(), "never the payload");
+    let next = page["next"].as_i64().unwrap();
+    let rest: Value = e2e::client()
+        .get(format!(
+            "{}/patients/timeline-p/events?after={next}",
+            ingest.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = rest["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        mine[3..].iter().map(String::as_str).collect::<Vec<_>>(),
+        "the other lab's event is not shown"
+    );
+    let all: Value = admin()
+        .get(format!("{}/patients/timeline-p/events", ingest.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        all["events"].as_array().unwrap().len(),
+        6,
+        "an operator sees every client's"
+    );
+    let bad = e2e::client()
+        .get(format!(
+            "{}/patients/timeline-p/events?after=-1",
+            ingest.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}

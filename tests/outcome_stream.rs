@@ -1,0 +1,273 @@
+//! The live outcome stream (`GET /events/stream`, Server-Sent Events): one
+//! message per recorded outcome, in each patient's order, resumable with
+//! `Last-Event-ID`, scoped to the client; a client that never reads is cut
+//! off and ingest's memory stays flat.
+
+use std::time::Duration;
+
+use e2e::checks::Db;
+use e2e::{
+    Service, event_body, fresh_database_uri, ingest_env, post_until_accepted, processor_env,
+};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One SSE message: its id and its JSON data.
+#[derive(Debug, Clone)]
+struct Message {
+    id: String,
+    data: Value,
+}
+
+/// Reads `count` `outcome` messages from the stream at `url` (with
+/// `Last-Event-ID: last` if given), failing after `timeout`.
+async fn read_messages(
+    url: &str,
+    last: Option<&str>,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Message> {
+    let mut request = e2e::client().get(format!("{url}/events/stream"));
+    if let Some(last) = last {
+        request = request.header("Last-Event-ID", last);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut response = response;
+    let mut buffer = String::new();
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while messages.len() < count {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} messages arrived", messages.len()))
+            .unwrap()
+            .expect("the stream ended");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut data, mut event) = (None, None, None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(serde_json::from_str::<Value>(v.trim()).unwrap());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = Some(v.trim().to_owned());
+                }
+            }
+            if event.as_deref() == Some("outcome") {
+                messages.push(Message {
+                    id: id.unwrap(),
+                    data: data.unwrap(),
+                });
+            }
+        }
+    }
+    messages
+}
+
+async fn stack(uri: &str, processing: (u64, u64)) -> (Service, Service) {
+    let processor =
+        Service::start("processor", &processor_env(uri, processing.0, processing.1)).await;
+    e2e::wait_for_leases(&processor.url(), 256).await;
+    let ingest = Service::start("ingest", &ingest_env(uri, &processor.url())).await;
+    (processor, ingest)
+}
+
+#[tokio::test]
+async fn a_listener_gets_every_outcome_in_patient_order_and_resumes_where_it_left() {
+    let uri = fresh_database_uri();
+    let (_processor, ingest) = stack(&uri, (20, 40)).await;
+    let url = ingest.url();
+    let listener = tokio::spawn({
+        let url = url.clone();
+        async move { read_messages(&url, None, 10, Duration::from_secs(60)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = e2e::client();
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        for patient in ["stream-a", "stream-b"] {
+            sent.push(
+                post_until_accepted(
+                    &client,
+                    &url,
+                    &event_body(patient, n),
+                    &format!("{patient}-{n}"),
+                )
+                .await,
+            );
+        }
+    }
+    let messages = listener.await.unwrap();
+    let ids: Vec<&str> = messages
+        .iter()
+        .map(|m| m.data["eventId"].as_str().unwrap())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let mut expected: Vec<&str> = sent.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(sorted, expected, "one message per outcome");
+    for patient in ["stream-a", "stream-b"] {
+        let seqs: Vec<i64> = messages
+            .iter()
+            .filter(|m| m.data["patientId"] == patient)
+            .map(|m| m.data["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            vec![1, 2, 3, 4, 5],
+            "{patient}'s outcomes out of order"
+        );
+        assert!(messages.iter().all(|m| m.data["status"] == "processed"));
+    }
+    // Reconnecting after the fifth message replays exactly the last five.
+    let resumed = read_messages(&url, Some(&messages[4].id), 5, Duration::from_secs(30)).await;
+    let resumed_ids: Vec<&str> = resumed
+        .iter()
+        .map(|m| m.data["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(resumed_ids, ids[5..].to_vec());
+    // A client sees only its own outcomes.
+    let other = e2e::client_with_token(e2e::ADMIN_KEY).build().unwrap();
+    let response = other
+        .get(format!("{url}/events/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "an operator may listen to every client"
+    );
+    let bad = client
+        .get(format!("{url}/events/stream"))
+        .header("Last-Event-ID", "not-an-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_listener_that_never_reads_is_cut_off_and_memory_stays_flat() {
+    let uri = fresh_database_uri();
+    let (_processor, ingest) = stack(&uri, (0, 0)).await;
+    let url = ingest.url();
+    // A raw connection with a tiny receive window, that never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket
+        .connect(format!("127.0.0.1:{}", ingest.port()).parse().unwrap())
+        .await
+        .unwrap();
+    stalled
+        .write_all(
+            format!(
+                "GET /events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+                e2e::API_KEY
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = ingest.pid().unwrap();
+    let before = rss_kb(pid);
+    let client = e2e::client();
+    // More than the kernel buffers between the two sockets (about 1-4 MB on
+    // loopback): only then does the server's own buffer fill up.
+    let total = 20_000;
+    futures_util::stream::iter(0..total)
+        .for_each_concurrent(64, |n| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let patient = format!("flood-{}", n % 2000);
+                post_until_accepted(&client, &url, &event_body(&patient, n), &format!("f{n}"))
+                    .await;
+            }
+        })
+        .await;
+    let db = Db::connect(&uri).await;
+    e2e::wait_until(Duration::from_secs(300), "every outcome", || async {
+        db.processed_count().await == total as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kb(pid);
+    eprintln!(
+        "ingest RSS {before} kB before, {after} kB after {total} outcomes to a stalled listener"
+    );
+    // Now read what the server had buffered: the response ended early (its
+    // last chunk came), although outcomes kept being recorded.
+    let mut received = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = stalled.read(&mut chunk).await.unwrap();
+            received.extend_from_slice(&chunk[..n]);
+            if n == 0 || received.ends_with(b"\r\n0\r\n\r\n") {
+                return;
+            }
+        }
+    })
+    .await;
+    let metrics = reqwest::get(ingest.metrics_url())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stream_metrics: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("outcome_stream"))
+        .collect();
+    eprintln!(
+        "{stream_metrics:?}; read {} bytes; tail {:?}",
+        received.len(),
+        String::from_utf8_lossy(&received[received.len().saturating_sub(200)..])
+    );
+    assert!(ended.is_ok(), "the server never ended the stalled stream");
+    let messages = String::from_utf8_lossy(&received)
+        .matches("event: outcome")
+        .count();
+    eprintln!("the stalled listener got {messages} of {total} messages before being cut off");
+    assert!(
+        messages < total,
+        "a listener that never reads was not cut off"
+    );
+    assert!(
+        after < before + 20_000,
+        "ingest grew from {before} kB to {after} kB"
+    );
+    let metrics = reqwest::get(ingest.metrics_url())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("outcome_stream_cut_off_total 1"),
+        "{metrics}"
+    );
+}
