@@ -10,12 +10,11 @@
 
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use mongodb::Collection;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::InsertManyOptions;
 
-use crate::store::deadline::Bounded;
+use crate::store::deadline::{Bounded, BoundedAll};
 use crate::store::{Store, StoreError};
 
 pub const COLLECTION: &str = "leases";
@@ -105,12 +104,8 @@ impl Leases {
         let documents: Vec<Document> = self
             .collection
             .find(doc! { "owner": { "$nin": live }, "bucket": { "$exists": true } })
-            .bounded(operation, self.op_timeout)
-            .await?
-            .try_collect()
-            .bounded_raw(operation, self.op_timeout)
-            .await?
-            .map_err(StoreError::mongo(operation))?;
+            .all(operation, self.op_timeout)
+            .await?;
         Ok(documents.iter().map(view).collect())
     }
 
@@ -146,12 +141,8 @@ impl Leases {
         let held: Vec<Document> = self
             .collection
             .find(doc! { "owner": session })
-            .bounded(operation, self.op_timeout)
-            .await?
-            .try_collect()
-            .bounded_raw(operation, self.op_timeout)
-            .await?
-            .map_err(StoreError::mongo(operation))?;
+            .all(operation, self.op_timeout)
+            .await?;
         Ok(held.iter().map(view).collect())
     }
 

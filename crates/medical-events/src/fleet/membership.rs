@@ -9,12 +9,11 @@
 
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use mongodb::Collection;
 use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::options::{FindOneAndUpdateOptions, ReturnDocument, UpdateOptions};
 
-use crate::store::deadline::Bounded;
+use crate::store::deadline::{Bounded, BoundedAll};
 use crate::store::{Store, StoreError};
 
 pub const COLLECTION: &str = "processors";
@@ -102,12 +101,8 @@ impl Membership {
         let documents: Vec<Document> = self
             .collection
             .aggregate(pipeline)
-            .bounded(operation, self.op_timeout)
-            .await?
-            .try_collect()
-            .bounded_raw(operation, self.op_timeout)
-            .await?
-            .map_err(StoreError::mongo(operation))?;
+            .all(operation, self.op_timeout)
+            .await?;
         let mut sessions = Sessions::default();
         for document in documents {
             let Some(Bson::String(id)) = document.get("_id").cloned() else {
@@ -129,12 +124,8 @@ impl Membership {
             .collection
             .find(doc! { "_id": { "$in": ids } })
             .projection(doc! { "_id": 1 })
-            .bounded(operation, self.op_timeout)
-            .await?
-            .try_collect()
-            .bounded_raw(operation, self.op_timeout)
-            .await?
-            .map_err(StoreError::mongo(operation))?;
+            .all(operation, self.op_timeout)
+            .await?;
         Ok(documents
             .iter()
             .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))

@@ -11,13 +11,12 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::ingest::{IngestState, event_view};
+use super::paging::page_limit;
 use super::problem::ApiError;
 use crate::auth::Caller;
 use crate::event::{EventId, PatientId};
 use crate::store::{Action, ActionOutcome, ListCursor, ListQuery, ListedState};
 
-const DEFAULT_LIMIT: i64 = 100;
-const MAX_LIMIT: i64 = 1000;
 const MAX_REASON_CHARS: usize = 500;
 
 #[derive(Debug, Deserialize)]
@@ -53,22 +52,6 @@ fn decode_cursor(text: &str) -> Option<ListCursor> {
         patient: String::from_utf8(bytes).ok()?,
         seq,
     })
-}
-
-fn limit(raw: Option<&str>) -> Result<i64, ApiError> {
-    match raw {
-        None => Ok(DEFAULT_LIMIT),
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::field(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
-                )
-            }),
-    }
 }
 
 /// Events in a state, paginated by cursor (index order: bucket, patient, seq).
@@ -126,7 +109,7 @@ pub(crate) async fn list_events(
         patient: patient.map(|p| p.as_str().to_owned()),
         client: params.client,
         after,
-        limit: limit(params.limit.as_deref())?,
+        limit: page_limit(params.limit.as_deref())?,
     };
     let events = state.intake.store().list_events(&query).await?;
     let next = (events.len() as i64 == query.limit)
@@ -323,7 +306,7 @@ pub(crate) async fn audit(
                 .map_err(|_| ApiError::field("before", "is not a cursor this API gave"))
         })
         .transpose()?;
-    let limit = limit(params.limit.as_deref())?;
+    let limit = page_limit(params.limit.as_deref())?;
     let entries = state.intake.store().audit_log(before, limit).await?;
     let next = (entries.len() as i64 == limit)
         .then(|| entries.last().and_then(|e| e.get_object_id("_id").ok()))

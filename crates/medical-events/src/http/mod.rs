@@ -6,6 +6,7 @@ pub mod ingest;
 pub mod json_body;
 pub mod limits;
 pub mod openapi;
+pub mod paging;
 pub mod patients;
 pub mod problem;
 pub mod processor;

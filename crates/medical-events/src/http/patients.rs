@@ -8,12 +8,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ingest::{IngestState, event_view};
+use super::paging::page_limit;
 use super::problem::ApiError;
 use crate::auth::Caller;
 use crate::event::PatientId;
-
-const DEFAULT_LIMIT: i64 = 100;
-const MAX_LIMIT: i64 = 1000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,19 +53,7 @@ pub(crate) async fn timeline(
             .filter(|n| *n >= 0)
             .ok_or_else(|| ApiError::field("after", "must be a sequence number (0 or more)"))?,
     };
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::field(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
-                )
-            })?,
-    };
+    let limit = page_limit(params.limit.as_deref())?;
     let client = (!caller.is_admin()).then_some(&*caller.client);
     let (events, scanned_to) = state
         .intake

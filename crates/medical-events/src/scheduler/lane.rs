@@ -184,16 +184,11 @@ impl<H: EventHandler> Inner<H> {
                         .conclude(lease, claimed, result, processed_at, duration_ms)
                         .await;
                 }
-                match self
-                    .retrying(lease, || self.store.release_for_retry(&claimed, &error))
+                if !self
+                    .fenced_write(lease, || self.store.release_for_retry(&claimed, &error))
                     .await
                 {
-                    Some(Applied::Yes) => {}
-                    Some(Applied::Fenced) => {
-                        self.fenced(lease);
-                        return Step::Stop;
-                    }
-                    None => return Step::Stop,
+                    return Step::Stop;
                 }
                 claimed.event.claim = None;
                 if self
@@ -220,19 +215,14 @@ impl<H: EventHandler> Inner<H> {
         processed_at: DateTime,
         duration_ms: i64,
     ) -> Step {
-        match self
-            .retrying(lease, || {
+        if !self
+            .fenced_write(lease, || {
                 self.store
                     .record(&claimed, &result, processed_at, duration_ms)
             })
             .await
         {
-            Some(Applied::Yes) => {}
-            Some(Applied::Fenced) => {
-                self.fenced(lease);
-                return Step::Stop;
-            }
-            None => return Step::Stop,
+            return Step::Stop;
         }
         claimed.event.result = Some(result);
         claimed.event.processed_at = Some(processed_at);
@@ -264,16 +254,11 @@ impl<H: EventHandler> Inner<H> {
             (false, FailurePolicy::Continue) => RunEnd::Failed,
             (false, FailurePolicy::Park) => RunEnd::Parked,
         };
-        match self
-            .retrying(lease, || self.store.close(&claimed, end))
+        if !self
+            .fenced_write(lease, || self.store.close(&claimed, end))
             .await
         {
-            Some(Applied::Yes) => {}
-            Some(Applied::Fenced) => {
-                self.fenced(lease);
-                return Step::Stop;
-            }
-            None => return Step::Stop,
+            return Step::Stop;
         }
         report(&outcome, end, duration_ms, claimed.event.accepted_at);
         if end == RunEnd::Parked {
@@ -301,6 +286,23 @@ impl<H: EventHandler> Inner<H> {
             Err(e) => {
                 warn!(error = %e, "could not hand the event back; it will be resumed as interrupted")
             }
+        }
+    }
+
+    /// A fenced store write, retried like any other: `true` once applied;
+    /// `false` when refused by fencing (the bucket is dropped) or abandoned.
+    async fn fenced_write<F, Fut>(&self, lease: &BucketLease, operation: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Applied, StoreError>>,
+    {
+        match self.retrying(lease, operation).await {
+            Some(Applied::Yes) => true,
+            Some(Applied::Fenced) => {
+                self.fenced(lease);
+                false
+            }
+            None => false,
         }
     }
 

@@ -33,3 +33,28 @@ pub(crate) trait Bounded<T>: IntoFuture<Output = mongodb::error::Result<T>> + Si
 }
 
 impl<T, F: IntoFuture<Output = mongodb::error::Result<T>>> Bounded<T> for F {}
+
+/// A bounded query whose whole answer is wanted: the query and the reading
+/// of its cursor each within `limit`.
+pub(crate) trait BoundedAll<T>:
+    IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<T>>> + Sized
+where
+    T: serde::de::DeserializeOwned + Send + Sync + Unpin,
+{
+    async fn all(self, operation: &'static str, limit: Duration) -> Result<Vec<T>, StoreError> {
+        use futures_util::TryStreamExt;
+        self.bounded(operation, limit)
+            .await?
+            .try_collect::<Vec<T>>()
+            .bounded_raw(operation, limit)
+            .await?
+            .map_err(StoreError::mongo(operation))
+    }
+}
+
+impl<T, F> BoundedAll<T> for F
+where
+    T: serde::de::DeserializeOwned + Send + Sync + Unpin,
+    F: IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<T>>>,
+{
+}

@@ -4,11 +4,10 @@
 //! (it applies only to an event in the state the action is for) and leaves an
 //! entry in `audit_log`: who, when, what, why, before and after.
 
-use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use serde::{Deserialize, Serialize};
 
-use super::deadline::Bounded;
+use super::deadline::{Bounded, BoundedAll};
 use super::documents::{EventStatus, ProcessingResult, QueuedEvent};
 use super::error::StoreError;
 use super::{PROCESSED_EVENTS, QUEUED_EVENTS, Store};
@@ -159,12 +158,8 @@ impl Store {
                 .sort(sort)
                 .limit(missing)
                 .projection(doc! { "data": 0 })
-                .bounded(operation, self.op_timeout)
-                .await?
-                .try_collect()
-                .bounded_raw(operation, self.op_timeout)
-                .await?
-                .map_err(StoreError::mongo(operation))?;
+                .all(operation, self.op_timeout)
+                .await?;
             found.extend(page);
         }
         Ok(found)
@@ -255,12 +250,8 @@ impl Store {
         self.database()
             .collection::<Document>(QUEUED_EVENTS)
             .aggregate([doc! { "$match": matching }, doc! { "$group": group }])
-            .bounded(operation, self.op_timeout * 5)
-            .await?
-            .try_collect()
-            .bounded_raw(operation, self.op_timeout * 5)
-            .await?
-            .map_err(StoreError::mongo(operation))
+            .all(operation, self.op_timeout * 5)
+            .await
     }
 
     /// Applies an operator's action to an event and audits it.
@@ -420,11 +411,7 @@ impl Store {
             .find(filter)
             .sort(doc! { "_id": -1 })
             .limit(limit)
-            .bounded(operation, self.op_timeout)
-            .await?
-            .try_collect()
-            .bounded_raw(operation, self.op_timeout)
-            .await?
-            .map_err(StoreError::mongo(operation))
+            .all(operation, self.op_timeout)
+            .await
     }
 }

@@ -1,11 +1,10 @@
 //! Reading outcomes back in the order they were recorded (the live outcome
 //! stream's replay after a reconnect): by `processedAt`, then `eventId`.
 
-use futures_util::TryStreamExt;
 use mongodb::bson::{DateTime, doc};
 
 use super::Store;
-use super::deadline::Bounded;
+use super::deadline::BoundedAll;
 use super::documents::ProcessedEvent;
 use super::error::StoreError;
 
@@ -59,12 +58,8 @@ impl Store {
             .sort(doc! { "processedAt": 1, "eventId": 1 })
             .limit(limit)
             .projection(doc! { "data": 0 })
-            .bounded(operation, self.op_timeout)
-            .await?
-            .try_collect()
-            .bounded_raw(operation, self.op_timeout)
-            .await?
-            .map_err(StoreError::mongo(operation))?;
+            .all(operation, self.op_timeout)
+            .await?;
         Ok(found
             .into_iter()
             .filter(|o| OutcomeCursor::of(o) > *after)

@@ -17,10 +17,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
 
-use super::deadline::Bounded;
+use super::deadline::{Bounded, BoundedAll};
 use super::documents::EventStatus;
 use super::error::StoreError;
 use super::{PROCESSED_EVENTS, Store, shapes};
@@ -134,12 +133,8 @@ impl Store {
                 "_id": 1, "bucket": 1, "patientId": 1, "seq": 1, "status": 1,
                 "finishedAt": 1, "acknowledgedAt": 1, "pruned": 1,
             })
-            .bounded(operation, self.op_timeout)
-            .await?
-            .try_collect()
-            .bounded_raw(operation, self.op_timeout)
-            .await?
-            .map_err(StoreError::mongo(operation))
+            .all(operation, self.op_timeout)
+            .await
     }
 
     /// Removes the finished events of a batch; a patient's last event is
