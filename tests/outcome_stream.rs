@@ -74,6 +74,15 @@ async fn read_messages(
     messages
 }
 
+/// The `seq` of `patient`'s messages, in the order they came.
+fn seqs_of(messages: &[Message], patient: &str) -> Vec<i64> {
+    messages
+        .iter()
+        .filter(|m| m.data["patientId"] == patient)
+        .map(|m| m.data["seq"].as_i64().unwrap())
+        .collect()
+}
+
 async fn stack(uri: &str, processing: (u64, u64)) -> (Service, Service) {
     let processor =
         Service::start("processor", &processor_env(uri, processing.0, processing.1)).await;
@@ -118,11 +127,7 @@ async fn a_listener_gets_every_outcome_in_patient_order_and_resumes_where_it_lef
     expected.sort();
     assert_eq!(sorted, expected, "one message per outcome");
     for patient in ["stream-a", "stream-b"] {
-        let seqs: Vec<i64> = messages
-            .iter()
-            .filter(|m| m.data["patientId"] == patient)
-            .map(|m| m.data["seq"].as_i64().unwrap())
-            .collect();
+        let seqs = seqs_of(&messages, patient);
         assert_eq!(
             seqs,
             vec![1, 2, 3, 4, 5],
@@ -130,13 +135,31 @@ async fn a_listener_gets_every_outcome_in_patient_order_and_resumes_where_it_lef
         );
         assert!(messages.iter().all(|m| m.data["status"] == "processed"));
     }
-    // Reconnecting after the fifth message replays exactly the last five.
-    let resumed = read_messages(&url, Some(&messages[4].id), 5, Duration::from_secs(30)).await;
-    let resumed_ids: Vec<&str> = resumed
+    // Reconnecting after the fifth message replays from a little before it
+    // (delivery is at least once; all ten were recorded within the overlap):
+    // every outcome, each patient's in order, none twice.
+    let resumed = read_messages(&url, Some(&messages[4].id), 10, Duration::from_secs(30)).await;
+    let mut resumed_ids: Vec<&str> = resumed
         .iter()
         .map(|m| m.data["eventId"].as_str().unwrap())
         .collect();
-    assert_eq!(resumed_ids, ids[5..].to_vec());
+    resumed_ids.sort();
+    assert_eq!(resumed_ids, expected, "the replay after a reconnect");
+    for patient in ["stream-a", "stream-b"] {
+        let seqs = seqs_of(&resumed, patient);
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5], "{patient}'s replay out of order");
+    }
+    // A last id past everything recorded replays nothing: the next message
+    // is a new outcome.
+    let future = format!("{}-{}", now_millis() + 60_000, sent[0]);
+    let after = tokio::spawn({
+        let url = url.clone();
+        async move { read_messages(&url, Some(&future), 1, Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let newest = post_until_accepted(&client, &url, &event_body("stream-a", 5), "stream-a-5").await;
+    let after = after.await.unwrap();
+    assert_eq!(after[0].data["eventId"], newest.as_str());
     // A client sees only its own outcomes.
     let other = e2e::client_with_token(e2e::ADMIN_KEY).build().unwrap();
     let response = other
@@ -156,6 +179,13 @@ async fn a_listener_gets_every_outcome_in_patient_order_and_resumes_where_it_lef
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 fn rss_kb(pid: u32) -> u64 {

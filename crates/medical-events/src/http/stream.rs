@@ -3,13 +3,14 @@
 //! events, an operator all). Fed by one change stream on `processed_events`
 //! per ingest process, shared by its connections, opened while anyone
 //! listens. A reconnect with `Last-Event-ID` first replays what was recorded
-//! since (from the collection, as long as retention keeps it), then goes on
-//! live.
+//! since (from the collection, as long as retention keeps it, starting
+//! [`REPLAY_OVERLAP`](crate::store::REPLAY_OVERLAP) early: delivery is at least once), then goes on live.
 //!
 //! Memory is bounded per connection: a connection that does not keep up
 //! (its buffer of [`BUFFER`] messages is full, or it fell behind the shared
 //! ring) is cut off; it resumes from its last id when it comes back.
 
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{DateTime, Document, doc};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 use serde::Deserialize;
@@ -31,7 +32,7 @@ use tracing::{debug, warn};
 use super::ingest::IngestState;
 use super::problem::ApiError;
 use crate::auth::Caller;
-use crate::store::{OutcomeCursor, PROCESSED_EVENTS, ProcessedEvent, Store};
+use crate::store::{OutcomeCursor, PROCESSED_EVENTS, ProcessedEvent, Store, overlap_before};
 
 /// Messages waiting for one connection at most.
 pub const BUFFER: usize = 256;
@@ -146,7 +147,7 @@ pub(crate) struct StreamParams {
 /// Live outcomes (Server-Sent Events), resumable with `Last-Event-ID`.
 #[utoipa::path(get, path = "/events/stream", tag = "events",
     params(
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this outcome (the `id` of the last message received)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume from this outcome (the `id` of the last message received); the replay starts 10 s before it, so deduplicate by eventId and run"),
         ("lastEventId" = Option<String>, Query, description = "The same, for clients that cannot set headers"),
     ),
     responses(
@@ -240,6 +241,43 @@ fn offer(sender: &mpsc::Sender<Event>, outcome: &ProcessedEvent) -> Result<(), E
     })
 }
 
+/// The replay's most recent outcomes, to skip when the live feed repeats
+/// them; at most [`REPLAY_OVERLAP`](crate::store::REPLAY_OVERLAP) worth.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<(DateTime, (String, i32))>,
+    keys: HashSet<(String, i32)>,
+}
+
+impl Recent {
+    fn remember(&mut self, outcome: &ProcessedEvent) {
+        let key = (outcome.event_id.clone(), outcome.run);
+        self.keys.insert(key.clone());
+        self.order.push_back((outcome.processed_at, key));
+        let horizon = overlap_before(outcome.processed_at);
+        while let Some((at, key)) = self.order.front() {
+            if *at >= horizon {
+                break;
+            }
+            self.keys.remove(key);
+            self.order.pop_front();
+        }
+    }
+
+    /// Whether a live `outcome` was replayed already. Once live outcomes are
+    /// past the overlap, nothing replayed can come again: forgets them.
+    fn repeats(&mut self, outcome: &ProcessedEvent) -> bool {
+        let Some((newest, _)) = self.order.back() else {
+            return false;
+        };
+        if overlap_before(outcome.processed_at) > *newest {
+            *self = Self::default();
+            return false;
+        }
+        self.keys.contains(&(outcome.event_id.clone(), outcome.run))
+    }
+}
+
 async fn feed_one(
     store: Store,
     client: Option<String>,
@@ -248,8 +286,12 @@ async fn feed_one(
     sender: mpsc::Sender<Event>,
 ) {
     let ended: Result<(), Ended> = async {
-        let mut last = None;
-        if let Some(mut from) = resume {
+        // (eventId, run) of the replay's outcomes within the overlap of its
+        // newest: the live feed, subscribed before the replay, may bring
+        // those again.
+        let mut replayed = Recent::default();
+        if let Some(resume) = resume {
+            let mut from = resume.replay_start();
             loop {
                 let page = store
                     .outcomes_after(&from, client.as_deref(), REPLAY_PAGE)
@@ -258,6 +300,7 @@ async fn feed_one(
                 for outcome in &page {
                     offer(&sender, outcome)?;
                     from = OutcomeCursor::of(outcome);
+                    replayed.remember(outcome);
                 }
                 if (page.len() as i64) < REPLAY_PAGE {
                     break;
@@ -270,7 +313,6 @@ async fn feed_one(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            last = Some(from);
         }
         loop {
             let outcome = match live.recv().await {
@@ -281,11 +323,7 @@ async fn feed_one(
             if client.as_deref().is_some_and(|c| c != outcome.client) {
                 continue;
             }
-            // Already sent by the replay.
-            if last
-                .as_ref()
-                .is_some_and(|l| OutcomeCursor::of(&outcome) <= *l)
-            {
+            if replayed.repeats(&outcome) {
                 continue;
             }
             offer(&sender, &outcome)?;

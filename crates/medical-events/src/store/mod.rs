@@ -22,7 +22,7 @@ pub use enqueue::{EnqueueOutcome, IdempotencyKey, IntakePolicy, Submission};
 pub use error::StoreError;
 pub use lifecycle::{Applied, Claimed, Fence, NextEvent, RunEnd};
 pub use operator::{Action, ActionOutcome, ClientStats, ListCursor, ListQuery, ListedState};
-pub use outcomes::OutcomeCursor;
+pub use outcomes::{OutcomeCursor, REPLAY_OVERLAP, overlap_before};
 pub use retention::{MIN_AGE, Pruned, Retention};
 pub use sweep::Waiting;
 

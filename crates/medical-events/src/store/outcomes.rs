@@ -1,5 +1,11 @@
-//! Reading outcomes back in the order they were recorded (the live outcome
-//! stream's replay after a reconnect): by `processedAt`, then `eventId`.
+//! Reading outcomes back for the live outcome stream's replay after a
+//! reconnect: by `processedAt`, then `eventId`. That is not commit order
+//! (`processedAt` is stamped before the outcome is written, and two lanes'
+//! writes can land in either order), so a replay starts [`REPLAY_OVERLAP`]
+//! before the client's last id: an outcome committed after a later-stamped
+//! one is sent again rather than lost.
+
+use std::time::Duration;
 
 use mongodb::bson::{DateTime, doc};
 
@@ -7,6 +13,16 @@ use super::Store;
 use super::deadline::BoundedAll;
 use super::documents::ProcessedEvent;
 use super::error::StoreError;
+
+/// How far before a client's last id a replay starts: longer than an outcome
+/// takes from its `processedAt` stamp to its commit (one bounded write, a
+/// few seconds at most) plus the clock skew between processors.
+pub const REPLAY_OVERLAP: Duration = Duration::from_secs(10);
+
+/// [`REPLAY_OVERLAP`] before `at`.
+pub fn overlap_before(at: DateTime) -> DateTime {
+    DateTime::from_millis(at.timestamp_millis() - REPLAY_OVERLAP.as_millis() as i64)
+}
 
 /// A position in the outcome stream: the last outcome a client saw.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -20,6 +36,14 @@ impl OutcomeCursor {
         Self {
             processed_at: outcome.processed_at,
             event_id: outcome.event_id.clone(),
+        }
+    }
+
+    /// Where a replay for a client whose last id was this one starts.
+    pub fn replay_start(&self) -> Self {
+        Self {
+            processed_at: overlap_before(self.processed_at),
+            event_id: String::new(),
         }
     }
 
