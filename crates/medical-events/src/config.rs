@@ -709,20 +709,16 @@ fn redact_uri_password(uri: &str, message: &str) -> String {
 /// `?` would otherwise be quoted back as a port or an option); if only the
 /// original fails to parse, the password itself is what is malformed.
 pub fn invalid_mongo_uri(uri: &str, error: &mongodb::error::Error) -> ConfigError {
+    use mongodb::options::ConnectionString;
     let masked = mask_uri_password(uri);
-    let reason = if masked == uri {
-        driver_reason(error)
-    } else {
-        match mongodb::options::ConnectionString::parse(&masked) {
-            Err(masked_error) => driver_reason(&masked_error),
-            Ok(_) if mongodb::options::ConnectionString::parse(uri).is_ok() => {
-                // Parsed, refused later (at start-up): the driver's reason.
-                driver_reason(error)
-            }
-            Ok(_) => "the user name or password is malformed (percent-encode : / ? # [ ] @ % \
-                      in them)"
-                .to_owned(),
+    let reason = match ConnectionString::parse(&masked) {
+        Err(masked_error) if masked != uri => driver_reason(&masked_error),
+        Ok(_) if ConnectionString::parse(uri).is_err() => {
+            "the user name or password is malformed (percent-encode : / ? # [ ] @ % in them)"
+                .to_owned()
         }
+        // No password in the URI, or one refused only at start-up.
+        _ => driver_reason(error),
     };
     ConfigError::Invalid {
         name: "MONGO_URI",
