@@ -11,10 +11,10 @@
 use std::collections::HashSet;
 
 use e2e::checks::Db;
-use e2e::{ADMIN_KEY, InProcessIngest, fresh_database_uri};
+use e2e::{ADMIN_KEY, InProcessIngest, fresh_database_uri, post_event};
 use futures_util::future::join_all;
 use medical_events::auth::{Access, Credential};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::Document;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -35,25 +35,6 @@ fn as_client(key: &str) -> reqwest::Client {
     e2e::client_with_token(key).build().unwrap()
 }
 
-struct Answer {
-    status: StatusCode,
-    replayed: bool,
-    body: Value,
-}
-
-async fn post(client: &reqwest::Client, url: &str, body: &Value, key: Option<&str>) -> Answer {
-    let mut request = client.post(format!("{url}/events")).json(body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let response = request.send().await.unwrap();
-    Answer {
-        status: response.status(),
-        replayed: response.headers().contains_key("idempotent-replayed"),
-        body: response.json().await.unwrap(),
-    }
-}
-
 fn event(patient: &str, value: f64) -> Value {
     json!({
         "patientId": patient,
@@ -61,15 +42,6 @@ fn event(patient: &str, value: f64) -> Value {
         "ts": "2025-10-01T12:00:00Z",
         "data": { "test": "glucose", "value": value },
     })
-}
-
-async fn stored(db: &Db, patient: &str) -> Vec<Document> {
-    db.find(
-        "queued_events",
-        doc! { "patientId": patient },
-        doc! { "seq": 1 },
-    )
-    .await
 }
 
 /// `(eventId, client)` of each stored event, in sequence order.
@@ -90,14 +62,14 @@ async fn one_idempotency_key_from_two_clients_is_two_events() {
     let uri = fresh_database_uri();
     let ingest = ingest_for_two_labs(&uri).await;
     // The same key, different payloads: each lab's own event, no 422.
-    let a = post(
+    let a = post_event(
         &as_client(LAB_A.1),
         &ingest.url,
         &event("p-1", 5.4),
         Some("order-7"),
     )
     .await;
-    let b = post(
+    let b = post_event(
         &as_client(LAB_B.1),
         &ingest.url,
         &event("p-1", 6.1),
@@ -110,7 +82,7 @@ async fn one_idempotency_key_from_two_clients_is_two_events() {
     assert_ne!(a.body["eventId"], b.body["eventId"]);
     let db = Db::connect(&uri).await;
     assert_eq!(
-        owners(&stored(&db, "p-1").await),
+        owners(&db.events_of("p-1").await),
         vec![
             (
                 a.body["eventId"].as_str().unwrap().to_owned(),
@@ -129,13 +101,13 @@ async fn one_clients_retry_with_its_key_and_payload_is_replayed() {
     let uri = fresh_database_uri();
     let ingest = ingest_for_two_labs(&uri).await;
     let lab_a = as_client(LAB_A.1);
-    let first = post(&lab_a, &ingest.url, &event("p-2", 5.4), Some("order-8")).await;
-    let retry = post(&lab_a, &ingest.url, &event("p-2", 5.4), Some("order-8")).await;
+    let first = post_event(&lab_a, &ingest.url, &event("p-2", 5.4), Some("order-8")).await;
+    let retry = post_event(&lab_a, &ingest.url, &event("p-2", 5.4), Some("order-8")).await;
     assert_eq!(retry.status, StatusCode::ACCEPTED);
     assert!(retry.replayed, "Idempotent-Replayed: true");
     assert_eq!(retry.body, first.body);
     // The other lab's request with that key is its own event.
-    let other = post(
+    let other = post_event(
         &as_client(LAB_B.1),
         &ingest.url,
         &event("p-2", 5.4),
@@ -144,7 +116,7 @@ async fn one_clients_retry_with_its_key_and_payload_is_replayed() {
     .await;
     assert!(!other.replayed);
     let db = Db::connect(&uri).await;
-    let clients: Vec<String> = owners(&stored(&db, "p-2").await)
+    let clients: Vec<String> = owners(&db.events_of("p-2").await)
         .into_iter()
         .map(|(_, client)| client)
         .collect();
@@ -155,7 +127,7 @@ async fn one_clients_retry_with_its_key_and_payload_is_replayed() {
 async fn a_client_sees_its_own_events_only_and_an_operator_sees_all() {
     let uri = fresh_database_uri();
     let ingest = ingest_for_two_labs(&uri).await;
-    let accepted = post(&as_client(LAB_A.1), &ingest.url, &event("p-3", 5.4), None).await;
+    let accepted = post_event(&as_client(LAB_A.1), &ingest.url, &event("p-3", 5.4), None).await;
     let id = accepted.body["eventId"].as_str().unwrap().to_owned();
     let read = |key: &str, id: &str| {
         as_client(key)
@@ -202,7 +174,7 @@ async fn concurrent_identical_keyless_requests_through_two_instances_store_one_e
     let body = event("p-4", 5.4);
     let answers = join_all((0..20).map(|n| {
         let url = if n % 2 == 0 { &first.url } else { &second.url };
-        post(&lab_a, url, &body, None)
+        post_event(&lab_a, url, &body, None)
     }))
     .await;
     assert!(answers.iter().all(|a| a.status == StatusCode::ACCEPTED));
@@ -217,7 +189,7 @@ async fn concurrent_identical_keyless_requests_through_two_instances_store_one_e
         "exactly one of them stored it"
     );
     let db = Db::connect(&uri).await;
-    let events = stored(&db, "p-4").await;
+    let events = db.events_of("p-4").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].get_i64("seq").unwrap(), 1);
     assert_eq!(events[0].get_str("client").unwrap(), LAB_A.0);

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use e2e::checks::Db;
 use e2e::freezable_proxy::FreezableProxy;
-use e2e::{API_KEY, CLIENT, InProcessIngest, fresh_database_uri};
+use e2e::{API_KEY, Answer, CLIENT, InProcessIngest, fresh_database_uri, post_event};
 use medical_events::auth::{Access, Credential};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::Document;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -27,42 +27,11 @@ const OUTCOME_UNKNOWN: &str = "/problems/outcome-unknown";
 /// twice that before it is abandoned.
 const MONGO_TIMEOUT: Duration = Duration::from_millis(500);
 
-struct Answer {
-    status: StatusCode,
-    replayed: bool,
-    body: Value,
-}
-
-impl Answer {
-    fn event_id(&self) -> String {
-        self.body["eventId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no eventId in {}", self.body))
-            .to_owned()
-    }
-}
-
-async fn post(client: &reqwest::Client, url: &str, body: &Value, key: Option<&str>) -> Answer {
-    let mut request = client.post(format!("{url}/events")).json(body);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let response = request.send().await.expect("an answer");
-    Answer {
-        status: response.status(),
-        replayed: response
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true"),
-        body: response.json().await.unwrap_or(Value::Null),
-    }
-}
-
 /// Retries through 503s (the driver may take a moment to find the
 /// database again), as a client would; the first other answer.
 async fn retry(client: &reqwest::Client, url: &str, body: &Value, key: Option<&str>) -> Answer {
     for _ in 0..100 {
-        let answer = post(client, url, body, key).await;
+        let answer = post_event(client, url, body, key).await;
         if answer.status != StatusCode::SERVICE_UNAVAILABLE {
             return answer;
         }
@@ -78,15 +47,6 @@ fn event(patient: &str) -> Value {
         "ts": "2025-10-01T12:00:00Z",
         "data": { "test": "glucose", "value": 5.4 },
     })
-}
-
-async fn stored(db: &Db, patient: &str) -> Vec<Document> {
-    db.find(
-        "queued_events",
-        doc! { "patientId": patient },
-        doc! { "seq": 1 },
-    )
-    .await
 }
 
 fn ids(events: &[Document]) -> Vec<String> {
@@ -125,14 +85,14 @@ async fn insert_held_past_its_deadline(
     let patient = "p-held";
     let body = event(patient);
     // The patient's first event goes through, so the connection pool is warm.
-    let first = post(&client, &ingest.url, &event("p-warm"), None).await;
+    let first = post_event(&client, &ingest.url, &event("p-warm"), None).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
 
     proxy.freeze(true);
     let answer = match release_after {
         // Let the bytes through while ingest is still settling the outcome.
         Some(after) => {
-            let pending = post(&client, &ingest.url, &body, key);
+            let pending = post_event(&client, &ingest.url, &body, key);
             let release = async {
                 tokio::time::sleep(after).await;
                 proxy.freeze(false);
@@ -141,7 +101,7 @@ async fn insert_held_past_its_deadline(
         }
         // Only once ingest has answered.
         None => {
-            let answer = post(&client, &ingest.url, &body, key).await;
+            let answer = post_event(&client, &ingest.url, &body, key).await;
             proxy.freeze(false);
             answer
         }
@@ -150,7 +110,7 @@ async fn insert_held_past_its_deadline(
         StatusCode::ACCEPTED => {
             // Confirmed by the majority read: exactly that event is stored.
             assert!(!answer.replayed);
-            assert_eq!(ids(&stored(&db, patient).await), vec![answer.event_id()]);
+            assert_eq!(ids(&db.events_of(patient).await), vec![answer.event_id()]);
         }
         StatusCode::SERVICE_UNAVAILABLE => {
             assert_eq!(answer.body["type"], OUTCOME_UNKNOWN, "{}", answer.body);
@@ -166,7 +126,7 @@ async fn insert_held_past_its_deadline(
     assert_eq!(retried.status, StatusCode::ACCEPTED, "{}", retried.body);
     // Late arrivals would land within this.
     tokio::time::sleep(MONGO_TIMEOUT * 2).await;
-    let events = ids(&stored(&db, patient).await);
+    let events = ids(&db.events_of(patient).await);
     (answer, retried, events)
 }
 
@@ -220,21 +180,21 @@ async fn the_same_body_again_within_the_window_is_the_same_event() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
     let client = e2e::client();
-    let first = post(&client, &ingest.url, &event("p-dup"), None).await;
-    let again = post(&client, &ingest.url, &event("p-dup"), None).await;
+    let first = post_event(&client, &ingest.url, &event("p-dup"), None).await;
+    let again = post_event(&client, &ingest.url, &event("p-dup"), None).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
     assert!(!first.replayed);
     assert_eq!(again.status, StatusCode::ACCEPTED);
     assert!(again.replayed, "Idempotent-Replayed: true");
     assert_eq!(again.event_id(), first.event_id());
     let db = Db::connect(&uri).await;
-    assert_eq!(ids(&stored(&db, "p-dup").await), vec![first.event_id()]);
+    assert_eq!(ids(&db.events_of("p-dup").await), vec![first.event_id()]);
     // Another body for the same patient is another event.
     let mut other = event("p-dup");
     other["data"]["value"] = json!(6.1);
-    let different = post(&client, &ingest.url, &other, None).await;
+    let different = post_event(&client, &ingest.url, &other, None).await;
     assert!(!different.replayed);
-    assert_eq!(stored(&db, "p-dup").await.len(), 2);
+    assert_eq!(db.events_of("p-dup").await.len(), 2);
 }
 
 #[tokio::test]
@@ -244,21 +204,21 @@ async fn after_the_window_the_same_body_is_a_new_event() {
     config.intake.dedup_window = Duration::from_secs(1); // DEDUP_WINDOW_S=1
     let ingest = InProcessIngest::start_with(config).await;
     let client = e2e::client();
-    let first = post(&client, &ingest.url, &event("p-window"), None).await;
-    let within = post(&client, &ingest.url, &event("p-window"), None).await;
+    let first = post_event(&client, &ingest.url, &event("p-window"), None).await;
+    let within = post_event(&client, &ingest.url, &event("p-window"), None).await;
     assert!(within.replayed);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = post(&client, &ingest.url, &event("p-window"), None).await;
+    let after = post_event(&client, &ingest.url, &event("p-window"), None).await;
     assert_eq!(after.status, StatusCode::ACCEPTED);
     assert!(!after.replayed);
     assert_ne!(after.event_id(), first.event_id());
     let db = Db::connect(&uri).await;
-    let events = stored(&db, "p-window").await;
+    let events = db.events_of("p-window").await;
     assert_eq!(ids(&events), vec![first.event_id(), after.event_id()]);
     let seqs: Vec<i64> = events.iter().map(|d| d.get_i64("seq").unwrap()).collect();
     assert_eq!(seqs, vec![1, 2]);
     // And the new one is the duplicate-holder for the next window.
-    let again = post(&client, &ingest.url, &event("p-window"), None).await;
+    let again = post_event(&client, &ingest.url, &event("p-window"), None).await;
     assert!(again.replayed);
     assert_eq!(again.event_id(), after.event_id());
 }
@@ -273,15 +233,15 @@ async fn the_same_body_from_two_clients_is_two_events() {
         Credential::named("other-lab", other_key),
     ]);
     let ingest = InProcessIngest::start_with(config).await;
-    let mine = post(&e2e::client(), &ingest.url, &event("p-shared"), None).await;
+    let mine = post_event(&e2e::client(), &ingest.url, &event("p-shared"), None).await;
     let other_client = e2e::client_with_token(other_key).build().unwrap();
-    let theirs = post(&other_client, &ingest.url, &event("p-shared"), None).await;
+    let theirs = post_event(&other_client, &ingest.url, &event("p-shared"), None).await;
     assert_eq!(mine.status, StatusCode::ACCEPTED);
     assert_eq!(theirs.status, StatusCode::ACCEPTED);
     assert!(!theirs.replayed);
     assert_ne!(mine.event_id(), theirs.event_id());
     let db = Db::connect(&uri).await;
-    let events = stored(&db, "p-shared").await;
+    let events = db.events_of("p-shared").await;
     let clients: Vec<&str> = events
         .iter()
         .map(|d| d.get_str("client").unwrap())
@@ -296,13 +256,13 @@ async fn a_window_of_zero_turns_deduplication_off() {
     config.intake.dedup_window = Duration::ZERO; // DEDUP_WINDOW_S=0
     let ingest = InProcessIngest::start_with(config).await;
     let client = e2e::client();
-    let first = post(&client, &ingest.url, &event("p-nodedup"), None).await;
-    let second = post(&client, &ingest.url, &event("p-nodedup"), None).await;
+    let first = post_event(&client, &ingest.url, &event("p-nodedup"), None).await;
+    let second = post_event(&client, &ingest.url, &event("p-nodedup"), None).await;
     assert!(!second.replayed);
     assert_ne!(first.event_id(), second.event_id());
     let db = Db::connect(&uri).await;
     assert_eq!(
-        ids(&stored(&db, "p-nodedup").await),
+        ids(&db.events_of("p-nodedup").await),
         vec![first.event_id(), second.event_id()]
     );
 }
