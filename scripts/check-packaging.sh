@@ -3,6 +3,12 @@
 #   - docker-compose.yml is valid            (docker-compose config -q)
 #   - ... also with the `observability` profile (Prometheus + Grafana)
 #   - compose can plan the image builds      (docker-compose --dry-run build)
+#   - the topology the README promises, asserted on `docker-compose config
+#     --format json` with python3: the processor runs as a fleet of 3
+#     replicas with no published port; no /metrics port is published;
+#     MongoDB is published on 127.0.0.1 only (if at all); ingest's host port
+#     is a range, so `--scale ingest=N` does not clash, and no other host
+#     port lies in it; Prometheus finds every replica by DNS
 #   - every JSON file under deploy/ parses   (python3 -m json.tool)
 #   - both Dockerfiles lint clean at warning (hadolint --failure-threshold warning)
 #
@@ -121,6 +127,134 @@ run_check "compose config (observability profile)" \
 # Dockerfiles: that needs a real `docker compose build`.
 run_check "compose dry-run build" \
     docker-compose -f "$COMPOSE_FILE" --dry-run build
+
+# --- topology (offline: from the resolved configuration) ---------------------
+
+COMPOSE_JSON=$(mktemp)
+trap 'rm -f "$COMPOSE_JSON"' EXIT
+docker-compose -f "$COMPOSE_FILE" --profile observability config --format json >"$COMPOSE_JSON" 2>/dev/null \
+    || echo '{}' >"$COMPOSE_JSON"
+
+# assert_compose NAME: one of the assertions below on the resolved compose
+# file (all profiles); prints what breaks it and fails, or passes silently.
+assert_compose() {
+    python3 - "$COMPOSE_JSON" "$1" <<'PY'
+import json, sys
+
+config = json.load(open(sys.argv[1]))
+services = config.get("services", {})
+problems = []
+
+
+def published(service):
+    return services.get(service, {}).get("ports") or []
+
+
+def host_range(port):
+    """The host ports a `published` value ("3000", "3000-3009") may take."""
+    text = str(port.get("published", ""))
+    if not text:
+        return None  # an ephemeral port
+    low, _, high = text.partition("-")
+    return int(low), int(high or low)
+
+
+def metrics_port(service):
+    env = services[service].get("environment") or {}
+    default = {"ingest": "9464", "processor": "9465"}.get(service)
+    value = env.get("METRICS_PORT", default)
+    return int(value) if value else None
+
+
+check = sys.argv[2]
+if check == "fleet":
+    processor = services.get("processor")
+    if processor is None:
+        problems.append("no processor service")
+    else:
+        replicas = (processor.get("deploy") or {}).get("replicas")
+        if replicas != 3:
+            problems.append(f"processor: deploy.replicas is {replicas}, expected 3")
+        if published("processor"):
+            problems.append(f"processor publishes {published('processor')}: replicas cannot share a host port")
+        if processor.get("container_name"):
+            problems.append("processor has a container_name: it cannot be scaled")
+elif check == "metrics":
+    for name in ("ingest", "processor"):
+        if name not in services:
+            problems.append(f"no {name} service")
+            continue
+        port = metrics_port(name)
+        if port is None:
+            problems.append(f"{name}: METRICS_PORT is not set")
+        for p in published(name):
+            if p.get("target") in (port, 9464, 9465):
+                problems.append(f"{name} publishes its metrics port: {p}")
+elif check == "mongodb":
+    for p in published("mongodb"):
+        if p.get("host_ip") != "127.0.0.1":
+            problems.append(f"mongodb is published beyond the loopback: {p}")
+elif check == "ingest":
+    ingest = services.get("ingest")
+    if ingest is None:
+        problems.append("no ingest service")
+    else:
+        if ingest.get("container_name"):
+            problems.append("ingest has a container_name: it cannot be scaled")
+        ranges = []
+        for p in published("ingest"):
+            span = host_range(p)
+            if span is None:
+                continue  # ephemeral: scale-safe
+            if span[1] <= span[0]:
+                problems.append(f"ingest publishes a single host port {p.get('published')}: "
+                                "`--scale ingest=2` would clash; use a range (3000-3009)")
+            ranges.append(span)
+        for name in services:
+            if name == "ingest":
+                continue
+            for p in published(name):
+                span = host_range(p)
+                for low, high in ranges:
+                    if span and span[0] <= high and low <= span[1]:
+                        problems.append(f"{name} publishes host port {p.get('published')}, "
+                                        f"inside ingest's range {low}-{high}")
+elif check == "prometheus":
+    # Scrapes every replica: an A-record lookup of each service name, on the
+    # metrics port (Docker's DNS answers with every replica's address).
+    mounted = [v for v in (services.get("prometheus", {}).get("volumes") or [])
+               if str(v.get("target", "")).endswith("prometheus.yml")]
+    if not mounted:
+        problems.append("prometheus mounts no prometheus.yml")
+    else:
+        text = open(mounted[0]["source"]).read()
+        for name in ("ingest", "processor"):
+            port = metrics_port(name) if name in services else None
+            block = text.split(f"job_name: {name}", 1)[-1].split("job_name:", 1)[0]
+            if "job_name: " + name not in text:
+                problems.append(f"no scrape job {name}")
+            elif ("dns_sd_configs" not in block or f'"{name}"' not in block
+                  or "type: A" not in block or f"port: {port}" not in block):
+                problems.append(f"job {name}: needs dns_sd_configs of type A on \"{name}\", port {port}")
+else:
+    problems.append(f"unknown check {check}")
+
+for problem in problems:
+    print(problem)
+sys.exit(1 if problems else 0)
+PY
+}
+
+run_check "compose: the processor is a fleet of 3 replicas, no published port" \
+    assert_compose fleet
+run_check "compose: no /metrics port published" \
+    assert_compose metrics
+run_check "compose: MongoDB published on 127.0.0.1 only (if at all)" \
+    assert_compose mongodb
+run_check "compose: ingest's host port is a range (scale-safe), no other host port in it" \
+    assert_compose ingest
+run_check "prometheus: every replica scraped (dns_sd_configs type A, metrics ports)" \
+    assert_compose prometheus
 
 run_check "hadolint (failure threshold: warning)" \
     hadolint --no-color --failure-threshold warning "${DOCKERFILES[@]}"

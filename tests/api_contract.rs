@@ -51,3 +51,72 @@ async fn the_served_document_is_the_committed_one_and_describes_3_1() {
         );
     }
 }
+
+/// The committed document `name`, parsed.
+fn document(name: &str) -> Value {
+    serde_json::from_str(&committed(name)).unwrap()
+}
+
+#[test]
+fn the_documents_describe_replays_unknown_outcomes_clients_and_leases() {
+    let ingest = document("ingest.json");
+    let post = &ingest["paths"]["/events"]["post"];
+    assert!(
+        post["responses"]["202"]["headers"]["Idempotent-Replayed"].is_object(),
+        "POST /events 202 documents Idempotent-Replayed"
+    );
+    // A 503 names the problem type of an unknown outcome and its eventId.
+    let unavailable = &ingest["components"]["schemas"]["Unavailable"];
+    assert_eq!(
+        post["responses"]["503"]["content"]["application/problem+json"]["schema"]["$ref"],
+        "#/components/schemas/Unavailable"
+    );
+    assert!(
+        unavailable["properties"]["type"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&"/problems/outcome-unknown".into())
+    );
+    assert_eq!(unavailable["properties"]["eventId"]["format"], "uuid");
+    // A client reads its own events; another client's is a 404.
+    let get = &ingest["paths"]["/events/{eventId}"]["get"];
+    assert!(
+        get["responses"]["404"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("another client")
+    );
+    let state = &ingest["components"]["schemas"]["EventState"]["properties"];
+    assert_eq!(state["client"]["type"], "string");
+    assert_eq!(
+        ingest["components"]["schemas"]["EventStatus"]["enum"],
+        serde_json::json!([
+            "queued",
+            "processing",
+            "processed",
+            "failed",
+            "parked",
+            "skipped"
+        ])
+    );
+
+    let processor = document("processor.json");
+    let queue = &processor["paths"]["/queue"]["post"];
+    assert!(
+        queue["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "Event-Stored" && p["in"] == "header"),
+        "POST /queue documents the Event-Stored header"
+    );
+    let ready = &processor["paths"]["/ready"]["get"]["responses"]["200"];
+    assert_eq!(
+        ready["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ProcessorReady"
+    );
+    assert_eq!(
+        processor["components"]["schemas"]["ProcessorReady"]["properties"]["leases"]["type"],
+        "integer"
+    );
+}

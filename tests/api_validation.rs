@@ -332,3 +332,182 @@ async fn indexes_of_the_original_exist_after_start_up() {
         "queued_events keeps exactly the indexes its guarantees and hot queries need"
     );
 }
+
+/// A response read off a raw HTTP/1.1 connection.
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl RawResponse {
+    /// Whether the server said it closes the connection after this response.
+    fn announces_close(&self) -> bool {
+        self.headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case("connection")
+                && value
+                    .split(',')
+                    .any(|token| token.trim().eq_ignore_ascii_case("close"))
+        })
+    }
+}
+
+/// Writes one request (head and body at once, as a client does that does
+/// not wait for `100 Continue`) while reading the response, on a connection
+/// that may be reused afterwards. `None`: the server closed the connection
+/// without answering.
+async fn exchange(
+    stream: &mut tokio::net::TcpStream,
+    head: &str,
+    body: &[u8],
+) -> Option<RawResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut reader, mut writer) = stream.split();
+    let write = async {
+        // The server may answer early and close: a failed write is its right.
+        let _ = writer.write_all(head.as_bytes()).await;
+        let _ = writer.write_all(body).await;
+    };
+    let read = async {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let header_end = loop {
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let text = String::from_utf8_lossy(&received[..header_end]).into_owned();
+        let mut lines = text.split("\r\n");
+        let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, value)| value.parse().ok())
+            .expect("responses here carry Content-Length");
+        while received.len() < header_end + length {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Some(RawResponse { status, headers })
+    };
+    let ((), response) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::join!(write, read)
+    })
+    .await
+    .expect("an answer within 10 s");
+    response
+}
+
+fn post_head(authorization: Option<&str>, content_type: &str, length: usize) -> String {
+    let authorization = authorization
+        .map(|key| format!("Authorization: Bearer {key}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /events HTTP/1.1\r\nHost: ingest\r\n{authorization}Content-Type: {content_type}\r\n\
+         Content-Length: {length}\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_is_told_when_an_early_answer_closes_the_connection() {
+    let uri = fresh_database_uri();
+    let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
+    let address = ingest.url.trim_start_matches("http://").to_owned();
+    let large = json!({"patientId": "p-large", "type": "t", "ts": "2025-10-01T12:00:00Z",
+        "data": {"blob": "x".repeat(2 * 1024 * 1024)}})
+    .to_string();
+    let small = valid().to_string();
+    // Answers given before the body was read, or before all of it was.
+    let cases: [(&str, Option<&str>, &str, &str, u16); 5] = [
+        (
+            "a body over 1 MiB",
+            Some(e2e::API_KEY),
+            "application/json",
+            &large,
+            413,
+        ),
+        (
+            "no API key, large body",
+            None,
+            "application/json",
+            &large,
+            401,
+        ),
+        (
+            "no API key, small body",
+            None,
+            "application/json",
+            &small,
+            401,
+        ),
+        (
+            "text/plain, large body",
+            Some(e2e::API_KEY),
+            "text/plain",
+            &large,
+            415,
+        ),
+        (
+            "text/plain, small body",
+            Some(e2e::API_KEY),
+            "text/plain",
+            &small,
+            415,
+        ),
+    ];
+    for (n, (name, key, content_type, body, expected)) in cases.into_iter().enumerate() {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = post_head(key, content_type, body.len());
+        let refused = exchange(&mut stream, &head, body.as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("{name}: no answer"));
+        assert_eq!(refused.status, expected, "{name}");
+
+        // A keep-alive client reuses the connection unless told otherwise;
+        // told, it opens a new one. Either way the next request succeeds.
+        if refused.announces_close() {
+            use tokio::io::AsyncReadExt;
+            let mut rest = Vec::new();
+            let closed = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream.read_to_end(&mut rest),
+            )
+            .await;
+            assert!(
+                closed.is_ok() && rest.is_empty(),
+                "{name}: announced Connection: close but kept the connection"
+            );
+            stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        }
+        let event = json!({"patientId": format!("p-next-{n}"), "type": "t",
+            "ts": "2025-10-01T12:00:00Z", "data": {}})
+        .to_string();
+        let head = post_head(Some(e2e::API_KEY), "application/json", event.len());
+        let next = exchange(&mut stream, &head, event.as_bytes())
+            .await
+            .unwrap_or_else(|| {
+                panic!("{name}: the server closed the connection without saying Connection: close")
+            });
+        assert_eq!(next.status, 202, "{name}: the request after it");
+    }
+    // What was stored: the five requests that followed, nothing refused.
+    let db = Db::connect(&uri).await;
+    assert_eq!(db.count("queued_events", doc! {}).await, 5);
+    assert_eq!(
+        db.count(
+            "queued_events",
+            doc! { "patientId": { "$regex": "^p-next-" } }
+        )
+        .await,
+        5
+    );
+}

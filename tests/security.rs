@@ -230,6 +230,157 @@ async fn services_refuse_to_start_without_credentials_unless_auth_is_disabled_ex
     processor.kill9();
 }
 
+/// A credential as it might appear in any setting: URIs, files, headers.
+const PASSWORD: &str = "S3cret-Passw0rd-x9";
+
+/// Runs `binary` with exactly `env`; its exit code and everything it printed.
+async fn start_briefly(binary: &str, env: &[(&str, String)]) -> (Option<i32>, String) {
+    let binary = e2e::binary_path(binary);
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(20), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{env:?}: a configuration error stops start-up at once"))
+        .unwrap();
+    let mut printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    printed.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), printed)
+}
+
+#[tokio::test]
+async fn no_configuration_error_prints_a_credential() {
+    let dir = std::env::temp_dir().join(format!("creds-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, content: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let ingest = |name: &'static str, value: String| {
+        let mut env = vec![
+            ("MONGO_URI", "mongodb://127.0.0.1:1/x".to_owned()),
+            ("PROCESSOR_URL", "http://127.0.0.1:9".to_owned()),
+            ("INGEST_API_KEYS", API_KEY.to_owned()),
+            ("PROCESSOR_TOKEN", PROCESSOR_TOKEN.to_owned()),
+        ];
+        // `NAME_FILE` stands in for `NAME`.
+        env.retain(|(k, _)| *k != name.trim_end_matches("_FILE"));
+        env.push((name, value));
+        ("ingest", name, env)
+    };
+    let processor = |settings: Vec<(&'static str, String)>| {
+        let mut env = vec![
+            ("MONGO_URI", "mongodb://127.0.0.1:1/x".to_owned()),
+            ("PROCESSOR_TOKEN", PROCESSOR_TOKEN.to_owned()),
+        ];
+        let name = settings.last().unwrap().0;
+        env.retain(|(k, _)| {
+            settings
+                .iter()
+                .all(|(s, _)| s.trim_end_matches("_FILE") != *k)
+        });
+        env.extend(settings);
+        ("processor", name, env)
+    };
+    let cases = [
+        // The driver refuses the URI: a port, an option, its own rules.
+        ingest(
+            "MONGO_URI",
+            format!("mongodb://admin:{PASSWORD}@db:notaport/x"),
+        ),
+        ingest(
+            "MONGO_URI",
+            format!("mongodb://admin:{PASSWORD}@db/x?tls=maybe"),
+        ),
+        ingest(
+            "MONGO_URI",
+            format!("mongodb+srv://admin:{PASSWORD}@db:27017/x"),
+        ),
+        // A password with an unencoded `?`, `/` or `@`: parsed as something else.
+        ingest(
+            "MONGO_URI",
+            format!("mongodb://admin:{PASSWORD}?{PASSWORD}@db/x"),
+        ),
+        ingest(
+            "MONGO_URI",
+            format!("mongodb://admin:{PASSWORD}/{PASSWORD}@db/x"),
+        ),
+        ingest(
+            "MONGO_URI",
+            format!("mongodb://admin:{PASSWORD}@{PASSWORD}@db/x"),
+        ),
+        // Not a MongoDB URI at all, with and without a scheme.
+        ingest("MONGO_URI", format!("postgres://admin:{PASSWORD}@db/x")),
+        ingest("MONGO_URI", format!("admin:{PASSWORD}@db")),
+        // Parsed, then refused by the driver at start-up.
+        processor(vec![(
+            "MONGO_URI",
+            format!("mongodb://admin:{PASSWORD}@db1,db2/x?directConnection=true"),
+        )]),
+        ingest("PROCESSOR_URL", format!("ftp://user:{PASSWORD}@processor/")),
+        ingest(
+            "PROCESSOR_URL",
+            format!("http://user:{PASSWORD}@processor:99999/"),
+        ),
+        processor(vec![(
+            "DELIVERY_URL",
+            format!("ftp://user:{PASSWORD}@sink/deliveries"),
+        )]),
+        processor(vec![(
+            "DELIVERY_URL",
+            format!("http://user:{PASSWORD}@sink:notaport/deliveries"),
+        )]),
+        processor(vec![
+            ("DELIVERY_URL", "http://sink/deliveries".to_owned()),
+            (
+                "DELIVERY_AUTH_HEADER",
+                format!("Authorization Bearer {PASSWORD}"),
+            ),
+        ]),
+        processor(vec![
+            ("DELIVERY_URL", "http://sink/deliveries".to_owned()),
+            (
+                "DELIVERY_AUTH_HEADER",
+                format!("Authorization: Bearer {PASSWORD}\u{1}"),
+            ),
+        ]),
+        // Mounted secrets whose content is refused.
+        ingest(
+            "INGEST_API_KEYS_FILE",
+            file("keys", format!("lab a:{PASSWORD}\n")),
+        ),
+        ingest(
+            "ADMIN_API_KEYS_FILE",
+            file("admins", "Sh0rt-S3cret\n".to_owned()),
+        ),
+        processor(vec![(
+            "PROCESSOR_TOKEN_FILE",
+            file("token", format!("{PASSWORD}\u{1}\n")),
+        )]),
+    ];
+    for (binary, name, env) in cases {
+        let (code, printed) = start_briefly(binary, &env).await;
+        let setting = &env.iter().find(|(k, _)| *k == name).unwrap().1;
+        assert_eq!(code, Some(2), "{binary} {name}={setting:?}: {printed}");
+        assert_eq!(
+            printed.lines().count(),
+            1,
+            "{binary} {name}: one line, got {printed}"
+        );
+        assert!(printed.contains(name), "{binary}: {printed}");
+        for secret in [PASSWORD, "Sh0rt-S3cret"] {
+            assert!(
+                !printed.contains(secret),
+                "{binary} {name}={setting:?} printed a credential: {printed}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn each_client_has_its_own_rate_limit() {
     let uri = fresh_database_uri();

@@ -43,6 +43,16 @@ impl Db {
             .expect("cursor")
     }
 
+    /// A patient's stored events (`queued_events`), in sequence order.
+    pub async fn events_of(&self, patient: &str) -> Vec<Document> {
+        self.find(
+            "queued_events",
+            doc! { "patientId": patient },
+            doc! { "seq": 1 },
+        )
+        .await
+    }
+
     pub async fn index_names(&self, collection: &str) -> Vec<String> {
         self.db
             .collection::<Document>(collection)

@@ -162,6 +162,45 @@ pub fn ingest_env(mongo_uri: &str, processor_url: &str) -> Vec<(&'static str, St
     ]
 }
 
+/// What `POST /events` answered.
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    /// `Idempotent-Replayed: true`: a retry or duplicate of a stored event.
+    pub replayed: bool,
+    pub body: serde_json::Value,
+}
+
+impl Answer {
+    pub fn event_id(&self) -> String {
+        self.body["eventId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no eventId in {}", self.body))
+            .to_owned()
+    }
+}
+
+/// `POST /events` with `body`, and `Idempotency-Key: key` if given.
+pub async fn post_event(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    key: Option<&str>,
+) -> Answer {
+    let mut request = client.post(format!("{url}/events")).json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.expect("an answer");
+    Answer {
+        status: response.status(),
+        replayed: response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true"),
+        body: response.json().await.unwrap_or(serde_json::Value::Null),
+    }
+}
+
 /// Posts one event, retrying (same Idempotency-Key) through connection
 /// errors and 503s, as a well-behaved client would. Returns the eventId.
 pub async fn post_until_accepted(

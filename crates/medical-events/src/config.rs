@@ -208,7 +208,7 @@ impl IngestConfig {
         {
             return Err(invalid(
                 "PROCESSOR_URL",
-                &processor_url,
+                &mask_uri_password(&processor_url),
                 "must be an http(s) URL",
             ));
         }
@@ -362,6 +362,11 @@ fn mongo(source: &impl Source) -> Result<MongoSettings, ConfigError> {
             &mask_uri_password(&uri),
             "must start with mongodb:// or mongodb+srv://",
         ));
+    }
+    // The driver's own parser (no I/O: a mongodb+srv name is resolved at
+    // start-up), so that a malformed URI is a configuration error here.
+    if let Err(error) = mongodb::options::ConnectionString::parse(&uri) {
+        return Err(invalid_mongo_uri(&uri, &error));
     }
     Ok(MongoSettings {
         uri,
@@ -587,7 +592,11 @@ fn delivery(source: &impl Source) -> Result<Option<DeliverySettings>, ConfigErro
     if !(url.starts_with("http://") || url.starts_with("https://"))
         || reqwest::Url::parse(&url).is_err()
     {
-        return Err(invalid("DELIVERY_URL", &url, "must be an http(s) URL"));
+        return Err(invalid(
+            "DELIVERY_URL",
+            &mask_uri_password(&url),
+            "must be an http(s) URL",
+        ));
     }
     let auth_header = match source.get("DELIVERY_AUTH_HEADER") {
         None => None,
@@ -628,18 +637,101 @@ fn patient_logging(source: &impl Source) -> Result<PatientLoggingSetting, Config
 }
 
 /// `mongodb://user:secret@host` -> `mongodb://user:***@host`, for messages.
+///
+/// Everything up to the last `@` counts as user information, whatever it
+/// contains: a password with an unencoded `/`, `?` or `@` (the mistake that
+/// makes a URI invalid in the first place) is masked whole. A URI whose
+/// query holds an `@` loses more than its password; a message can afford that.
 pub fn mask_uri_password(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
+    let (scheme, rest) = match uri.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, uri),
+    };
+    let Some((userinfo, after)) = rest.rsplit_once('@') else {
         return uri.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{tail}")
+    let user = userinfo.split(':').next().unwrap_or("");
+    match scheme {
+        Some(scheme) => format!("{scheme}://{user}:***@{after}"),
+        None => format!("{user}:***@{after}"),
+    }
+}
+
+/// The password in `uri`, as written and percent-decoded (empty if none).
+fn uri_password(uri: &str) -> Vec<String> {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let Some((_, password)) = rest
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+    else {
+        return Vec::new();
+    };
+    let mut forms = vec![password.to_owned()];
+    if let Some(decoded) = percent_decode(password)
+        && decoded != password
+    {
+        forms.push(decoded);
+    }
+    forms
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(byte);
+            rest = tail;
         }
-        None => uri.to_owned(),
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// `message` with the password of `uri` replaced by `***`.
+fn redact_uri_password(uri: &str, message: &str) -> String {
+    let mut message = message.to_owned();
+    for password in uri_password(uri) {
+        // Shorter ones would mask unrelated letters.
+        if password.chars().count() >= 3 {
+            message = message.replace(&password, "***");
+        }
+    }
+    message
+}
+
+/// The driver refused `uri` (`error`): the setting's error, without the
+/// password. The driver's reason is taken from parsing the URI with its
+/// password masked, so it cannot quote it (a password with an unencoded
+/// `?` would otherwise be quoted back as a port or an option); if only the
+/// original fails to parse, the password itself is what is malformed.
+pub fn invalid_mongo_uri(uri: &str, error: &mongodb::error::Error) -> ConfigError {
+    use mongodb::options::ConnectionString;
+    let masked = mask_uri_password(uri);
+    let reason = match ConnectionString::parse(&masked) {
+        Err(masked_error) if masked != uri => driver_reason(&masked_error),
+        Ok(_) if ConnectionString::parse(uri).is_err() => {
+            "the user name or password is malformed (percent-encode : / ? # [ ] @ % in them)"
+                .to_owned()
+        }
+        // No password in the URI, or one refused only at start-up.
+        _ => driver_reason(error),
+    };
+    ConfigError::Invalid {
+        name: "MONGO_URI",
+        value: masked,
+        reason: redact_uri_password(uri, &reason),
+    }
+}
+
+fn driver_reason(error: &mongodb::error::Error) -> String {
+    match error.kind.as_ref() {
+        mongodb::error::ErrorKind::InvalidArgument { message, .. }
+        | mongodb::error::ErrorKind::DnsResolve { message, .. } => message.clone(),
+        _ => error.to_string(),
     }
 }
 
@@ -728,5 +820,44 @@ mod tests {
         ])
         .unwrap_err();
         assert!(zero_timeout.to_string().contains("MONGO_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn uri_passwords_are_masked_whole_whatever_they_contain() {
+        for (uri, masked) in [
+            ("mongodb://u:pw@db/x", "mongodb://u:***@db/x"),
+            ("mongodb://u:p/w?x@db/x?w=1", "mongodb://u:***@db/x?w=1"),
+            ("mongodb://u:p@w@db", "mongodb://u:***@db"),
+            ("u:pw@db", "u:***@db"),
+            ("http://u:pw@processor:3001", "http://u:***@processor:3001"),
+            ("mongodb://db/x?w=1", "mongodb://db/x?w=1"),
+        ] {
+            assert_eq!(mask_uri_password(uri), masked, "{uri}");
+        }
+    }
+
+    #[test]
+    fn a_refused_mongo_uri_is_explained_without_its_password() {
+        for uri in [
+            "mongodb://admin:pa?ss-w0rd@db/x",
+            "mongodb://admin:pa%zzss-w0rd@db/x",
+            "mongodb://admin:pass-w0rd@db:port/x",
+            "mongodb://admin:pass%2Dw0rd@db/x?tls=maybe",
+        ] {
+            let error = mongodb::options::ConnectionString::parse(uri).unwrap_err();
+            let text = invalid_mongo_uri(uri, &error).to_string();
+            assert!(text.starts_with("MONGO_URI="), "{text}");
+            for secret in ["pa?ss", "pass-w0rd", "pass%2Dw0rd", "zzss"] {
+                assert!(!text.contains(secret), "{text}");
+            }
+        }
+        let error = IngestConfig::from_source(&[
+            ("MONGO_URI", "mongodb://admin:pass-w0rd@db:port/x"),
+            ("PROCESSOR_URL", "http://p:3001"),
+            ("AUTH_DISABLED", "true"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("port must be an integer"), "{error}");
     }
 }

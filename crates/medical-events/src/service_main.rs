@@ -101,6 +101,10 @@ pub async fn main<S: Service>() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ StartupError::Config(_)) => {
+            tracing::error!(error = %e, "{} cannot start", S::NAME);
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!(error = %e, "{} failed", S::NAME);
             ExitCode::FAILURE

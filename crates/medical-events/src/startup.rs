@@ -28,6 +28,10 @@ use crate::worker::{Worker, WorkerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// A setting found wrong only at start-up (a `mongodb+srv` name that
+    /// does not resolve): exit code 2, as for the other settings.
+    #[error("configuration error: {0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on port {port}: {source}")]
@@ -54,7 +58,13 @@ async fn open_store(
 ) -> Result<Store, StartupError> {
     // Install the metrics recorder before anything records.
     crate::metrics::handle();
-    let store = Store::connect(&settings.uri, settings.timeout, app_name).await?;
+    let store = match Store::connect(&settings.uri, settings.timeout, app_name).await {
+        Ok(store) => store,
+        Err(StoreError::InvalidUri(e)) => {
+            return Err(crate::config::invalid_mongo_uri(&settings.uri, &e).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut delay = Duration::from_millis(250);
     loop {
         match store.ensure_indexes().await {

@@ -68,6 +68,18 @@ pub(crate) async fn live_doc() {}
 #[allow(dead_code)] // documentation of the route; the handler is `ready`
 pub(crate) async fn ready_doc() {}
 
+/// Readiness: MongoDB answers a ping within 2 s. `leases`: the bucket
+/// leases this processor holds (0 until it has joined the fleet).
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready to take work", body = super::openapi::ProcessorReady),
+        (status = 503, description = "MongoDB does not answer", body = super::openapi::Problem,
+            content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
+#[allow(dead_code)] // documentation of the route; the handler is `ready_with`
+pub(crate) async fn processor_ready_doc() {}
+
 /// The `healthcheck` subcommand of both binaries (for container HEALTHCHECKs
 /// in images without curl): exit 0 if `GET /health` on `port` answers 200.
 pub async fn probe(port: u16, https: bool) -> bool {

@@ -1,6 +1,7 @@
 //! The HTTP faces of the two services.
 
 pub mod admin;
+pub mod connection;
 pub mod health;
 pub mod ingest;
 pub mod json_body;
@@ -24,10 +25,14 @@ pub fn metrics_router() -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(problem::not_found)
+        .layer(axum::middleware::from_fn(
+            connection::close_unless_body_read,
+        ))
 }
 
 /// Layers both services share: body limit, problem+json fallbacks, request
-/// spans, and the bounds on requests in flight and their duration.
+/// spans, the bounds on requests in flight and their duration, and,
+/// outermost, `Connection: close` on answers that leave a body unread.
 fn finish(router: Router, limits: HttpLimits) -> Router {
     let router = router
         .fallback(problem::not_found)
@@ -36,5 +41,7 @@ fn finish(router: Router, limits: HttpLimits) -> Router {
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(axum::middleware::from_fn(crate::trace_context::propagate))
         .layer(TraceLayer::new_for_http());
-    limits::bounded(router, limits)
+    limits::bounded(router, limits).layer(axum::middleware::from_fn(
+        connection::close_unless_body_read,
+    ))
 }

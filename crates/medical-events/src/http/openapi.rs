@@ -74,6 +74,24 @@ pub struct ResultView {
     error: Option<String>,
 }
 
+/// Where an event is in its life: `queued` (waiting for its turn: the
+/// patient's earlier events come first), `processing` (an attempt is
+/// running), `processed` (`result` says how), `failed` (given up after
+/// `MAX_ATTEMPTS`; the patient's later events went on), `parked` (given up
+/// with `ON_FAILURE=park`: the patient's later events wait for an
+/// operator), `skipped` (set aside by an operator).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    Queued,
+    Processing,
+    Processed,
+    Failed,
+    Parked,
+    Skipped,
+}
+
 /// Where an accepted event is; `result`, `processedAt` and
 /// `processingDurationMs` appear once it has an outcome.
 #[derive(Serialize, ToSchema)]
@@ -88,8 +106,11 @@ pub struct EventState {
     #[schema(format = DateTime)]
     ts: String,
     seq: i64,
-    /// `queued`, `processing`, `processed` or `failed`.
-    status: String,
+    /// The API client whose key sent the event (the name before `:` in
+    /// `INGEST_API_KEYS`).
+    #[schema(example = "lab-a")]
+    client: String,
+    status: EventStatus,
     attempts: i32,
     #[schema(format = DateTime)]
     accepted_at: String,
@@ -143,11 +164,57 @@ pub struct Problem {
     errors: Option<Vec<FieldProblem>>,
 }
 
+/// A `503`: nothing was stored (`type` is `about:blank`: the store is
+/// unavailable, the service at capacity or the request too slow), or, with
+/// `type` `/problems/outcome-unknown`, the database did not confirm whether
+/// the event was stored: `eventId` names it. A retry with the same
+/// `Idempotency-Key` (or, without one, the same body within
+/// `DEDUP_WINDOW_S`) stores it at most once and answers with its eventId.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Unavailable {
+    #[serde(rename = "type")]
+    #[schema(inline)]
+    problem_type: UnavailableType,
+    #[schema(example = "Service Unavailable")]
+    title: String,
+    #[schema(example = 503)]
+    status: u16,
+    detail: String,
+    /// Only with `/problems/outcome-unknown`: the event that may or may not
+    /// be stored.
+    #[serde(rename = "eventId")]
+    #[schema(format = Uuid)]
+    event_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub enum UnavailableType {
+    #[serde(rename = "about:blank")]
+    NothingStored,
+    #[serde(rename = "/problems/outcome-unknown")]
+    OutcomeUnknown,
+}
+
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct Health {
     status: String,
     service: String,
+}
+
+/// The processor's readiness, with the bucket leases it holds (of 256;
+/// the fleet shares them).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ProcessorReady {
+    #[schema(example = "ready")]
+    status: String,
+    #[schema(example = "processor-service")]
+    service: String,
+    #[schema(example = 256, minimum = 0)]
+    leases: u64,
 }
 
 struct BearerAuth;
@@ -172,8 +239,8 @@ impl Modify for BearerAuth {
         super::health::live_doc, super::health::ready_doc
     ),
     components(schemas(
-        EventBody, Queued, EventState, EventPage, Timeline, Problem, FieldProblem, ResultView,
-        Health, super::admin::Reason
+        EventBody, Queued, EventState, EventStatus, EventPage, Timeline, Problem, Unavailable,
+        FieldProblem, ResultView, Health, super::admin::Reason
     )),
     modifiers(&BearerAuth)
 )]
@@ -182,8 +249,8 @@ pub struct IngestApi;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Medical events: processor", description = "Processes each patient's events in order, exactly once."),
-    paths(super::processor::queue_event, super::health::live_doc, super::health::ready_doc),
-    components(schemas(QueueBody, Accepted, Problem, FieldProblem, Health)),
+    paths(super::processor::queue_event, super::health::live_doc, super::health::processor_ready_doc),
+    components(schemas(QueueBody, Accepted, Problem, Unavailable, FieldProblem, Health, ProcessorReady)),
     modifiers(&BearerAuth)
 )]
 pub struct ProcessorApi;

@@ -53,7 +53,10 @@ pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> R
 /// Wake the processor for an event, storing it first if it is new.
 #[utoipa::path(post, path = "/queue", tag = "processing",
     request_body(content = super::openapi::QueueBody, content_type = "application/json"),
-    params(("traceparent" = Option<String>, Header, description = "W3C trace context")),
+    params(
+        ("traceparent" = Option<String>, Header, description = "W3C trace context"),
+        ("Event-Stored" = Option<String>, Header, description = "`true` (sent by ingest): the event is already stored, so the processor only wakes the patient's lane; it stores and compares nothing. Absent: the event is stored first if it is new"),
+    ),
     responses(
         (status = 202, description = "Stored (if new); processing follows in the background", body = super::openapi::Accepted),
         (status = 400, description = "Malformed JSON, wrong types, unknown fields or a broken rule", body = super::openapi::Problem,
@@ -67,7 +70,7 @@ pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> R
             content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not application/json", body = super::openapi::Problem,
             content_type = "application/problem+json"),
-        (status = 503, description = "Store unavailable or too many patients in flight; nothing stored", body = super::openapi::Problem,
+        (status = 503, description = "Store unavailable or too many patients in flight: nothing stored (type about:blank). Or the database did not confirm the insert (type /problems/outcome-unknown, with eventId): posting it again is safe", body = super::openapi::Unavailable,
             content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),

@@ -1,10 +1,13 @@
+use std::fmt;
+
 use mongodb::error::{ErrorKind, WriteFailure};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("invalid MONGO_URI: {0}")]
     InvalidUri(#[source] mongodb::error::Error),
-    #[error("MongoDB {operation} failed: {source}")]
+    /// Shown (and so logged) without the values of a duplicate key.
+    #[error("MongoDB {operation} failed: {}", Described(source))]
     Mongo {
         operation: &'static str,
         #[source]
@@ -61,6 +64,57 @@ fn is_ambiguous(error: &mongodb::error::Error) -> bool {
 /// MongoDB's duplicate key error code: the unique index said "already there".
 pub(crate) const DUPLICATE_KEY: i32 = 11000;
 
+/// A driver error as logs may show it. The server's duplicate-key message
+/// quotes the key's values (`dup key: { bucket: 3, patientId: "...", seq: 2 }`),
+/// and a patient id must not reach a log line: such an error is described
+/// by its index alone.
+struct Described<'a>(&'a mongodb::error::Error);
+
+impl fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.kind.as_ref() {
+            ErrorKind::Write(WriteFailure::WriteError(e)) if e.code == DUPLICATE_KEY => {
+                duplicate(f, &e.message)
+            }
+            ErrorKind::Command(e) if e.code == DUPLICATE_KEY => duplicate(f, &e.message),
+            ErrorKind::InsertMany(e) => {
+                f.write_str("insert refused:")?;
+                for w in e.write_errors.iter().flatten() {
+                    write!(f, " [document {}] ", w.index)?;
+                    if w.code == DUPLICATE_KEY {
+                        duplicate(f, &w.message)?;
+                    } else {
+                        let name = w.code_name.as_deref().unwrap_or("");
+                        write!(f, "error {} ({name}): {}", w.code, w.message)?;
+                    }
+                }
+                if let Some(wc) = &e.write_concern_error {
+                    write!(
+                        f,
+                        " [write concern] error {} ({}): {}",
+                        wc.code, wc.code_name, wc.message
+                    )?;
+                }
+                Ok(())
+            }
+            _ => {
+                let text = self.0.to_string();
+                if text.contains("dup key") {
+                    // Quoted somewhere unexpected (a server reply in full).
+                    f.write_str("a duplicate key error (its values withheld)")
+                } else {
+                    f.write_str(&text)
+                }
+            }
+        }
+    }
+}
+
+fn duplicate(f: &mut fmt::Formatter<'_>, message: &str) -> fmt::Result {
+    let index = super::indexes::index_name(message).unwrap_or("?");
+    write!(f, "duplicate key (E11000) on index {index}")
+}
+
 pub(crate) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     duplicate_key_message(error).is_some()
 }
@@ -78,5 +132,42 @@ pub(crate) fn duplicate_key_message(error: &mongodb::error::Error) -> Option<&st
             .and_then(|errors| errors.iter().find(|e| e.code == DUPLICATE_KEY))
             .map(|e| e.message.as_str()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::{doc, from_document};
+    use mongodb::error::{Error, InsertManyError, WriteError};
+
+    const MESSAGE: &str = "E11000 duplicate key error collection: t.queued_events index: \
+        patient_seq dup key: { bucket: 3, patientId: \"MRN-SECRET-1234\", seq: 2 }";
+
+    #[test]
+    fn a_duplicate_key_error_is_shown_without_the_key() {
+        let write: WriteError = from_document(doc! {
+            "code": DUPLICATE_KEY, "codeName": "DuplicateKey", "errmsg": MESSAGE,
+        })
+        .unwrap();
+        let many: InsertManyError = from_document(doc! {
+            "writeErrors": [{ "index": 1, "code": DUPLICATE_KEY, "errmsg": MESSAGE }],
+            "writeConcernError": {
+                "code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out",
+            },
+        })
+        .unwrap();
+        for error in [
+            Error::from(ErrorKind::Write(WriteFailure::WriteError(write))),
+            Error::from(ErrorKind::InsertMany(many)),
+        ] {
+            assert!(error.to_string().contains("MRN-SECRET-1234"));
+            let shown = StoreError::mongo("storing an event")(error).to_string();
+            assert!(!shown.contains("MRN-SECRET"), "{shown}");
+            assert!(
+                shown.contains("duplicate key (E11000) on index patient_seq"),
+                "{shown}"
+            );
+        }
     }
 }

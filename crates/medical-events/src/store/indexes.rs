@@ -88,12 +88,7 @@ pub enum UniqueIndex {
 
 impl UniqueIndex {
     pub fn from_message(message: &str) -> Self {
-        let index = message
-            .split("index: ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or("");
-        match index {
+        match index_name(message).unwrap_or("") {
             "_id_" => Self::Id,
             PATIENT_SEQ => Self::PatientSeq,
             INTAKE_KEY => Self::IntakeKey,
@@ -101,6 +96,14 @@ impl UniqueIndex {
             _ => Self::Other,
         }
     }
+}
+
+/// The index a duplicate-key message names (`... index: NAME dup key: ...`).
+pub(crate) fn index_name(message: &str) -> Option<&str> {
+    message
+        .split("index: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
 }
 
 #[cfg(test)]

@@ -1,0 +1,240 @@
+//! No patient identifier and no clinical value reaches a log line.
+//!
+//! Both services run end to end (ingest, a processor delivering to a
+//! downstream that refuses an attempt, replays, refusals, a direct post to
+//! `/queue`), and every line either service logged is searched for the
+//! patients' ids and the events' data. Log lines carry a keyed pseudonym of
+//! the patient instead; `LOG_PATIENT_ID=plain` opts out, and then the raw id
+//! is there, which is what shows this search can find one.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use e2e::checks::Db;
+use e2e::sink::Sink;
+use e2e::{Service, fresh_database_uri, ingest_env, processor_client, processor_env, wait_until};
+use mongodb::bson::doc;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const PATIENTS: [&str; 3] = ["MRN-SECRET-1234", "MRN-SECRET-5678", "MRN-SECRET-9012"];
+/// Clinical values, and a clinical word used as a key inside `data`.
+const DATA_VALUES: [&str; 3] = [
+    "glucose-secret-value",
+    "diagnosis-secret-text",
+    "secret-key-name",
+];
+
+fn clinical_event(patient: &str, n: usize) -> Value {
+    json!({
+        "patientId": patient,
+        "type": "lab_result",
+        "ts": "2025-10-01T12:00:00Z",
+        "data": {
+            "n": n,
+            "result": "glucose-secret-value",
+            "note": "diagnosis-secret-text",
+            "secret-key-name": 1,
+        },
+    })
+}
+
+/// A processor delivering to `sink`, and an ingest in front of it.
+async fn start_services(
+    uri: &str,
+    sink: &Sink,
+    extra: &[(&'static str, String)],
+) -> (Service, Service) {
+    let mut env = processor_env(uri, 0, 0);
+    env.push(("DELIVERY_URL", sink.url.clone()));
+    env.extend(extra.iter().cloned());
+    let processor = Service::start("processor", &env).await;
+    e2e::wait_for_leases(&processor.url(), 256).await;
+    let mut env = ingest_env(uri, &processor.url());
+    env.extend(extra.iter().cloned());
+    let ingest = Service::start("ingest", &env).await;
+    (processor, ingest)
+}
+
+/// The lines of both services' logs that contain any of `needles`.
+fn lines_with(services: &[&Service], needles: &[&str]) -> Vec<String> {
+    services
+        .iter()
+        .flat_map(|service| {
+            service
+                .read_log()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|line| needles.iter().any(|needle| line.contains(needle)))
+        .collect()
+}
+
+#[tokio::test]
+async fn patient_ids_and_clinical_data_never_reach_the_logs() {
+    let uri = fresh_database_uri();
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    // The downstream refuses the first delivery of each patient's first
+    // event: a failed attempt, logged, then retried.
+    let refused: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let seen = Arc::clone(&refused);
+    sink.refuse(move |body| {
+        body["seq"] == 1
+            && seen
+                .lock()
+                .unwrap()
+                .insert(body["eventId"].as_str().unwrap_or_default().to_owned())
+    });
+    let (processor, ingest) = start_services(&uri, &sink, &[]).await;
+    let client = e2e::client();
+    let events = format!("{}/events", ingest.url());
+    let mut accepted = HashSet::new();
+    for (p, patient) in PATIENTS.iter().enumerate() {
+        for n in 0..3 {
+            let response = client
+                .post(&events)
+                .header("Idempotency-Key", format!("key-{p}-{n}"))
+                .json(&clinical_event(patient, n))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+            let body: Value = response.json().await.unwrap();
+            accepted.insert(body["eventId"].as_str().unwrap().to_owned());
+        }
+        // A retry (replayed), a reused key (422), a keyless duplicate (replayed).
+        let retry = client
+            .post(&events)
+            .header("Idempotency-Key", format!("key-{p}-0"))
+            .json(&clinical_event(patient, 0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+        let reused = client
+            .post(&events)
+            .header("Idempotency-Key", format!("key-{p}-0"))
+            .json(&clinical_event(patient, 7))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        for attempt in 0..2 {
+            let response = client
+                .post(&events)
+                .json(&clinical_event(patient, 9))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+            assert_eq!(
+                response.headers().contains_key("idempotent-replayed"),
+                attempt == 1
+            );
+            let body: Value = response.json().await.unwrap();
+            accepted.insert(body["eventId"].as_str().unwrap().to_owned());
+        }
+        // Refused for its content: the problem names fields, the log nothing.
+        let invalid = client
+            .post(&events)
+            .json(&json!({"patientId": patient, "type": "", "ts": "no", "data": {"$bad": "glucose-secret-value"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+    }
+    // A direct post to the processor, with an event it has not seen.
+    let mut direct = clinical_event(PATIENTS[0], 10);
+    let direct_id = uuid::Uuid::new_v4().to_string();
+    direct["eventId"] = json!(direct_id);
+    let response = processor_client()
+        .post(format!("{}/queue", processor.url()))
+        .json(&direct)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    accepted.insert(direct_id);
+    // Each patient: 3 keyed events, 1 keyless (its duplicate replayed).
+    assert_eq!(accepted.len(), PATIENTS.len() * 4 + 1);
+
+    let db = Db::connect(&uri).await;
+    wait_until(Duration::from_secs(60), "every event delivered", || async {
+        db.processed_count().await == accepted.len() as u64
+    })
+    .await;
+    assert_eq!(
+        db.count("processed_events", doc! { "result.status": "success" })
+            .await,
+        accepted.len() as u64
+    );
+    assert_eq!(refused.lock().unwrap().len(), PATIENTS.len());
+    wait_until(
+        Duration::from_secs(10),
+        "the refusals in the log",
+        || async { !lines_with(&[&processor], &["processing attempt failed"]).is_empty() },
+    )
+    .await;
+    // A status read, and the log lines of a whole run are in.
+    let id = accepted.iter().next().unwrap();
+    let status = client.get(format!("{events}/{id}")).send().await.unwrap();
+    assert_eq!(status.status(), StatusCode::OK);
+    assert_eq!(
+        lines_with(&[&ingest], &["event accepted"]).len(),
+        PATIENTS.len() * 4
+    );
+
+    let mut secrets: Vec<&str> = PATIENTS.to_vec();
+    secrets.extend(DATA_VALUES);
+    // The patient's number without its prefix, as a formatter might print it.
+    secrets.extend(PATIENTS.iter().map(|p| p.trim_start_matches("MRN-")));
+    let leaked = lines_with(&[&ingest, &processor], &secrets);
+    assert!(
+        leaked.is_empty(),
+        "patient ids or clinical data in the logs:\n{}",
+        leaked.join("\n")
+    );
+    // What the lines carry instead: a pseudonym per patient.
+    let pseudonyms: HashSet<String> = lines_with(&[&ingest], &["event accepted"])
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| line["patient"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(pseudonyms.len(), PATIENTS.len(), "{pseudonyms:?}");
+    assert!(pseudonyms.iter().all(|p| p.starts_with("p-")));
+}
+
+#[tokio::test]
+async fn with_log_patient_id_plain_the_raw_id_is_logged() {
+    let uri = fresh_database_uri();
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    let plain = [("LOG_PATIENT_ID", "plain".to_owned())];
+    let (processor, ingest) = start_services(&uri, &sink, &plain).await;
+    let response = e2e::client()
+        .post(format!("{}/events", ingest.url()))
+        .json(&clinical_event(PATIENTS[0], 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let db = Db::connect(&uri).await;
+    wait_until(Duration::from_secs(30), "the event delivered", || async {
+        db.processed_count().await == 1
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the outcome logged", || async {
+        !lines_with(&[&processor], &["event processed"]).is_empty()
+    })
+    .await;
+    for (service, what) in [(&ingest, "event accepted"), (&processor, "event processed")] {
+        let lines = lines_with(&[service], &[what]);
+        assert!(
+            lines.iter().all(|line| line.contains(PATIENTS[0])),
+            "{lines:?}"
+        );
+    }
+    // Plain ids, still no clinical data.
+    assert!(lines_with(&[&ingest, &processor], &DATA_VALUES).is_empty());
+}

@@ -1,0 +1,268 @@
+//! A retry stores an event at most once.
+//!
+//! - When the database does not confirm an insert in time, the answer says
+//!   what is known: `202` with the eventId if a majority read finds the
+//!   event, otherwise `503` of type `/problems/outcome-unknown` naming the
+//!   eventId the insert carried. Either way the answer and the store agree,
+//!   and a retry (with the same `Idempotency-Key`, or the same body without
+//!   one) leaves exactly one event stored.
+//! - Without a key, the same body from the same client within
+//!   `DEDUP_WINDOW_S` is the same event: `202` with the first eventId and
+//!   `Idempotent-Replayed: true`. After the window, from another client, or
+//!   with a window of 0, it is a new event.
+
+use std::time::Duration;
+
+use e2e::checks::Db;
+use e2e::freezable_proxy::FreezableProxy;
+use e2e::{API_KEY, Answer, CLIENT, InProcessIngest, fresh_database_uri, post_event};
+use medical_events::auth::{Access, Credential};
+use mongodb::bson::Document;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The problem type of an answer whose stored state is unknown.
+const OUTCOME_UNKNOWN: &str = "/problems/outcome-unknown";
+/// `MONGO_TIMEOUT_MS` of the ingest behind the proxy: an operation gets
+/// twice that before it is abandoned.
+const MONGO_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Retries through 503s (the driver may take a moment to find the
+/// database again), as a client would; the first other answer.
+async fn retry(client: &reqwest::Client, url: &str, body: &Value, key: Option<&str>) -> Answer {
+    for _ in 0..100 {
+        let answer = post_event(client, url, body, key).await;
+        if answer.status != StatusCode::SERVICE_UNAVAILABLE {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("still 503 after 20 s of retries");
+}
+
+fn event(patient: &str) -> Value {
+    json!({
+        "patientId": patient,
+        "type": "lab_result",
+        "ts": "2025-10-01T12:00:00Z",
+        "data": { "test": "glucose", "value": 5.4 },
+    })
+}
+
+fn ids(events: &[Document]) -> Vec<String> {
+    events
+        .iter()
+        .map(|d| d.get_str("eventId").unwrap().to_owned())
+        .collect()
+}
+
+/// An insert the database receives only after ingest gave up on it: the
+/// proxy holds every byte from before the POST until `release_after`.
+/// Returns the first answer and, after a retry, what is stored.
+async fn insert_held_past_its_deadline(
+    key: Option<&str>,
+    release_after: Option<Duration>,
+) -> (Answer, Answer, Vec<String>) {
+    let upstream = e2e::shared_mongo()
+        .trim_start_matches("mongodb://")
+        .to_owned();
+    let proxy = FreezableProxy::start(upstream).await;
+    let database = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut config = InProcessIngest::config(
+        &format!(
+            "mongodb://127.0.0.1:{}/{database}?directConnection=true",
+            proxy.port
+        ),
+        "http://127.0.0.1:9",
+    );
+    config.mongo.timeout = MONGO_TIMEOUT;
+    let ingest = InProcessIngest::start_with(config).await;
+    let db = Db::connect(&format!("{}/{database}", e2e::shared_mongo())).await;
+    let client = e2e::client_with_token(API_KEY)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let patient = "p-held";
+    let body = event(patient);
+    // The patient's first event goes through, so the connection pool is warm.
+    let first = post_event(&client, &ingest.url, &event("p-warm"), None).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+
+    proxy.freeze(true);
+    let answer = match release_after {
+        // Let the bytes through while ingest is still settling the outcome.
+        Some(after) => {
+            let pending = post_event(&client, &ingest.url, &body, key);
+            let release = async {
+                tokio::time::sleep(after).await;
+                proxy.freeze(false);
+            };
+            tokio::join!(pending, release).0
+        }
+        // Only once ingest has answered.
+        None => {
+            let answer = post_event(&client, &ingest.url, &body, key).await;
+            proxy.freeze(false);
+            answer
+        }
+    };
+    match answer.status {
+        StatusCode::ACCEPTED => {
+            // Confirmed by the majority read: exactly that event is stored.
+            assert!(!answer.replayed);
+            assert_eq!(ids(&db.events_of(patient).await), vec![answer.event_id()]);
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            assert_eq!(answer.body["type"], OUTCOME_UNKNOWN, "{}", answer.body);
+            assert_eq!(answer.body["status"], 503);
+            uuid::Uuid::parse_str(&answer.event_id()).expect("the eventId is a UUID");
+        }
+        other => panic!("unexpected {other}: {}", answer.body),
+    }
+    // The held insert reaches the database now (or already did); then the
+    // client retries with the same body (and key, if it sent one).
+    tokio::time::sleep(MONGO_TIMEOUT * 2).await;
+    let retried = retry(&client, &ingest.url, &body, key).await;
+    assert_eq!(retried.status, StatusCode::ACCEPTED, "{}", retried.body);
+    // Late arrivals would land within this.
+    tokio::time::sleep(MONGO_TIMEOUT * 2).await;
+    let events = ids(&db.events_of(patient).await);
+    (answer, retried, events)
+}
+
+/// Whatever the first answer was, the retry's event is the one stored, and
+/// it is the first answer's event whenever that one reached the store.
+fn assert_one_event(answer: &Answer, retried: &Answer, events: &[String]) {
+    assert_eq!(events.len(), 1, "exactly one event stored: {events:?}");
+    assert_eq!(
+        events[0],
+        retried.event_id(),
+        "the retry names the stored event"
+    );
+    if answer.event_id() == events[0] {
+        assert!(retried.replayed, "a retry of a stored event is a replay");
+    }
+}
+
+#[tokio::test]
+async fn an_insert_answered_503_outcome_unknown_is_stored_once_by_a_keyless_retry() {
+    let (answer, retried, events) = insert_held_past_its_deadline(None, None).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_one_event(&answer, &retried, &events);
+    // The held insert did land: the retry found it.
+    assert_eq!(events[0], answer.event_id());
+}
+
+#[tokio::test]
+async fn an_insert_answered_503_outcome_unknown_is_stored_once_by_a_retry_with_its_key() {
+    let (answer, retried, events) = insert_held_past_its_deadline(Some("held-key"), None).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_one_event(&answer, &retried, &events);
+    assert_eq!(events[0], answer.event_id());
+}
+
+#[tokio::test]
+async fn an_insert_released_while_ingest_settles_it_is_answered_as_stored_or_unknown() {
+    // Released just after the insert's deadline, while the majority read
+    // that settles it is under way: 202 if that read sees the event.
+    for key in [None, Some("released-key")] {
+        let (answer, retried, events) =
+            insert_held_past_its_deadline(key, Some(MONGO_TIMEOUT * 2 + MONGO_TIMEOUT / 2)).await;
+        assert_one_event(&answer, &retried, &events);
+        if answer.status == StatusCode::ACCEPTED {
+            assert_eq!(events[0], answer.event_id());
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_same_body_again_within_the_window_is_the_same_event() {
+    let uri = fresh_database_uri();
+    let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
+    let client = e2e::client();
+    let first = post_event(&client, &ingest.url, &event("p-dup"), None).await;
+    let again = post_event(&client, &ingest.url, &event("p-dup"), None).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert!(!first.replayed);
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert!(again.replayed, "Idempotent-Replayed: true");
+    assert_eq!(again.event_id(), first.event_id());
+    let db = Db::connect(&uri).await;
+    assert_eq!(ids(&db.events_of("p-dup").await), vec![first.event_id()]);
+    // Another body for the same patient is another event.
+    let mut other = event("p-dup");
+    other["data"]["value"] = json!(6.1);
+    let different = post_event(&client, &ingest.url, &other, None).await;
+    assert!(!different.replayed);
+    assert_eq!(db.events_of("p-dup").await.len(), 2);
+}
+
+#[tokio::test]
+async fn after_the_window_the_same_body_is_a_new_event() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    config.intake.dedup_window = Duration::from_secs(1); // DEDUP_WINDOW_S=1
+    let ingest = InProcessIngest::start_with(config).await;
+    let client = e2e::client();
+    let first = post_event(&client, &ingest.url, &event("p-window"), None).await;
+    let within = post_event(&client, &ingest.url, &event("p-window"), None).await;
+    assert!(within.replayed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = post_event(&client, &ingest.url, &event("p-window"), None).await;
+    assert_eq!(after.status, StatusCode::ACCEPTED);
+    assert!(!after.replayed);
+    assert_ne!(after.event_id(), first.event_id());
+    let db = Db::connect(&uri).await;
+    let events = db.events_of("p-window").await;
+    assert_eq!(ids(&events), vec![first.event_id(), after.event_id()]);
+    let seqs: Vec<i64> = events.iter().map(|d| d.get_i64("seq").unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    // And the new one is the duplicate-holder for the next window.
+    let again = post_event(&client, &ingest.url, &event("p-window"), None).await;
+    assert!(again.replayed);
+    assert_eq!(again.event_id(), after.event_id());
+}
+
+#[tokio::test]
+async fn the_same_body_from_two_clients_is_two_events() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    let other_key = "other-lab-key-0123456789";
+    config.access = Access::Required(vec![
+        Credential::named(CLIENT, API_KEY),
+        Credential::named("other-lab", other_key),
+    ]);
+    let ingest = InProcessIngest::start_with(config).await;
+    let mine = post_event(&e2e::client(), &ingest.url, &event("p-shared"), None).await;
+    let other_client = e2e::client_with_token(other_key).build().unwrap();
+    let theirs = post_event(&other_client, &ingest.url, &event("p-shared"), None).await;
+    assert_eq!(mine.status, StatusCode::ACCEPTED);
+    assert_eq!(theirs.status, StatusCode::ACCEPTED);
+    assert!(!theirs.replayed);
+    assert_ne!(mine.event_id(), theirs.event_id());
+    let db = Db::connect(&uri).await;
+    let events = db.events_of("p-shared").await;
+    let clients: Vec<&str> = events
+        .iter()
+        .map(|d| d.get_str("client").unwrap())
+        .collect();
+    assert_eq!(clients, vec![CLIENT, "other-lab"]);
+}
+
+#[tokio::test]
+async fn a_window_of_zero_turns_deduplication_off() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    config.intake.dedup_window = Duration::ZERO; // DEDUP_WINDOW_S=0
+    let ingest = InProcessIngest::start_with(config).await;
+    let client = e2e::client();
+    let first = post_event(&client, &ingest.url, &event("p-nodedup"), None).await;
+    let second = post_event(&client, &ingest.url, &event("p-nodedup"), None).await;
+    assert!(!second.replayed);
+    assert_ne!(first.event_id(), second.event_id());
+    let db = Db::connect(&uri).await;
+    assert_eq!(
+        ids(&db.events_of("p-nodedup").await),
+        vec![first.event_id(), second.event_id()]
+    );
+}
