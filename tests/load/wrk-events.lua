@@ -3,9 +3,13 @@
 --   wrk -t2 -c64 -d20s -s tests/load/wrk-events.lua http://127.0.0.1:3000
 -- Patients: 10,000 distinct ids, so some see several events per run.
 -- API key: environment variable API_KEY (sent as Authorization: Bearer).
+-- WRK_RUN (optional, a number): goes into every body, so that several runs
+-- against one database send distinct events (ingest answers a repeated body
+-- within DEDUP_WINDOW_S as a duplicate of the stored event).
 
 local counter = 0
 local api_key = os.getenv("API_KEY") or "dev-ingest-key-change-me"
+local run = tonumber(os.getenv("WRK_RUN") or "0") or 0
 local thread_id = 0
 local threads = {}
 
@@ -22,8 +26,8 @@ function request()
   counter = counter + 1
   local n = thread_id * 100000000 + counter
   local body = string.format(
-    '{"patientId":"wrk-%d","type":"vitals","data":{"hr":%d,"seq":%d},"ts":"2025-10-01T12:00:00Z"}',
-    n % 10000, 60 + (n % 40), n)
+    '{"patientId":"wrk-%d","type":"vitals","data":{"hr":%d,"seq":%d,"run":%d},"ts":"2025-10-01T12:00:00Z"}',
+    n % 10000, 60 + (n % 40), n, run)
   return wrk.format("POST", "/events",
     { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. api_key }, body)
 end
