@@ -384,6 +384,33 @@ async fn operator_routes_refuse_client_keys_and_anonymous_callers() {
 }
 
 #[tokio::test]
+async fn an_unknown_or_malformed_query_parameter_is_a_problem_naming_it() {
+    let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;
+    for (path, named) in [
+        ("/patients/p-1/events?bogus=1", "bogus"),
+        ("/patients/p-1/events?after=soon", "after"),
+        ("/events/stream?bogus=1", "bogus"),
+        ("/admin/events?status=failed&bogus=1", "bogus"),
+        ("/admin/audit?bogus=1", "bogus"),
+    ] {
+        let answer = admin()
+            .get(format!("{}{path}", ingest.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(
+            answer.headers()["content-type"],
+            "application/problem+json",
+            "{path}"
+        );
+        let body: Value = answer.json().await.unwrap();
+        let problem = body.to_string();
+        assert!(problem.contains(named), "{path}: {problem}");
+    }
+}
+
+#[tokio::test]
 async fn pruning_a_patients_latest_events_keeps_its_sequence_rising() {
     let uri = fresh_database_uri();
     let db = Db::connect(&uri).await;

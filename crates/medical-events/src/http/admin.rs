@@ -4,7 +4,7 @@
 //! names its reason and is audited.
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use mongodb::bson::oid::ObjectId;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -13,6 +13,7 @@ use tracing::info;
 use super::ingest::{IngestState, event_view};
 use super::paging::page_limit;
 use super::problem::ApiError;
+use super::query_params::QueryParams;
 use crate::auth::Caller;
 use crate::event::{EventId, PatientId};
 use crate::store::{Action, ActionOutcome, ListCursor, ListQuery, ListedState};
@@ -75,7 +76,7 @@ fn decode_cursor(text: &str) -> Option<ListCursor> {
     security(("bearer" = [])))]
 pub(crate) async fn list_events(
     State(state): State<IngestState>,
-    Query(params): Query<ListParams>,
+    QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     let status = params.status.as_deref().ok_or_else(|| {
         ApiError::field(
@@ -296,7 +297,7 @@ pub(crate) struct AuditParams {
     security(("bearer" = [])))]
 pub(crate) async fn audit(
     State(state): State<IngestState>,
-    Query(params): Query<AuditParams>,
+    QueryParams(params): QueryParams<AuditParams>,
 ) -> Result<Json<Value>, ApiError> {
     let before = params
         .before

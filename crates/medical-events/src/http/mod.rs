@@ -11,6 +11,7 @@ pub mod paging;
 pub mod patients;
 pub mod problem;
 pub mod processor;
+pub mod query_params;
 pub mod stream;
 
 use axum::Router;

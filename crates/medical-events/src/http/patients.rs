@@ -3,13 +3,14 @@
 //! `GET /events/{id}`: a client sees the events it sent, an operator all.
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ingest::{IngestState, event_view};
 use super::paging::page_limit;
 use super::problem::ApiError;
+use super::query_params::QueryParams;
 use crate::auth::Caller;
 use crate::event::PatientId;
 
@@ -42,7 +43,7 @@ pub(crate) async fn timeline(
     State(state): State<IngestState>,
     Extension(caller): Extension<Caller>,
     Path(raw_patient): Path<String>,
-    Query(params): Query<TimelineParams>,
+    QueryParams(params): QueryParams<TimelineParams>,
 ) -> Result<Json<Value>, ApiError> {
     let patient = PatientId::parse(&raw_patient).map_err(ApiError::Validation)?;
     let after = match params.after.as_deref() {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 
 use super::ingest::IngestState;
 use super::problem::ApiError;
+use super::query_params::QueryParams;
 use crate::auth::Caller;
 use crate::store::{OutcomeCursor, PROCESSED_EVENTS, ProcessedEvent, Store, overlap_before};
 
@@ -153,7 +154,7 @@ pub(crate) struct StreamParams {
     responses(
         (status = 200, description = "text/event-stream: one `outcome` message per recorded outcome, `id` to resume from",
             content_type = "text/event-stream", body = String),
-        (status = 400, description = "Last-Event-ID is not an id this stream gave", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Last-Event-ID is not an id this stream gave, or a query parameter is unknown", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or invalid API key", body = super::openapi::Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 429, description = "Rate limit of this client exhausted", body = super::openapi::Problem, content_type = "application/problem+json",
@@ -164,7 +165,7 @@ pub(crate) async fn outcomes(
     State(state): State<IngestState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    Query(params): Query<StreamParams>,
+    QueryParams(params): QueryParams<StreamParams>,
 ) -> Result<Response, ApiError> {
     let raw = headers
         .get("last-event-id")
