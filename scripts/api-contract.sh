@@ -17,11 +17,14 @@ if [[ "$("$VENV/bin/schemathesis" --version 2>/dev/null || true)" != *"$VERSION"
 fi
 
 export RATE_LIMIT_PER_SEC=100000 RATE_LIMIT_BURST=100000
+# One worker: with two threads, hypothesis's lambda-source parsing on Python
+# 3.11 now and then dies with "AST constructor recursion depth mismatch" (a
+# CPython ast bug under threads), an error of the tool, not of the API.
 # shellcheck disable=SC2016 # expanded by the inner shell, after with-stack.sh set them
 scripts/with-stack.sh bash -c '
     set -e
     run() { '"$VENV"'/bin/schemathesis run "$@" --checks all --exclude-checks positive_data_acceptance \
-        --max-examples 50 --workers 2 --no-color --seed 1; }
+        --max-examples 50 --workers 1 --no-color --seed 1; }
     run docs/openapi/ingest.json --url "$INGEST_URL" -H "Authorization: Bearer $API_KEY"
     run docs/openapi/processor.json --url "$PROCESSOR_URL" -H "Authorization: Bearer $PROCESSOR_TOKEN"
 '

@@ -151,6 +151,21 @@ pub struct FieldProblem {
     message: String,
 }
 
+/// One Server-Sent Events message of `GET /events/stream`, as its fields:
+/// `event` is `outcome`; `data` is a JSON object (eventId, patientId, seq,
+/// type, client, status, result, run, attempts, processedAt); `id` is what
+/// `Last-Event-ID` takes to resume.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct StreamMessage {
+    #[schema(example = "1795830884123-019ac4f1-6f1e-7c3b-9a52-0d4a8b7e2f11")]
+    id: Option<String>,
+    #[schema(example = "outcome")]
+    event: Option<String>,
+    /// The outcome as a JSON object, serialized.
+    data: String,
+}
+
 /// RFC 9457 problem details (`application/problem+json`).
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
@@ -240,7 +255,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         EventBody, Queued, EventState, EventStatus, EventPage, Timeline, Problem, Unavailable,
-        FieldProblem, ResultView, Health, super::admin::Reason
+        FieldProblem, ResultView, Health, StreamMessage, super::admin::Reason
     )),
     modifiers(&BearerAuth)
 )]

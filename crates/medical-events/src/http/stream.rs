@@ -153,7 +153,7 @@ pub(crate) struct StreamParams {
     ),
     responses(
         (status = 200, description = "text/event-stream: one `outcome` message per recorded outcome, `id` to resume from",
-            content_type = "text/event-stream", body = String),
+            content_type = "text/event-stream", body = super::openapi::StreamMessage),
         (status = 400, description = "Last-Event-ID is not an id this stream gave, or a query parameter is unknown", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or invalid API key", body = super::openapi::Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
