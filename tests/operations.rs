@@ -520,6 +520,28 @@ async fn an_idempotency_record_is_honoured_within_its_window_and_not_after() {
     );
 }
 
+/// A page of timeline-p's timeline, as the first client sees it.
+async fn timeline_page(url: &str, query: &str) -> Value {
+    e2e::client()
+        .get(format!("{url}/patients/timeline-p/events?{query}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The eventIds of a timeline page, in its order.
+fn page_ids(page: &Value) -> Vec<String> {
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_patients_timeline_lists_its_events_in_order_without_data_and_only_to_their_sender() {
     let uri = fresh_database_uri();
@@ -537,46 +559,14 @@ async fn a_patients_timeline_lists_its_events_in_order_without_data_and_only_to_
         .unwrap();
     post_until_accepted(&other, &ingest.url, &event_body("timeline-p", 7), "other-1").await;
 
-    let page: Value = e2e::client()
-        .get(format!("{}/patients/timeline-p/events?limit=3", ingest.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["eventId"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        ids,
-        mine[..3].iter().map(String::as_str).collect::<Vec<_>>()
-    );
+    let page = timeline_page(&ingest.url, "limit=3").await;
+    assert_eq!(page_ids(&page), mine[..3].to_vec());
     assert!(page["events"][0].get("data").is_none(), "never the payload");
     let next = page["next"].as_i64().unwrap();
-    let rest: Value = e2e::client()
-        .get(format!(
-            "{}/patients/timeline-p/events?after={next}",
-            ingest.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = rest["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["eventId"].as_str().unwrap())
-        .collect();
+    let rest = timeline_page(&ingest.url, &format!("after={next}")).await;
     assert_eq!(
-        ids,
-        mine[3..].iter().map(String::as_str).collect::<Vec<_>>(),
+        page_ids(&rest),
+        mine[3..].to_vec(),
         "the other lab's event is not shown"
     );
     let all: Value = admin()
