@@ -87,6 +87,20 @@ async fn in_hand(db: &Db, session: &str) -> Vec<String> {
     .collect()
 }
 
+/// The events `session` held when it was stopped or killed. A claim it sent
+/// just before the signal can still commit after it: the database reads what
+/// is already in the socket. So this collects what is in its hands for a
+/// quarter of the lease, while nobody else can claim its buckets' events yet.
+async fn in_hand_at_fault(db: &Db, session: &str) -> Vec<String> {
+    let until = Instant::now() + LEASE / 4;
+    let mut held = HashSet::new();
+    while Instant::now() < until {
+        held.extend(in_hand(db, session).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    held.into_iter().collect()
+}
+
 /// Sends each patient's events in order, alternating the ingest instances,
 /// until `stop` (or `per_patient` events each); returns the eventIds per patient.
 async fn send_until(
@@ -190,7 +204,7 @@ async fn a_processor_killed_mid_run_loses_nothing_and_its_patients_resume_within
         .collect();
     processors[1].kill9();
     let killed_at = Instant::now();
-    let orphaned = in_hand(&db, &victim).await;
+    let orphaned = in_hand_at_fault(&db, &victim).await;
     eprintln!(
         "killed a processor holding {} buckets and {} events",
         victim_buckets.len(),
@@ -258,8 +272,7 @@ async fn a_paused_processor_writes_nothing_after_its_buckets_were_taken_over() {
         .args(["-STOP", &pid])
         .status()
         .unwrap();
-    let stopped_at = mongodb::bson::DateTime::now();
-    let held = in_hand(&db, &paused).await;
+    let held = in_hand_at_fault(&db, &paused).await;
     // Past the lease: the other processor takes the buckets over.
     wait_until(Duration::from_secs(30), "the takeover", || async {
         db.count(
@@ -270,6 +283,8 @@ async fn a_paused_processor_writes_nothing_after_its_buckets_were_taken_over() {
             == 0
     })
     .await;
+    // Writes it sent before the pause may land until here; none may after.
+    let taken_over_at = mongodb::bson::DateTime::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     std::process::Command::new("kill")
         .args(["-CONT", &pid])
@@ -294,12 +309,12 @@ async fn a_paused_processor_writes_nothing_after_its_buckets_were_taken_over() {
         );
         assert_eq!(event.get_str("status").unwrap(), "processed");
     }
-    // No write of its landed after the pause: every document it last wrote
-    // was written before.
+    // No write of its landed after the takeover: every document it last
+    // wrote was written before.
     let late = db
         .count(
             "queued_events",
-            doc! { "claim.owner": &paused, "updatedAt": { "$gt": stopped_at } },
+            doc! { "claim.owner": &paused, "updatedAt": { "$gt": taken_over_at } },
         )
         .await;
     assert_eq!(
