@@ -12,7 +12,7 @@ use e2e::{
     processor_env, wait_until,
 };
 use medical_events::store::{IntakePolicy, Retention, Store};
-use mongodb::bson::doc;
+use mongodb::bson::{Document, doc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -33,6 +33,32 @@ async fn stack(uri: &str, sink: &Sink, on_failure: &str) -> (Service, Service) {
     (processor, ingest)
 }
 
+async fn admin_get(url: String) -> Value {
+    admin().get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Waits until `count` of `patient`'s events are `processed`.
+async fn wait_processed(db: &Db, patient: &str, count: u64, what: &str) {
+    wait_until(Duration::from_secs(60), what, || async {
+        db.count(
+            "queued_events",
+            doc! { "patientId": patient, "status": "processed" },
+        )
+        .await
+            == count
+    })
+    .await;
+}
+
+/// `result.status` of an outcome document (or of a run in its history).
+fn result_status(outcome: &Document) -> &str {
+    outcome
+        .get_document("result")
+        .unwrap()
+        .get_str("status")
+        .unwrap()
+}
+
 async fn send(url: &str, patient: &str, count: usize) -> Vec<String> {
     let client = e2e::client();
     let mut ids = Vec::new();
@@ -51,14 +77,7 @@ async fn send(url: &str, patient: &str, count: usize) -> Vec<String> {
 }
 
 async fn status_of(url: &str, id: &str) -> String {
-    let body: Value = admin()
-        .get(format!("{url}/events/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = admin_get(format!("{url}/events/{id}")).await;
     body["status"].as_str().unwrap_or("?").to_owned()
 }
 
@@ -90,45 +109,20 @@ async fn a_parked_patient_waits_until_its_failed_event_is_retried_then_goes_on_i
         status_of(&url, &a[2]).await == "parked"
     })
     .await;
-    wait_until(
-        Duration::from_secs(60),
-        "the other patient done",
-        || async {
-            db.count(
-                "queued_events",
-                doc! { "patientId": "other-b", "status": "processed" },
-            )
-            .await
-                == 3
-        },
-    )
-    .await;
+    wait_processed(&db, "other-b", 3, "the other patient done").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     // Events 4 and 5 wait, stored and untouched; 1 and 2 are done.
     assert_eq!(status_of(&url, &a[0]).await, "processed");
     assert_eq!(status_of(&url, &a[1]).await, "processed");
     assert_eq!(status_of(&url, &a[3]).await, "queued");
     assert_eq!(status_of(&url, &a[4]).await, "queued");
-    let delivered: Vec<i64> = sink
-        .deliveries()
-        .iter()
-        .filter(|d| d.patient == "parked-a")
-        .map(|d| d.seq)
-        .collect();
     assert_eq!(
-        delivered,
+        sink.seqs_of("parked-a"),
         vec![1, 2],
         "nothing after the parked event was delivered"
     );
     // The operator finds it.
-    let parked: Value = admin()
-        .get(format!("{url}/admin/events?status=parked"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let parked = admin_get(format!("{url}/admin/events?status=parked")).await;
     let listed: Vec<&str> = parked["events"]
         .as_array()
         .unwrap()
@@ -136,14 +130,7 @@ async fn a_parked_patient_waits_until_its_failed_event_is_retried_then_goes_on_i
         .map(|e| e["eventId"].as_str().unwrap())
         .collect();
     assert_eq!(listed, vec![a[2].as_str()]);
-    let stats: Value = admin()
-        .get(format!("{url}/admin/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = admin_get(format!("{url}/admin/stats")).await;
     assert_eq!(
         stats["clients"][e2e::CLIENT]["parkedPatients"],
         1,
@@ -154,38 +141,17 @@ async fn a_parked_patient_waits_until_its_failed_event_is_retried_then_goes_on_i
     sink.accept_all();
     let response = act(&url, &a[2], "retry", "lab system fixed").await;
     assert_eq!(response.status(), StatusCode::OK);
-    wait_until(Duration::from_secs(60), "the patient to finish", || async {
-        db.count(
-            "queued_events",
-            doc! { "patientId": "parked-a", "status": "processed" },
-        )
-        .await
-            == 5
-    })
-    .await;
+    wait_processed(&db, "parked-a", 5, "the patient to finish").await;
     db.assert_processed_in_order("parked-a", &a).await;
     db.assert_processed_in_order("other-b", &b).await;
-    let delivered: Vec<i64> = sink
-        .deliveries()
-        .iter()
-        .filter(|d| d.patient == "parked-a")
-        .map(|d| d.seq)
-        .collect();
-    assert_eq!(delivered, vec![1, 2, 3, 4, 5]);
+    assert_eq!(sink.seqs_of("parked-a"), vec![1, 2, 3, 4, 5]);
     // One outcome document for the event, its failed run kept in its history.
     let outcomes = db
         .find("processed_events", doc! { "eventId": &a[2] }, doc! {})
         .await;
     assert_eq!(outcomes.len(), 1);
     let outcome = &outcomes[0];
-    assert_eq!(
-        outcome
-            .get_document("result")
-            .unwrap()
-            .get_str("status")
-            .unwrap(),
-        "success"
-    );
+    assert_eq!(result_status(outcome), "success");
     assert_eq!(outcome.get_i32("run").unwrap(), 2);
     let history = outcome.get_array("history").unwrap();
     assert_eq!(history.len(), 1);
@@ -223,35 +189,14 @@ async fn skipping_a_parked_event_lets_the_patient_go_on_without_it() {
             .status(),
         StatusCode::OK
     );
-    wait_until(Duration::from_secs(60), "the rest processed", || async {
-        db.count(
-            "queued_events",
-            doc! { "patientId": "skip-c", "status": "processed" },
-        )
-        .await
-            == 3
-    })
-    .await;
+    wait_processed(&db, "skip-c", 3, "the rest processed").await;
     assert_eq!(status_of(&url, &c[1]).await, "skipped");
-    let delivered: Vec<i64> = sink
-        .deliveries()
-        .iter()
-        .filter(|d| d.patient == "skip-c")
-        .map(|d| d.seq)
-        .collect();
-    assert_eq!(delivered, vec![1, 3, 4]);
+    assert_eq!(sink.seqs_of("skip-c"), vec![1, 3, 4]);
     let outcome = db
         .find("processed_events", doc! { "eventId": &c[1] }, doc! {})
         .await
         .remove(0);
-    assert_eq!(
-        outcome
-            .get_document("result")
-            .unwrap()
-            .get_str("status")
-            .unwrap(),
-        "skipped"
-    );
+    assert_eq!(result_status(&outcome), "skipped");
     assert_eq!(
         outcome.get_array("history").unwrap().len(),
         1,
@@ -284,17 +229,11 @@ async fn retrying_a_failed_event_keeps_one_outcome_with_its_history_and_an_audit
     assert_eq!(status_of(&url, &d[0]).await, "failed");
     // The patient went on (continue policy).
     assert_eq!(status_of(&url, &d[1]).await, "processed");
-    let failed: Value = admin()
-        .get(format!(
-            "{url}/admin/events?status=failed&client={}",
-            e2e::CLIENT
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let failed = admin_get(format!(
+        "{url}/admin/events?status=failed&client={}",
+        e2e::CLIENT
+    ))
+    .await;
     assert_eq!(failed["events"].as_array().unwrap().len(), 1);
 
     sink.accept_all();
@@ -318,23 +257,9 @@ async fn retrying_a_failed_event_keeps_one_outcome_with_its_history_and_an_audit
     let history = outcomes[0].get_array("history").unwrap();
     assert_eq!(history.len(), 1);
     let earlier = history[0].as_document().unwrap();
-    assert_eq!(
-        earlier
-            .get_document("result")
-            .unwrap()
-            .get_str("status")
-            .unwrap(),
-        "failed"
-    );
+    assert_eq!(result_status(earlier), "failed");
     assert_eq!(earlier.get_i32("attempts").unwrap(), 2);
-    let audit: Value = admin()
-        .get(format!("{url}/admin/audit"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = admin_get(format!("{url}/admin/audit")).await;
     let entry = &audit["entries"][0];
     assert_eq!(entry["action"], "retry");
     assert_eq!(entry["who"], "test-operator");
@@ -417,15 +342,7 @@ async fn pruning_a_patients_latest_events_keeps_its_sequence_rising() {
     let sink = Sink::start(Duration::from_millis(5)).await;
     let (_processor, ingest) = stack(&uri, &sink, "continue").await;
     let earlier = send(&ingest.url(), "pruned-p", 3).await;
-    wait_until(Duration::from_secs(60), "3 processed", || async {
-        db.count(
-            "queued_events",
-            doc! { "patientId": "pruned-p", "status": "processed" },
-        )
-        .await
-            == 3
-    })
-    .await;
+    wait_processed(&db, "pruned-p", 3, "3 processed").await;
     let store = Store::connect(&uri, Duration::from_secs(5), "test")
         .await
         .unwrap();
@@ -569,14 +486,7 @@ async fn a_patients_timeline_lists_its_events_in_order_without_data_and_only_to_
         mine[3..].to_vec(),
         "the other lab's event is not shown"
     );
-    let all: Value = admin()
-        .get(format!("{}/patients/timeline-p/events", ingest.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = admin_get(format!("{}/patients/timeline-p/events", ingest.url)).await;
     assert_eq!(
         all["events"].as_array().unwrap().len(),
         6,

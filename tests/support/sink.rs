@@ -90,6 +90,15 @@ impl Sink {
         deliveries
     }
 
+    /// The sequence numbers delivered for `patient`, in delivery order.
+    pub fn seqs_of(&self, patient: &str) -> Vec<i64> {
+        self.deliveries()
+            .iter()
+            .filter(|d| d.patient == patient)
+            .map(|d| d.seq)
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.state.books.lock().unwrap().deliveries.len()
     }
