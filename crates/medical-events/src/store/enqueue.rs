@@ -235,7 +235,7 @@ impl Store {
 
     /// The patient's highest stored sequence number (0 if none), read with
     /// majority read concern so a number from a rolled-back write is never used.
-    async fn last_seq(&self, bucket: i32, patient_id: &str) -> Result<i64, StoreError> {
+    pub(super) async fn last_seq(&self, bucket: i32, patient_id: &str) -> Result<i64, StoreError> {
         let shape = shapes::last_seq(bucket, patient_id);
         let last = self
             .queued

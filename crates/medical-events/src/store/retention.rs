@@ -22,7 +22,7 @@ use mongodb::bson::{DateTime, Document, doc};
 use super::deadline::{Bounded, BoundedAll};
 use super::documents::EventStatus;
 use super::error::StoreError;
-use super::{PROCESSED_EVENTS, Store, shapes};
+use super::{PROCESSED_EVENTS, Store};
 
 /// Events examined per batch.
 const BATCH: i64 = 1000;
@@ -170,17 +170,7 @@ impl Store {
             let last = match last_seqs.get(&key) {
                 Some(last) => *last,
                 None => {
-                    let shape = shapes::last_seq(bucket, patient);
-                    let last = self
-                        .queued
-                        .clone_with_type::<Document>()
-                        .find_one(shape.filter)
-                        .sort(shape.sort.unwrap_or_default())
-                        .projection(shape.projection.unwrap_or_default())
-                        .bounded("reading a patient's last sequence number", self.op_timeout)
-                        .await?
-                        .and_then(|d| d.get_i64("seq").ok())
-                        .unwrap_or(seq);
+                    let last = self.last_seq(bucket, patient).await?;
                     last_seqs.insert(key, last);
                     last
                 }
