@@ -16,13 +16,9 @@ const SENDERS: usize = 64;
 
 /// Seconds the service spent waiting on the database, all operations together.
 async fn database_seconds(metrics_url: &str) -> f64 {
-    let text = reqwest::get(metrics_url)
+    e2e::scrape(metrics_url)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|line| line.starts_with("store_operation_seconds_sum{"))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use e2e::{
     InProcessIngest, Service, event_body, fresh_database_uri, ingest_env, post_until_accepted,
-    processor_env,
+    processor_env, scrape,
 };
 
 /// The value of the sample `name{labels...}` in a Prometheus text exposition.
@@ -21,14 +21,6 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
-}
-
-async fn scrape(metrics_url: &str) -> String {
-    // Scrapers do not authenticate; metrics carry no clinical data and are
-    // served on their own (internal) listener.
-    let response = reqwest::get(metrics_url).await.unwrap();
-    assert!(response.status().is_success());
-    response.text().await.unwrap()
 }
 
 #[tokio::test]

@@ -262,12 +262,7 @@ async fn a_listener_that_never_reads_is_cut_off_and_memory_stays_flat() {
         }
     })
     .await;
-    let metrics = reqwest::get(ingest.metrics_url())
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = e2e::scrape(&ingest.metrics_url()).await;
     let stream_metrics: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("outcome_stream"))
@@ -290,12 +285,6 @@ async fn a_listener_that_never_reads_is_cut_off_and_memory_stays_flat() {
         after < before + 20_000,
         "ingest grew from {before} kB to {after} kB"
     );
-    let metrics = reqwest::get(ingest.metrics_url())
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert!(
         metrics.contains("outcome_stream_cut_off_total 1"),
         "{metrics}"

@@ -123,6 +123,15 @@ pub async fn wait_for_leases(url: &str, leases: u64) {
     .await;
 }
 
+/// The Prometheus text a service serves at `metrics_url`. Scrapers do not
+/// authenticate: metrics carry no clinical data and are served on their own
+/// (internal) listener.
+pub async fn scrape(metrics_url: &str) -> String {
+    let response = reqwest::get(metrics_url).await.unwrap();
+    assert!(response.status().is_success());
+    response.text().await.unwrap()
+}
+
 /// A valid event body for `patient`.
 pub fn event_body(patient: &str, n: usize) -> serde_json::Value {
     serde_json::json!({
