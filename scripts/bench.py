@@ -1449,24 +1449,17 @@ def main():
                                       + [r["ingest_peak_rss_mb"] for r in results["end_to_end"]]),
             "processor_peak_rss_mb": max(r["processor_peak_rss_mb"] for r in results["end_to_end"]),
         }
-    if "side_by_side" in SECTIONS:
-        print("side by side with the original", flush=True)
-        results["side_by_side"] = bench_side_by_side()
-    if "fleet" in SECTIONS:
-        print("fleet", flush=True)
-        results["fleet"] = bench_fleet()
-    if "takeover" in SECTIONS:
-        print("takeover", flush=True)
-        results["takeover"] = bench_takeover()
-    if "accept_to_start" in SECTIONS:
-        print("accept to start", flush=True)
-        results["accept_to_start"] = bench_accept_to_start()
-    if "memory" in SECTIONS:
-        print("memory", flush=True)
-        results["memory"] = bench_memory()
-    if "k6" in SECTIONS:
-        print("k6", flush=True)
-        results["k6"] = bench_k6()
+    for section, title, bench in [
+        ("side_by_side", "side by side with the original", bench_side_by_side),
+        ("fleet", "fleet", bench_fleet),
+        ("takeover", "takeover", bench_takeover),
+        ("accept_to_start", "accept to start", bench_accept_to_start),
+        ("memory", "memory", bench_memory),
+        ("k6", "k6", bench_k6),
+    ]:
+        if section in SECTIONS:
+            print(title, flush=True)
+            results[section] = bench()
     if "burst" in SECTIONS:
         print(f"burst: {BURST_RATE:.0f} events/s for {BURST_SECONDS} s", flush=True)
         print("  " + INTERVAL_HEADER, flush=True)
