@@ -67,9 +67,7 @@ fn decode_cursor(text: &str) -> Option<ListCursor> {
     responses(
         (status = 200, description = "A page of events and the cursor of the next", body = super::openapi::EventPage),
         (status = 400, description = "A parameter is invalid", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        super::openapi::OperatorRefusals,
         (status = 503, description = "Store unavailable", body = super::openapi::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
@@ -191,9 +189,7 @@ async fn act(
     responses(
         (status = 200, description = "Queued again; its patient's lane will run it", body = super::openapi::EventState),
         (status = 400, description = "No reason, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The event is neither failed nor parked", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
@@ -214,9 +210,7 @@ pub(crate) async fn retry(
     responses(
         (status = 200, description = "Skipped", body = super::openapi::EventState),
         (status = 400, description = "No reason, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The event is not parked", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
@@ -237,9 +231,7 @@ pub(crate) async fn skip(
     responses(
         (status = 200, description = "Acknowledged", body = super::openapi::EventState),
         (status = 400, description = "No reason, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        super::openapi::OperatorRefusals,
         (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The event is not an unacknowledged failure", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
@@ -258,9 +250,7 @@ pub(crate) async fn acknowledge(
 #[utoipa::path(get, path = "/admin/stats", tag = "operations",
     responses(
         (status = 200, description = "Figures per client", body = Object),
-        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        super::openapi::OperatorRefusals,
         (status = 503, description = "Store unavailable", body = super::openapi::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
@@ -290,9 +280,7 @@ pub(crate) struct AuditParams {
     responses(
         (status = 200, description = "Audit entries: who, when, what, why, before and after", body = Object),
         (status = 400, description = "A parameter is invalid", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credential", body = super::openapi::Problem, content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "Not an operator credential", body = super::openapi::Problem, content_type = "application/problem+json"),
+        super::openapi::OperatorRefusals,
     ),
     security(("bearer" = [])))]
 pub(crate) async fn audit(

@@ -6,7 +6,7 @@
 use axum::Json;
 use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 /// A clinical event as sent to `POST /events`. Besides the limits below:
 /// `patientId` and `type` must not be blank or contain control characters;
@@ -164,6 +164,19 @@ pub struct StreamMessage {
     event: Option<String>,
     /// The outcome as a JSON object, serialized.
     data: String,
+}
+
+/// The refusals of every operator route: no credential, or not an operator's.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum OperatorRefusals {
+    /// No or invalid credential
+    #[response(status = 401, content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String, description = "Bearer")))]
+    Unauthenticated(Problem),
+    /// Not an operator credential
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
 }
 
 /// RFC 9457 problem details (`application/problem+json`).
