@@ -31,7 +31,8 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<AnyJson>
     AnyJson::deserialize(deserializer).map(Some)
 }
 
-/// A patient id on its own (a path segment), under the same rules.
+/// The rules of a patient id: a path segment on its own, and `patientId`
+/// in the event bodies (flattened into them).
 #[derive(Debug, Deserialize, Validate)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct PatientBody {
@@ -63,18 +64,11 @@ pub(super) fn patient_id(text: &str) -> Result<PatientId, Vec<FieldError>> {
 #[derive(Debug, Deserialize, Validate)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct EventBody {
-    #[serde(default, deserialize_with = "present")]
-    #[validate(
-        required(message = "is required"),
-        length(min = 1, max = PatientId::MAX_CHARS),
-        custom(function = rules::is_string, message = "must be a string"),
-        custom(function = rules::not_blank, message = "must not be blank"),
-        custom(
-            function = rules::no_control_characters,
-            message = "must not contain control characters"
-        )
-    )]
-    patient_id: Option<AnyJson>,
+    /// `patientId`, under `PatientBody`'s rules. Declared before `unknown`:
+    /// a flattened struct takes its keys out before the map sees the rest.
+    #[serde(flatten)]
+    #[validate(nested)]
+    patient: PatientBody,
 
     #[serde(rename = "type", default, deserialize_with = "present")]
     #[validate(
@@ -186,7 +180,7 @@ impl Validated<QueueBody> {
 fn into_event(body: EventBody) -> Result<NewEvent, FieldError> {
     let ts = text(body.ts, "ts")?;
     Ok(NewEvent {
-        patient_id: PatientId::from_validated(text(body.patient_id, "patientId")?),
+        patient_id: PatientId::from_validated(text(body.patient.patient_id, "patientId")?),
         event_type: EventType::from_validated(text(body.event_type, "type")?),
         data: EventData::from_validated(object(body.data, "data")?),
         ts: EventTime::parse_str(&ts).map_err(|message| FieldError::new("ts", message))?,
