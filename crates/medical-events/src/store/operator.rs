@@ -7,10 +7,10 @@
 use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use serde::{Deserialize, Serialize};
 
+use super::Store;
 use super::deadline::{Bounded, BoundedAll};
 use super::documents::{EventStatus, ProcessingResult, QueuedEvent};
 use super::error::StoreError;
-use super::{PROCESSED_EVENTS, QUEUED_EVENTS, Store};
 
 pub const AUDIT_LOG: &str = "audit_log";
 
@@ -247,8 +247,8 @@ impl Store {
         group: Document,
     ) -> Result<Vec<Document>, StoreError> {
         let operation = "aggregating figures";
-        self.database()
-            .collection::<Document>(QUEUED_EVENTS)
+        self.queued
+            .clone_with_type::<Document>()
             .aggregate([doc! { "$match": matching }, doc! { "$group": group }])
             .all(operation, self.op_timeout * 5)
             .await
@@ -319,8 +319,8 @@ impl Store {
             return Ok(ActionOutcome::WrongState(Box::new(before)));
         }
         if let Some(result) = outcome_result {
-            self.database()
-                .collection::<Document>(PROCESSED_EVENTS)
+            self.processed
+                .clone_with_type::<Document>()
                 .update_one(
                     doc! { "eventId": event_id },
                     doc! { "$set": {
@@ -344,8 +344,7 @@ impl Store {
     }
 
     async fn archive_outcome(&self, event: &QueuedEvent) -> Result<(), StoreError> {
-        self.database()
-            .collection::<Document>(PROCESSED_EVENTS)
+        self.processed.clone_with_type::<Document>()
             .update_one(
                 doc! { "eventId": &event.event_id, "run": event.run, "archivedRuns": { "$ne": event.run } },
                 vec![doc! { "$set": {

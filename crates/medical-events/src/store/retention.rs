@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use mongodb::bson::{DateTime, Document, doc};
 
+use super::Store;
 use super::deadline::{Bounded, BoundedAll};
 use super::documents::EventStatus;
 use super::error::StoreError;
-use super::{PROCESSED_EVENTS, Store};
 
 /// Events examined per batch.
 const BATCH: i64 = 1000;
@@ -80,8 +80,8 @@ impl Store {
         if let Some(outcomes) = retention.outcomes {
             let cutoff = before(outcomes.max(retention.min_age));
             let result = self
-                .database()
-                .collection::<Document>(PROCESSED_EVENTS)
+                .processed
+                .clone_with_type::<Document>()
                 .delete_many(doc! {
                     "processedAt": { "$lt": cutoff },
                     "result.status": { "$in": ["success", "skipped"] },
