@@ -10,6 +10,8 @@ use e2e::{
     Service, event_body, fresh_database_uri, ingest_env, post_until_accepted, processor_env,
 };
 use futures_util::StreamExt;
+use medical_events::event::EventId;
+use medical_events::store::{ProcessedEvent, ProcessingResult};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -179,6 +181,76 @@ async fn a_listener_gets_every_outcome_in_patient_order_and_resumes_where_it_lef
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+}
+
+/// An outcome as the processor records it, for `client`, at `millis`.
+fn recorded(client: &str, millis: i64, seq: i64) -> ProcessedEvent {
+    let at = mongodb::bson::DateTime::from_millis(millis);
+    ProcessedEvent {
+        event_id: EventId::new_time_ordered().to_string(),
+        patient_id: format!("replayed-{}", seq % 7),
+        event_type: "lab_result".to_owned(),
+        data: Default::default(),
+        ts: "2025-10-01T12:00:00.000Z".to_owned(),
+        processed_at: at,
+        processing_duration_ms: 5,
+        result: ProcessingResult::success(),
+        bucket: 0,
+        seq,
+        client: client.to_owned(),
+        run: 1,
+        attempts: 1,
+        history: Vec::new(),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+#[tokio::test]
+async fn a_replay_longer_than_the_buffer_and_a_query_page_arrives_whole() {
+    let uri = fresh_database_uri();
+    let ingest = Service::start("ingest", &ingest_env(&uri, "http://127.0.0.1:9")).await;
+    // 1,300 outcomes of this client, three per millisecond so that query
+    // pages end inside a millisecond, with another client's in between.
+    let start = now_millis() - 60_000;
+    let ours: Vec<ProcessedEvent> = (0..1_300)
+        .map(|n| recorded(e2e::CLIENT, start + n / 3, n))
+        .collect();
+    let theirs: Vec<ProcessedEvent> = (0..300)
+        .map(|n| recorded("other-client", start + n, n))
+        .collect();
+    let db = mongodb::Client::with_uri_str(&uri)
+        .await
+        .unwrap()
+        .default_database()
+        .unwrap();
+    let outcomes = db.collection::<ProcessedEvent>("processed_events");
+    outcomes.insert_many(&ours).await.unwrap();
+    outcomes.insert_many(&theirs).await.unwrap();
+
+    // A last id from before them all (the replay starts 10 s earlier still).
+    let last = format!("{}-{}", start - 1, EventId::new_time_ordered());
+    let messages = read_messages(
+        &ingest.url(),
+        Some(&last),
+        ours.len(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let received: Vec<&str> = messages
+        .iter()
+        .map(|m| m.data["eventId"].as_str().unwrap())
+        .collect();
+    let mut in_stream_order: Vec<(i64, &str)> = ours
+        .iter()
+        .map(|o| (o.processed_at.timestamp_millis(), o.event_id.as_str()))
+        .collect();
+    in_stream_order.sort();
+    let expected: Vec<&str> = in_stream_order.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        received, expected,
+        "every outcome once, in the stream's order"
+    );
 }
 
 fn now_millis() -> i64 {

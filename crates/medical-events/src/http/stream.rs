@@ -21,7 +21,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use mongodb::bson::{DateTime, Document, doc};
+use mongodb::bson::{Document, doc};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 use serde::Deserialize;
@@ -41,6 +41,8 @@ pub const BUFFER: usize = 256;
 const RING: usize = 1024;
 /// Outcomes per replay query.
 const REPLAY_PAGE: i64 = 500;
+/// How long a replay waits for its reader to take the next message.
+const REPLAY_STALL: Duration = Duration::from_secs(30);
 const MAX_AWAIT: Duration = Duration::from_millis(500);
 
 /// The process's shared feed of recorded outcomes.
@@ -67,6 +69,19 @@ impl OutcomeFeed {
             tokio::spawn(watch(self.clone()));
         }
         receiver
+    }
+
+    /// Whether the watch should end: nobody listens. Marks it stopped, then
+    /// looks again: a connection that subscribed in between saw it running
+    /// and started none, so the watch goes on for it.
+    fn nobody_listens(&self) -> bool {
+        if self.sender.receiver_count() > 0 {
+            return false;
+        }
+        self.watching.store(false, Ordering::SeqCst);
+        let goes_on =
+            self.sender.receiver_count() > 0 && !self.watching.swap(true, Ordering::SeqCst);
+        !goes_on
     }
 }
 
@@ -100,16 +115,14 @@ async fn watch(feed: OutcomeFeed) {
             Err(e) => {
                 warn!(error = %e, "cannot watch outcomes; live stream clients wait");
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                if feed.sender.receiver_count() == 0 {
-                    feed.watching.store(false, Ordering::SeqCst);
+                if feed.nobody_listens() {
                     return;
                 }
                 continue;
             }
         };
         loop {
-            if feed.sender.receiver_count() == 0 {
-                feed.watching.store(false, Ordering::SeqCst);
+            if feed.nobody_listens() {
                 debug!("nobody listens to outcomes any more; stream closed");
                 return;
             }
@@ -148,7 +161,7 @@ pub(crate) struct StreamParams {
 /// Live outcomes (Server-Sent Events), resumable with `Last-Event-ID`.
 #[utoipa::path(get, path = "/events/stream", tag = "events",
     params(
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume from this outcome (the `id` of the last message received); the replay starts 10 s before it, so deduplicate by eventId and run"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume from this outcome (the `id` of the last message received); the replay starts 10 s before it, so deduplicate by id"),
         ("lastEventId" = Option<String>, Query, description = "The same, for clients that cannot set headers"),
     ),
     responses(
@@ -242,40 +255,40 @@ fn offer(sender: &mpsc::Sender<Event>, outcome: &ProcessedEvent) -> Result<(), E
     })
 }
 
-/// The replay's most recent outcomes, to skip when the live feed repeats
-/// them; at most [`REPLAY_OVERLAP`](crate::store::REPLAY_OVERLAP) worth.
+/// The replay's most recent outcomes (by message id: an operator's skip of
+/// a parked event keeps its run but gets a new id), to skip when the live
+/// feed repeats them; at most [`REPLAY_OVERLAP`](crate::store::REPLAY_OVERLAP) worth.
 #[derive(Default)]
 struct Recent {
-    order: VecDeque<(DateTime, (String, i32))>,
-    keys: HashSet<(String, i32)>,
+    order: VecDeque<OutcomeCursor>,
+    keys: HashSet<OutcomeCursor>,
 }
 
 impl Recent {
-    fn remember(&mut self, outcome: &ProcessedEvent) {
-        let key = (outcome.event_id.clone(), outcome.run);
-        self.keys.insert(key.clone());
-        self.order.push_back((outcome.processed_at, key));
-        let horizon = overlap_before(outcome.processed_at);
-        while let Some((at, key)) = self.order.front() {
-            if *at >= horizon {
+    fn remember(&mut self, cursor: OutcomeCursor) {
+        let horizon = overlap_before(cursor.processed_at);
+        self.keys.insert(cursor.clone());
+        self.order.push_back(cursor);
+        while let Some(oldest) = self.order.front() {
+            if oldest.processed_at >= horizon {
                 break;
             }
-            self.keys.remove(key);
+            self.keys.remove(oldest);
             self.order.pop_front();
         }
     }
 
-    /// Whether a live `outcome` was replayed already. Once live outcomes are
+    /// Whether a live outcome was replayed already. Once live outcomes are
     /// past the overlap, nothing replayed can come again: forgets them.
-    fn repeats(&mut self, outcome: &ProcessedEvent) -> bool {
-        let Some((newest, _)) = self.order.back() else {
+    fn repeats(&mut self, cursor: &OutcomeCursor) -> bool {
+        let Some(newest) = self.order.back() else {
             return false;
         };
-        if overlap_before(outcome.processed_at) > *newest {
+        if overlap_before(cursor.processed_at) > newest.processed_at {
             *self = Self::default();
             return false;
         }
-        self.keys.contains(&(outcome.event_id.clone(), outcome.run))
+        self.keys.contains(cursor)
     }
 }
 
@@ -299,24 +312,32 @@ async fn feed_one(
                     .await
                     .map_err(|_| Ended::CutOff)?;
                 for outcome in &page {
-                    offer(&sender, outcome)?;
+                    // At the reader's pace: a replay is read from the store,
+                    // not held in memory, so it waits for a slow reader (up
+                    // to REPLAY_STALL) rather than cutting it off.
+                    sender
+                        .send_timeout(message(outcome), REPLAY_STALL)
+                        .await
+                        .map_err(|e| match e {
+                            mpsc::error::SendTimeoutError::Timeout(_) => Ended::CutOff,
+                            mpsc::error::SendTimeoutError::Closed(_) => Ended::Gone,
+                        })?;
                     from = OutcomeCursor::of(outcome);
-                    replayed.remember(outcome);
+                    replayed.remember(from.clone());
                 }
                 if (page.len() as i64) < REPLAY_PAGE {
                     break;
                 }
-                // A replay must not outrun its reader either.
-                while sender.capacity() < BUFFER / 2 {
-                    if sender.is_closed() {
-                        return Err(Ended::Gone);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
             }
         }
         loop {
-            let outcome = match live.recv().await {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                // A client that went away is noticed at once, not at the
+                // next outcome it would be shown (which may never come).
+                () = sender.closed() => return Err(Ended::Gone),
+            };
+            let outcome = match received {
                 Ok(outcome) => outcome,
                 Err(broadcast::error::RecvError::Lagged(_)) => return Err(Ended::CutOff),
                 Err(broadcast::error::RecvError::Closed) => return Err(Ended::Gone),
@@ -324,7 +345,7 @@ async fn feed_one(
             if client.as_deref().is_some_and(|c| c != outcome.client) {
                 continue;
             }
-            if replayed.repeats(&outcome) {
+            if replayed.repeats(&OutcomeCursor::of(&outcome)) {
                 continue;
             }
             offer(&sender, &outcome)?;
@@ -334,5 +355,38 @@ async fn feed_one(
     if let Err(Ended::CutOff) = ended {
         metrics::counter!("outcome_stream_cut_off_total").increment(1);
         debug!("outcome stream client too slow; cut off");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::DateTime;
+
+    use super::*;
+    use crate::store::REPLAY_OVERLAP;
+
+    fn cursor(millis: i64, event_id: &str) -> OutcomeCursor {
+        OutcomeCursor {
+            processed_at: DateTime::from_millis(millis),
+            event_id: event_id.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_live_repeat_of_a_replayed_outcome_is_skipped_but_a_new_outcome_of_its_event_is_not() {
+        let mut replayed = Recent::default();
+        replayed.remember(cursor(1_000, "a"));
+        assert!(replayed.repeats(&cursor(1_000, "a")));
+        // An operator's skip of a parked event: same event and run, new time.
+        assert!(!replayed.repeats(&cursor(1_500, "a")));
+    }
+
+    #[test]
+    fn the_replay_is_forgotten_once_live_outcomes_are_past_the_overlap() {
+        let mut replayed = Recent::default();
+        replayed.remember(cursor(1_000, "a"));
+        let later = 1_000 + REPLAY_OVERLAP.as_millis() as i64 + 1;
+        assert!(!replayed.repeats(&cursor(later, "b")));
+        assert!(!replayed.repeats(&cursor(1_000, "a")));
     }
 }

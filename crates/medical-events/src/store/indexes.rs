@@ -26,8 +26,11 @@ pub const OUTCOME_EVENT: &str = "eventId_1";
 /// `{bucket, eventId}`, unique: the same guarantee with the shard key as
 /// prefix, so the collection can be sharded by bucket without losing it.
 pub const OUTCOME_BUCKET_EVENT: &str = "bucket_eventId";
-/// `processedAt`: the outcome stream's replay and outcome retention.
-pub const OUTCOME_TIME: &str = "processedAt_1";
+/// `{processedAt, eventId}`: the outcome stream's replay (in this order,
+/// which is the stream's) and outcome retention.
+pub const OUTCOME_TIME: &str = "processedAt_eventId";
+/// The `processedAt` index of earlier versions, which `OUTCOME_TIME` replaces.
+pub const OUTCOME_TIME_BEFORE: &str = "processedAt_1";
 
 fn index(name: &str, keys: Document, unique: bool) -> IndexModel {
     IndexModel::builder()
@@ -72,7 +75,7 @@ pub fn processed_events() -> Vec<IndexModel> {
         // The original service's query indexes, kept for its readers.
         index("patientId_1", doc! { "patientId": 1 }, false),
         index("patientId_1_ts_1", doc! { "patientId": 1, "ts": 1 }, false),
-        index(OUTCOME_TIME, doc! { "processedAt": 1 }, false),
+        index(OUTCOME_TIME, doc! { "processedAt": 1, "eventId": 1 }, false),
     ]
 }
 

@@ -137,6 +137,18 @@ impl Store {
             .create_indexes(indexes::processed_events())
             .bounded("creating processed_events indexes", self.op_timeout * 5)
             .await?;
+        // Replaced by a compound index: two would cost every outcome write.
+        let names = self
+            .processed
+            .list_index_names()
+            .bounded("listing processed_events indexes", self.op_timeout)
+            .await?;
+        if names.iter().any(|n| n == indexes::OUTCOME_TIME_BEFORE) {
+            self.processed
+                .drop_index(indexes::OUTCOME_TIME_BEFORE)
+                .bounded("dropping a replaced index", self.op_timeout * 5)
+                .await?;
+        }
         self.queued
             .create_indexes(indexes::queued_events())
             .bounded("creating queued_events indexes", self.op_timeout * 5)

@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{DateTime, doc};
+use mongodb::bson::DateTime;
 
-use super::Store;
-use super::deadline::BoundedAll;
 use super::documents::ProcessedEvent;
 use super::error::StoreError;
+use super::{Store, shapes};
 
 /// How far before a client's last id a replay starts: longer than an outcome
 /// takes from its `processedAt` stamp to its commit (one bounded write, a
@@ -25,7 +24,7 @@ pub fn overlap_before(at: DateTime) -> DateTime {
 }
 
 /// A position in the outcome stream: the last outcome a client saw.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OutcomeCursor {
     pub processed_at: DateTime,
     pub event_id: String,
@@ -71,22 +70,26 @@ impl Store {
         client: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ProcessedEvent>, StoreError> {
-        let mut filter = doc! { "processedAt": { "$gte": after.processed_at } };
-        if let Some(client) = client {
-            filter.insert("client", client);
-        }
         let operation = "reading outcomes to replay";
-        let found: Vec<ProcessedEvent> = self
-            .processed
-            .find(filter)
-            .sort(doc! { "processedAt": 1, "eventId": 1 })
-            .limit(limit)
-            .projection(doc! { "data": 0 })
-            .all(operation, self.op_timeout)
+        let at = after.processed_at;
+        let mut found = self
+            .find_all(
+                &self.processed,
+                shapes::outcomes_within(at, &after.event_id, client, limit),
+                operation,
+            )
             .await?;
-        Ok(found
-            .into_iter()
-            .filter(|o| OutcomeCursor::of(o) > *after)
-            .collect())
+        let rest = limit - found.len() as i64;
+        if rest > 0 {
+            found.extend(
+                self.find_all(
+                    &self.processed,
+                    shapes::outcomes_since(at, client, rest),
+                    operation,
+                )
+                .await?,
+            );
+        }
+        Ok(found)
     }
 }

@@ -5,9 +5,9 @@
 //!
 //! Shapes are chosen so that every server we run plans them with an index:
 //! equality on `bucket` (and `patientId`) first, one status or a short `$in`
-//! of statuses, and sorts only within one patient.
+//! of statuses, and sorts only within one patient or in an index's order.
 
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{DateTime, Document, doc};
 
 use super::documents::EventStatus;
 
@@ -29,10 +29,13 @@ impl Collection {
 /// How much a server may have to sort in memory for this query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortScope {
-    /// No sort at all, or one the index order gives.
+    /// No sort at all.
     None,
     /// A sort over one patient's documents (bounded by that patient).
     OnePatient,
+    /// The order of the hinted index, read in that order by mongo:7 and the
+    /// compiled SecantusDB; the Python server re-sorts the range it read.
+    IndexOrder,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +68,14 @@ impl Shape {
     fn sorted_within_patient(mut self, sort: Document) -> Self {
         self.sort = Some(sort);
         self.sort_scope = SortScope::OnePatient;
+        self
+    }
+
+    /// A sort the order of index `index` gives, with that index hinted.
+    fn sorted_by_index(mut self, sort: Document, index: &'static str) -> Self {
+        self.sort = Some(sort);
+        self.hint = Some(index);
+        self.sort_scope = SortScope::IndexOrder;
         self
     }
 
@@ -178,6 +189,43 @@ pub fn timeline(bucket: i32, patient: &str, after: i64, limit: i64) -> Shape {
     .limit(limit)
 }
 
+/// A page of the outcome stream's replay is two ranges of the
+/// `{processedAt, eventId}` index, each in index order: the rest of the
+/// cursor's millisecond, then everything after it. (One `$or` of the two
+/// would be a union plan some servers sort in memory or scan.)
+fn outcomes(name: &'static str, mut filter: Document, client: Option<&str>, limit: i64) -> Shape {
+    if let Some(client) = client {
+        filter.insert("client", client);
+    }
+    Shape::new(name, Collection::Processed, filter)
+        .sorted_by_index(
+            doc! { "processedAt": 1, "eventId": 1 },
+            super::indexes::OUTCOME_TIME,
+        )
+        .projection(doc! { "data": 0 })
+        .limit(limit)
+}
+
+/// Outcomes recorded in the millisecond `at` with an eventId after `event_id`.
+pub fn outcomes_within(at: DateTime, event_id: &str, client: Option<&str>, limit: i64) -> Shape {
+    outcomes(
+        "outcomes later in a millisecond",
+        doc! { "processedAt": at, "eventId": { "$gt": event_id } },
+        client,
+        limit,
+    )
+}
+
+/// Outcomes recorded after the millisecond `at`.
+pub fn outcomes_since(at: DateTime, client: Option<&str>, limit: i64) -> Shape {
+    outcomes(
+        "outcomes after a millisecond",
+        doc! { "processedAt": { "$gt": at } },
+        client,
+        limit,
+    )
+}
+
 /// Every hot shape, with sample arguments, for the plan test.
 pub fn hot_for_explain() -> Vec<Shape> {
     let ids = ["00000000-0000-7000-8000-000000000001".to_owned()];
@@ -191,5 +239,7 @@ pub fn hot_for_explain() -> Vec<Shape> {
         fenced(&ids[0]),
         outcome(&ids[0]),
         timeline(3, "patient-1", 10, 50),
+        outcomes_within(DateTime::from_millis(1_000), &ids[0], Some("client"), 500),
+        outcomes_since(DateTime::from_millis(1_000), None, 500),
     ]
 }
