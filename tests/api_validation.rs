@@ -333,6 +333,39 @@ async fn indexes_of_the_original_exist_after_start_up() {
     );
 }
 
+#[tokio::test]
+async fn the_outcome_time_index_of_earlier_versions_is_replaced_at_start_up() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let earlier = mongodb::IndexModel::builder()
+        .keys(mongodb::bson::doc! { "processedAt": 1 })
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .name("processedAt_1".to_owned())
+                .build(),
+        )
+        .build();
+    mongodb::Client::with_uri_str(&uri)
+        .await
+        .unwrap()
+        .default_database()
+        .unwrap()
+        .collection::<mongodb::bson::Document>("processed_events")
+        .create_index(earlier)
+        .await
+        .unwrap();
+    let _ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
+    let processed = db.index_names("processed_events").await;
+    assert!(
+        processed.contains(&"processedAt_eventId".to_owned()),
+        "{processed:?}"
+    );
+    assert!(
+        !processed.contains(&"processedAt_1".to_owned()),
+        "{processed:?}"
+    );
+}
+
 /// A response read off a raw HTTP/1.1 connection.
 struct RawResponse {
     status: u16,
