@@ -300,6 +300,29 @@ async fn operator_routes_refuse_client_keys_and_anonymous_callers() {
         .await
         .unwrap();
     assert_eq!(client.status(), StatusCode::FORBIDDEN);
+    // A body that is not JSON is a problem too, not a framework's text.
+    for (content_type, body, status) in [
+        ("application/json", "{", StatusCode::BAD_REQUEST),
+        (
+            "text/plain",
+            "lab fixed",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+    ] {
+        let response = admin()
+            .post(format!("{}/admin/events/{id}/retry", ingest.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{content_type}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{content_type}"
+        );
+    }
     assert_eq!(
         act(&ingest.url, &id.to_string(), "retry", "x")
             .await

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::ingest::{IngestState, event_view};
+use super::json_body::JsonBody;
 use super::paging::page_limit;
 use super::problem::ApiError;
 use super::query_params::QueryParams;
@@ -139,11 +140,11 @@ async fn act(
     caller: &Caller,
     raw_id: &str,
     action: Action,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let event_id =
         EventId::parse_str(raw_id).map_err(|reason| ApiError::field("eventId", reason))?;
-    let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
+    let JsonBody(body) = body;
     let reason: Reason = serde_json::from_value(body)
         .map_err(|_| ApiError::field("reason", "a JSON body {\"reason\": \"...\"} is required"))?;
     let reason = reason.reason.trim().to_owned();
@@ -198,7 +199,7 @@ pub(crate) async fn retry(
     State(state): State<IngestState>,
     Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     act(&state, &caller, &raw_id, Action::Retry, body).await
 }
@@ -219,7 +220,7 @@ pub(crate) async fn skip(
     State(state): State<IngestState>,
     Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     act(&state, &caller, &raw_id, Action::Skip, body).await
 }
@@ -240,7 +241,7 @@ pub(crate) async fn acknowledge(
     State(state): State<IngestState>,
     Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     act(&state, &caller, &raw_id, Action::Acknowledge, body).await
 }
