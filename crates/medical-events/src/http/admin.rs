@@ -189,8 +189,9 @@ async fn act(
     request_body(content = Reason, content_type = "application/json"),
     responses(
         (status = 200, description = "Queued again; its patient's lane will run it", body = super::openapi::EventState),
-        (status = 400, description = "No reason, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No reason, a body that is not JSON, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
         super::openapi::OperatorRefusals,
+        super::openapi::JsonBodyRefusals,
         (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The event is neither failed nor parked", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
@@ -210,8 +211,9 @@ pub(crate) async fn retry(
     request_body(content = Reason, content_type = "application/json"),
     responses(
         (status = 200, description = "Skipped", body = super::openapi::EventState),
-        (status = 400, description = "No reason, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No reason, a body that is not JSON, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
         super::openapi::OperatorRefusals,
+        super::openapi::JsonBodyRefusals,
         (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The event is not parked", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),
@@ -231,8 +233,9 @@ pub(crate) async fn skip(
     request_body(content = Reason, content_type = "application/json"),
     responses(
         (status = 200, description = "Acknowledged", body = super::openapi::EventState),
-        (status = 400, description = "No reason, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No reason, a body that is not JSON, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
         super::openapi::OperatorRefusals,
+        super::openapi::JsonBodyRefusals,
         (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The event is not an unacknowledged failure", body = super::openapi::Problem, content_type = "application/problem+json"),
     ),

@@ -179,6 +179,18 @@ pub enum OperatorRefusals {
     Forbidden(Problem),
 }
 
+/// The refusals of a JSON body before it is read (`JsonBody`).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum JsonBodyRefusals {
+    /// Body over 1 MiB
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(Problem),
+    /// Content-Type is not application/json
+    #[response(status = 415, content_type = "application/problem+json")]
+    NotJson(Problem),
+}
+
 /// RFC 9457 problem details (`application/problem+json`).
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
