@@ -22,15 +22,14 @@ struct Message {
     data: Value,
 }
 
-/// Reads `count` `outcome` messages from the stream at `url` (with
-/// `Last-Event-ID: last` if given), failing after `timeout`.
-async fn read_messages(
-    url: &str,
-    last: Option<&str>,
-    count: usize,
-    timeout: Duration,
-) -> Vec<Message> {
-    let mut request = e2e::client().get(format!("{url}/events/stream"));
+/// Opens the stream at `url` as `key`'s client (with `Last-Event-ID: last`
+/// if given). The headers have come when this returns: the server has
+/// subscribed to the live outcomes by then.
+async fn connect(url: &str, last: Option<&str>, key: &str) -> reqwest::Response {
+    let mut request = e2e::client_with_token(key)
+        .build()
+        .unwrap()
+        .get(format!("{url}/events/stream"));
     if let Some(last) = last {
         request = request.header("Last-Event-ID", last);
     }
@@ -42,7 +41,22 @@ async fn read_messages(
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let mut response = response;
+    response
+}
+
+/// Reads `count` `outcome` messages from the stream at `url` (with
+/// `Last-Event-ID: last` if given), failing after `timeout`.
+async fn read_messages(
+    url: &str,
+    last: Option<&str>,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Message> {
+    read(connect(url, last, e2e::API_KEY).await, count, timeout).await
+}
+
+/// Reads `count` `outcome` messages from an open stream, failing after `timeout`.
+async fn read(mut response: reqwest::Response, count: usize, timeout: Duration) -> Vec<Message> {
     let mut buffer = String::new();
     let mut messages = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -98,11 +112,8 @@ async fn a_listener_gets_every_outcome_in_patient_order_and_resumes_where_it_lef
     let uri = fresh_database_uri();
     let (_processor, ingest) = stack(&uri, (20, 40)).await;
     let url = ingest.url();
-    let listener = tokio::spawn({
-        let url = url.clone();
-        async move { read_messages(&url, None, 10, Duration::from_secs(60)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let listening = connect(&url, None, e2e::API_KEY).await;
+    let listener = tokio::spawn(read(listening, 10, Duration::from_secs(60)));
     let client = e2e::client();
     let mut sent = Vec::new();
     for n in 0..5 {
@@ -154,26 +165,11 @@ async fn a_listener_gets_every_outcome_in_patient_order_and_resumes_where_it_lef
     // A last id past everything recorded replays nothing: the next message
     // is a new outcome.
     let future = format!("{}-{}", now_millis() + 60_000, sent[0]);
-    let after = tokio::spawn({
-        let url = url.clone();
-        async move { read_messages(&url, Some(&future), 1, Duration::from_secs(30)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = connect(&url, Some(&future), e2e::API_KEY).await;
+    let after = tokio::spawn(read(after, 1, Duration::from_secs(30)));
     let newest = post_until_accepted(&client, &url, &event_body("stream-a", 5), "stream-a-5").await;
     let after = after.await.unwrap();
     assert_eq!(after[0].data["eventId"], newest.as_str());
-    // A client sees only its own outcomes.
-    let other = e2e::client_with_token(e2e::ADMIN_KEY).build().unwrap();
-    let response = other
-        .get(format!("{url}/events/stream"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        200,
-        "an operator may listen to every client"
-    );
     let bad = client
         .get(format!("{url}/events/stream"))
         .header("Last-Event-ID", "not-an-id")
@@ -249,8 +245,33 @@ async fn a_replay_longer_than_the_buffer_and_a_query_page_arrives_whole() {
     let expected: Vec<&str> = in_stream_order.into_iter().map(|(_, id)| id).collect();
     assert_eq!(
         received, expected,
-        "every outcome once, in the stream's order"
+        "every outcome once, in the stream's order, none of another client's"
     );
+    // An operator's replay has both clients' outcomes.
+    let all = read(
+        connect(&ingest.url(), Some(&last), e2e::ADMIN_KEY).await,
+        ours.len() + theirs.len(),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        all.iter()
+            .filter(|m| m.data["client"] == "other-client")
+            .count(),
+        theirs.len()
+    );
+    // Live, too, a client sees only its own: another client's outcome
+    // recorded first does not come before this client's.
+    let live = connect(&ingest.url(), None, e2e::API_KEY).await;
+    let now = now_millis();
+    outcomes
+        .insert_one(recorded("other-client", now, 1))
+        .await
+        .unwrap();
+    let own = recorded(e2e::CLIENT, now + 1, 2);
+    outcomes.insert_one(&own).await.unwrap();
+    let next = read(live, 1, Duration::from_secs(30)).await;
+    assert_eq!(next[0].data["eventId"], own.event_id.as_str());
 }
 
 fn now_millis() -> i64 {

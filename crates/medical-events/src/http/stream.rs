@@ -26,7 +26,7 @@ use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, warn};
 
 use super::ingest::IngestState;
@@ -44,6 +44,8 @@ const REPLAY_PAGE: i64 = 500;
 /// How long a replay waits for its reader to take the next message.
 const REPLAY_STALL: Duration = Duration::from_secs(30);
 const MAX_AWAIT: Duration = Duration::from_millis(500);
+/// How long a new connection waits for the change stream to open.
+const OPEN_WAIT: Duration = Duration::from_secs(5);
 
 /// The process's shared feed of recorded outcomes.
 #[derive(Clone)]
@@ -51,6 +53,9 @@ pub struct OutcomeFeed {
     store: Store,
     sender: broadcast::Sender<Arc<ProcessedEvent>>,
     watching: Arc<AtomicBool>,
+    /// Whether the change stream is open: what commits from then on reaches
+    /// the live feed.
+    open: Arc<watch::Sender<bool>>,
 }
 
 impl OutcomeFeed {
@@ -59,14 +64,25 @@ impl OutcomeFeed {
             store,
             sender: broadcast::channel(RING).0,
             watching: Arc::new(AtomicBool::new(false)),
+            open: Arc::new(watch::channel(false).0),
         }
     }
 
-    /// Live outcomes from now on; opens the change stream if it is not open.
-    fn subscribe(&self) -> broadcast::Receiver<Arc<ProcessedEvent>> {
+    /// Live outcomes from now on; opens the change stream if it is not open
+    /// and waits (up to [`OPEN_WAIT`]) until it is, so that a replay read
+    /// afterwards leaves no gap before the live feed, and a new listener
+    /// misses nothing recorded after its response began.
+    async fn subscribe(&self) -> broadcast::Receiver<Arc<ProcessedEvent>> {
         let receiver = self.sender.subscribe();
         if !self.watching.swap(true, Ordering::SeqCst) {
-            tokio::spawn(watch(self.clone()));
+            tokio::spawn(watch_outcomes(self.clone()));
+        }
+        let mut open = self.open.subscribe();
+        if tokio::time::timeout(OPEN_WAIT, open.wait_for(|open| *open))
+            .await
+            .is_err()
+        {
+            warn!("the outcome change stream is not open yet; live outcomes may come late");
         }
         receiver
     }
@@ -78,16 +94,20 @@ impl OutcomeFeed {
         if self.sender.receiver_count() > 0 {
             return false;
         }
+        self.open.send_replace(false);
         self.watching.store(false, Ordering::SeqCst);
         let goes_on =
             self.sender.receiver_count() > 0 && !self.watching.swap(true, Ordering::SeqCst);
+        if goes_on {
+            self.open.send_replace(true);
+        }
         !goes_on
     }
 }
 
 /// Watches `processed_events` while anyone listens: new outcomes, and
 /// outcomes an operator's retry or skip replaced (not history updates).
-async fn watch(feed: OutcomeFeed) {
+async fn watch_outcomes(feed: OutcomeFeed) {
     let collection = feed
         .store
         .database()
@@ -102,16 +122,19 @@ async fn watch(feed: OutcomeFeed) {
     ];
     let mut token: Option<ResumeToken> = None;
     loop {
-        let mut watch = collection
+        let mut opening = collection
             .watch()
             .pipeline(pipeline.clone())
             .full_document(FullDocumentType::UpdateLookup)
             .max_await_time(MAX_AWAIT);
         if let Some(token) = token.clone() {
-            watch = watch.start_after(token);
+            opening = opening.start_after(token);
         }
-        let mut changes = match watch.await {
-            Ok(changes) => changes,
+        let mut changes = match opening.await {
+            Ok(changes) => {
+                feed.open.send_replace(true);
+                changes
+            }
             Err(e) => {
                 warn!(error = %e, "cannot watch outcomes; live stream clients wait");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -194,7 +217,7 @@ pub(crate) async fn outcomes(
         .transpose()?;
     let client = (!caller.is_admin()).then(|| caller.client.to_string());
     // Subscribed before the replay, so nothing recorded meanwhile is missed.
-    let live = state.outcomes.subscribe();
+    let live = state.outcomes.subscribe().await;
     let (sender, receiver) = mpsc::channel(BUFFER);
     tokio::spawn(feed_one(
         state.outcomes.store.clone(),
