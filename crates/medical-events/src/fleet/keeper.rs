@@ -292,7 +292,7 @@ impl Keeper {
             } else if let Some(job) = lease.id.strip_prefix("job:") {
                 if !self.ownership.runs_job(job) {
                     info!(job, "running the fleet's singleton job here");
-                    self.ownership.set_job(job, true);
+                    self.ownership.take_job(job);
                 }
             }
         }

@@ -266,13 +266,12 @@ impl Ownership {
         self.jobs.read().expect("ownership poisoned").contains(name)
     }
 
-    pub(crate) fn set_job(&self, name: &str, held: bool) {
-        let mut jobs = self.jobs.write().expect("ownership poisoned");
-        if held {
-            jobs.insert(name.to_owned());
-        } else {
-            jobs.remove(name);
-        }
+    /// Runs the singleton job `name` here from now on (until `lose_all`).
+    pub(crate) fn take_job(&self, name: &str) {
+        self.jobs
+            .write()
+            .expect("ownership poisoned")
+            .insert(name.to_owned());
     }
 
     /// Drops every lease (its session expired): nothing may be done under them.

@@ -90,12 +90,7 @@ pub(crate) async fn list_events(
         .as_deref()
         .map(PatientId::parse)
         .transpose()
-        .map_err(|mut errors| {
-            for error in &mut errors {
-                error.field = "patientId".to_owned();
-            }
-            ApiError::Validation(errors)
-        })?;
+        .map_err(ApiError::Validation)?;
     let after = params
         .cursor
         .as_deref()

@@ -26,7 +26,6 @@ pub use outcomes::{OutcomeCursor, REPLAY_OVERLAP, overlap_before};
 pub use retention::{MIN_AGE, Pruned, Retention};
 pub use sweep::Waiting;
 
-use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::options::{
     Acknowledgment, ClientOptions, CollectionOptions, FindOneOptions, FindOptions, Hint,
@@ -34,7 +33,7 @@ use mongodb::options::{
 };
 use mongodb::{Client, Collection, Database};
 
-use deadline::Bounded;
+use deadline::{Bounded, BoundedAll};
 use group_commit::InsertBatcher;
 use shapes::Shape;
 
@@ -192,8 +191,7 @@ impl Store {
         limit: i64,
     ) -> Result<(Vec<QueuedEvent>, Option<i64>), StoreError> {
         let bucket = crate::bucket::of(patient);
-        let mut shape = shapes::timeline(bucket, patient, after, limit);
-        shape.projection = Some(doc! { "data": 0 });
+        let shape = shapes::timeline(bucket, patient, after, limit);
         let page: Vec<QueuedEvent> = self
             .find_all(&self.queued, shape, "reading a patient's timeline")
             .await?;
@@ -240,16 +238,11 @@ impl Store {
         T: serde::de::DeserializeOwned + Send + Sync + Unpin,
     {
         let options = find_options(shape.sort, shape.projection, shape.limit, shape.hint);
-        let cursor = collection
+        collection
             .find(shape.filter)
             .with_options(options)
-            .bounded(operation, self.op_timeout)
-            .await?;
-        cursor
-            .try_collect()
-            .bounded_raw(operation, self.op_timeout)
-            .await?
-            .map_err(StoreError::mongo(operation))
+            .all(operation, self.op_timeout)
+            .await
     }
 }
 

@@ -44,13 +44,10 @@ impl ListedState {
 
 /// Where a listing stopped: the index position of the last event returned
 /// (the `{status, bucket, patientId, seq}` order), opaque to clients.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListCursor {
-    #[serde(rename = "b")]
     pub bucket: i32,
-    #[serde(rename = "p")]
     pub patient: String,
-    #[serde(rename = "s")]
     pub seq: i64,
 }
 

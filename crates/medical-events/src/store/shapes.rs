@@ -186,6 +186,7 @@ pub fn timeline(bucket: i32, patient: &str, after: i64, limit: i64) -> Shape {
         doc! { "bucket": bucket, "patientId": patient, "seq": { "$gt": after } },
     )
     .sorted_within_patient(doc! { "seq": 1 })
+    .projection(doc! { "data": 0 })
     .limit(limit)
 }
 
