@@ -70,23 +70,53 @@ impl ProcessorNotifier {
     }
 
     pub fn notify(&self, event_id: EventId, event: &NewEvent, trace: &TraceContext) {
-        let notification = Notification {
-            traceparent: trace.child().header_value(),
-            event_id: event_id.to_string(),
-            body: json!({
-                "eventId": event_id.to_string(),
-                "patientId": event.patient_id.as_str(),
-                "type": event.event_type.as_str(),
-                "data": event.data.as_map(),
-                "ts": event.ts.as_str(),
-            })
-            .to_string()
-            .into_bytes(),
-        };
-        self.send(notification);
+        self.send(
+            trace.child().header_value(),
+            event_id.to_string(),
+            event.patient_id.as_str(),
+            event.event_type.as_str(),
+            json!(event.data.as_map()),
+            event.ts.as_str(),
+        );
     }
 
-    fn send(&self, notification: Notification) {
+    /// Wakes the owner of a stored event's patient (after an operator's
+    /// retry or skip), within the same budget as every notification.
+    pub fn wake(&self, event: &crate::store::QueuedEvent) {
+        self.send(
+            TraceContext::new_root().header_value(),
+            event.event_id.clone(),
+            &event.patient_id,
+            &event.event_type,
+            mongodb::bson::Bson::Document(event.data.clone()).into_relaxed_extjson(),
+            &event.ts,
+        );
+    }
+
+    /// Queues the `POST /queue` body of an event for delivery.
+    fn send(
+        &self,
+        traceparent: String,
+        event_id: String,
+        patient_id: &str,
+        event_type: &str,
+        data: serde_json::Value,
+        ts: &str,
+    ) {
+        let body = json!({
+            "eventId": event_id,
+            "patientId": patient_id,
+            "type": event_type,
+            "data": data,
+            "ts": ts,
+        })
+        .to_string()
+        .into_bytes();
+        let notification = Notification {
+            traceparent,
+            event_id,
+            body,
+        };
         let event_id = notification.event_id.clone();
         let bytes = notification.body.len();
         if self.held.fetch_add(bytes, Ordering::SeqCst) + bytes > BYTE_BUDGET {
@@ -100,27 +130,6 @@ impl ProcessorNotifier {
             metrics::counter!("notifications_dropped_total").increment(1);
             debug!(eventId = %event_id, "notification backlog full; the owner's change stream or sweep picks the event up");
         }
-    }
-}
-
-impl ProcessorNotifier {
-    /// Wakes the owner of a stored event's patient (after an operator's
-    /// retry or skip), within the same budget as every notification.
-    pub fn wake(&self, event: &crate::store::QueuedEvent) {
-        let notification = Notification {
-            traceparent: TraceContext::new_root().header_value(),
-            event_id: event.event_id.clone(),
-            body: json!({
-                "eventId": event.event_id,
-                "patientId": event.patient_id,
-                "type": event.event_type,
-                "data": mongodb::bson::Bson::Document(event.data.clone()).into_relaxed_extjson(),
-                "ts": event.ts,
-            })
-            .to_string()
-            .into_bytes(),
-        };
-        self.send(notification);
     }
 }
 
