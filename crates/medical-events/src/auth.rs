@@ -121,6 +121,12 @@ impl Caller {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
+
+    /// The client whose events this caller may see: its own, or every
+    /// client's (`None`) for an operator.
+    pub fn scope(&self) -> Option<&str> {
+        (!self.is_admin()).then_some(&*self.client)
+    }
 }
 
 /// The check itself, with the credentials digested once.

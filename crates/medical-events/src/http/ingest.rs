@@ -224,7 +224,7 @@ pub(crate) async fn event_status(
         .await?
         .ok_or_else(not_found)?;
     // Another client's event does not exist, as far as this caller can tell.
-    if event.client != *caller.client && !caller.is_admin() {
+    if caller.scope().is_some_and(|client| client != event.client) {
         return Err(not_found());
     }
     Ok(Json(event_view(&event)))

@@ -55,7 +55,7 @@ pub(crate) async fn timeline(
             .ok_or_else(|| ApiError::field("after", "must be a sequence number (0 or more)"))?,
     };
     let limit = page_limit(params.limit.as_deref())?;
-    let client = (!caller.is_admin()).then_some(&*caller.client);
+    let client = caller.scope();
     let (events, scanned_to) = state
         .intake
         .store()

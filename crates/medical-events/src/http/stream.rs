@@ -215,7 +215,7 @@ pub(crate) async fn outcomes(
                 .ok_or_else(|| ApiError::field("Last-Event-ID", "is not an id this stream gave"))
         })
         .transpose()?;
-    let client = (!caller.is_admin()).then(|| caller.client.to_string());
+    let client = caller.scope().map(str::to_owned);
     // Subscribed before the replay, so nothing recorded meanwhile is missed.
     let live = state.outcomes.subscribe().await;
     let (sender, receiver) = mpsc::channel(BUFFER);
