@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::checks::Db;
+use e2e::fault_proxy::{Fault, FaultProxy, field_is};
 use e2e::sink::Sink;
 use e2e::{
     Service, event_body, fresh_database_uri, ingest_env, post_until_accepted, processor_env,
     wait_until,
 };
 use futures_util::future::join_all;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 
 /// `LEASE_MS` of the test processors (see `processor_env`).
 const LEASE: Duration = Duration::from_millis(4000);
@@ -88,17 +89,31 @@ async fn in_hand(db: &Db, session: &str) -> Vec<String> {
 }
 
 /// The events `session` held when it was stopped or killed. A claim it sent
-/// just before the signal can still commit after it: the database reads what
-/// is already in the socket. So this collects what is in its hands for a
-/// quarter of the lease, while nobody else can claim its buckets' events yet.
+/// just before the signal can still commit after it (the database reads
+/// what is already in the socket, on a busy machine a second or more
+/// later), but not once another instance has killed its session: from then
+/// on the database refuses every write of it. So this collects what is in
+/// its hands until its leases have moved.
 async fn in_hand_at_fault(db: &Db, session: &str) -> Vec<String> {
-    let until = Instant::now() + LEASE / 4;
     let mut held = HashSet::new();
-    while Instant::now() < until {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         held.extend(in_hand(db, session).await);
+        let dead = db
+            .count("processors", doc! { "_id": session, "dead": true })
+            .await
+            == 1;
+        if dead && db.count("leases", doc! { "owner": session }).await == 0 {
+            // Claims that landed before the kill are still on the events.
+            held.extend(in_hand(db, session).await);
+            return held.into_iter().collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session was never taken over"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    held.into_iter().collect()
 }
 
 /// Sends each patient's events in order, alternating the ingest instances,
@@ -369,7 +384,8 @@ async fn a_rolling_restart_under_load_moves_work_in_seconds_without_violations()
     let mut last: HashMap<String, Instant> = HashMap::new();
     let mut longest = Duration::ZERO;
     for delivery in sink.deliveries() {
-        if let Some(previous) = last.insert(delivery.patient.clone(), delivery.ended) {
+        let ended = delivery.ended.expect("an accepted delivery ended");
+        if let Some(previous) = last.insert(delivery.patient.clone(), ended) {
             longest = longest.max(delivery.started.saturating_duration_since(previous));
         }
     }
@@ -412,4 +428,443 @@ async fn scaling_from_one_to_three_and_back_rebalances_without_two_owners() {
     assert_all_done(&db, &accepted).await;
     sink.assert_ordered_one_at_a_time(&[]);
     assert!(attempts_above_one(&db).await.is_empty());
+}
+
+/// The buckets `session` holds in the database.
+async fn buckets_of(db: &Db, session: &str) -> HashSet<i32> {
+    db.find(
+        "leases",
+        doc! { "owner": session, "bucket": { "$exists": true } },
+        doc! {},
+    )
+    .await
+    .iter()
+    .filter_map(|l| l.get_i32("bucket").ok())
+    .collect()
+}
+
+/// Events whose delivery the caller abandoned (its answer was lost): the
+/// only ones a second delivery is expected for.
+fn cut_off(sink: &Sink) -> Vec<String> {
+    sink.all()
+        .into_iter()
+        .filter(|d| d.caller_hung_up)
+        .map(|d| d.event_id)
+        .collect()
+}
+
+/// Issue 13, hole 1: a scale-up while the downstream is slower than
+/// `SHUTDOWN_GRACE_MS` must not hand over an event whose delivery is still
+/// running: the hand-over waits for the work in hand.
+#[tokio::test]
+async fn a_scale_up_with_a_downstream_slower_than_the_grace_delivers_each_event_once() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::from_secs(3)).await;
+    let mut env = fleet_env(&uri, &sink);
+    env.push(("SHUTDOWN_GRACE_MS", "1000".to_owned()));
+    let mut processors = start_processors(1, &env).await;
+    wait_balanced(&db, 1).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processors[0].url())).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(send_until(
+        vec![ingest.url()],
+        "slow",
+        20,
+        3,
+        Duration::ZERO,
+        stop,
+    ));
+    wait_until(Duration::from_secs(30), "deliveries under way", || async {
+        sink.open_now().len() >= 10
+    })
+    .await;
+    processors.push(Service::start("processor", &env).await);
+    wait_balanced(&db, 2).await;
+    let accepted = load.await.unwrap();
+    assert_all_done(&db, &accepted).await;
+    sink.assert_ordered_one_at_a_time(&[]);
+    assert!(
+        attempts_above_one(&db).await.is_empty(),
+        "a hand-over counted an attempt"
+    );
+}
+
+/// Issue 13, hole 1 (SIGTERM): what is still in hand when the grace ends is
+/// cut, and its bucket is not released early: the lease is left to expire,
+/// so the next owner's delivery never overlaps the one the downstream may
+/// still be working on.
+#[tokio::test]
+async fn a_sigterm_past_its_grace_leaves_the_cut_buckets_to_expire() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::from_secs(3)).await;
+    let mut env = fleet_env(&uri, &sink);
+    env.push(("SHUTDOWN_GRACE_MS", "1000".to_owned()));
+    let mut processors = start_processors(2, &env).await;
+    wait_balanced(&db, 2).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processors[1].url())).await;
+    let victim = session_of(&db, &processors[0]).await;
+    let victim_buckets = buckets_of(&db, &victim).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(send_until(
+        vec![ingest.url()],
+        "term",
+        16,
+        2,
+        Duration::ZERO,
+        stop,
+    ));
+    wait_until(
+        Duration::from_secs(30),
+        "deliveries of the victim's patients under way",
+        || async {
+            sink.open_now()
+                .iter()
+                .filter(|d| victim_buckets.contains(&medical_events::bucket::of(&d.patient)))
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    assert!(
+        processors[0]
+            .terminate(Duration::from_secs(20))
+            .await
+            .success()
+    );
+    let accepted = load.await.unwrap();
+    assert_all_done(&db, &accepted).await;
+    let cut = cut_off(&sink);
+    assert!(
+        !cut.is_empty(),
+        "the SIGTERM cut no delivery: the test proves nothing"
+    );
+    sink.assert_ordered_one_at_a_time(&cut);
+}
+
+/// Issue 13, hole 5: a hand-over whose release write fails keeps the bucket
+/// (and retries) instead of forgetting it while the database still names it.
+#[tokio::test]
+async fn a_hand_over_whose_release_write_fails_does_not_orphan_the_bucket() {
+    let uri = fresh_database_uri();
+    let database = uri.rsplit('/').next().unwrap().to_owned();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::ZERO).await;
+    let proxy = FaultProxy::start_for_shared().await;
+    let mut first_env = fleet_env(&proxy.uri(&database), &sink);
+    first_env.push(("MONGO_TIMEOUT_MS", "1000".to_owned()));
+    let first = Service::start("processor", &first_env).await;
+    wait_balanced(&db, 1).await;
+    // The first three releases never reach the database (each once more:
+    // the driver retries a write once after a network error).
+    let releases = proxy.on(
+        "update",
+        "leases",
+        Fault::DropRequest,
+        6,
+        Some(field_is("updates.u.$set.owner", Bson::Null)),
+    );
+    let second = Service::start("processor", &fleet_env(&uri, &sink)).await;
+    proxy.wait_hits(releases, 6, Duration::from_secs(30)).await;
+    wait_balanced(&db, 2).await;
+    // One event in every bucket: each must find its owner.
+    let ingest = Service::start("ingest", &ingest_env(&uri, &second.url())).await;
+    let mut covered = HashSet::new();
+    let mut patients = Vec::new();
+    for n in 0.. {
+        let patient = format!("orphan-{n}");
+        if covered.insert(medical_events::bucket::of(&patient)) {
+            patients.push(patient);
+        }
+        if covered.len() == 256 {
+            break;
+        }
+    }
+    let client = e2e::client();
+    for patient in &patients {
+        post_until_accepted(&client, &ingest.url(), &event_body(patient, 0), patient).await;
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "an event in every bucket processed",
+        || async { db.processed_count().await == 256 },
+    )
+    .await;
+    drop(first);
+}
+
+/// Issue 13, hole 7: a processor whose wall clock runs hours ahead must not
+/// end other processors' live sessions when it leaves.
+#[tokio::test]
+async fn a_processor_whose_clock_is_hours_ahead_leaves_without_ending_live_sessions() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::ZERO).await;
+    let env = fleet_env(&uri, &sink);
+    let steady = Service::start("processor", &env).await;
+    let mut ahead_env = env.clone();
+    ahead_env.extend(e2e::faketime("+2h", false));
+    let mut ahead = Service::start("processor", &ahead_env).await;
+    wait_balanced(&db, 2).await;
+    let live = session_of(&db, &steady).await;
+    assert!(ahead.terminate(Duration::from_secs(20)).await.success());
+    assert_eq!(
+        db.count("processors", doc! { "_id": &live }).await,
+        1,
+        "the leaving processor ended a live session"
+    );
+    wait_balanced(&db, 1).await;
+}
+
+/// Issue 13, hole 8: the documented change of the bucket count deletes the
+/// leases; epochs must not restart, or every event claimed under an older,
+/// higher epoch is fenced off for good (an operator's retry never runs).
+#[tokio::test]
+async fn after_the_leases_are_recreated_an_operator_retry_of_an_old_failure_runs() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::enforcing(Duration::ZERO).await;
+    let mut env = fleet_env(&uri, &sink);
+    env.push(("MAX_ATTEMPTS", "1".to_owned()));
+    // A deployment that has seen a few takeovers: epochs at 7.
+    let mut processor = Service::start("processor", &env).await;
+    wait_balanced(&db, 1).await;
+    assert!(processor.terminate(Duration::from_secs(20)).await.success());
+    db.update_many("leases", doc! {}, doc! { "$set": { "epoch": 7i64 } })
+        .await;
+    let mut processor = Service::start("processor", &env).await;
+    wait_balanced(&db, 1).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    sink.refuse(|body| body["patientId"] == "old-p");
+    let id = post_until_accepted(
+        &e2e::client(),
+        &ingest.url(),
+        &event_body("old-p", 0),
+        "o-0",
+    )
+    .await;
+    wait_until(Duration::from_secs(30), "the event failed", || async {
+        db.count("queued_events", doc! { "_id": &id, "status": "failed" })
+            .await
+            == 1
+    })
+    .await;
+
+    // The procedure: stop the processors, recompute the buckets (nothing
+    // moves here: the count is compiled in), delete the leases, start again.
+    assert!(processor.terminate(Duration::from_secs(20)).await.success());
+    db.delete_many("leases", doc! { "bucket": { "$exists": true } })
+        .await;
+    let _processor = Service::start("processor", &env).await;
+    wait_balanced(&db, 1).await;
+    sink.accept_all();
+    let retried = e2e::admin_client()
+        .post(format!("{}/admin/events/{id}/retry", ingest.url()))
+        .json(&serde_json::json!({ "reason": "the lab system is fixed" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), reqwest::StatusCode::OK);
+    wait_until(
+        Duration::from_secs(30),
+        "the retried event processed",
+        || async {
+            db.count("queued_events", doc! { "_id": &id, "status": "processed" })
+                .await
+                == 1
+        },
+    )
+    .await;
+    let tokens: Vec<Option<u64>> = sink
+        .all()
+        .iter()
+        .filter(|d| d.patient == "old-p")
+        .map(|d| d.token)
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        2,
+        "one refused delivery, one accepted: {tokens:?}"
+    );
+    assert!(
+        tokens[0].is_some() && tokens[1] > tokens[0],
+        "the token must rise across the new leases: {tokens:?}"
+    );
+}
+
+/// The deliveries of `sink` whose patient is in `buckets`.
+fn deliveries_in(
+    deliveries: Vec<e2e::sink::Delivery>,
+    buckets: &HashSet<i32>,
+) -> Vec<e2e::sink::Delivery> {
+    deliveries
+        .into_iter()
+        .filter(|d| buckets.contains(&medical_events::bucket::of(&d.patient)))
+        .collect()
+}
+
+fn signal(processor: &Service, signal: &str) {
+    let pid = processor.pid().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} failed");
+}
+
+/// Issue 13, the test its "done when" names: three processors delivering to
+/// a downstream that holds each request 10 s and enforces the fencing token,
+/// `SHUTDOWN_GRACE_MS` at its default. A fourth joins and one is SIGTERMed
+/// and restarted: no event delivered twice, never two deliveries of one
+/// patient open at once. Then one is paused past its lease mid-delivery and
+/// resumed: the downstream sees its stale deliveries and refuses them, and
+/// accepts nothing out of order.
+#[tokio::test]
+async fn a_fleet_on_a_slow_token_enforcing_downstream_through_a_join_a_restart_and_a_pause() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::enforcing(Duration::from_secs(10)).await;
+    let env = fleet_env(&uri, &sink);
+    let mut processors = start_processors(3, &env).await;
+    wait_balanced(&db, 3).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processors[0].url())).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(send_until(
+        vec![ingest.url()],
+        "tok",
+        24,
+        4,
+        Duration::ZERO,
+        stop,
+    ));
+    wait_until(Duration::from_secs(30), "deliveries under way", || async {
+        sink.open_now().len() >= 12
+    })
+    .await;
+
+    processors.push(Service::start("processor", &env).await);
+    wait_balanced(&db, 4).await;
+    assert!(
+        processors[1]
+            .terminate(Duration::from_secs(40))
+            .await
+            .success()
+    );
+    processors[1] = Service::start("processor", &env).await;
+    wait_balanced(&db, 4).await;
+    assert_eq!(
+        sink.max_open_per_patient(),
+        1,
+        "a join or a graceful restart let two deliveries of one patient overlap"
+    );
+
+    let paused = session_of(&db, &processors[2]).await;
+    let paused_buckets = buckets_of(&db, &paused).await;
+    wait_until(
+        Duration::from_secs(60),
+        "a fresh delivery of the paused one's patients",
+        || async {
+            deliveries_in(sink.open_now(), &paused_buckets)
+                .iter()
+                .any(|d| d.started.elapsed() < Duration::from_secs(2))
+        },
+    )
+    .await;
+    signal(&processors[2], "-STOP");
+    let in_hand_at_pause: Vec<String> = deliveries_in(sink.open_now(), &paused_buckets)
+        .into_iter()
+        .map(|d| d.event_id)
+        .collect();
+    wait_until(Duration::from_secs(30), "the takeover", || async {
+        db.count(
+            "leases",
+            doc! { "owner": &paused, "bucket": { "$exists": true } },
+        )
+        .await
+            == 0
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the downstream refusing a stale delivery",
+        || async { !sink.stale().is_empty() },
+    )
+    .await;
+    signal(&processors[2], "-CONT");
+
+    let accepted = load.await.unwrap();
+    assert_all_done(&db, &accepted).await;
+    let stale = sink.stale();
+    for delivery in &stale {
+        assert!(
+            in_hand_at_pause.contains(&delivery.event_id),
+            "a stale delivery of an event the paused one did not hold: {delivery:?}"
+        );
+    }
+    sink.assert_accepted_in_order(&in_hand_at_pause);
+}
+
+/// Issue 13, holes 6 and 7: a processor whose clock runs at half speed and
+/// whose renewals are lost keeps believing in its lease after the database
+/// expired its session and another instance took its buckets. Nothing it
+/// starts after that may reach the store or the downstream.
+#[tokio::test]
+async fn a_processor_with_a_slow_clock_starts_nothing_after_its_buckets_were_taken_over() {
+    let uri = fresh_database_uri();
+    let database = uri.rsplit('/').next().unwrap().to_owned();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::enforcing(Duration::from_millis(300)).await;
+    let proxy = FaultProxy::start_for_shared().await;
+    let mut slow_env = fleet_env(&proxy.uri(&database), &sink);
+    slow_env.extend(e2e::faketime("+0 x0.5", true));
+    let slow = Service::start("processor", &slow_env).await;
+    wait_balanced(&db, 1).await;
+    let steady = Service::start("processor", &fleet_env(&uri, &sink)).await;
+    wait_balanced(&db, 2).await;
+    let slow_session = session_of(&db, &slow).await;
+    let slow_buckets = buckets_of(&db, &slow_session).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &steady.url())).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(send_until(
+        vec![ingest.url()],
+        "slowclock",
+        24,
+        20,
+        Duration::ZERO,
+        Arc::clone(&stop),
+    ));
+    wait_until(Duration::from_secs(30), "deliveries under way", || async {
+        deliveries_in(sink.all(), &slow_buckets).len() >= 10
+    })
+    .await;
+    // From now on the slow one's renewals never reach the database.
+    proxy.on_next("findAndModify", "processors", Fault::DropRequest, 100_000);
+    wait_until(Duration::from_secs(30), "the takeover", || async {
+        db.count(
+            "leases",
+            doc! { "owner": &slow_session, "bucket": { "$exists": true } },
+        )
+        .await
+            == 0
+    })
+    .await;
+    let taken_over_at = Instant::now();
+    let started_before: Vec<String> = deliveries_in(sink.all(), &slow_buckets)
+        .into_iter()
+        .map(|d| d.event_id)
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::SeqCst);
+    let accepted = load.await.unwrap();
+    assert_all_done(&db, &accepted).await;
+    sink.assert_accepted_in_order(&started_before);
+    let late: Vec<_> = deliveries_in(sink.all(), &slow_buckets)
+        .into_iter()
+        .filter(|d| d.started > taken_over_at && d.verdict == e2e::sink::Verdict::Stale)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the slow one started deliveries after the takeover: {late:?}"
+    );
 }

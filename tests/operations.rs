@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use e2e::checks::Db;
+use e2e::fault_proxy::{Fault, FaultProxy, mentions};
 use e2e::sink::Sink;
 use e2e::{
     InProcessIngest, Service, event_body, fresh_database_uri, ingest_env, post_until_accepted,
@@ -522,4 +523,113 @@ async fn a_patients_timeline_lists_its_events_in_order_without_data_and_only_to_
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+/// Issue 13, hole 9: retention empties the payload of a patient's last
+/// event when it is failed and acknowledged; retrying it would deliver
+/// `data: {}`. The retry is refused (409, saying why) and nothing is sent.
+#[tokio::test]
+async fn a_pruned_event_cannot_be_retried() {
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    sink.refuse(refuses("pruned-f", 1));
+    let (_processor, ingest) = stack(&uri, &sink, "continue").await;
+    let url = ingest.url();
+    let ids = send(&url, "pruned-f", 1).await;
+    wait_until(Duration::from_secs(60), "the event failed", || async {
+        status_of(&url, &ids[0]).await == "failed"
+    })
+    .await;
+    assert_eq!(
+        act(&url, &ids[0], "acknowledge", "handled by phone")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let store = Store::connect(&uri, Duration::from_secs(5), "test")
+        .await
+        .unwrap();
+    let pruned = store
+        .prune(&Retention {
+            events: Some(Duration::ZERO),
+            idempotency_ttl: Duration::ZERO,
+            outcomes: None,
+            min_age: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.high_water_marks, 1, "the failed event is the anchor");
+    sink.accept_all();
+    let answer = act(&url, &ids[0], "retry", "try again").await;
+    assert_eq!(answer.status(), StatusCode::CONFLICT);
+    let problem: Value = answer.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("retention"),
+        "{problem}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sink.count(), 0, "an emptied event was delivered");
+    let event = db
+        .find("queued_events", doc! { "_id": &ids[0] }, doc! {})
+        .await
+        .remove(0);
+    assert_eq!(event.get_str("status").unwrap(), "failed");
+}
+
+/// Issue 13, hole 10: skipping a parked event is one write; its outcome
+/// document follows it even when the write of the outcome fails the first
+/// time (here: never reaches the database). The event and its outcome agree.
+#[tokio::test]
+async fn a_skip_whose_outcome_write_fails_still_ends_with_event_and_outcome_agreeing() {
+    let uri = fresh_database_uri();
+    let database = uri.rsplit('/').next().unwrap().to_owned();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    sink.refuse(refuses("skip-f", 1));
+    let (_processor, ingest) = stack(&uri, &sink, "park").await;
+    let ids = send(&ingest.url(), "skip-f", 2).await;
+    wait_until(Duration::from_secs(60), "event 1 parked", || async {
+        status_of(&ingest.url(), &ids[0]).await == "parked"
+    })
+    .await;
+    // An operator's ingest whose writes to processed_events never arrive.
+    let proxy = FaultProxy::start_for_shared().await;
+    let operator_ingest = InProcessIngest::start(&proxy.uri(&database), "http://127.0.0.1:9").await;
+    proxy.on(
+        "update",
+        "processed_events",
+        Fault::DropRequest,
+        1_000,
+        Some(mentions("skipped by an operator")),
+    );
+    let _ = act(
+        &operator_ingest.url,
+        &ids[0],
+        "skip",
+        "sent twice by the lab",
+    )
+    .await;
+    proxy.clear();
+    wait_until(
+        Duration::from_secs(30),
+        "the event skipped and its outcome saying so",
+        || async {
+            let event = db
+                .find("queued_events", doc! { "_id": &ids[0] }, doc! {})
+                .await
+                .remove(0);
+            let outcome = db
+                .find("processed_events", doc! { "eventId": &ids[0] }, doc! {})
+                .await;
+            event.get_str("status").unwrap_or("") == "skipped"
+                && outcome.len() == 1
+                && result_status(&outcome[0]) == "skipped"
+        },
+    )
+    .await;
+    wait_processed(&db, "skip-f", 1, "the patient goes on").await;
 }

@@ -5,17 +5,18 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use e2e::checks::Db;
+use e2e::fault_proxy::{Fault, FaultProxy};
 use e2e::{event_body, fresh_database_uri, wait_until};
 use medical_events::config::RetryPolicy;
 use medical_events::event::{EventId, NewEvent};
-use medical_events::processing::EventHandler;
+use medical_events::processing::{EventHandler, HandlerError};
 use medical_events::scheduler::LaneConfig;
 use medical_events::store::{
-    Applied, EnqueueOutcome, Fence, IntakePolicy, NextEvent, ProcessingResult, QueuedEvent, Store,
-    Submission,
+    Applied, Claimed, EnqueueOutcome, Fence, IntakePolicy, NextEvent, ProcessingResult,
+    QueuedEvent, Store, Submission,
 };
 use medical_events::worker::{Worker, WorkerConfig};
 use mongodb::bson::{DateTime, doc};
@@ -43,7 +44,7 @@ impl ScriptedHandler {
 }
 
 impl EventHandler for ScriptedHandler {
-    async fn handle(&self, event: &QueuedEvent) -> Result<(), String> {
+    async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
         let n = event.data.get_i64("n").unwrap_or(-1);
         let attempt = {
             let mut calls = self.calls.lock().unwrap();
@@ -56,7 +57,9 @@ impl EventHandler for ScriptedHandler {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
         if attempt <= self.failures.get(&n).copied().unwrap_or(0) {
-            Err(format!("lab system timeout on attempt {attempt}"))
+            Err(HandlerError::Failed(format!(
+                "lab system timeout on attempt {attempt}"
+            )))
         } else {
             Ok(())
         }
@@ -74,7 +77,6 @@ fn config(max_attempts: i32) -> WorkerConfig {
         lanes,
         lease: Duration::from_secs(3),
         sweep_interval: Duration::from_millis(300),
-        release_grace: Duration::from_secs(2),
         retention: None,
     }
 }
@@ -109,11 +111,24 @@ async fn enqueue(store: &Store, patient: &str, n: usize) -> String {
     }
 }
 
+/// The fence of an instance whose session the database believes alive for
+/// another hour.
 fn fence(epoch: i64, owner: &str) -> Fence {
     Fence {
         epoch,
         owner: owner.into(),
+        until: DateTime::from_millis(DateTime::now().timestamp_millis() + 3_600_000),
     }
+}
+
+/// The fence `claimed` was claimed under.
+fn fence_of(claimed: &Claimed) -> Fence {
+    fence(claimed.epoch, &claimed.event.claim.as_ref().unwrap().owner)
+}
+
+/// How long a test's claim may retry a lost answer.
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(10)
 }
 
 fn bucket(patient: &str) -> i32 {
@@ -205,7 +220,7 @@ async fn an_outcome_recorded_before_a_crash_is_not_redone() {
     // A run claimed the event and recorded its outcome, then died before
     // writing processed_events and closing it.
     let NextEvent::Claimed(claimed) = store
-        .claim_next(bucket("p"), "p", &fence(0, "dead-instance"))
+        .claim_next(bucket("p"), "p", &fence(0, "dead-instance"), soon())
         .await
         .unwrap()
     else {
@@ -213,7 +228,13 @@ async fn an_outcome_recorded_before_a_crash_is_not_redone() {
     };
     assert_eq!(
         store
-            .record(&claimed, &ProcessingResult::success(), DateTime::now(), 5)
+            .record(
+                &claimed,
+                &fence_of(&claimed),
+                &ProcessingResult::success(),
+                DateTime::now(),
+                5
+            )
             .await
             .unwrap(),
         Applied::Yes
@@ -245,7 +266,7 @@ async fn an_event_that_keeps_crashing_the_processor_is_given_up() {
     // Three claims without an outcome: three runs died while processing it.
     for run in 0..3 {
         let next = store
-            .claim_next(bucket("p"), "p", &fence(0, &format!("dead-{run}")))
+            .claim_next(bucket("p"), "p", &fence(0, &format!("dead-{run}")), soon())
             .await
             .unwrap();
         assert!(matches!(next, NextEvent::Claimed(_)));
@@ -279,7 +300,7 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
     let store = store(&uri).await;
     let id = enqueue(&store, "p", 0).await;
     let NextEvent::Claimed(old) = store
-        .claim_next(bucket("p"), "p", &fence(1, "paused-instance"))
+        .claim_next(bucket("p"), "p", &fence(1, "paused-instance"), soon())
         .await
         .unwrap()
     else {
@@ -287,7 +308,7 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
     };
     // A new owner took the bucket over (epoch 2) and claimed the event.
     let NextEvent::Claimed(new) = store
-        .claim_next(bucket("p"), "p", &fence(2, "new-owner"))
+        .claim_next(bucket("p"), "p", &fence(2, "new-owner"), soon())
         .await
         .unwrap()
     else {
@@ -297,19 +318,29 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
     let result = ProcessingResult::success();
     assert_eq!(
         store
-            .record(&old, &result, DateTime::now(), 1)
+            .record(&old, &fence_of(&old), &result, DateTime::now(), 1)
             .await
             .unwrap(),
         Applied::Fenced
     );
     assert_eq!(
-        store.release_for_retry(&old, "x").await.unwrap(),
+        store
+            .release_for_retry(&old, &fence_of(&old), "x")
+            .await
+            .unwrap(),
         Applied::Fenced
     );
-    assert_eq!(store.hand_back(&old).await.unwrap(), Applied::Fenced);
+    assert_eq!(
+        store.hand_back(&old, &fence_of(&old)).await.unwrap(),
+        Applied::Fenced
+    );
     assert_eq!(
         store
-            .close(&old, medical_events::store::RunEnd::Processed)
+            .close(
+                &old,
+                &fence_of(&old),
+                medical_events::store::RunEnd::Processed
+            )
             .await
             .unwrap(),
         Applied::Fenced
@@ -317,7 +348,7 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
     // It cannot even claim it back.
     assert!(matches!(
         store
-            .claim_next(bucket("p"), "p", &fence(1, "paused-instance"))
+            .claim_next(bucket("p"), "p", &fence(1, "paused-instance"), soon())
             .await
             .unwrap(),
         NextEvent::Fenced
@@ -331,7 +362,7 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
     );
     assert_eq!(
         store
-            .record(&new, &result, DateTime::now(), 1)
+            .record(&new, &fence_of(&new), &result, DateTime::now(), 1)
             .await
             .unwrap(),
         Applied::Yes
@@ -412,29 +443,17 @@ async fn a_claim_whose_reply_was_lost_counts_one_attempt() {
     let store = store(&uri).await;
     let id = enqueue(&store, "p", 0).await;
     // The same database, through a proxy that will swallow the claim's reply.
-    let proxy = e2e::reply_dropper::ReplyDropper::start(
-        e2e::shared_mongo()
-            .trim_start_matches("mongodb://")
-            .to_owned(),
-    )
-    .await;
+    let proxy = FaultProxy::start_for_shared().await;
     let database = uri.rsplit('/').next().unwrap();
-    let through_proxy = Store::connect(
-        &format!(
-            "mongodb://127.0.0.1:{}/{database}?directConnection=true",
-            proxy.port
-        ),
-        Duration::from_secs(5),
-        "test",
-    )
-    .await
-    .unwrap();
-    proxy.drop_reply_to("update");
-    let next = through_proxy
-        .claim_next(bucket("p"), "p", &fence(1, "instance"))
+    let through_proxy = Store::connect(&proxy.uri(database), Duration::from_secs(5), "test")
         .await
         .unwrap();
-    assert_eq!(proxy.dropped(), 1, "the claim's reply was dropped");
+    let dropped = proxy.on_next("update", "queued_events", Fault::DropReply, 1);
+    let next = through_proxy
+        .claim_next(bucket("p"), "p", &fence(1, "instance"), soon())
+        .await
+        .unwrap();
+    assert_eq!(proxy.hits(dropped), 1, "the claim's reply was dropped");
     let NextEvent::Claimed(claimed) = next else {
         panic!("the claim committed; its token must be recognised, got {next:?}");
     };
@@ -488,4 +507,182 @@ async fn recovery_finds_100000_waiting_patients() {
     assert_eq!(patients.len(), 100_000);
     assert_eq!(seen.events, 100_000);
     assert!(seen.oldest.is_some());
+}
+
+/// A store whose every operation passes through `proxy`, with a short
+/// operation bound (2 x 500 ms).
+async fn store_through(proxy: &FaultProxy, uri: &str) -> Store {
+    let database = uri.rsplit('/').next().unwrap();
+    Store::connect(&proxy.uri(database), Duration::from_millis(500), "test")
+        .await
+        .unwrap()
+}
+
+/// A `find` of one event by its id (a read-back), not a queue scan.
+fn find_by_id() -> Option<e2e::fault_proxy::Predicate> {
+    Some(Arc::new(|command: &e2e::fault_proxy::Command| {
+        command
+            .body
+            .get_document("filter")
+            .is_ok_and(|filter| filter.contains_key("_id"))
+    }))
+}
+
+/// Issue 13, hole 3: the claim's reply is lost and so is the read-back that
+/// would have recognised it; the lane tries again. The attempt is counted
+/// once, and the claim the lane works under is the one stored.
+#[tokio::test]
+async fn a_lost_claim_reply_whose_read_back_fails_still_counts_one_attempt() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let id = enqueue(&store, "p", 0).await;
+    let proxy = FaultProxy::start_for_shared().await;
+    let through = store_through(&proxy, &uri).await;
+    proxy.on_next("update", "queued_events", Fault::DropReply, 1);
+    // The driver retries a read once: both copies of the read-back fail.
+    proxy.on("find", "queued_events", Fault::DropRequest, 2, find_by_id());
+    let claimed = loop {
+        match through
+            .claim_next(bucket("p"), "p", &fence(1, "instance"), soon())
+            .await
+        {
+            Ok(NextEvent::Claimed(claimed)) => break claimed,
+            Ok(other) => panic!("expected a claim, got {other:?}"),
+            // What the lane does on a store error: try again.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let stored = store.find_event(&id).await.unwrap().unwrap();
+    assert_eq!(stored.attempts, 1, "one attempt, counted twice");
+    assert_eq!(stored.claim.unwrap().token, claimed.token);
+}
+
+/// Issue 13, hole 3: a claim delayed past its time limit must not land
+/// after the lane's retry and take the event from under it.
+#[tokio::test]
+async fn a_claim_delayed_past_its_time_limit_cannot_land_after_the_retry() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let id = enqueue(&store, "p", 0).await;
+    let proxy = FaultProxy::start_for_shared().await;
+    let through = store_through(&proxy, &uri).await;
+    proxy.on_next(
+        "update",
+        "queued_events",
+        Fault::DelayRequest(Duration::from_millis(2500)),
+        1,
+    );
+    let claimed = loop {
+        match through
+            .claim_next(bucket("p"), "p", &fence(1, "instance"), soon())
+            .await
+        {
+            Ok(NextEvent::Claimed(claimed)) => break claimed,
+            Ok(other) => panic!("expected a claim, got {other:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    // The delayed copy reaches the database now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        store
+            .record(
+                &claimed,
+                &fence_of(&claimed),
+                &ProcessingResult::success(),
+                DateTime::now(),
+                5
+            )
+            .await
+            .unwrap(),
+        Applied::Yes,
+        "a late copy of the claim fenced the lane off its own event"
+    );
+    let stored = store.find_event(&id).await.unwrap().unwrap();
+    assert_eq!(stored.attempts, 1, "the late copy counted a second attempt");
+}
+
+/// Issue 13, hole 4: an old owner's record lands between the new owner's
+/// find and its claim. The new owner must see the record (and only finish
+/// the bookkeeping), not decide from its earlier read and run the work again.
+#[tokio::test]
+async fn an_outcome_recorded_between_the_find_and_the_claim_is_not_run_again() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let id = enqueue(&store, "p", 0).await;
+    let NextEvent::Claimed(old) = store
+        .claim_next(bucket("p"), "p", &fence(1, "old-owner"), soon())
+        .await
+        .unwrap()
+    else {
+        panic!("expected a claim");
+    };
+    let proxy = FaultProxy::start_for_shared().await;
+    let through = store_through(&proxy, &uri).await;
+    let held = proxy.on_next("update", "queued_events", Fault::HoldRequest, 1);
+    let new_owner = tokio::spawn(async move {
+        through
+            .claim_next(bucket("p"), "p", &fence(2, "new-owner"), soon())
+            .await
+    });
+    proxy.wait_hits(held, 1, Duration::from_secs(10)).await;
+    let failed = ProcessingResult::failed(1, "downstream answered 503".to_owned());
+    assert_eq!(
+        store
+            .record(&old, &fence_of(&old), &failed, DateTime::now(), 5)
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+    proxy.release();
+    let next = new_owner.await.unwrap().unwrap();
+    assert!(
+        matches!(next, NextEvent::Recorded(_)),
+        "the new owner decided from a stale read: {next:?}"
+    );
+    let stored = store.find_event(&id).await.unwrap().unwrap();
+    assert_eq!(stored.result.unwrap(), failed);
+}
+
+/// Issue 13, hole 6: nothing lands from an instance whose session the
+/// database's clock says is over, not even on an event the new owner has
+/// not touched yet: not a claim, not a record of the event it holds.
+#[tokio::test]
+async fn nothing_lands_from_a_session_the_databases_clock_says_is_over() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let held = enqueue(&store, "p", 0).await;
+    let untouched = enqueue(&store, "q", 0).await;
+    let NextEvent::Claimed(claimed) = store
+        .claim_next(bucket("p"), "p", &fence(1, "old-owner"), soon())
+        .await
+        .unwrap()
+    else {
+        panic!("expected a claim");
+    };
+    // The renewals stopped a while ago: the last one said "until a second ago".
+    let over = Fence {
+        until: DateTime::from_millis(DateTime::now().timestamp_millis() - 1_000),
+        ..fence(1, "old-owner")
+    };
+    let result = ProcessingResult::success();
+    assert_eq!(
+        store
+            .record(&claimed, &over, &result, DateTime::now(), 1)
+            .await
+            .unwrap(),
+        Applied::Expired
+    );
+    assert!(matches!(
+        store
+            .claim_next(bucket("q"), "q", &over, soon())
+            .await
+            .unwrap(),
+        NextEvent::Expired
+    ));
+    let held = store.find_event(&held).await.unwrap().unwrap();
+    assert!(held.result.is_none(), "the record landed");
+    let untouched = store.find_event(&untouched).await.unwrap().unwrap();
+    assert!(untouched.claim.is_none(), "the claim landed");
+    assert_eq!(untouched.attempts, 0);
 }

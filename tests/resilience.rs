@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use e2e::checks::Db;
+use e2e::fault_proxy::FaultProxy;
 use e2e::{
     MongoServer, Service, event_body, fresh_database_uri, ingest_env, post_until_accepted,
     processor_env, wait_until,
@@ -277,7 +278,7 @@ async fn a_database_that_stops_answering_gives_503_not_a_hang() {
     let upstream = e2e::shared_mongo()
         .trim_start_matches("mongodb://")
         .to_owned();
-    let proxy = e2e::freezable_proxy::FreezableProxy::start(upstream).await;
+    let proxy = FaultProxy::start(upstream).await;
     let database = format!("t_{}", uuid::Uuid::new_v4().simple());
     let uri = format!(
         "mongodb://127.0.0.1:{}/{database}?directConnection=true",

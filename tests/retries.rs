@@ -14,10 +14,10 @@
 use std::time::Duration;
 
 use e2e::checks::Db;
-use e2e::freezable_proxy::FreezableProxy;
+use e2e::fault_proxy::{Fault, FaultProxy};
 use e2e::{API_KEY, Answer, CLIENT, InProcessIngest, fresh_database_uri, post_event};
 use medical_events::auth::{Access, Credential};
-use mongodb::bson::Document;
+use mongodb::bson::{Document, doc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -66,7 +66,7 @@ async fn insert_held_past_its_deadline(
     let upstream = e2e::shared_mongo()
         .trim_start_matches("mongodb://")
         .to_owned();
-    let proxy = FreezableProxy::start(upstream).await;
+    let proxy = FaultProxy::start(upstream).await;
     let database = format!("t_{}", uuid::Uuid::new_v4().simple());
     let mut config = InProcessIngest::config(
         &format!(
@@ -275,5 +275,90 @@ async fn a_window_of_zero_turns_deduplication_off() {
     assert_eq!(
         ids(&db.events_of("p-nodedup").await),
         vec![first.event_id(), second.event_id()]
+    );
+}
+
+/// Patients whose requests ingest serializes on one lock stripe (it has
+/// 1,024, chosen by the first two bytes of SHA-256 of the patient id): a
+/// queue of requests whose inserts cannot collide with each other.
+fn patients_sharing_a_stripe(count: usize) -> Vec<String> {
+    use sha2::{Digest, Sha256};
+    let stripe = |patient: &str| {
+        let digest = Sha256::digest(patient.as_bytes());
+        u16::from_be_bytes([digest[0], digest[1]]) as usize % 1024
+    };
+    let wanted = stripe("p-slow-0");
+    (0..)
+        .map(|n| format!("p-slow-{n}"))
+        .filter(|p| stripe(p) == wanted)
+        .take(count)
+        .collect()
+}
+
+/// Issue 13, hole 2: under a database that takes longer than the request's
+/// time limit to see the inserts, no client is told "nothing stored" for an
+/// event that is stored. Requests queue on one lock stripe, so some reach
+/// their time limit while their insert is on its way.
+#[tokio::test]
+async fn a_database_slower_than_the_request_timeout_never_gets_a_false_nothing_stored() {
+    let proxy = FaultProxy::start_for_shared().await;
+    let database = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut config = InProcessIngest::config(&proxy.uri(&database), "http://127.0.0.1:9");
+    config.mongo.timeout = Duration::from_millis(400);
+    config.limits.request_timeout = Duration::from_secs(3);
+    let ingest = InProcessIngest::start_with(config).await;
+    let db = Db::connect(&format!("{}/{database}", e2e::shared_mongo())).await;
+    let client = e2e::client_with_token(API_KEY)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let patients = patients_sharing_a_stripe(8);
+    // Warm the connection pool.
+    let first = post_event(&client, &ingest.url, &event("p-warm"), Some("warm")).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    // From now on every insert reaches the database 5 s after it was sent.
+    proxy.on_next(
+        "insert",
+        "queued_events",
+        Fault::DelayRequest(Duration::from_secs(5)),
+        1_000,
+    );
+    let answers = futures_util::future::join_all(patients.iter().map(|patient| {
+        let client = client.clone();
+        let url = ingest.url.clone();
+        async move {
+            let key = format!("slow-{patient}");
+            let answer = post_event(&client, &url, &event(patient), Some(&key)).await;
+            (key, answer)
+        }
+    }))
+    .await;
+    // Every delayed insert has landed by now.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut false_answers = Vec::new();
+    let mut seen = Vec::new();
+    for (key, answer) in &answers {
+        let stored = db
+            .count(
+                "queued_events",
+                doc! { "intakeKey": format!("k:{}:{key}", e2e::CLIENT) },
+            )
+            .await;
+        seen.push((answer.status.as_u16(), answer.body["type"].clone(), stored));
+        match answer.status {
+            StatusCode::ACCEPTED => assert_eq!(stored, 1, "a 202 for an event not stored"),
+            StatusCode::SERVICE_UNAVAILABLE if answer.body["type"] == OUTCOME_UNKNOWN => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                if stored > 0 {
+                    false_answers.push((key.clone(), answer.body.clone()));
+                }
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    eprintln!("answers (status, type, stored): {seen:?}");
+    assert!(
+        false_answers.is_empty(),
+        "told 'nothing stored' for stored events: {false_answers:?}"
     );
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::checks::Db;
-use e2e::freezable_proxy::FreezableProxy;
+use e2e::fault_proxy::FaultProxy;
 use e2e::{
     API_KEY, InProcessIngest, PROCESSOR_TOKEN, Service, event_body, fresh_database_uri, ingest_env,
     processor_env, wait_until,
@@ -444,7 +444,7 @@ async fn past_the_in_flight_bound_requests_get_503_at_once_and_slow_ones_time_ou
     let upstream = e2e::shared_mongo()
         .trim_start_matches("mongodb://")
         .to_owned();
-    let proxy = FreezableProxy::start(upstream).await;
+    let proxy = FaultProxy::start(upstream).await;
     let uri = format!(
         "mongodb://127.0.0.1:{}/t_{}?directConnection=true",
         proxy.port,
@@ -453,6 +453,9 @@ async fn past_the_in_flight_bound_requests_get_503_at_once_and_slow_ones_time_ou
     let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
     config.limits.max_in_flight = 1;
     config.limits.request_timeout = Duration::from_millis(800);
+    // Each store operation bounded by 200 ms: the write and its settling
+    // read fit in the request's 800 ms.
+    config.mongo.timeout = Duration::from_millis(100);
     let ingest = InProcessIngest::start_with(config).await;
     let url = format!("{}/events", ingest.url);
     let client = e2e::client();
@@ -496,12 +499,11 @@ async fn past_the_in_flight_bound_requests_get_503_at_once_and_slow_ones_time_ou
     let problem = assert_problem(shed, StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(problem["detail"].as_str().unwrap().contains("capacity"));
 
+    // The slow one's insert went into the frozen connection: it may still
+    // land, so the answer says so (never "nothing stored"), in time.
     let slow = slow.await.unwrap();
     let problem = assert_problem(slow, StatusCode::SERVICE_UNAVAILABLE).await;
-    assert!(
-        problem["detail"].as_str().unwrap().contains("too long"),
-        "{problem}"
-    );
+    assert_eq!(problem["type"], "/problems/outcome-unknown", "{problem}");
     proxy.freeze(false);
 }
 

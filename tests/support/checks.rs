@@ -27,6 +27,22 @@ impl Db {
             .expect("count")
     }
 
+    pub async fn update_many(&self, collection: &str, filter: Document, update: Document) {
+        self.db
+            .collection::<Document>(collection)
+            .update_many(filter, update)
+            .await
+            .expect("update");
+    }
+
+    pub async fn delete_many(&self, collection: &str, filter: Document) {
+        self.db
+            .collection::<Document>(collection)
+            .delete_many(filter)
+            .await
+            .expect("delete");
+    }
+
     pub async fn processed_count(&self) -> u64 {
         self.count("processed_events", doc! {}).await
     }

@@ -6,9 +6,8 @@
 //! (default `.mongo/venv/bin/secantusd-py`).
 
 pub mod checks;
-pub mod freezable_proxy;
+pub mod fault_proxy;
 pub mod mongo_server;
-pub mod reply_dropper;
 pub mod services;
 pub mod sink;
 
@@ -31,6 +30,11 @@ pub const PROCESSOR_TOKEN: &str = "test-processor-token-0123456789";
 /// A client that authenticates to ingest with [`API_KEY`].
 pub fn client() -> reqwest::Client {
     client_with_token(API_KEY).build().expect("client")
+}
+
+/// A client that authenticates to ingest as an operator ([`ADMIN_KEY`]).
+pub fn admin_client() -> reqwest::Client {
+    client_with_token(ADMIN_KEY).build().expect("client")
 }
 
 /// A client that authenticates to the processor with [`PROCESSOR_TOKEN`].
@@ -140,6 +144,24 @@ pub fn event_body(patient: &str, n: usize) -> serde_json::Value {
         "data": { "n": n, "test": "glucose", "value": 5.4 },
         "ts": "2025-10-01T12:00:00Z",
     })
+}
+
+/// Environment that gives a spawned service a clock of its own (libfaketime,
+/// from Debian's `faketime`, which `scripts/test.sh` installs): `spec` as
+/// libfaketime reads it, e.g. `+2h` (wall clock two hours ahead, the
+/// monotonic clock untouched) or `+0 x0.5` (every clock at half speed).
+pub fn faketime(spec: &str, monotonic_too: bool) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        (
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1".to_owned(),
+        ),
+        ("FAKETIME", spec.to_owned()),
+    ];
+    if !monotonic_too {
+        env.push(("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()));
+    }
+    env
 }
 
 /// Environment for a spawned processor with fast, test-sized timings.

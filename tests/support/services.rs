@@ -273,7 +273,7 @@ impl InProcessIngest {
             },
             limits: HttpLimits {
                 max_in_flight: 1024,
-                request_timeout: Duration::from_secs(30),
+                request_timeout: Duration::from_secs(40),
             },
             tls: None,
             processor_ca: None,

@@ -235,7 +235,7 @@ impl IngestConfig {
         };
         let admins =
             credentials(source, "ADMIN_API_KEYS", "ADMIN_API_KEYS_FILE")?.unwrap_or_default();
-        Ok(Self {
+        let config = Self {
             port: number(source, "PORT", 3000)?,
             mongo: mongo(source)?,
             processor_url: processor_url.trim_end_matches('/').to_owned(),
@@ -266,7 +266,9 @@ impl IngestConfig {
             },
             metrics_port: number(source, "METRICS_PORT", 9464)?,
             patient_logging: patient_logging(source)?,
-        })
+        };
+        check_request_budget(&config.limits, &config.mongo)?;
+        Ok(config)
     }
 }
 
@@ -301,7 +303,7 @@ impl ProcessorConfig {
                 "must be at least 1",
             ));
         }
-        Ok(Self {
+        let config = Self {
             port: number(source, "PORT", 3001)?,
             mongo: mongo(source)?,
             processing_min: Duration::from_millis(min),
@@ -312,7 +314,7 @@ impl ProcessorConfig {
                 max_delay: millis(source, "RETRY_MAX_MS", 30_000)?,
             },
             sweep_interval: positive_millis(source, "SWEEP_INTERVAL_MS", 5_000)?,
-            shutdown_grace: millis(source, "SHUTDOWN_GRACE_MS", 8_000)?,
+            shutdown_grace: millis(source, "SHUTDOWN_GRACE_MS", 25_000)?,
             log_format: log_format(source)?,
             access: match secrets(source, "PROCESSOR_TOKEN", "PROCESSOR_TOKEN_FILE")? {
                 Some(mut tokens) => {
@@ -346,7 +348,9 @@ impl ProcessorConfig {
             },
             metrics_port: number(source, "METRICS_PORT", 9465)?,
             patient_logging: patient_logging(source)?,
-        })
+        };
+        check_request_budget(&config.limits, &config.mongo)?;
+        Ok(config)
     }
 }
 
@@ -463,7 +467,7 @@ fn credentials(
 fn http_limits(source: &impl Source) -> Result<HttpLimits, ConfigError> {
     Ok(HttpLimits {
         max_in_flight: positive(source, "MAX_IN_FLIGHT", 1_024)? as usize,
-        request_timeout: positive_millis(source, "REQUEST_TIMEOUT_MS", 30_000)?,
+        request_timeout: positive_millis(source, "REQUEST_TIMEOUT_MS", 40_000)?,
     })
 }
 
@@ -557,6 +561,28 @@ fn positive_millis(
         return Err(invalid(name, "0", "must be greater than 0"));
     }
     Ok(value)
+}
+
+/// A request that stores an event waits for its write once it is sent, so
+/// its time limit must cover the longest intake write: a read of the
+/// patient's last number, the insert and the read that settles it, each
+/// bounded by twice `MONGO_TIMEOUT_MS`.
+pub fn check_request_budget(limits: &HttpLimits, mongo: &MongoSettings) -> Result<(), ConfigError> {
+    let budget = crate::store::intake_budget(mongo.timeout);
+    if limits.request_timeout <= budget {
+        return Err(invalid(
+            "REQUEST_TIMEOUT_MS",
+            &limits.request_timeout.as_millis().to_string(),
+            &format!(
+                "must be above {} ms: a write of an event may take a read, the insert and a read \
+                 that settles it, each bounded by 2 x MONGO_TIMEOUT_MS ({} ms); raise it or lower \
+                 MONGO_TIMEOUT_MS",
+                budget.as_millis(),
+                mongo.timeout.as_millis()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(name: &'static str, value: &str, reason: &str) -> ConfigError {
@@ -754,6 +780,35 @@ mod tests {
         assert_eq!(config.port, 3000);
         assert_eq!(config.mongo.timeout, Duration::from_millis(5000));
         assert_eq!(config.processor_url, "http://processor:3001");
+    }
+
+    /// Issue 13, hole 2: a request that stores an event must be able to
+    /// wait for its write; a time limit shorter than the store's bounds is
+    /// refused at start-up, naming both settings.
+    #[test]
+    fn a_request_timeout_shorter_than_a_write_and_its_settling_read_is_refused() {
+        let base = [
+            ("MONGO_URI", "mongodb://db:27017/medical_events"),
+            ("PROCESSOR_URL", "http://processor:3001/"),
+            ("AUTH_DISABLED", "true"),
+            ("MONGO_TIMEOUT_MS", "5000"),
+            ("REQUEST_TIMEOUT_MS", "30000"),
+        ];
+        let refused = IngestConfig::from_source(&base).unwrap_err().to_string();
+        assert!(refused.contains("REQUEST_TIMEOUT_MS"), "{refused}");
+        assert!(refused.contains("MONGO_TIMEOUT_MS"), "{refused}");
+        let processor = ProcessorConfig::from_source(&base).unwrap_err().to_string();
+        assert!(processor.contains("REQUEST_TIMEOUT_MS"), "{processor}");
+        let defaults = IngestConfig::from_source(&[
+            ("MONGO_URI", "mongodb://db:27017/medical_events"),
+            ("PROCESSOR_URL", "http://processor:3001/"),
+            ("AUTH_DISABLED", "true"),
+        ])
+        .unwrap();
+        assert!(
+            defaults.limits.request_timeout > crate::store::intake_budget(defaults.mongo.timeout),
+            "the defaults must fit"
+        );
     }
 
     #[test]

@@ -1,15 +1,23 @@
 //! Accepting an event: one durable, sequenced write per event, serialized per
 //! patient inside this process so its own requests never conflict with each
 //! other in the database (other instances are ordered by the unique index).
+//!
+//! The write runs in a task of its own, holding the patient's lock until the
+//! write has settled: a request abandoned by its client (or cut by anything
+//! else) never leaves an insert in flight while the next request of the
+//! patient goes ahead. And it starts a step only while the request's time
+//! limit still covers that step and everything that must follow it, so the
+//! answer is never "nothing stored" for a write that may yet land.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use crate::event::PatientId;
-use crate::store::{EnqueueOutcome, IntakePolicy, Store, StoreError, Submission};
+use crate::event::{EventId, NewEvent, PatientId};
+use crate::store::{EnqueueOutcome, IdempotencyKey, IntakePolicy, Store, StoreError, Submission};
 
 /// Lock stripes: bounded memory whatever the number of patients; two
 /// patients share a stripe rarely and then only wait a few milliseconds.
@@ -32,6 +40,37 @@ pub struct Intake {
 /// and when.
 type LastSeqs = HashMap<String, (i64, Instant)>;
 
+/// An event to store and what comes with it, owned: its write may outlive
+/// the request that asked for it.
+#[derive(Debug, Clone)]
+pub struct IntakeRequest {
+    pub event: NewEvent,
+    pub event_id: EventId,
+    /// The API client that sent it.
+    pub client: Arc<str>,
+    pub key: Option<IdempotencyKey>,
+    /// Whether a keyless event is checked for duplicate content.
+    pub deduplicate: bool,
+    /// The W3C `traceparent` of the accepting request.
+    pub traceparent: Option<String>,
+    /// About how large the event is (its request body), for batching.
+    pub size_hint: usize,
+}
+
+impl IntakeRequest {
+    fn submission(&self) -> Submission<'_> {
+        Submission {
+            event: &self.event,
+            event_id: self.event_id,
+            client: &self.client,
+            key: self.key.as_ref(),
+            deduplicate: self.deduplicate,
+            traceparent: self.traceparent.as_deref(),
+            size_hint: self.size_hint,
+        }
+    }
+}
+
 impl Intake {
     pub fn new(store: Store, policy: IntakePolicy) -> Self {
         Self {
@@ -49,11 +88,50 @@ impl Intake {
         &self.policy
     }
 
-    /// Stores the event before returning; the tokio mutex is fair, so one
+    /// Stores the event before returning (and returns the request, for
+    /// what the caller does next). The tokio mutex is fair, so one
     /// patient's requests are sequenced in the order they arrived here.
-    pub async fn submit(&self, submission: &Submission<'_>) -> Result<EnqueueOutcome, StoreError> {
-        let patient = submission.event.patient_id.as_str();
-        let mut last_seqs = self.stripe(&submission.event.patient_id).lock().await;
+    ///
+    /// `deadline`: when the request's answer is due. Nothing is sent to the
+    /// database unless the time left covers the write and the read that
+    /// settles it; then the write is waited for, whatever the caller does.
+    pub async fn submit(
+        self: &Arc<Self>,
+        request: IntakeRequest,
+        deadline: Option<Instant>,
+    ) -> Result<(EnqueueOutcome, IntakeRequest), StoreError> {
+        let event_id = request.event_id;
+        let intake = Arc::clone(self);
+        let write = tokio::spawn(async move {
+            let outcome = intake.store_one(&request, deadline).await;
+            outcome.map(|outcome| (outcome, request))
+        });
+        write.await.unwrap_or_else(|failed| {
+            Err(StoreError::OutcomeUnknown {
+                event_id: event_id.to_string(),
+                cause: format!("the write task failed: {failed}"),
+            })
+        })
+    }
+
+    async fn store_one(
+        &self,
+        request: &IntakeRequest,
+        deadline: Option<Instant>,
+    ) -> Result<EnqueueOutcome, StoreError> {
+        let patient = request.event.patient_id.as_str();
+        let stripe = self.stripe(&request.event.patient_id);
+        let mut last_seqs = match deadline {
+            Some(deadline) => {
+                let latest = self.store.latest_intake_start(deadline);
+                tokio::time::timeout_at(latest.into(), stripe.lock())
+                    .await
+                    .map_err(|_| StoreError::NoTimeLeft {
+                        operation: "waiting for the patient's earlier requests",
+                    })?
+            }
+            None => stripe.lock().await,
+        };
         // Without a recent number of our own, read the last one: a blind
         // guess of 1 could land on a number retention pruned.
         let next_seq = match last_seqs.get(patient) {
@@ -62,7 +140,7 @@ impl Intake {
         };
         let outcome = self
             .store
-            .enqueue(submission, next_seq, &self.policy)
+            .enqueue_within(&request.submission(), next_seq, &self.policy, deadline)
             .await?;
         if let EnqueueOutcome::Accepted { seq, .. } = outcome {
             if last_seqs.len() >= REMEMBERED_PER_STRIPE && !last_seqs.contains_key(patient) {

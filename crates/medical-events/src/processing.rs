@@ -1,6 +1,6 @@
 //! The work done for one event: by default simulated (a non-blocking pause
 //! of a random duration within the configured range); with `DELIVERY_URL`,
-//! a POST of the event to the downstream system.
+//! a POST of the event to the downstream system, with a fencing token.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,10 +12,24 @@ use serde_json::json;
 use crate::store::QueuedEvent;
 use crate::trace_context::TraceContext;
 
-/// What the processor runs for each event; `Err` carries a reason that is
-/// recorded (never the event's data) and triggers a retry.
+/// Why a handler did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// A failed attempt; the reason is recorded (never the event's data)
+    /// and the attempt retried per the retry policy.
+    #[error("{0}")]
+    Failed(String),
+    /// The downstream has heard from a newer owner of this patient (a higher
+    /// fencing token): this instance lost the bucket. The run is abandoned,
+    /// not counted as a failed attempt.
+    #[error("the downstream refused a stale fencing token")]
+    Superseded,
+}
+
+/// What the processor runs for each event. The event carries the epoch of
+/// the claim it runs under (`event.epoch`): the fencing token.
 pub trait EventHandler: Send + Sync + 'static {
-    fn handle(&self, event: &QueuedEvent) -> impl Future<Output = Result<(), String>> + Send;
+    fn handle(&self, event: &QueuedEvent) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +39,7 @@ pub struct SimulatedProcessing {
 }
 
 impl EventHandler for SimulatedProcessing {
-    async fn handle(&self, _event: &QueuedEvent) -> Result<(), String> {
+    async fn handle(&self, _event: &QueuedEvent) -> Result<(), HandlerError> {
         let millis = rand::rng().random_range(self.min.as_millis()..=self.max.as_millis());
         tokio::time::sleep(Duration::from_millis(millis as u64)).await;
         Ok(())
@@ -34,8 +48,11 @@ impl EventHandler for SimulatedProcessing {
 
 /// Delivery downstream: `POST DELIVERY_URL` with the event as JSON,
 /// `Idempotency-Key: <eventId>` (the downstream deduplicates a redelivery
-/// with it) and the event's trace context. 2xx is success; anything else,
-/// a timeout included, is a failed attempt, retried per the retry policy.
+/// with it), `Fencing-Token: <epoch>` (a downstream that keeps the highest
+/// per patient refuses a stale owner with `409`) and the event's trace
+/// context. 2xx is success; `409` means a newer owner has the patient;
+/// anything else, a timeout included, is a failed attempt, retried per the
+/// retry policy.
 #[derive(Clone)]
 pub struct Delivery {
     client: reqwest::Client,
@@ -62,8 +79,11 @@ impl Delivery {
     }
 }
 
+/// The header naming the fencing token of a delivery.
+pub const FENCING_TOKEN: &str = "fencing-token";
+
 impl EventHandler for Delivery {
-    async fn handle(&self, event: &QueuedEvent) -> Result<(), String> {
+    async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
         let body = json!({
             "eventId": event.event_id,
             "patientId": event.patient_id,
@@ -82,23 +102,29 @@ impl EventHandler for Delivery {
             .client
             .post(&self.url)
             .header("Idempotency-Key", &event.event_id)
+            .header(FENCING_TOKEN, event.epoch.to_string())
             .header(crate::trace_context::HEADER, trace.header_value())
             .json(&body);
         if let Some((name, value)) = &self.auth {
             request = request.header(name, value);
         }
         let response = request.send().await.map_err(|e| {
-            if e.is_timeout() {
+            HandlerError::Failed(if e.is_timeout() {
                 "delivery timed out".to_owned()
             } else {
                 format!("delivery failed: {}", without_url(&e))
-            }
+            })
         })?;
         let status = response.status();
         if status.is_success() {
             Ok(())
+        } else if status == reqwest::StatusCode::CONFLICT {
+            Err(HandlerError::Superseded)
         } else {
-            Err(format!("downstream answered {}", status.as_u16()))
+            Err(HandlerError::Failed(format!(
+                "downstream answered {}",
+                status.as_u16()
+            )))
         }
     }
 }
@@ -120,7 +146,7 @@ pub enum Handler {
 }
 
 impl EventHandler for Handler {
-    async fn handle(&self, event: &QueuedEvent) -> Result<(), String> {
+    async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
         match self {
             Self::Simulated(simulated) => simulated.handle(event).await,
             Self::Delivery(delivery) => delivery.handle(event).await,

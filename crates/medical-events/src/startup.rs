@@ -181,6 +181,7 @@ pub struct IngestApp {
 
 impl IngestApp {
     pub async fn build(config: IngestConfig) -> Result<Self, StartupError> {
+        crate::config::check_request_budget(&config.limits, &config.mongo)?;
         if matches!(config.access, Access::Disabled) {
             warn!("AUTH_DISABLED=true: ingest accepts requests without an API key");
         }
@@ -249,6 +250,7 @@ pub struct ProcessorApp {
 
 impl ProcessorApp {
     pub async fn build(config: ProcessorConfig) -> Result<Self, StartupError> {
+        crate::config::check_request_budget(&config.limits, &config.mongo)?;
         if matches!(config.access, Access::Disabled) {
             warn!("AUTH_DISABLED=true: the processor accepts /queue without a token");
         }
@@ -266,7 +268,6 @@ impl ProcessorApp {
                 },
                 lease: config.lease,
                 sweep_interval: config.sweep_interval,
-                release_grace: config.shutdown_grace,
                 retention: (config.retention.events.is_some()
                     || config.retention.outcomes.is_some())
                 .then_some(Retention {

@@ -21,8 +21,6 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// `SWEEP_INTERVAL_MS`: the backstop scan of every owned bucket.
     pub sweep_interval: Duration,
-    /// How long handing a bucket over waits for events in hand.
-    pub release_grace: Duration,
     /// What the fleet's pruner removes; `None`: nothing (it does not run).
     pub retention: Option<Retention>,
 }
@@ -54,7 +52,6 @@ impl<H: EventHandler> Worker<H> {
             ownership.clone(),
             KeeperConfig {
                 lease: config.lease,
-                release_grace: config.release_grace,
                 jobs: if config.retention.is_some() {
                     &[fleet::leases::PRUNER]
                 } else {

@@ -1,9 +1,11 @@
 //! The lease keeper: every `LEASE_MS / 3` it renews this processor's session
 //! (which keeps every bucket lease it holds), notices leases taken from it,
 //! and moves towards its fair share of the buckets: taking free or abandoned
-//! ones, handing the excess over gracefully (events in hand finish first).
-//! If the session itself expired (a pause past the lease), every lease is
-//! dropped at once and the processor joins again under a new session.
+//! ones (abandoned: their session killed first), handing the excess over
+//! gracefully (events in hand finish first, however long they take: a
+//! hand-over never gives away an event whose handler still runs). If the
+//! session itself expired (a pause past the lease), every lease is dropped at
+//! once and the processor joins again under a new session.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use tracing::{info, warn};
 use super::balance;
 use super::leases::{self, LeaseView, Leases};
 use super::membership::Membership;
-use super::ownership::{BucketLease, Ownership};
+use super::ownership::{BucketLease, Ownership, Validity};
 use crate::bucket;
 use crate::store::{Store, StoreError};
 
@@ -25,8 +27,6 @@ use crate::store::{Store, StoreError};
 pub struct KeeperConfig {
     /// `LEASE_MS`.
     pub lease: Duration,
-    /// How long a hand-over waits for events in hand before handing them back.
-    pub release_grace: Duration,
     /// Singleton jobs to run on one instance of the fleet at a time.
     pub jobs: &'static [&'static str],
 }
@@ -43,9 +43,12 @@ pub struct Keeper {
     /// Ends the balancing: no bucket is taken any more (shutdown started).
     no_more_buckets: CancellationToken,
     releases: TaskTracker,
-    /// Until when the session's last renewal may be trusted (new work, work in hand).
-    valid_until: std::sync::Mutex<Option<(Instant, Instant)>>,
+    /// Until when the session's last renewal may be trusted.
+    valid_until: std::sync::Mutex<Option<Validity>>,
 }
+
+/// Pause between two tries of a release that failed.
+const RELEASE_RETRY: Duration = Duration::from_millis(500);
 
 impl Keeper {
     /// Creates the lease documents if needed and opens this processor's session.
@@ -63,9 +66,9 @@ impl Keeper {
                     .chain(config.jobs.iter().map(|job| (leases::job_id(job), None))),
             )
             .await?;
+        leases.raise_counter_floor().await?;
         let membership = Membership::new(store, config.lease);
-        let joined = Instant::now();
-        membership.join(&ownership.session()).await?;
+        let validity = join(&membership, &ownership.session(), config.lease).await?;
         Ok(Arc::new(Self {
             leases,
             membership,
@@ -75,7 +78,7 @@ impl Keeper {
             stop: CancellationToken::new(),
             no_more_buckets: CancellationToken::new(),
             releases: TaskTracker::new(),
-            valid_until: std::sync::Mutex::new(Some(Ownership::validity(joined, config.lease))),
+            valid_until: std::sync::Mutex::new(Some(validity)),
         }))
     }
 
@@ -123,9 +126,9 @@ impl Keeper {
     async fn renew(&self) -> Result<(), StoreError> {
         let session = self.ownership.session();
         let sent = Instant::now();
-        let alive = self.membership.renew(&session).await?;
+        let renewed = self.membership.renew(&session).await?;
         metrics::histogram!("lease_renewal_seconds").record(sent.elapsed().as_secs_f64());
-        if !alive {
+        let Some(expires) = renewed else {
             // Paused or cut off past the lease: others may hold our buckets.
             warn!(
                 session = &*session,
@@ -134,18 +137,16 @@ impl Keeper {
             metrics::counter!("lease_lost_total").increment(self.ownership.count() as u64);
             self.ownership.lose_all();
             let fresh: Arc<str> = super::instance_id().into();
-            let joined = Instant::now();
-            self.membership.join(&fresh).await?;
+            let validity = join(&self.membership, &fresh, self.config.lease).await?;
             self.ownership.replace_session(fresh);
-            *self.valid_until.lock().expect("keeper poisoned") =
-                Some(Ownership::validity(joined, self.config.lease));
+            *self.valid_until.lock().expect("keeper poisoned") = Some(validity);
             return Ok(());
-        }
-        let validity = Ownership::validity(sent, self.config.lease);
+        };
+        let validity = Ownership::validity(sent, self.config.lease, expires);
         // A live session keeps every lease it holds: nobody may take a lease
         // from a live session, so there is nothing to check lease by lease.
         for lease in self.ownership.all() {
-            lease.extend(validity.0, validity.1);
+            lease.extend(validity);
         }
         *self.valid_until.lock().expect("keeper poisoned") = Some(validity);
         Ok(())
@@ -161,7 +162,7 @@ impl Keeper {
         let Some(validity) = *self.valid_until.lock().expect("keeper poisoned") else {
             return Ok(());
         };
-        if Instant::now() >= validity.0 {
+        if Instant::now() >= validity.new_work {
             return Ok(());
         }
         let session = self.ownership.session();
@@ -185,7 +186,7 @@ impl Keeper {
             }
         } else if steady.len() < share {
             let candidates = self.leases.not_held_by(&sessions.live).await?;
-            let takeable = self.takeable_owners(&candidates, &sessions.dead).await?;
+            let takeable = self.takeable_owners(&candidates).await?;
             let plan = balance::plan(&session, live, steady.len(), &candidates, &takeable);
             if !plan.acquire.is_empty() {
                 let taken_over = candidates
@@ -222,13 +223,15 @@ impl Keeper {
             };
             let takeable = match &lease.owner {
                 None => Vec::new(),
-                Some(owner) if dead.contains(owner) => vec![owner.clone()],
+                Some(owner) if **owner == **session => continue,
                 Some(owner)
-                    if self
-                        .membership
-                        .existing(std::slice::from_ref(owner))
-                        .await?
-                        .is_empty() =>
+                    if (dead.contains(owner)
+                        || self
+                            .membership
+                            .existing(std::slice::from_ref(owner))
+                            .await?
+                            .is_empty())
+                        && self.membership.kill(owner).await? =>
                 {
                     vec![owner.clone()]
                 }
@@ -242,25 +245,18 @@ impl Keeper {
         Ok(())
     }
 
-    /// Owners of `candidates` whose sessions ended: expired (`dead`), or gone
-    /// from `processors` altogether. An owner that is neither was read as a
-    /// session that joined after `sessions` was read: not takeable.
-    async fn takeable_owners(
-        &self,
-        candidates: &[LeaseView],
-        dead: &[String],
-    ) -> Result<Vec<String>, StoreError> {
-        let mut takeable: Vec<String> = dead.to_vec();
-        let unknown: Vec<String> = candidates
-            .iter()
-            .filter_map(|l| l.owner.clone())
-            .filter(|owner| !dead.contains(owner))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        if !unknown.is_empty() {
-            let existing = self.membership.existing(&unknown).await?;
-            takeable.extend(unknown.into_iter().filter(|o| !existing.contains(o)));
+    /// Owners of `candidates` (leases no session read as live holds) that
+    /// are dead: each one killed here, by a write the primary applies only
+    /// if the session has expired by its clock on its latest state (a read
+    /// may lag: the session may have been renewed since), or gone from
+    /// `processors` altogether. Only those may lose their leases.
+    async fn takeable_owners(&self, candidates: &[LeaseView]) -> Result<Vec<String>, StoreError> {
+        let owners: HashSet<String> = candidates.iter().filter_map(|l| l.owner.clone()).collect();
+        let mut takeable = Vec::new();
+        for owner in owners {
+            if self.membership.kill(&owner).await? {
+                takeable.push(owner);
+            }
         }
         Ok(takeable)
     }
@@ -269,11 +265,7 @@ impl Keeper {
     /// under: every lease it acquired (also one whose acquisition reply was
     /// lost), and nothing else. Only this session can have given itself a
     /// lease, so adopting one is safe.
-    async fn adopt_held(
-        &self,
-        session: &Arc<str>,
-        validity: (Instant, Instant),
-    ) -> Result<(), StoreError> {
+    async fn adopt_held(&self, session: &Arc<str>, validity: Validity) -> Result<(), StoreError> {
         let held = self.leases.owned_by(session).await?;
         let mut acquired = Vec::new();
         for lease in &held {
@@ -303,57 +295,105 @@ impl Keeper {
         Ok(())
     }
 
-    /// Hands a bucket over: no new events start, those in hand finish (or
-    /// are handed back after the grace period), then the lease is released
-    /// at once so the next owner need not wait for anything to expire.
+    /// Hands a bucket over: no new events start, those in hand finish
+    /// (however long: each is bounded by `ATTEMPT_TIMEOUT_MS`; none is ever
+    /// handed to the next owner while its handler runs), then the lease is
+    /// released at once so the next owner need not wait for anything to
+    /// expire. The lease stays ours until the release is known to be
+    /// applied: forgetting it while the database still names this live
+    /// session would orphan the bucket (nobody takes a live session's lease).
     fn hand_over(&self, lease: Arc<BucketLease>) {
         self.ownership.retire(lease.bucket, lease.epoch);
         lease.start_release();
         self.ownership.changed();
         let leases = self.leases.clone();
         let ownership = self.ownership.clone();
-        let grace = self.config.release_grace;
         self.releases.spawn(async move {
-            drain(&lease, grace).await;
+            drain(&lease).await;
+            if lease.was_cut() || lease.is_lost() {
+                // Cut by a shutdown (left to expire), or gone with the session.
+                return;
+            }
             let id = leases::bucket_id(lease.bucket);
-            if let Err(e) = leases.release(&id, &lease.session, lease.epoch).await {
-                warn!(bucket = lease.bucket, error = %e, "could not release a lease; it ends with the session");
+            loop {
+                match leases.release(&id, &lease.session, lease.epoch).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        warn!(bucket = lease.bucket, error = %e, "could not release a lease; trying again");
+                        metrics::counter!("lease_release_failures_total").increment(1);
+                    }
+                }
+                tokio::time::sleep(RELEASE_RETRY).await;
+                if lease.is_lost() {
+                    return;
+                }
             }
             ownership.remove(lease.bucket);
         });
     }
 
-    /// Shutdown, after the lanes stopped: releases every lease at once and
-    /// ends the session.
+    /// Shutdown, after the lanes stopped: renewals end; every lease under
+    /// which nothing was cut is released at once; a lease under which work
+    /// was cut off (the downstream may still be working on it) is left to
+    /// expire with the session, `LEASE_MS` after its last renewal, and the
+    /// session stays until then.
     pub async fn release_all(&self) {
         self.no_more_buckets.cancel();
         self.stop.cancel();
         self.releases.close();
-        let _ = tokio::time::timeout(self.config.release_grace, self.releases.wait()).await;
+        // Hand-overs under way finish with the lanes (which have stopped).
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.releases.wait()).await;
         let session = self.ownership.session();
-        if let Err(e) = self.leases.release_all(&session).await {
-            warn!(error = %e, "could not release the leases; they end with the session");
-        }
+        let cut: Vec<String> = self
+            .ownership
+            .all()
+            .iter()
+            .filter(|lease| lease.was_cut())
+            .map(|lease| leases::bucket_id(lease.bucket))
+            .collect();
+        let released = match self.leases.release_all_but(&session, &cut).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e, "could not release the leases; they end with the session");
+                false
+            }
+        };
         self.ownership.lose_all();
-        if let Err(e) = self.membership.leave(&session).await {
+        let holds_leases = !released || !cut.is_empty();
+        if holds_leases {
+            info!(
+                buckets = cut.len(),
+                "leaving buckets whose work was cut off to expire with the session"
+            );
+        }
+        if let Err(e) = self.membership.leave(&session, holds_leases).await {
             warn!(error = %e, "could not end the session; it will expire");
         }
-        info!("released all bucket leases");
+        info!("released the bucket leases");
     }
 }
 
-/// Waits for the lease's events in hand, up to `grace`; then asks for them
-/// to be handed back and waits a little more.
-async fn drain(lease: &BucketLease, grace: Duration) {
-    let deadline = Instant::now() + grace;
-    while lease.in_flight() > 0 && Instant::now() < deadline {
+/// Opens `session` and returns how long its first lease period may be trusted.
+async fn join(
+    membership: &Membership,
+    session: &str,
+    lease: Duration,
+) -> Result<Validity, StoreError> {
+    let sent = Instant::now();
+    membership.join(session).await?;
+    let expires = membership
+        .expires_at(session)
+        .await?
+        .ok_or(StoreError::Contention {
+            operation: "reading a session just opened",
+            attempts: 1,
+        })?;
+    Ok(Ownership::validity(sent, lease, expires))
+}
+
+/// Waits until no event is in hand under the lease.
+async fn drain(lease: &BucketLease) {
+    while lease.in_flight() > 0 && !lease.is_lost() {
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if lease.in_flight() > 0 {
-        lease.abort();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while lease.in_flight() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }

@@ -4,15 +4,22 @@
 //! takeover increments `epoch`, the fencing token the holder stamps on each
 //! write it makes under the lease.
 //!
-//! A lease is taken only from no one or from a session the database has
-//! declared expired; an expired session can never come back, so the
+//! A lease is taken only from no one or from a session the taker killed
+//! (see `membership.rs`): a dead session can never come back, so the
 //! condition the taker checked cannot become false before its write lands.
+//!
+//! Epochs come from one counter for the whole deployment (in `deployment`,
+//! which outlives the lease documents): every acquisition's epoch is above
+//! every epoch issued before, for any bucket. So a patient's fencing token
+//! never goes down, even when the leases are deleted and recreated (the
+//! procedure for changing the bucket count), and an event claimed under an
+//! old epoch is always claimable under a new one.
 
 use std::time::Duration;
 
 use mongodb::Collection;
 use mongodb::bson::{Bson, Document, doc};
-use mongodb::options::InsertManyOptions;
+use mongodb::options::{FindOneAndUpdateOptions, InsertManyOptions, ReturnDocument, UpdateOptions};
 
 use crate::store::deadline::{Bounded, BoundedAll};
 use crate::store::{Store, StoreError};
@@ -41,10 +48,16 @@ pub struct LeaseView {
     pub epoch: i64,
 }
 
+/// Where the deployment's epoch counter lives (`deployment` survives the
+/// lease documents).
+const COUNTER_COLLECTION: &str = "deployment";
+const COUNTER_ID: &str = "fencing-epoch";
+
 /// Access to the lease documents.
 #[derive(Clone)]
 pub struct Leases {
     collection: Collection<Document>,
+    counter: Collection<Document>,
     op_timeout: Duration,
 }
 
@@ -52,8 +65,51 @@ impl Leases {
     pub fn new(store: &Store) -> Self {
         Self {
             collection: store.durable_collection(COLLECTION),
+            counter: store.durable_collection(COUNTER_COLLECTION),
             op_timeout: store.op_timeout(),
         }
+    }
+
+    /// Makes sure the epoch counter is at least every epoch any lease
+    /// carries (a deployment of an earlier version counted per lease).
+    pub async fn raise_counter_floor(&self) -> Result<(), StoreError> {
+        let highest = self
+            .collection
+            .find_one(doc! {})
+            .sort(doc! { "epoch": -1 })
+            .bounded("reading the highest epoch", self.op_timeout)
+            .await?
+            .as_ref()
+            .map_or(0, epoch_of);
+        self.counter
+            .update_one(
+                doc! { "_id": COUNTER_ID },
+                doc! { "$max": { "epoch": highest } },
+            )
+            .with_options(UpdateOptions::builder().upsert(true).build())
+            .bounded("raising the epoch counter", self.op_timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// A fresh epoch, above every epoch issued before. A lost reply only
+    /// wastes a number.
+    async fn next_epoch(&self) -> Result<i64, StoreError> {
+        let counter = self
+            .counter
+            .find_one_and_update(
+                doc! { "_id": COUNTER_ID },
+                doc! { "$inc": { "epoch": 1i64 } },
+            )
+            .with_options(
+                FindOneAndUpdateOptions::builder()
+                    .upsert(true)
+                    .return_document(ReturnDocument::After)
+                    .build(),
+            )
+            .bounded("drawing an epoch", self.op_timeout)
+            .await?;
+        Ok(counter.as_ref().map_or(1, epoch_of))
     }
 
     /// Creates the lease documents that do not exist yet (all free).
@@ -109,24 +165,30 @@ impl Leases {
         Ok(documents.iter().map(view).collect())
     }
 
-    /// Takes those of `ids` that are free or held by one of `dead` sessions,
-    /// in one write, each with its epoch incremented. What was taken is read
-    /// back with [`Leases::owned_by`] (so a lost reply loses nothing).
+    /// Takes those of `ids` that are free or held by one of `dead` sessions
+    /// (sessions the caller killed), in one write, all under one fresh epoch
+    /// from the counter. What was taken is read back with
+    /// [`Leases::owned_by`] (so a lost reply loses nothing).
     pub async fn acquire(
         &self,
         ids: &[String],
         dead: &[String],
         session: &str,
     ) -> Result<(), StoreError> {
+        let epoch = self.next_epoch().await?;
         let mut takeable: Vec<Bson> = dead.iter().map(|d| Bson::String(d.clone())).collect();
         takeable.push(Bson::Null);
         self.collection
             .update_many(
-                doc! { "_id": { "$in": ids }, "owner": { "$in": takeable } },
+                doc! {
+                    "_id": { "$in": ids },
+                    "owner": { "$in": takeable },
+                    "epoch": { "$lt": epoch },
+                },
                 vec![doc! { "$set": {
                     "previousOwner": "$owner",
                     "owner": { "$literal": session },
-                    "epoch": { "$add": ["$epoch", 1i64] },
+                    "epoch": { "$literal": epoch },
                     "acquiredAt": "$$NOW",
                 } }],
             )
@@ -162,12 +224,13 @@ impl Leases {
 }
 
 impl Leases {
-    /// Gives up every lease `session` holds, in one write (graceful stop).
-    pub async fn release_all(&self, session: &str) -> Result<u64, StoreError> {
+    /// Gives up every lease `session` holds but those in `keep`, in one
+    /// write (graceful stop).
+    pub async fn release_all_but(&self, session: &str, keep: &[String]) -> Result<u64, StoreError> {
         let result = self
             .collection
             .update_many(
-                doc! { "owner": session },
+                doc! { "owner": session, "_id": { "$nin": keep } },
                 doc! { "$set": { "owner": Bson::Null } },
             )
             .bounded("releasing leases", self.op_timeout)

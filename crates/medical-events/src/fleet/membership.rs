@@ -1,8 +1,11 @@
 //! Membership: each processor holds a session, a heartbeat document in
 //! `processors` whose `expiresAt` comes from the database's clock and is
 //! renewed every `LEASE_MS / 3`. A session that expired can never be renewed
-//! (the renewal only extends a live one), so once anyone has seen it expired
-//! it is dead for good, and the buckets it held may be taken over safely.
+//! (the renewal only extends a live one). Before anyone takes a session's
+//! buckets it *kills* it: a write the primary applies only if the session
+//! has expired by its own clock, on its latest state (never a read, which
+//! may lag), marking it dead for good, so that not even a primary whose
+//! clock is behind can renew it again.
 //!
 //! One renewal per processor per tick keeps every bucket it holds: the cost
 //! of a lease does not grow with the number of buckets.
@@ -25,11 +28,18 @@ pub struct Sessions {
     pub dead: Vec<String>,
 }
 
-/// `expiresAt > $$NOW`, compared as milliseconds: some servers we run
-/// compare stored dates with `$$NOW` wrongly, but never numbers.
+/// Not killed, and `expiresAt > $$NOW`, compared as milliseconds: some
+/// servers we run compare stored dates with `$$NOW` wrongly, but never numbers.
 fn alive() -> Document {
-    doc! { "$gt": [{ "$toLong": "$expiresAt" }, { "$toLong": "$$NOW" }] }
+    doc! { "$and": [
+        { "$ne": ["$dead", true] },
+        { "$gt": [{ "$toLong": "$expiresAt" }, { "$toLong": "$$NOW" }] },
+    ] }
 }
+
+/// How long a session stays in `processors` after it expired (a bucket
+/// naming a missing session counts as abandoned).
+const FORGET_AFTER_MS: i64 = 3_600_000;
 
 #[derive(Clone)]
 pub struct Membership {
@@ -70,10 +80,11 @@ impl Membership {
             .map(|_| ())
     }
 
-    /// Extends the session if it is still alive. `false`: it had expired
-    /// (this process was paused or cut off past the lease), and everything
-    /// it held may belong to others now.
-    pub async fn renew(&self, session: &str) -> Result<bool, StoreError> {
+    /// Extends the session if it is still alive, returning its new expiry
+    /// (database time). `None`: it had expired or was killed (this process
+    /// was paused or cut off past the lease), and everything it held may
+    /// belong to others now.
+    pub async fn renew(&self, session: &str) -> Result<Option<DateTime>, StoreError> {
         let pipeline = vec![
             doc! { "$set": { "renewed": alive() } },
             doc! { "$set": {
@@ -91,7 +102,40 @@ impl Membership {
             )
             .bounded("renewing a session", self.op_timeout)
             .await?;
-        Ok(renewed.is_some_and(|d| d.get_bool("renewed").unwrap_or(false)))
+        Ok(renewed
+            .filter(|d| d.get_bool("renewed").unwrap_or(false))
+            .and_then(|d| d.get_datetime("expiresAt").ok().copied()))
+    }
+
+    /// The expiry the database gave `session` when it opened it.
+    pub async fn expires_at(&self, session: &str) -> Result<Option<DateTime>, StoreError> {
+        let found = self
+            .collection
+            .find_one(doc! { "_id": session })
+            .bounded("reading a session", self.op_timeout)
+            .await?;
+        Ok(found.and_then(|d| d.get_datetime("expiresAt").ok().copied()))
+    }
+
+    /// Declares `session` dead if it has expired by the primary's clock, on
+    /// its latest state. `true`: it is dead (now or before, or it is gone
+    /// altogether) and can never be renewed: its buckets may be taken.
+    pub async fn kill(&self, session: &str) -> Result<bool, StoreError> {
+        let expired = doc! { "$lt": [{ "$toLong": "$expiresAt" }, { "$toLong": "$$NOW" }] };
+        let killed = self
+            .collection
+            .find_one_and_update(
+                doc! { "_id": session },
+                vec![doc! { "$set": { "dead": { "$or": [{ "$eq": ["$dead", true] }, expired] } } }],
+            )
+            .with_options(
+                FindOneAndUpdateOptions::builder()
+                    .return_document(ReturnDocument::After)
+                    .build(),
+            )
+            .bounded("declaring a session dead", self.op_timeout)
+            .await?;
+        Ok(killed.is_none_or(|d| d.get_bool("dead").unwrap_or(false)))
     }
 
     /// Which sessions are alive and which expired (database time).
@@ -132,15 +176,22 @@ impl Membership {
             .collect())
     }
 
-    /// Ends the session (graceful stop) and forgets sessions dead for an hour
-    /// (a bucket naming a missing session counts as abandoned).
-    pub async fn leave(&self, session: &str) -> Result<(), StoreError> {
-        let long_ago = DateTime::from_millis(DateTime::now().timestamp_millis() - 3_600_000);
+    /// Ends the session (graceful stop) if it holds no lease any more
+    /// (`holds_leases`: some were left to expire with it, so it must stay
+    /// until it does), and forgets sessions expired for an hour by the
+    /// database's clock (never this node's, which may run ahead).
+    pub async fn leave(&self, session: &str, holds_leases: bool) -> Result<(), StoreError> {
+        let forgotten = doc! { "$lt": [
+            { "$toLong": "$expiresAt" },
+            { "$subtract": [{ "$toLong": "$$NOW" }, FORGET_AFTER_MS] },
+        ] };
+        let filter = if holds_leases {
+            doc! { "$expr": forgotten }
+        } else {
+            doc! { "$or": [{ "_id": session }, { "$expr": forgotten }] }
+        };
         self.collection
-            .delete_many(doc! { "$or": [
-                { "_id": session },
-                { "expiresAt": { "$lt": long_ago } },
-            ] })
+            .delete_many(filter)
             .bounded("ending a session", self.op_timeout)
             .await
             .map(|_| ())

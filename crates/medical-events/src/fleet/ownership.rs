@@ -1,25 +1,35 @@
 //! What this instance holds right now: its bucket leases, each with its
 //! fencing epoch and how long it may be trusted without another renewal.
 //!
-//! A lease is trusted locally until `renewal sent + LEASE_MS x 0.9` (monotonic
-//! clock). The database extends it from the moment it processes the renewal,
-//! which is later, so the local view always ends before the database's, and a
-//! new owner (who needs the database's expiry) never overlaps a holder that
+//! A lease is trusted locally (monotonic clock) for new work until `renewal
+//! sent + LEASE_MS x 0.8`, and for work in hand until `sent + LEASE_MS x
+//! 0.9`. The database extends the session from the moment it processes the
+//! renewal, which is later, so the local view ends at least a tenth of the
+//! lease before anyone can declare the session dead, as long as the clocks'
+//! rates differ by less than that: a new owner never overlaps a holder that
 //! honours its local view. A pause (SIGSTOP, GC, a frozen VM) simply makes the
 //! local view expire: on waking, the holder stops before doing anything, and
-//! the fencing epoch rejects any write already under way.
+//! the database refuses any write already under way (its session's bound,
+//! the epoch and the claim token).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use mongodb::bson::DateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Share of the lease period a holder trusts locally (the rest absorbs clock
-/// rate drift and scheduling delays).
-const LOCAL_SHARE: f64 = 0.9;
+use crate::store::Fence;
+
+/// Share of the lease period after a renewal was sent during which new work
+/// may start.
+const NEW_WORK_SHARE: f64 = 0.8;
+/// Share during which work in hand may go on. The rest (a tenth) absorbs
+/// clock rate differences and scheduling delays: nothing of ours runs once
+/// the database may consider the session expired.
+const IN_HAND_SHARE: f64 = 0.9;
 
 pub struct BucketLease {
     pub bucket: i32,
@@ -29,39 +39,54 @@ pub struct BucketLease {
     /// No new work starts under the lease past this instant (local view,
     /// 0.9 of the lease after the last renewal was sent).
     valid_until: Mutex<Instant>,
-    /// Work in hand stops past this instant: the earliest the database can
-    /// have let the session expire (a whole lease after the last renewal
-    /// was sent), unless a renewal comes first.
+    /// Work in hand stops past this instant (0.9 of the lease after the
+    /// last renewal was sent), unless a renewal comes first.
     hard_until: Mutex<Instant>,
+    /// The session's expiry by the database's clock, as the last renewal
+    /// reported it: every write under the lease is bounded by it.
+    db_until: Mutex<DateTime>,
     /// The database no longer names us (taken over, or released).
     lost: CancellationToken,
     /// Being handed over: finish what is in hand, start nothing new.
     releasing: CancellationToken,
-    /// The hand-over cannot wait any longer: hand back what is in hand.
-    abort: CancellationToken,
+    /// Work in hand was cut off under it (shutdown past its grace): the
+    /// downstream may still be working on it, so the lease is not released
+    /// early but left to expire.
+    cut: AtomicBool,
     /// Events being executed under this lease right now.
     in_flight: AtomicUsize,
 }
 
 impl BucketLease {
     /// A lease valid locally as its session's last renewal says.
-    pub fn new(
-        bucket: i32,
-        epoch: i64,
-        session: Arc<str>,
-        (valid_until, hard_until): (Instant, Instant),
-    ) -> Self {
+    pub fn new(bucket: i32, epoch: i64, session: Arc<str>, validity: Validity) -> Self {
         Self {
             bucket,
             epoch,
             session,
-            valid_until: Mutex::new(valid_until),
-            hard_until: Mutex::new(hard_until),
+            valid_until: Mutex::new(validity.new_work),
+            hard_until: Mutex::new(validity.in_hand),
+            db_until: Mutex::new(validity.db_until),
             lost: CancellationToken::new(),
             releasing: CancellationToken::new(),
-            abort: CancellationToken::new(),
+            cut: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// What a write under this lease names now: epoch, session, and the
+    /// session's bound by the database's clock.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            epoch: self.epoch,
+            owner: Arc::clone(&self.session),
+            until: *self.db_until.lock().expect("lease clock poisoned"),
+        }
+    }
+
+    /// Until when work in hand may go on (local, monotonic).
+    pub fn in_hand_until(&self) -> Instant {
+        self.hard_until()
     }
 
     /// Whether a new event may be started under this lease now.
@@ -83,11 +108,13 @@ impl BucketLease {
         *self.valid_until.lock().expect("lease clock poisoned")
     }
 
-    pub(crate) fn extend(&self, valid_until: Instant, hard_until: Instant) {
+    pub(crate) fn extend(&self, validity: Validity) {
         let mut until = self.valid_until.lock().expect("lease clock poisoned");
-        *until = (*until).max(valid_until);
+        *until = (*until).max(validity.new_work);
         let mut hard = self.hard_until.lock().expect("lease clock poisoned");
-        *hard = (*hard).max(hard_until);
+        *hard = (*hard).max(validity.in_hand);
+        let mut db_until = self.db_until.lock().expect("lease clock poisoned");
+        *db_until = (*db_until).max(validity.db_until);
     }
 
     pub fn is_lost(&self) -> bool {
@@ -108,14 +135,13 @@ impl BucketLease {
         self.releasing.cancel();
     }
 
-    pub(crate) fn abort(&self) {
-        self.abort.cancel();
+    /// Work in hand was cut off under this lease (see [`BucketLease::was_cut`]).
+    pub fn mark_cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
     }
 
-    /// Resolves when work in hand must be handed back at once (the
-    /// hand-over's grace is over).
-    pub async fn aborted(&self) {
-        self.abort.cancelled().await;
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
     }
 
     /// Resolves when work in hand must stop: the lease is lost, or the
@@ -155,6 +181,14 @@ impl Drop for InFlight {
     }
 }
 
+/// How long a renewal lets a lease be trusted (see [`Ownership::validity`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub new_work: Instant,
+    pub in_hand: Instant,
+    pub db_until: DateTime,
+}
+
 /// The leases this instance holds, shared by the lease keeper, the lanes and
 /// the change-stream watcher.
 #[derive(Clone)]
@@ -192,12 +226,14 @@ impl Ownership {
     }
 
     /// How long a lease renewed now may be trusted locally: new work may
-    /// start until the first instant, work in hand may go on until the second.
-    pub fn validity(renewal_sent: Instant, lease: Duration) -> (Instant, Instant) {
-        (
-            renewal_sent + lease.mul_f64(LOCAL_SHARE),
-            renewal_sent + lease,
-        )
+    /// start until `new_work`, work in hand may go on until `in_hand`; every
+    /// write is bounded by `db_until` (the expiry the database reported).
+    pub fn validity(renewal_sent: Instant, lease: Duration, db_until: DateTime) -> Validity {
+        Validity {
+            new_work: renewal_sent + lease.mul_f64(NEW_WORK_SHARE),
+            in_hand: renewal_sent + lease.mul_f64(IN_HAND_SHARE),
+            db_until,
+        }
     }
 
     pub fn get(&self, bucket: i32) -> Option<Arc<BucketLease>> {
@@ -290,6 +326,8 @@ impl Ownership {
         self.changed();
     }
 
+    /// Forgets a lease the database no longer gives us (released, or found
+    /// taken over): nothing more may be done under it.
     pub(crate) fn remove(&self, bucket: i32) -> Option<Arc<BucketLease>> {
         let removed = self
             .held
@@ -310,5 +348,24 @@ impl Ownership {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, hole 7: the holder's local view of a lease must end a
+    /// margin before the earliest moment the database can let the session
+    /// expire (a whole lease after the renewal was sent), for work in hand
+    /// as well as for new work.
+    #[test]
+    fn a_renewal_is_trusted_for_less_than_a_lease_even_for_work_in_hand() {
+        let sent = Instant::now();
+        let lease = Duration::from_secs(10);
+        let validity = Ownership::validity(sent, lease, DateTime::now());
+        assert!(validity.new_work <= sent + Duration::from_secs(8));
+        assert!(validity.in_hand <= sent + Duration::from_secs(9));
+        assert!(validity.new_work < validity.in_hand);
     }
 }

@@ -166,6 +166,10 @@ async fn act(
             Ok(Json(event_view(&event)))
         }
         ActionOutcome::NotFound => Err(ApiError::NotFound(format!("no event with id {id}"))),
+        ActionOutcome::Pruned(_) => Err(ApiError::Conflict(format!(
+            "event {id} cannot be run again: retention removed its payload (it is kept only as \
+             its patient's sequence high-water mark)"
+        ))),
         ActionOutcome::WrongState(event) => Err(ApiError::Conflict(format!(
             "event {id} is {}; {}",
             event.api_status(),

@@ -12,15 +12,15 @@ use serde_json::{Value, json};
 use tracing::{error, info};
 
 use super::json_body::JsonBody;
-use super::limits::{KeyedLimiter, rate_limit};
+use super::limits::{self, KeyedLimiter, RequestDeadline, rate_limit};
 use super::problem::ApiError;
 use super::{finish, health};
 use crate::auth::{Caller, Guard, require_admin, require_bearer};
 use crate::config::HttpLimits;
 use crate::event::{EventId, NewEvent};
-use crate::intake::Intake;
+use crate::intake::{Intake, IntakeRequest};
 use crate::notify::ProcessorNotifier;
-use crate::store::{EnqueueOutcome, EventStatus, IdempotencyKey, Submission};
+use crate::store::{EnqueueOutcome, EventStatus, IdempotencyKey};
 
 /// Set on a `202` that answers a retry or a duplicate with the stored event.
 pub const REPLAYED: &str = "idempotent-replayed";
@@ -44,20 +44,25 @@ pub struct IngestGuards {
 }
 
 pub fn router(state: IngestState, guards: IngestGuards) -> Router {
+    let timeout = guards.limits.request_timeout;
     // Route layers run last-added first: authenticate, then count against the key.
-    let protected = Router::new()
-        .route("/events", post(accept_event))
-        .route("/events/stream", get(super::stream::outcomes))
-        .route("/events/{event_id}", get(event_status))
-        .route(
-            "/patients/{patient_id}/events",
-            get(super::patients::timeline),
-        )
-        .route_layer(middleware::from_fn_with_state(guards.limiter, rate_limit))
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&guards.guard),
-            require_bearer,
-        ));
+    let protected = limits::timed(
+        Router::new()
+            .route("/events/stream", get(super::stream::outcomes))
+            .route("/events/{event_id}", get(event_status))
+            .route(
+                "/patients/{patient_id}/events",
+                get(super::patients::timeline),
+            ),
+        timeout,
+    )
+    // Stores an event: it keeps its own time limit (see `limits`).
+    .route("/events", post(accept_event))
+    .route_layer(middleware::from_fn_with_state(guards.limiter, rate_limit))
+    .route_layer(middleware::from_fn_with_state(
+        Arc::clone(&guards.guard),
+        require_bearer,
+    ));
     // Operators: authenticated, then refused unless the key is an operator's.
     let admin = Router::new()
         .route("/admin/events", get(super::admin::list_events))
@@ -68,12 +73,12 @@ pub fn router(state: IngestState, guards: IngestGuards) -> Router {
             post(super::admin::acknowledge),
         )
         .route("/admin/stats", get(super::admin::stats))
-        .route("/admin/audit", get(super::admin::audit))
+        .route("/admin/audit", get(super::admin::audit));
+    let admin = limits::timed(admin, timeout)
         .route_layer(middleware::from_fn(require_admin))
         .route_layer(middleware::from_fn_with_state(guards.guard, require_bearer));
-    finish(
-        protected
-            .merge(admin)
+    let public = limits::timed(
+        Router::new()
             .route("/health", get(|| async { health::live(SERVICE) }))
             .route("/openapi.json", get(super::openapi::ingest_document))
             .route(
@@ -81,8 +86,11 @@ pub fn router(state: IngestState, guards: IngestGuards) -> Router {
                 get(|State(state): State<IngestState>| async move {
                     health::ready(state.intake.store(), SERVICE).await
                 }),
-            )
-            .with_state(state),
+            ),
+        timeout,
+    );
+    finish(
+        protected.merge(admin).merge(public).with_state(state),
         guards.limits,
     )
 }
@@ -121,6 +129,7 @@ pub(crate) async fn accept_event(
     State(state): State<IngestState>,
     Extension(trace): Extension<TraceContext>,
     Extension(caller): Extension<Caller>,
+    Extension(RequestDeadline(deadline)): Extension<RequestDeadline>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -130,17 +139,17 @@ pub(crate) async fn accept_event(
         .transpose()
         .map_err(|reason| ApiError::field("Idempotency-Key", reason))?;
     let event = NewEvent::parse(&body).map_err(ApiError::Validation)?;
-    let traceparent = trace.header_value();
-    let submission = Submission {
-        event: &event,
+    let request = IntakeRequest {
+        event,
         event_id: EventId::new_time_ordered(),
-        client: &caller.client,
-        key: key.as_ref(),
+        client: Arc::clone(&caller.client),
+        key,
         deduplicate: true,
-        traceparent: Some(&traceparent),
+        traceparent: Some(trace.header_value()),
         size_hint: body_size(&headers),
     };
-    let outcome = state.intake.submit(&submission).await?;
+    let (outcome, request) = state.intake.submit(request, Some(deadline)).await?;
+    let event = request.event;
     let patient = crate::privacy::patient(event.patient_id.as_str());
     let (event_id, replayed) = match outcome {
         EnqueueOutcome::Accepted { event_id, seq } => {

@@ -1,11 +1,14 @@
 //! A JSON body extractor whose every rejection is an [`ApiError`], so clients
 //! get problem+json for bad media types, oversized and malformed bodies too.
+//! On a route that bounds itself ([`RequestDeadline`]) the body must arrive
+//! before the request's deadline.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde_json::Value;
 
+use super::limits::RequestDeadline;
 use super::problem::ApiError;
 
 /// Largest accepted request body.
@@ -20,7 +23,15 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if !is_json(req.headers().get(header::CONTENT_TYPE)) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let deadline = req.extensions().get::<RequestDeadline>().copied();
+        let read = Bytes::from_request(req, state);
+        let read = match deadline {
+            Some(RequestDeadline(deadline)) => tokio::time::timeout_at(deadline.into(), read)
+                .await
+                .map_err(|_| ApiError::TimedOut)?,
+            None => read.await,
+        };
+        let bytes = read.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge {
                     limit_bytes: BODY_LIMIT_BYTES,

@@ -1,10 +1,18 @@
 //! Backpressure and rate limits: bounded requests in flight (past the bound,
 //! 503 at once instead of a growing queue), a time limit per request, and a
 //! token bucket per API key (429).
+//!
+//! The time limit is enforced two ways. Most routes are cut off by a timer
+//! when it passes (they only read). The routes that store an event bound
+//! themselves instead ([`RequestDeadline`]): a timer could cut such a
+//! request while its insert is on the way to the database, and its answer,
+//! "nothing stored", would then be false. They read their body and start
+//! each store step only while the time left covers it, and once a write is
+//! sent they wait for its fate.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::BoxError;
 use axum::Router;
@@ -20,14 +28,39 @@ use super::problem::ApiError;
 use crate::auth::Caller;
 use crate::config::{HttpLimits, RateLimit};
 
-/// Wraps the whole router: load shedding over a concurrency limit over a timeout.
+/// When a request's answer is due (its arrival plus `REQUEST_TIMEOUT_MS`),
+/// for the routes that bound themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDeadline(pub Instant);
+
+/// Wraps the whole router: every request is stamped with its deadline on
+/// arrival, then load shedding over a concurrency limit.
 pub fn bounded(router: Router, limits: HttpLimits) -> Router {
-    router.layer(
+    let timeout = limits.request_timeout;
+    router
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overload_response))
+                .load_shed()
+                .concurrency_limit(limits.max_in_flight),
+        )
+        .layer(axum::middleware::from_fn(
+            move |mut request: Request, next: Next| async move {
+                request
+                    .extensions_mut()
+                    .insert(RequestDeadline(Instant::now() + timeout));
+                next.run(request).await
+            },
+        ))
+}
+
+/// The timer for the routes of `router` (those that do not bound
+/// themselves): past `timeout`, the handler is dropped and the answer is 503.
+pub fn timed<S: Clone + Send + Sync + 'static>(router: Router<S>, timeout: Duration) -> Router<S> {
+    router.route_layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(overload_response))
-            .load_shed()
-            .concurrency_limit(limits.max_in_flight)
-            .timeout(limits.request_timeout),
+            .timeout(timeout),
     )
 }
 

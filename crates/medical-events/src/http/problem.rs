@@ -83,6 +83,8 @@ impl From<crate::store::StoreError> for ApiError {
             crate::store::StoreError::OutcomeUnknown { event_id, .. } => {
                 Self::OutcomeUnknown { event_id }
             }
+            // Nothing was sent: the request ran out of time before its write.
+            crate::store::StoreError::NoTimeLeft { .. } => Self::TimedOut,
             _ => Self::Unavailable {
                 retry_after_secs: 5,
             },

@@ -11,15 +11,16 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::json_body::JsonBody;
+use super::limits::RequestDeadline;
 use super::problem::ApiError;
 use super::{finish, health};
 use crate::auth::{Caller, Guard, require_bearer};
 use crate::config::HttpLimits;
 use crate::event::QueuedEventRequest;
-use crate::intake::Intake;
+use crate::intake::{Intake, IntakeRequest};
 use crate::processing::Handler;
 use crate::scheduler::Scheduler;
-use crate::store::{EnqueueOutcome, Submission};
+use crate::store::EnqueueOutcome;
 use crate::trace_context::TraceContext;
 
 pub const SERVICE: &str = "processor-service";
@@ -31,10 +32,12 @@ pub struct ProcessorState {
 }
 
 pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> Router {
-    finish(
+    // `/queue` may store an event: it keeps its own time limit (see `limits`).
+    let queue = Router::new()
+        .route("/queue", post(queue_event))
+        .route_layer(middleware::from_fn_with_state(guard, require_bearer));
+    let public = super::limits::timed(
         Router::new()
-            .route("/queue", post(queue_event))
-            .route_layer(middleware::from_fn_with_state(guard, require_bearer))
             .route("/health", get(|| async { health::live(SERVICE) }))
             .route("/openapi.json", get(super::openapi::processor_document))
             .route(
@@ -44,10 +47,10 @@ pub fn router(state: ProcessorState, guard: Arc<Guard>, limits: HttpLimits) -> R
                     health::ready_with(state.intake.store(), SERVICE, json!({ "leases": leases }))
                         .await
                 }),
-            )
-            .with_state(state),
-        limits,
-    )
+            ),
+        limits.request_timeout,
+    );
+    finish(queue.merge(public).with_state(state), limits)
 }
 
 /// Wake the processor for an event, storing it first if it is new.
@@ -76,6 +79,7 @@ pub(crate) async fn queue_event(
     State(state): State<ProcessorState>,
     Extension(trace): Extension<TraceContext>,
     Extension(caller): Extension<Caller>,
+    Extension(RequestDeadline(deadline)): Extension<RequestDeadline>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -90,6 +94,7 @@ pub(crate) async fn queue_event(
     }
     let event_id = request.event_id.to_string();
     let event = &request.event;
+    let patient = event.patient_id.as_str().to_owned();
     // Lanes live in memory: past the bound, refuse before storing anything.
     // (An event ingest already stored waits for the sweep; none is lost.)
     let owned = state
@@ -113,24 +118,23 @@ pub(crate) async fn queue_event(
             )));
         }
     } else {
-        let traceparent = trace.header_value();
-        let submission = Submission {
-            event,
+        let submission = IntakeRequest {
+            event: request.event,
             event_id: request.event_id,
-            client: &caller.client,
+            client: Arc::clone(&caller.client),
             key: None,
             deduplicate: false,
-            traceparent: Some(&traceparent),
+            traceparent: Some(trace.header_value()),
             size_hint: 1024,
         };
-        let outcome = state.intake.submit(&submission).await?;
+        let (outcome, _) = state.intake.submit(submission, Some(deadline)).await?;
         if let EnqueueOutcome::Accepted { seq, .. } = outcome {
-            info!(eventId = %event_id, patient = %crate::privacy::patient(event.patient_id.as_str()), seq, "event accepted directly");
+            info!(eventId = %event_id, patient = %crate::privacy::patient(&patient), seq, "event accepted directly");
             metrics::counter!("events_accepted_total").increment(1);
         }
     }
     // The owner of the bucket starts it; if that is another instance, its
     // change stream (or its sweep) tells it.
-    state.scheduler.wake(event.patient_id.as_str());
+    state.scheduler.wake(&patient);
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))))
 }

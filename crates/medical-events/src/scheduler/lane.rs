@@ -11,9 +11,9 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Inner;
 use crate::config::FailurePolicy;
 use crate::fleet::BucketLease;
-use crate::processing::EventHandler;
+use crate::processing::{EventHandler, HandlerError};
 use crate::store::{
-    Applied, Claimed, Fence, NextEvent, ProcessedEvent, ProcessingResult, RunEnd, StoreError,
+    Applied, Claimed, NextEvent, ProcessedEvent, ProcessingResult, RunEnd, StoreError,
 };
 use crate::trace_context::TraceContext;
 
@@ -25,10 +25,6 @@ enum Step {
 
 impl<H: EventHandler> Inner<H> {
     pub(super) async fn run_lane(self: Arc<Self>, patient: String, lease: Arc<BucketLease>) {
-        let fence = Fence {
-            epoch: lease.epoch,
-            owner: Arc::clone(&lease.session),
-        };
         let mut failures = 0;
         loop {
             // Counted busy before looking at the lease: a hand-over marks the
@@ -41,7 +37,13 @@ impl<H: EventHandler> Inner<H> {
             // Store futures are large; boxing them keeps a sleeping lane small.
             let next = {
                 let _slot = self.store_slots.acquire().await.expect("never closed");
-                Box::pin(self.store.claim_next(lease.bucket, &patient, &fence)).await
+                let fence = lease.fence();
+                let give_up_at = lease.in_hand_until();
+                Box::pin(
+                    self.store
+                        .claim_next(lease.bucket, &patient, &fence, give_up_at),
+                )
+                .await
             };
             let step = match next {
                 Ok(NextEvent::Idle) => {
@@ -62,7 +64,11 @@ impl<H: EventHandler> Inner<H> {
                     Step::Stop
                 }
                 Ok(NextEvent::Fenced) => {
-                    self.fenced(&lease);
+                    self.fenced(&lease, Applied::Fenced);
+                    Step::Stop
+                }
+                Ok(NextEvent::Expired) => {
+                    self.fenced(&lease, Applied::Expired);
                     Step::Stop
                 }
                 Ok(NextEvent::Recorded(claimed)) => {
@@ -135,32 +141,41 @@ impl<H: EventHandler> Inner<H> {
         }
         // The claim's reply may have come after our lease ran out locally.
         if !lease.usable() {
-            self.hand_back(&claimed).await;
+            self.hand_back(lease, &claimed).await;
             return Step::Stop;
         }
         info!(attempt = claimed.event.attempts, "processing started");
         let started = Instant::now();
         let timeout = self.config.attempt_timeout;
         let outcome = tokio::select! {
-            outcome = tokio::time::timeout(timeout, self.handler.handle(&claimed.event)) => match outcome {
-                Ok(outcome) => outcome,
-                Err(_) => Err(format!("the attempt did not finish within {} ms", timeout.as_millis())),
-            },
-            () = self.abort.cancelled() => {
-                self.hand_back(&claimed).await;
-                return Step::Stop;
-            }
-            () = lease.aborted() => {
-                self.hand_back(&claimed).await;
-                return Step::Stop;
-            }
+            // Checked first: once the lease cannot be trusted, a result that
+            // is ready at the same moment must not be written.
+            biased;
             () = lease.invalidated() => {
                 // Another instance may own the bucket by now: write nothing;
                 // whoever owns it runs the event again.
                 warn!("bucket lease lost during processing; the attempt is abandoned");
                 return Step::Stop;
             }
+            () = self.abort.cancelled() => {
+                // Shutdown past its grace: the downstream may still be
+                // working on it, so its bucket is left to expire.
+                lease.mark_cut();
+                self.hand_back(lease, &claimed).await;
+                return Step::Stop;
+            }
+            outcome = tokio::time::timeout(timeout, self.handler.handle(&claimed.event)) => match outcome {
+                Ok(outcome) => outcome,
+                Err(_) => Err(HandlerError::Failed(format!(
+                    "the attempt did not finish within {} ms",
+                    timeout.as_millis()
+                ))),
+            },
         };
+        if !lease.valid() {
+            warn!("bucket lease ran out during processing; the attempt is abandoned");
+            return Step::Stop;
+        }
         let duration_ms = started.elapsed().as_millis() as i64;
         let processed_at =
             DateTime::from_millis(claimed_at(&claimed).timestamp_millis() + duration_ms);
@@ -175,7 +190,14 @@ impl<H: EventHandler> Inner<H> {
                 )
                 .await
             }
-            Err(error) => {
+            Err(HandlerError::Superseded) => {
+                // The downstream heard from a newer owner of this patient:
+                // the bucket is someone else's; write nothing more.
+                metrics::counter!("deliveries_superseded_total").increment(1);
+                self.fenced(lease, Applied::Fenced);
+                Step::Stop
+            }
+            Err(HandlerError::Failed(error)) => {
                 warn!(attempt = claimed.event.attempts, error = %error, "processing attempt failed");
                 metrics::counter!("event_attempts_failed_total").increment(1);
                 if claimed.event.attempts >= max_attempts {
@@ -185,7 +207,10 @@ impl<H: EventHandler> Inner<H> {
                         .await;
                 }
                 if !self
-                    .fenced_write(lease, || self.store.release_for_retry(&claimed, &error))
+                    .fenced_write(lease, |fence| {
+                        let (claimed, error) = (&claimed, &error);
+                        async move { self.store.release_for_retry(claimed, &fence, error).await }
+                    })
                     .await
                 {
                     return Step::Stop;
@@ -216,9 +241,13 @@ impl<H: EventHandler> Inner<H> {
         duration_ms: i64,
     ) -> Step {
         if !self
-            .fenced_write(lease, || {
-                self.store
-                    .record(&claimed, &result, processed_at, duration_ms)
+            .fenced_write(lease, |fence| {
+                let (claimed, result) = (&claimed, &result);
+                async move {
+                    self.store
+                        .record(claimed, &fence, result, processed_at, duration_ms)
+                        .await
+                }
             })
             .await
         {
@@ -249,13 +278,15 @@ impl<H: EventHandler> Inner<H> {
         {
             return Step::Stop;
         }
-        let end = match (outcome.result.is_success(), self.config.on_failure) {
-            (true, _) => RunEnd::Processed,
-            (false, FailurePolicy::Continue) => RunEnd::Failed,
-            (false, FailurePolicy::Park) => RunEnd::Parked,
-        };
+        let end = RunEnd::of(
+            &outcome.result,
+            self.config.on_failure == FailurePolicy::Park,
+        );
         if !self
-            .fenced_write(lease, || self.store.close(&claimed, end))
+            .fenced_write(lease, |fence| {
+                let claimed = &claimed;
+                async move { self.store.close(claimed, &fence, end).await }
+            })
             .await
         {
             return Step::Stop;
@@ -268,38 +299,43 @@ impl<H: EventHandler> Inner<H> {
         }
     }
 
-    /// A fenced write was refused: another instance holds the bucket now.
-    fn fenced(&self, lease: &BucketLease) {
+    /// A write was refused by fencing (another instance holds the bucket
+    /// now) or by our session's bound (the database may have declared the
+    /// session dead): the bucket is dropped here. If the database still
+    /// names this session, the keeper adopts the lease again.
+    fn fenced(&self, lease: &BucketLease, why: Applied) {
         metrics::counter!("fenced_writes_total").increment(1);
-        warn!(
-            bucket = lease.bucket,
-            epoch = lease.epoch,
+        let reason = if why == Applied::Expired {
+            "write refused: the database's clock is past this session's bound; dropping the bucket"
+        } else {
             "write refused by fencing: the bucket has a new owner; dropping it"
-        );
+        };
+        warn!(bucket = lease.bucket, epoch = lease.epoch, "{reason}");
         self.ownership.remove(lease.bucket);
     }
 
-    async fn hand_back(&self, claimed: &Claimed) {
-        match Box::pin(self.store.hand_back(claimed)).await {
+    async fn hand_back(&self, lease: &BucketLease, claimed: &Claimed) {
+        match Box::pin(self.store.hand_back(claimed, &lease.fence())).await {
             Ok(Applied::Yes) => info!("event handed back for a later run"),
-            Ok(Applied::Fenced) => {}
+            Ok(_) => {}
             Err(e) => {
                 warn!(error = %e, "could not hand the event back; it will be resumed as interrupted")
             }
         }
     }
 
-    /// A fenced store write, retried like any other: `true` once applied;
-    /// `false` when refused by fencing (the bucket is dropped) or abandoned.
-    async fn fenced_write<F, Fut>(&self, lease: &BucketLease, operation: F) -> bool
+    /// A fenced store write under the lease's current fence, retried like
+    /// any other: `true` once applied; `false` when refused (the bucket is
+    /// dropped) or abandoned.
+    async fn fenced_write<F, Fut>(&self, lease: &BucketLease, mut operation: F) -> bool
     where
-        F: FnMut() -> Fut,
+        F: FnMut(crate::store::Fence) -> Fut,
         Fut: Future<Output = Result<Applied, StoreError>>,
     {
-        match self.retrying(lease, operation).await {
+        match self.retrying(lease, || operation(lease.fence())).await {
             Some(Applied::Yes) => true,
-            Some(Applied::Fenced) => {
-                self.fenced(lease);
+            Some(refused) => {
+                self.fenced(lease, refused);
                 false
             }
             None => false,
@@ -339,13 +375,12 @@ impl<H: EventHandler> Inner<H> {
             () = tokio::time::sleep(delay) => true,
             () = self.abort.cancelled() => false,
             () = lease.invalidated() => false,
-            () = lease.aborted() => false,
         }
     }
 }
 
-/// Database time of the claim (the base of `processedAt`, so that outcomes
-/// of one patient are in order whichever instance recorded them).
+/// When the event was claimed, by the claiming processor's clock (the base
+/// of `processedAt`).
 fn claimed_at(claimed: &Claimed) -> DateTime {
     claimed
         .event

@@ -36,7 +36,8 @@ pub struct Claim {
     pub token: String,
     /// The processor instance that claimed it.
     pub owner: String,
-    /// Database time of the claim.
+    /// When it was claimed, by the claiming processor's clock (the base of
+    /// `processedAt`).
     pub at: DateTime,
 }
 
@@ -73,6 +74,11 @@ pub struct QueuedEvent {
     pub status: EventStatus,
     /// Attempts that started (each claim that went on to run counts one).
     pub attempts: i32,
+    /// Revision: every write to the event after its insert adds one. A claim
+    /// applies only to the revision it read, so what it decided from that
+    /// read (recorded or not) is still true when it lands.
+    #[serde(default)]
+    pub rev: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// Fencing epoch of the bucket lease under which it was last claimed (0: never).
@@ -95,8 +101,8 @@ pub struct QueuedEvent {
     /// until an operator retries or skips it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub parked: bool,
-    /// Token of the claim whose fenced write last changed it (recognises a
-    /// write that was applied although its reply was lost).
+    /// `<claim token>/<write>` of the fenced write that last changed it
+    /// (recognises a write that was applied although its reply was lost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced_by: Option<String>,
     /// Set when retention removed the payload (the patient's last event is
@@ -112,10 +118,22 @@ impl QueuedEvent {
     /// is on a queued event.
     pub fn api_status(&self) -> &'static str {
         match (self.status, self.parked, &self.claim) {
+            // An operator's skip is recorded at once; the owner's lane
+            // writes its outcome and closes it moments later.
+            (EventStatus::Queued, _, _) if self.is_skip_pending() => "skipped",
             (EventStatus::Queued, true, _) => "parked",
             (EventStatus::Queued, false, Some(_)) => "processing",
             (status, _, _) => status.as_str(),
         }
+    }
+
+    /// Skipped by an operator, its closing left to the owner's lane.
+    pub fn is_skip_pending(&self) -> bool {
+        self.status == EventStatus::Queued
+            && self
+                .result
+                .as_ref()
+                .is_some_and(|r| r.status == ProcessingResult::SKIPPED)
     }
 }
 

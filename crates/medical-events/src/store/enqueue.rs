@@ -127,6 +127,30 @@ impl Store {
         next_seq: i64,
         policy: &IntakePolicy,
     ) -> Result<EnqueueOutcome, StoreError> {
+        self.enqueue_within(submission, next_seq, policy, None)
+            .await
+    }
+
+    /// [`Store::enqueue`] within a request's time limit: each step (a read,
+    /// the insert) starts only while the time left before `deadline` covers
+    /// it and everything that must follow it (an insert is followed by the
+    /// read that settles it if its answer is lost). Once the insert is sent,
+    /// its fate is waited for. So past the deadline nothing was sent that
+    /// could still land, and [`StoreError::NoTimeLeft`] is the truth.
+    pub async fn enqueue_within(
+        &self,
+        submission: &Submission<'_>,
+        next_seq: i64,
+        policy: &IntakePolicy,
+        deadline: Option<Instant>,
+    ) -> Result<EnqueueOutcome, StoreError> {
+        // Room for `steps` more bounded operations before the deadline?
+        let room_for = |steps: u32, operation: &'static str| match deadline {
+            Some(deadline) if Instant::now() + self.op_timeout * steps > deadline => {
+                Err(StoreError::NoTimeLeft { operation })
+            }
+            _ => Ok(()),
+        };
         let event = submission.event;
         let event_id = submission.event_id.to_string();
         let bucket = crate::bucket::of(event.patient_id.as_str());
@@ -136,6 +160,7 @@ impl Store {
         let mut seq = if next_seq > 0 {
             next_seq
         } else {
+            room_for(3, "the event")?;
             self.last_seq(bucket, event.patient_id.as_str()).await? + 1
         };
         let mut tries = 0u32;
@@ -176,11 +201,19 @@ impl Store {
                 run: 1,
                 parked: false,
                 fenced_by: None,
+                rev: 0,
                 pruned: false,
                 accepted_at: now,
                 updated_at: now,
             };
-            let index = match self.inserts.insert(queued, submission.size_hint).await {
+            room_for(2, "the event")?;
+            // Sent by then, the insert and a settling read end by the deadline.
+            let send_by = deadline.map(|deadline| deadline - self.op_timeout * 2);
+            let index = match self
+                .inserts
+                .insert(queued, submission.size_hint, send_by)
+                .await
+            {
                 Ok(Insert::Stored) => {
                     return Ok(EnqueueOutcome::Accepted {
                         event_id: submission.event_id,
@@ -229,6 +262,7 @@ impl Store {
                 let pause = rand::rng().random_range(0..=(2 * tries.min(25)) as u64);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
+            room_for(3, "the event")?;
             seq = self.last_seq(bucket, event.patient_id.as_str()).await? + 1;
         }
     }
@@ -298,7 +332,10 @@ impl Store {
             self.queued
                 .update_one(
                     doc! { "_id": &holder.id, "intakeKey": key },
-                    doc! { "$set": { "intakeKey": format!("x:{}", holder.id) } },
+                    doc! {
+                        "$set": { "intakeKey": format!("x:{}", holder.id) },
+                        "$inc": super::lifecycle::bump_rev(),
+                    },
                 )
                 .bounded("retiring an expired intake key", self.op_timeout)
                 .await?;

@@ -33,6 +33,10 @@ pub enum StoreError {
     OutcomeUnknown { event_id: String, cause: String },
     #[error("{0}")]
     Incompatible(String),
+    /// The request's time ran out before the write was sent: nothing was
+    /// stored by it (the answer may say so).
+    #[error("no time was left to send {operation} within the request's time limit")]
+    NoTimeLeft { operation: &'static str },
 }
 
 impl StoreError {

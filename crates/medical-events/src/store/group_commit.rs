@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mongodb::Collection;
 use mongodb::error::ErrorKind;
@@ -42,7 +42,17 @@ pub(crate) enum Insert {
 struct Pending {
     event: QueuedEvent,
     bytes: usize,
+    /// Not sent at all after this instant (its request's time would not
+    /// cover the insert any more): answered "not sent" instead.
+    send_by: Option<Instant>,
     reply: oneshot::Sender<Result<Insert, StoreError>>,
+}
+
+/// The answer for an event whose time ran out before its batch was sent.
+fn not_sent() -> StoreError {
+    StoreError::NoTimeLeft {
+        operation: "the event (it waited for a batch too long)",
+    }
 }
 
 #[derive(Clone)]
@@ -58,25 +68,34 @@ impl InsertBatcher {
         Self { sender, op_timeout }
     }
 
-    /// Inserts `event` (about `bytes` large) with the next batch.
+    /// Inserts `event` (about `bytes` large) with the next batch, unless
+    /// that batch would leave after `send_by`.
     pub(crate) async fn insert(
         &self,
         event: QueuedEvent,
         bytes: usize,
+        send_by: Option<Instant>,
     ) -> Result<Insert, StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Timeout {
             operation: "storing an event (the batcher stopped)",
             limit: self.op_timeout,
         };
-        self.sender
-            .send(Pending {
-                event,
-                bytes,
-                reply,
-            })
-            .await
-            .map_err(|_| stopped())?;
+        let pending = Pending {
+            event,
+            bytes,
+            send_by,
+            reply,
+        };
+        match send_by {
+            Some(send_by) => {
+                tokio::time::timeout_at(send_by.into(), self.sender.send(pending))
+                    .await
+                    .map_err(|_| not_sent())?
+                    .map_err(|_| stopped())?;
+            }
+            None => self.sender.send(pending).await.map_err(|_| stopped())?,
+        }
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -91,17 +110,25 @@ async fn run(
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        // Everything that queued up while the slot was busy joins this batch.
-        let mut bytes = first.bytes;
-        let mut batch = vec![first];
-        while batch.len() < MAX_DOCS && bytes < MAX_BYTES {
-            match receiver.try_recv() {
-                Ok(next) => {
-                    bytes += next.bytes;
-                    batch.push(next);
-                }
-                Err(_) => break,
+        // Everything that queued up while the slot was busy joins this
+        // batch, but an event whose time ran out meanwhile is not sent.
+        let now = Instant::now();
+        let mut bytes = 0;
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(pending) = next.take() {
+            if pending.send_by.is_some_and(|by| by < now) {
+                let _ = pending.reply.send(Err(not_sent()));
+            } else {
+                bytes += pending.bytes;
+                batch.push(pending);
             }
+            if batch.len() < MAX_DOCS && bytes < MAX_BYTES {
+                next = receiver.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let collection = collection.clone();
         tokio::spawn(async move {

@@ -1,15 +1,24 @@
 //! The fenced lifecycle of an event in the processor: claim, record the
-//! outcome, write `processed_events`, close. Every write names the fencing
-//! epoch and the claim token it was made under, and the database applies it
-//! only if the event still carries them: an instance that lost its bucket
-//! (paused, partitioned) sees `0 matched` and stops; it can never overwrite
-//! what the new owner did (ARCHITECTURE.md, "Fencing").
+//! outcome, write `processed_events`, close. Every write is conditional, and
+//! the database evaluates the condition on the document at the moment of
+//! the write (ARCHITECTURE.md, "Fencing"):
+//!
+//! - the claim applies only to the revision of the event the lane read
+//!   (`rev`), so nothing changed between the read and the claim, and every
+//!   copy of one claim (a retry after a lost reply) but the first is a no-op;
+//! - every later write names the claim's epoch and token, so an instance
+//!   that lost the event to a newer owner changes nothing;
+//! - every write carries its session's expiry as the database set it (the
+//!   last renewal the lane heard of): a write arriving after the session
+//!   expired by the database's own clock is refused, so nothing of an
+//!   instance lands after another one took its buckets over.
 //!
 //! Per event: find the next event, claim it, record the outcome, write
 //! `processed_events`, close it: five operations, each a single-document
 //! write or an index walk (ARCHITECTURE.md, "Cost per event").
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::options::UpdateOptions;
@@ -19,11 +28,17 @@ use super::documents::{EventStatus, ProcessedEvent, ProcessingResult, QueuedEven
 use super::error::{StoreError, is_duplicate_key};
 use super::{Store, shapes};
 
-/// What a lane writes under: its bucket's lease epoch, and its instance.
+/// What a lane writes under: its bucket's lease epoch, its session, and the
+/// database-time bound of that session.
 #[derive(Debug, Clone)]
 pub struct Fence {
     pub epoch: i64,
     pub owner: Arc<str>,
+    /// The session's expiry as the database set it at the last renewal this
+    /// processor heard of (database time). The database refuses any write
+    /// of ours that reaches it later: by then the session may have been
+    /// declared dead and its buckets taken over.
+    pub until: DateTime,
 }
 
 /// An event this lane holds: its document as the claim left it, and the claim token.
@@ -43,28 +58,64 @@ pub enum NextEvent {
     /// Claimed for a new attempt (counted in `attempts`).
     Claimed(Box<Claimed>),
     /// Its outcome was recorded by an earlier run that stopped before closing
-    /// it: only the bookkeeping is left, the work is not redone.
+    /// it (or by an operator's skip): only the bookkeeping is left, the work
+    /// is not redone.
     Recorded(Box<Claimed>),
     /// Claimed under a newer epoch: another instance owns the bucket now.
     Fenced,
+    /// Refused by the session's time bound: as far as the database can
+    /// tell, this instance's session is over.
+    Expired,
 }
 
 /// Whether a fenced write was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Yes,
-    /// The event no longer carries our epoch and token.
+    /// The event no longer carries our epoch and token: another owner has it.
     Fenced,
+    /// Still ours, but the database's clock is past our session's bound:
+    /// the session may be over (others may take the bucket at any moment).
+    Expired,
 }
+
+/// The fenced writes after a claim; the name is part of `fencedBy`, so a
+/// read-back after a lost reply recognises this very write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FencedWrite {
+    Record,
+    Release,
+    HandBack,
+    Close,
+}
+
+impl FencedWrite {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Record => "record",
+            Self::Release => "release",
+            Self::HandBack => "hand-back",
+            Self::Close => "close",
+        }
+    }
+}
+
+/// Pause between two copies of a claim whose answer was lost.
+const CLAIM_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl Store {
     /// Claims the patient's lowest-`seq` unfinished event: finds it (an
     /// index walk over this patient's queued events), then marks it with our
     /// epoch and a fresh claim token and counts the attempt, in an update
     /// whose condition the database evaluates on the document: it must still
-    /// be queued, not parked, and its epoch not newer than ours. A parked
-    /// event is returned, not claimed. If the claim's reply is lost, the
-    /// token finds it again, so the attempt counts once.
+    /// be queued, not parked, its epoch not newer than ours, at the revision
+    /// read, and our session within its bound. A parked event is returned,
+    /// not claimed.
+    ///
+    /// When a claim's answer is lost, the same claim (same token, same
+    /// revision) is sent again until an answer is certain: at most one copy
+    /// can apply, so the attempt counts once, and a copy arriving late finds
+    /// the revision moved on. `give_up_at` bounds that (the lane's lease).
     ///
     /// (Not one `findAndModify`: SecantusDB's Python server executes every
     /// `findAndModify` as a collection scan.)
@@ -73,6 +124,7 @@ impl Store {
         bucket: i32,
         patient: &str,
         fence: &Fence,
+        give_up_at: Instant,
     ) -> Result<NextEvent, StoreError> {
         for _ in 0..3 {
             let shape = shapes::next_unfinished(bucket, patient);
@@ -90,28 +142,19 @@ impl Store {
             }
             let token = uuid::Uuid::new_v4().simple().to_string();
             let at = DateTime::now();
-            let operation = "claiming an event";
-            let claimed = match self
-                .queued
-                .update_one(doc! { "_id": &event.id }, claim_pipeline(fence, &token, at))
-                .bounded(operation, self.op_timeout)
-                .await
-            {
-                Ok(result) => result.modified_count > 0,
-                Err(error) if error.is_ambiguous() => match self.find_event(&event.id).await {
-                    Ok(Some(now)) => now.claim.is_some_and(|c| c.token == token),
-                    _ => return Err(error),
-                },
-                Err(error) => return Err(error),
-            };
-            if !claimed {
-                // It changed between the read and the claim: look again.
-                continue;
+            let claim = claim_pipeline(fence, &token, at, event.rev);
+            match self.settle_claim(&event, claim, &token, give_up_at).await? {
+                ClaimFate::Ours => {}
+                ClaimFate::Changed => continue,
+                ClaimFate::OutOfTime => return Ok(NextEvent::Expired),
             }
+            // Nothing changed between the read and the claim (same revision):
+            // what the read said about a recorded outcome still holds.
             let recorded = event.result.is_some();
             if !recorded {
                 event.attempts += 1;
             }
+            event.rev += 1;
             event.epoch = fence.epoch;
             event.claim = Some(super::documents::Claim {
                 token: token.clone(),
@@ -135,11 +178,64 @@ impl Store {
         })
     }
 
+    /// Sends the claim until its fate is certain.
+    async fn settle_claim(
+        &self,
+        event: &QueuedEvent,
+        claim: Vec<Document>,
+        token: &str,
+        give_up_at: Instant,
+    ) -> Result<ClaimFate, StoreError> {
+        let operation = "claiming an event";
+        let filter = doc! { "_id": &event.id };
+        loop {
+            match self
+                .queued
+                .update_one(filter.clone(), claim.clone())
+                .bounded(operation, self.op_timeout)
+                .await
+            {
+                Ok(result) if result.modified_count > 0 => return Ok(ClaimFate::Ours),
+                // Refused now, so no copy of it can apply any more (the
+                // revision moved on, or the database's clock passed our
+                // bound): the event tells whether an earlier copy applied.
+                Ok(_) => return self.claim_read_back(event, token, give_up_at).await,
+                Err(error) if error.is_ambiguous() && Instant::now() < give_up_at => {
+                    tokio::time::sleep(CLAIM_RETRY_PAUSE).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn claim_read_back(
+        &self,
+        event: &QueuedEvent,
+        token: &str,
+        give_up_at: Instant,
+    ) -> Result<ClaimFate, StoreError> {
+        loop {
+            match self.find_event(&event.id).await {
+                Ok(Some(now)) if now.claim.as_ref().is_some_and(|c| c.token == token) => {
+                    return Ok(ClaimFate::Ours);
+                }
+                Ok(Some(now)) if now.rev == event.rev => {
+                    // Unchanged, yet refused: only the time bound can say no.
+                    return Ok(ClaimFate::OutOfTime);
+                }
+                Ok(_) => return Ok(ClaimFate::Changed),
+                Err(error) if Instant::now() >= give_up_at => return Err(error),
+                Err(_) => tokio::time::sleep(CLAIM_RETRY_PAUSE).await,
+            }
+        }
+    }
+
     /// Records the attempt's outcome on the event (before `processed_events`
     /// is written, so that a crash in between is finished from here).
     pub async fn record(
         &self,
         claimed: &Claimed,
+        fence: &Fence,
         result: &ProcessingResult,
         processed_at: DateTime,
         duration_ms: i64,
@@ -153,7 +249,7 @@ impl Store {
         if let Some(error) = &result.error {
             set.insert("lastError", literal(error.as_str()));
         }
-        self.fenced_update(claimed, set, &[], "recording an outcome")
+        self.fenced_update(claimed, fence, FencedWrite::Record, set, &[])
             .await
     }
 
@@ -162,35 +258,40 @@ impl Store {
     pub async fn release_for_retry(
         &self,
         claimed: &Claimed,
+        fence: &Fence,
         error: &str,
     ) -> Result<Applied, StoreError> {
         self.fenced_update(
             claimed,
+            fence,
+            FencedWrite::Release,
             doc! { "lastError": literal(error), "updatedAt": "$$NOW" },
             &["claim"],
-            "releasing an event for a retry",
         )
         .await
     }
 
     /// Puts an interrupted event back without counting the attempt (unless
     /// its outcome is already recorded: then there is nothing to hand back).
-    pub async fn hand_back(&self, claimed: &Claimed) -> Result<Applied, StoreError> {
+    pub async fn hand_back(&self, claimed: &Claimed, fence: &Fence) -> Result<Applied, StoreError> {
         if claimed.event.result.is_some() {
             return Ok(Applied::Yes);
         }
         self.fenced_update(
             claimed,
+            fence,
+            FencedWrite::HandBack,
             doc! { "attempts": { "$add": ["$attempts", -1] }, "updatedAt": "$$NOW" },
             &["claim"],
-            "handing an event back",
         )
         .await
     }
 
     /// Writes the event's one `processed_events` document from its record:
     /// inserted for the first run, replaced for a later run (an operator's
-    /// retry), and left alone if this run's document is already there.
+    /// retry or skip), and left alone if this run's document is already
+    /// there. Its content is a function of the run's one record, so any
+    /// instance may write it, any number of times.
     pub async fn write_outcome(&self, outcome: &ProcessedEvent) -> Result<(), StoreError> {
         let mut set = mongodb::bson::to_document(outcome)?;
         set.remove("createdAt");
@@ -214,38 +315,48 @@ impl Store {
     }
 
     /// Gives the event its final state for this run.
-    pub async fn close(&self, claimed: &Claimed, end: RunEnd) -> Result<Applied, StoreError> {
-        let set = match end {
+    pub async fn close(
+        &self,
+        claimed: &Claimed,
+        fence: &Fence,
+        end: RunEnd,
+    ) -> Result<Applied, StoreError> {
+        let mut set = match end {
             RunEnd::Processed => doc! { "status": literal(EventStatus::Processed.as_str()) },
             RunEnd::Failed => doc! { "status": literal(EventStatus::Failed.as_str()) },
+            RunEnd::Skipped => doc! { "status": literal(EventStatus::Skipped.as_str()) },
             // Stays queued, so the patient's later events stay behind it.
             RunEnd::Parked => doc! { "parked": true },
         };
-        let mut set = set;
         set.insert("finishedAt", "$$NOW");
         set.insert("updatedAt", "$$NOW");
-        self.fenced_update(claimed, set, &[], "closing an event")
+        self.fenced_update(claimed, fence, FencedWrite::Close, set, &[])
             .await
     }
 
     /// Applies `set` (field: expression) and removes `unset`, in one update
-    /// pipeline whose every change is conditional on the event still
-    /// carrying the claim's epoch and token: the database decides, on the
+    /// pipeline whose every change is conditional on the event still being
+    /// queued under the claim's epoch and token, and on the database's clock
+    /// being within our session's bound: the database decides, on the
     /// document, at the moment of the write. The filter is the primary key
     /// alone. A write that changed nothing is read back: it was ours if the
-    /// event names our token as its last fenced writer (a retry of a write
-    /// whose reply was lost), refused otherwise.
+    /// event names this very write as its last fenced writer (a retry of a
+    /// write whose reply was lost).
     async fn fenced_update(
         &self,
         claimed: &Claimed,
+        fence: &Fence,
+        write: FencedWrite,
         set: Document,
         unset: &[&str],
-        operation: &'static str,
     ) -> Result<Applied, StoreError> {
-        let fence = doc! { "$and": [
+        let label = format!("{}/{}", claimed.token, write.as_str());
+        let ours = doc! { "$and": [
+            { "$eq": ["$status", EventStatus::Queued.as_str()] },
             { "$eq": ["$epoch", claimed.epoch] },
             { "$eq": ["$claim.token", literal(claimed.token.as_str())] },
         ] };
+        let condition = doc! { "$and": [ours, within(fence.until)] };
         let mut changes = Document::new();
         for (field, value) in set {
             changes.insert(
@@ -261,13 +372,15 @@ impl Store {
         }
         changes.insert(
             "fencedBy",
-            doc! { "$cond": ["$_fenced", literal(claimed.token.as_str()), "$fencedBy"] },
+            doc! { "$cond": ["$_fenced", literal(label.as_str()), "$fencedBy"] },
         );
+        changes.insert("rev", next_rev("$_fenced"));
         let pipeline = vec![
-            doc! { "$set": { "_fenced": fence } },
+            doc! { "$set": { "_fenced": condition } },
             doc! { "$set": changes },
             doc! { "$unset": "_fenced" },
         ];
+        let operation = write.operation();
         let filter = shapes::fenced(&claimed.event.id).filter;
         let result = self
             .queued
@@ -283,15 +396,40 @@ impl Store {
             .bounded(operation, self.op_timeout)
             .await?;
         Ok(match now {
+            Some(event) if event.fenced_by.as_deref() == Some(label.as_str()) => Applied::Yes,
             Some(event)
-                if event.epoch == claimed.epoch
-                    && event.fenced_by.as_deref() == Some(claimed.token.as_str()) =>
+                if event.status == EventStatus::Queued
+                    && event.epoch == claimed.epoch
+                    && event
+                        .claim
+                        .as_ref()
+                        .is_some_and(|c| c.token == claimed.token) =>
             {
-                Applied::Yes
+                Applied::Expired
             }
             _ => Applied::Fenced,
         })
     }
+}
+
+impl FencedWrite {
+    fn operation(self) -> &'static str {
+        match self {
+            Self::Record => "recording an outcome",
+            Self::Release => "releasing an event for a retry",
+            Self::HandBack => "handing an event back",
+            Self::Close => "closing an event",
+        }
+    }
+}
+
+/// What became of a claim once its fate is certain.
+enum ClaimFate {
+    Ours,
+    /// The event changed since it was read: read it again.
+    Changed,
+    /// The database's clock is past our session's bound.
+    OutOfTime,
 }
 
 /// How a run ends.
@@ -302,6 +440,20 @@ pub enum RunEnd {
     Failed,
     /// Failed for good; the patient waits for an operator (`ON_FAILURE=park`).
     Parked,
+    /// An operator skipped it; the patient goes on.
+    Skipped,
+}
+
+impl RunEnd {
+    /// How a run with `result` ends under `park` (`ON_FAILURE=park`).
+    pub fn of(result: &ProcessingResult, park: bool) -> Self {
+        match result.status.as_str() {
+            ProcessingResult::SUCCESS => Self::Processed,
+            ProcessingResult::SKIPPED => Self::Skipped,
+            _ if park => Self::Parked,
+            _ => Self::Failed,
+        }
+    }
 }
 
 /// A value an update pipeline must take as is (a string starting with `$`
@@ -310,14 +462,29 @@ fn literal(value: impl Into<Bson>) -> Document {
     doc! { "$literal": value.into() }
 }
 
+/// `$$NOW` before `until`, compared as milliseconds (one of our servers
+/// compares stored dates with `$$NOW` wrongly, but never numbers).
+fn within(until: DateTime) -> Document {
+    doc! { "$lt": [{ "$toLong": "$$NOW" }, until.timestamp_millis()] }
+}
+
+/// The revision after a write that applies when `applies` (a pipeline
+/// boolean) holds; documents written before revisions existed count from 0.
+fn next_rev(applies: &str) -> Document {
+    let rev = doc! { "$ifNull": ["$rev", 0i64] };
+    doc! { "$cond": [applies, { "$add": [rev.clone(), 1i64] }, rev] }
+}
+
 /// The claim as an update pipeline: the conditions are evaluated by the
 /// database on the document, at the moment of the write.
-fn claim_pipeline(fence: &Fence, token: &str, at: DateTime) -> Vec<Document> {
+fn claim_pipeline(fence: &Fence, token: &str, at: DateTime, rev: i64) -> Vec<Document> {
     let claimable = doc! {
         "$and": [
             { "$eq": ["$status", EventStatus::Queued.as_str()] },
             { "$ne": ["$parked", true] },
             { "$lte": ["$epoch", fence.epoch] },
+            { "$eq": [{ "$ifNull": ["$rev", 0i64] }, rev] },
+            within(fence.until),
         ]
     };
     let unrecorded = doc! { "$eq": [{ "$type": "$result" }, "missing"] };
@@ -340,7 +507,14 @@ fn claim_pipeline(fence: &Fence, token: &str, at: DateTime) -> Vec<Document> {
                 "$claim",
             ] },
             "updatedAt": { "$cond": ["$_claimable", { "$literal": at }, "$updatedAt"] },
+            "rev": next_rev("$_claimable"),
         } },
         doc! { "$unset": "_claimable" },
     ]
+}
+
+/// `$inc` of the revision, for the plain (non-pipeline) updates of other
+/// writers (operators, retention, intake): every write to an event moves it.
+pub(crate) fn bump_rev() -> Document {
+    doc! { "rev": 1i64 }
 }

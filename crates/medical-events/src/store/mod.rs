@@ -80,8 +80,7 @@ impl Store {
             .build();
         let queued: Collection<QueuedEvent> =
             db.collection_with_options(QUEUED_EVENTS, durable.clone());
-        // Server selection may take `timeout` by itself; the operation as much again.
-        let op_timeout = timeout * 2;
+        let op_timeout = operation_bound(timeout);
         Ok(Self {
             uri: uri.to_owned(),
             timeout,
@@ -115,6 +114,22 @@ impl Store {
 
     pub fn op_timeout(&self) -> Duration {
         self.op_timeout
+    }
+
+    /// The longest an intake write can take once started: a read of the
+    /// patient's last sequence number, the insert, and the read that
+    /// settles an insert whose answer was lost, each bounded by
+    /// [`Store::op_timeout`].
+    pub fn intake_budget(&self) -> Duration {
+        intake_budget(self.timeout)
+    }
+
+    /// The latest moment an intake write may start and still be settled
+    /// by `deadline`.
+    pub fn latest_intake_start(&self, deadline: std::time::Instant) -> std::time::Instant {
+        deadline
+            .checked_sub(self.intake_budget())
+            .unwrap_or(deadline)
     }
 
     /// A collection of this database with the durable write concern.
@@ -244,6 +259,18 @@ impl Store {
             .all(operation, self.op_timeout)
             .await
     }
+}
+
+/// [`Store::intake_budget`] for a server selection timeout of `timeout`
+/// (`MONGO_TIMEOUT_MS`); a request's time limit must be above it.
+pub fn intake_budget(timeout: Duration) -> Duration {
+    operation_bound(timeout) * 3
+}
+
+/// The bound of one store operation: server selection may take `timeout`
+/// by itself, the operation as much again.
+fn operation_bound(timeout: Duration) -> Duration {
+    timeout * 2
 }
 
 fn durable() -> WriteConcern {

@@ -3,6 +3,12 @@
 //! and read the figures. Every action is a conditional single-document write
 //! (it applies only to an event in the state the action is for) and leaves an
 //! entry in `audit_log`: who, when, what, why, before and after.
+//!
+//! A retry and a skip start a new run of the event; a skip's run comes with
+//! its outcome already recorded, so the owner of the bucket does not run the
+//! work: its lane writes the outcome document and closes the event, exactly
+//! as it finishes any recorded run (a crash in between is finished by
+//! whoever claims the event next).
 
 use mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use serde::{Deserialize, Serialize};
@@ -86,6 +92,8 @@ pub enum ActionOutcome {
     NotFound,
     /// The event is not in a state this action applies to.
     WrongState(Box<QueuedEvent>),
+    /// Retention removed the event's payload: there is nothing to run again.
+    Pruned(Box<QueuedEvent>),
 }
 
 /// Per-client figures for `/admin/stats`.
@@ -262,42 +270,54 @@ impl Store {
         let Some(before) = self.find_event(event_id).await? else {
             return Ok(ActionOutcome::NotFound);
         };
+        if action == Action::Retry && before.pruned {
+            return Ok(ActionOutcome::Pruned(Box::new(before)));
+        }
         let now = DateTime::now();
         let failed = EventStatus::Failed.as_str();
         let queued = EventStatus::Queued.as_str();
-        let (condition, update, outcome_result) = match action {
+        // Everything of the run that ends here, removed by a retry or a skip.
+        let run_fields = doc! {
+            "parked": "", "result": "", "processedAt": "", "processingDurationMs": "",
+            "finishedAt": "", "claim": "", "fencedBy": "", "acknowledgedAt": "",
+            "acknowledgedBy": "",
+        };
+        let (condition, update) = match action {
             Action::Retry => (
-                doc! { "run": before.run, "$or": [
+                doc! { "run": before.run, "pruned": { "$ne": true }, "$or": [
                     { "status": failed },
                     { "status": queued, "parked": true },
                 ] },
                 doc! {
                     "$set": { "status": queued, "attempts": 0, "updatedAt": now },
-                    "$inc": { "run": 1 },
-                    "$unset": {
-                        "parked": "", "result": "", "processedAt": "", "processingDurationMs": "",
-                        "finishedAt": "", "claim": "", "fencedBy": "", "acknowledgedAt": "",
-                        "acknowledgedBy": "",
-                    },
+                    "$inc": { "run": 1, "rev": 1i64 },
+                    "$unset": run_fields,
                 },
-                None,
             ),
-            Action::Skip => (
-                doc! { "run": before.run, "status": queued, "parked": true },
-                doc! {
-                    "$set": {
-                        "status": EventStatus::Skipped.as_str(), "finishedAt": now, "updatedAt": now,
-                        "result": mongodb::bson::to_bson(&ProcessingResult::skipped(reason))?,
-                        "processedAt": now,
+            Action::Skip => {
+                let mut unset = run_fields;
+                for recorded in ["result", "processedAt", "processingDurationMs"] {
+                    unset.remove(recorded);
+                }
+                (
+                    doc! { "run": before.run, "status": queued, "parked": true },
+                    doc! {
+                        "$set": {
+                            "result": mongodb::bson::to_bson(&ProcessingResult::skipped(reason))?,
+                            "processedAt": now, "processingDurationMs": 0i64,
+                            "attempts": 0, "updatedAt": now,
+                        },
+                        "$inc": { "run": 1, "rev": 1i64 },
+                        "$unset": unset,
                     },
-                    "$unset": { "parked": "", "claim": "" },
-                },
-                Some(ProcessingResult::skipped(reason)),
-            ),
+                )
+            }
             Action::Acknowledge => (
                 doc! { "status": failed, "acknowledgedAt": { "$exists": false } },
-                doc! { "$set": { "acknowledgedAt": now, "acknowledgedBy": operator, "updatedAt": now } },
-                None,
+                doc! {
+                    "$set": { "acknowledgedAt": now, "acknowledgedBy": operator, "updatedAt": now },
+                    "$inc": super::lifecycle::bump_rev(),
+                },
             ),
         };
         if matches!(action, Action::Retry | Action::Skip) {
@@ -313,20 +333,14 @@ impl Store {
             .bounded("applying an operator action", self.op_timeout)
             .await?;
         if result.matched_count == 0 {
-            return Ok(ActionOutcome::WrongState(Box::new(before)));
-        }
-        if let Some(result) = outcome_result {
-            self.processed
-                .clone_with_type::<Document>()
-                .update_one(
-                    doc! { "eventId": event_id },
-                    doc! { "$set": {
-                        "result": mongodb::bson::to_bson(&result)?,
-                        "processedAt": now, "updatedAt": now,
-                    } },
-                )
-                .bounded("recording a skipped outcome", self.op_timeout)
-                .await?;
+            let now = self.find_event(event_id).await?;
+            return Ok(match now {
+                Some(event) if action == Action::Retry && event.pruned => {
+                    ActionOutcome::Pruned(Box::new(event))
+                }
+                Some(event) => ActionOutcome::WrongState(Box::new(event)),
+                None => ActionOutcome::NotFound,
+            });
         }
         let after = self
             .find_event(event_id)

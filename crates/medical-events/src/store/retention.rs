@@ -208,6 +208,7 @@ impl Store {
                     filter,
                     doc! {
                         "$set": { "pruned": true, "data": {}, "updatedAt": DateTime::now() },
+                        "$inc": super::lifecycle::bump_rev(),
                         "$unset": { "traceparent": "" },
                     },
                 )
