@@ -1,0 +1,52 @@
+//! Explores one configuration and prints what was found (for tuning bounds).
+use protocol_model::invariants::INVARIANTS;
+use protocol_model::*;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mut c = Config::new(Variant::Fixed);
+    let (mut states, mut depth) = (0usize, 0usize);
+    for a in &args[1..] {
+        let (k, v) = a.split_once('=').unwrap();
+        let n: u8 = v.parse().unwrap_or(0);
+        match k {
+            "crash" => c.budget.crashes = n,
+            "pause" => c.budget.pauses = n,
+            "term" => c.budget.sigterms = n,
+            "lost" => c.budget.lost_replies = n,
+            "hand" => c.budget.handovers = n,
+            "partition" => c.budget.partitions = n,
+            "fail" => c.budget.handler_failures = n,
+            "reseed" => c.budget.reseeds = n,
+            "sessions" => c.sessions = n,
+            "epochs" => c.epochs = n,
+            "tokens" => c.tokens = n,
+            "deliv" => c.deliveries = n,
+            "max" => c.max_attempts = n,
+            "clock" => {
+                c.clock = match v {
+                    "drift" => ClockFault::Drift,
+                    "step" => ClockFault::Step,
+                    _ => ClockFault::None,
+                }
+            }
+            "states" => states = v.parse().unwrap(),
+            "depth" => depth = v.parse().unwrap(),
+            _ => panic!("{k}"),
+        }
+    }
+    let r = protocol_model::check::check_bounded(c, &[], states, depth);
+    println!("{}", r.summary());
+    for (name, _) in &r.discoveries {
+        let kind = if INVARIANTS.contains(name) {
+            "VIOLATED"
+        } else {
+            "found"
+        };
+        println!("  {kind}: {name}");
+        if INVARIANTS.contains(name) {
+            print!("{}", r.trace(name));
+            println!("{:#?}", r.last_state(name).unwrap());
+        }
+    }
+}
