@@ -1,4 +1,11 @@
-//! Explores one configuration and prints what was found (for tuning bounds).
+//! Explores one configuration completely and prints the state count and
+//! what was found, with the trace of each counterexample. Arguments are
+//! `key=value`: `variant=fixed|v1|v3|v4|v5|v6|v7a|v7b|v7c|v8`, the fault
+//! budgets `crash pause term lost partition hand fail reseed`, the bounds
+//! `sessions epochs tokens deliv max` (MAX_ATTEMPTS), `clock=drift|step`,
+//! and `states`/`depth` to stop early. For example:
+//!
+//! `cargo run -p protocol-model --example explore -- pause=1 sessions=3 epochs=3`
 use protocol_model::invariants::INVARIANTS;
 use protocol_model::*;
 
@@ -30,6 +37,20 @@ fn main() {
                     _ => ClockFault::None,
                 }
             }
+            "variant" => {
+                c.variant = match v {
+                    "v1" => Variant::HandOverAborts,
+                    "v3" => Variant::ReclaimWithNewToken,
+                    "v4" => Variant::ClaimWithoutRev,
+                    "v5" => Variant::ForgetOnFailedRelease,
+                    "v6" => Variant::EventFencingOnly,
+                    "v7a" => Variant::LeaveByLocalClock,
+                    "v7b" => Variant::TakeoverFromLaggingRead,
+                    "v7c" => Variant::NoInHandMargin,
+                    "v8" => Variant::EpochsRestart,
+                    _ => Variant::Fixed,
+                }
+            }
             "states" => states = v.parse().unwrap(),
             "depth" => depth = v.parse().unwrap(),
             _ => panic!("{k}"),
@@ -37,7 +58,7 @@ fn main() {
     }
     let r = protocol_model::check::check_bounded(c, &[], states, depth);
     println!("{}", r.summary());
-    for (name, _) in &r.discoveries {
+    for name in r.discoveries.keys() {
         let kind = if INVARIANTS.contains(name) {
             "VIOLATED"
         } else {
