@@ -16,6 +16,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build"
 cargo build --workspace --bins --tests --locked
+scripts/install-faketime.sh
 
 step "database"
 mkdir -p target/test-mongo
@@ -29,7 +30,8 @@ echo "SecantusDB (Python server) on $TEST_MONGO_URI"
 step "tests (Python server)"
 # The fleet tests and the 20,000-event run go to the compiled server below:
 # a whole fleet's lease renewals under load need more than the
-# single-threaded Python server can answer in time.
+# single-threaded Python server can answer in time. The protocol model
+# (crates/protocol-model) runs here with the rest of the workspace.
 heavy='binary(fleet) | binary(database_time) | test(never_reads)'
 cargo nextest run --workspace --locked --no-fail-fast -E "not ($heavy)"
 

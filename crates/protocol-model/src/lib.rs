@@ -1,5 +1,5 @@
 //! An explicit-state model of the processor fleet's protocol v2 (leases,
-//! sessions, claims, records, hand-over; `/work/notes/protocol-spec.md`),
+//! sessions, claims, records, hand-over; ARCHITECTURE.md, "The processor fleet"),
 //! checked with stateright. See the README for what is modeled, what is
 //! abstracted, the bounds, and how v1's holes map to the invariants.
 

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mongodb::bson::DateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -194,7 +195,7 @@ impl Keeper {
                     .filter(|l| plan.acquire.contains(&l.id) && l.owner.is_some())
                     .count();
                 self.leases
-                    .acquire(&plan.acquire, &takeable, &session)
+                    .acquire(&plan.acquire, &takeable, &session, validity.db_until)
                     .await?;
                 if taken_over > 0 {
                     metrics::counter!("lease_takeovers_total").increment(taken_over as u64);
@@ -205,14 +206,20 @@ impl Keeper {
                 }
             }
         }
-        self.claim_jobs(&sessions.dead, &session).await?;
+        self.claim_jobs(&sessions.dead, &session, validity.db_until)
+            .await?;
         self.adopt_held(&session, validity).await?;
         metrics::gauge!("processor_owned_buckets").set(self.ownership.count() as f64);
         Ok(())
     }
 
     /// Takes the lease of each singleton job nobody alive holds.
-    async fn claim_jobs(&self, dead: &[String], session: &Arc<str>) -> Result<(), StoreError> {
+    async fn claim_jobs(
+        &self,
+        dead: &[String],
+        session: &Arc<str>,
+        until: DateTime,
+    ) -> Result<(), StoreError> {
         for job in self.config.jobs {
             if self.ownership.runs_job(job) {
                 continue;
@@ -239,7 +246,7 @@ impl Keeper {
             };
             // Adopted by `adopt_held` if it worked.
             self.leases
-                .acquire(std::slice::from_ref(&id), &takeable, session)
+                .acquire(std::slice::from_ref(&id), &takeable, session, until)
                 .await?;
         }
         Ok(())

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use mongodb::Collection;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::options::{FindOneAndUpdateOptions, InsertManyOptions, ReturnDocument, UpdateOptions};
 
 use crate::store::deadline::{Bounded, BoundedAll};
@@ -167,13 +167,16 @@ impl Leases {
 
     /// Takes those of `ids` that are free or held by one of `dead` sessions
     /// (sessions the caller killed), in one write, all under one fresh epoch
-    /// from the counter. What was taken is read back with
-    /// [`Leases::owned_by`] (so a lost reply loses nothing).
+    /// from the counter, while the database's clock is before `until` (the
+    /// taker's own session's expiry: a late copy of the write from a
+    /// session that has ended meanwhile takes nothing). What was taken is
+    /// read back with [`Leases::owned_by`] (so a lost reply loses nothing).
     pub async fn acquire(
         &self,
         ids: &[String],
         dead: &[String],
         session: &str,
+        until: DateTime,
     ) -> Result<(), StoreError> {
         let epoch = self.next_epoch().await?;
         let mut takeable: Vec<Bson> = dead.iter().map(|d| Bson::String(d.clone())).collect();
@@ -184,6 +187,7 @@ impl Leases {
                     "_id": { "$in": ids },
                     "owner": { "$in": takeable },
                     "epoch": { "$lt": epoch },
+                    "$expr": { "$lt": [{ "$toLong": "$$NOW" }, until.timestamp_millis()] },
                 },
                 vec![doc! { "$set": {
                     "previousOwner": "$owner",

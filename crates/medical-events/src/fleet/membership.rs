@@ -62,16 +62,21 @@ impl Membership {
     }
 
     /// Opens a session named `session` (new, so alive for one lease period).
+    /// Insert-only: a late copy of the write (a retry's first copy) finds
+    /// the document and changes nothing, so it can never bring back a
+    /// session someone has killed since.
     pub async fn join(&self, session: &str) -> Result<(), StoreError> {
+        let unless_set =
+            |field: &str, value: Bson| doc! { "$ifNull": [format!("${field}"), value] };
         self.collection
             .update_one(
                 doc! { "_id": session },
                 vec![doc! { "$set": {
-                    "expiresAt": self.expiry(),
-                    "renewed": true,
-                    "heartbeatAt": "$$NOW",
-                    "startedAt": "$$NOW",
-                    "pid": std::process::id() as i64,
+                    "expiresAt": unless_set("expiresAt", self.expiry().into()),
+                    "renewed": unless_set("renewed", true.into()),
+                    "heartbeatAt": unless_set("heartbeatAt", "$$NOW".into()),
+                    "startedAt": unless_set("startedAt", "$$NOW".into()),
+                    "pid": unless_set("pid", (std::process::id() as i64).into()),
                 } }],
             )
             .with_options(UpdateOptions::builder().upsert(true).build())
