@@ -66,18 +66,18 @@ fn the_documents_describe_replays_unknown_outcomes_clients_and_leases() {
         "POST /events 202 documents Idempotent-Replayed"
     );
     // A 503 names the problem type of an unknown outcome and its eventId.
-    let unavailable = &ingest["components"]["schemas"]["Unavailable"];
+    let problem = &ingest["components"]["schemas"]["Problem"];
     assert_eq!(
         post["responses"]["503"]["content"]["application/problem+json"]["schema"]["$ref"],
-        "#/components/schemas/Unavailable"
+        "#/components/schemas/Problem"
     );
     assert!(
-        unavailable["properties"]["type"]["enum"]
-            .as_array()
+        problem["properties"]["type"]["description"]
+            .as_str()
             .unwrap()
-            .contains(&"/problems/outcome-unknown".into())
+            .contains("/problems/outcome-unknown")
     );
-    assert_eq!(unavailable["properties"]["eventId"]["format"], "uuid");
+    assert_eq!(problem["properties"]["eventId"]["format"], "uuid");
     // A client reads its own events; another client's is a 404.
     let get = &ingest["paths"]["/events/{eventId}"]["get"];
     assert!(
@@ -86,10 +86,10 @@ fn the_documents_describe_replays_unknown_outcomes_clients_and_leases() {
             .unwrap()
             .contains("another client")
     );
-    let state = &ingest["components"]["schemas"]["EventState"]["properties"];
+    let state = &ingest["components"]["schemas"]["EventView"]["properties"];
     assert_eq!(state["client"]["type"], "string");
     assert_eq!(
-        ingest["components"]["schemas"]["EventStatus"]["enum"],
+        ingest["components"]["schemas"]["ApiStatus"]["enum"],
         serde_json::json!([
             "queued",
             "processing",
@@ -113,10 +113,10 @@ fn the_documents_describe_replays_unknown_outcomes_clients_and_leases() {
     let ready = &processor["paths"]["/ready"]["get"]["responses"]["200"];
     assert_eq!(
         ready["content"]["application/json"]["schema"]["$ref"],
-        "#/components/schemas/ProcessorReady"
+        "#/components/schemas/Ready"
     );
     assert_eq!(
-        processor["components"]["schemas"]["ProcessorReady"]["properties"]["leases"]["type"],
+        processor["components"]["schemas"]["Ready"]["properties"]["leases"]["type"],
         "integer"
     );
 }

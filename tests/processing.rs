@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 use e2e::checks::Db;
 use e2e::fault_proxy::{Fault, FaultProxy};
 use e2e::{event_body, fresh_database_uri, wait_until};
-use medical_events::config::RetryPolicy;
 use medical_events::event::{EventId, NewEvent};
-use medical_events::processing::{EventHandler, HandlerError};
-use medical_events::scheduler::LaneConfig;
+use medical_events::processor::processing::{EventHandler, HandlerError};
+use medical_events::processor::scheduler::LaneConfig;
+use medical_events::processor::worker::{Worker, WorkerConfig};
+use medical_events::retry::RetryPolicy;
 use medical_events::store::{
     Applied, Claimed, EnqueueOutcome, Fence, IntakePolicy, NextEvent, ProcessingResult,
     QueuedEvent, Store, Submission,
 };
-use medical_events::worker::{Worker, WorkerConfig};
 use mongodb::bson::{DateTime, doc};
 
 /// Fails each event's first `failures[n]` attempts (n = `data.n`), records
@@ -161,7 +161,7 @@ async fn a_failing_attempt_is_retried_and_order_is_kept() {
     db.assert_processed_in_order("p", &ids).await;
     let first = store.find_event(&ids[0]).await.unwrap().unwrap();
     assert_eq!(first.attempts, 3);
-    assert_eq!(first.api_status(), "processed");
+    assert_eq!(first.api_status().as_str(), "processed");
     assert_eq!(
         store.find_processed(&ids[0]).await.unwrap().unwrap().result,
         ProcessingResult::success()
@@ -196,7 +196,7 @@ async fn an_event_failing_max_attempts_times_is_recorded_failed_and_the_patient_
     );
     assert_eq!(handler.calls().iter().filter(|(n, _)| *n == 0).count(), 3);
     let queued = store.find_event(&poisoned).await.unwrap().unwrap();
-    assert_eq!(queued.api_status(), "failed");
+    assert_eq!(queued.api_status().as_str(), "failed");
     assert_eq!(queued.attempts, 3);
     assert_eq!(
         store
@@ -245,7 +245,14 @@ async fn an_outcome_recorded_before_a_crash_is_not_redone() {
         .unwrap();
     let db = Db::connect(&uri).await;
     wait_until(Duration::from_secs(10), "lifecycle closed", || async {
-        store.find_event(&id).await.unwrap().unwrap().api_status() == "processed"
+        store
+            .find_event(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .api_status()
+            .as_str()
+            == "processed"
     })
     .await;
     assert!(handler.calls().is_empty(), "the work must not run twice");

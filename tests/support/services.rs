@@ -7,10 +7,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use medical_events::auth::{Access, Credential, Secret};
-use medical_events::config::{
-    HttpLimits, IngestConfig, MongoSettings, PatientLoggingSetting, RateLimit,
-};
-use medical_events::startup::IngestApp;
+use medical_events::config::{IngestConfig, MongoSettings, PatientLoggingSetting};
+use medical_events::http::limits::{HttpLimits, RateLimit};
+use medical_events::ingest::IngestApp;
 use medical_events::telemetry::LogFormat;
 
 use super::repo_root;

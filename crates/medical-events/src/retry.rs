@@ -5,7 +5,33 @@ use std::time::Duration;
 
 use rand::Rng;
 
-pub use crate::config::RetryPolicy;
+use crate::config::{ConfigError, Source, invalid, millis, number};
+
+/// How failed attempts are retried: capped exponential backoff with jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: i32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        let max_attempts: i32 = number(source, "MAX_ATTEMPTS", 5)?;
+        if max_attempts < 1 {
+            return Err(invalid(
+                "MAX_ATTEMPTS",
+                &max_attempts.to_string(),
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            max_attempts,
+            base_delay: millis(source, "RETRY_BASE_MS", 500)?,
+            max_delay: millis(source, "RETRY_MAX_MS", 30_000)?,
+        })
+    }
+}
 
 impl RetryPolicy {
     /// Delay before retry number `failures` (1-based): half fixed, half random.

@@ -5,12 +5,10 @@
 use std::future::Future;
 use std::process::ExitCode;
 
-use crate::config::{ConfigError, IngestConfig, ProcessorConfig};
-use crate::http::openapi;
-use crate::startup::{IngestApp, ProcessorApp, StartupError};
+use crate::config::ConfigError;
+use crate::http;
+use crate::server::StartupError;
 use crate::telemetry::{self, LogFormat};
-use crate::{http, shutdown};
-use utoipa::OpenApi;
 
 /// A runnable service, as seen from `main`.
 pub trait Service: Sized + Send {
@@ -24,50 +22,6 @@ pub trait Service: Sized + Send {
     fn run(self) -> impl Future<Output = Result<(), StartupError>> + Send;
     /// The service's OpenAPI document (`<binary> openapi` prints it).
     fn openapi() -> String;
-}
-
-impl Service for IngestApp {
-    const NAME: &'static str = "ingest";
-    const DEFAULT_PORT: u16 = 3000;
-    type Config = IngestConfig;
-
-    fn config_from_env() -> Result<IngestConfig, ConfigError> {
-        IngestConfig::from_env()
-    }
-    fn log_format(config: &IngestConfig) -> LogFormat {
-        config.log_format
-    }
-    async fn build(config: IngestConfig) -> Result<Self, StartupError> {
-        IngestApp::build(config).await
-    }
-    async fn run(self) -> Result<(), StartupError> {
-        IngestApp::run(self, shutdown::signal()).await
-    }
-    fn openapi() -> String {
-        openapi::render(&openapi::IngestApi::openapi())
-    }
-}
-
-impl Service for ProcessorApp {
-    const NAME: &'static str = "processor";
-    const DEFAULT_PORT: u16 = 3001;
-    type Config = ProcessorConfig;
-
-    fn config_from_env() -> Result<ProcessorConfig, ConfigError> {
-        ProcessorConfig::from_env()
-    }
-    fn log_format(config: &ProcessorConfig) -> LogFormat {
-        config.log_format
-    }
-    async fn build(config: ProcessorConfig) -> Result<Self, StartupError> {
-        ProcessorApp::build(config).await
-    }
-    async fn run(self) -> Result<(), StartupError> {
-        ProcessorApp::run(self, shutdown::signal()).await
-    }
-    fn openapi() -> String {
-        openapi::render(&openapi::ProcessorApi::openapi())
-    }
 }
 
 pub async fn main<S: Service>() -> ExitCode {

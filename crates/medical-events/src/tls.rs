@@ -16,7 +16,37 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::TlsFiles;
+use crate::config::{ConfigError, Source, optional, readable_path};
+
+/// PEM certificate chain and private key for HTTPS (`TLS_CERT_PATH`, `TLS_KEY_PATH`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Both paths or neither (plain HTTP); each must be readable.
+    pub fn from_source(source: &impl Source) -> Result<Option<Self>, ConfigError> {
+        let cert = optional(source, "TLS_CERT_PATH");
+        let key = optional(source, "TLS_KEY_PATH");
+        match (cert, key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(Self {
+                cert: readable_path("TLS_CERT_PATH", &cert)?,
+                key: readable_path("TLS_KEY_PATH", &key)?,
+            })),
+            (Some(_), None) => Err(ConfigError::Missing {
+                name: "TLS_KEY_PATH",
+                example: "set with TLS_CERT_PATH",
+            }),
+            (None, Some(_)) => Err(ConfigError::Missing {
+                name: "TLS_CERT_PATH",
+                example: "set with TLS_KEY_PATH",
+            }),
+        }
+    }
+}
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

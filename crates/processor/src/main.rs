@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    medical_events::service_main::main::<medical_events::startup::ProcessorApp>().await
+    medical_events::service_main::main::<medical_events::processor::ProcessorApp>().await
 }

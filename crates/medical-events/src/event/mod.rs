@@ -9,6 +9,7 @@ mod fields;
 mod report;
 mod request;
 mod rules;
+pub mod schema;
 #[cfg(test)]
 mod tests;
 
@@ -21,7 +22,7 @@ use serde_json::Value;
 use request::{EventBody, QueueBody, Validated};
 
 /// One reason a request was refused, named by the JSON path of the field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

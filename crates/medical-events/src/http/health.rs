@@ -4,81 +4,71 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::problem::ApiError;
 use crate::store::Store;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn live(service: &'static str) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "service": service }))
+/// The answer of `/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    #[schema(example = "ingest-service")]
+    pub service: &'static str,
 }
 
-pub async fn ready(store: &Store, service: &'static str) -> Response {
-    ready_with(store, service, json!({})).await
-}
-
-/// Readiness with extra fields in the body (the processor's leases).
-pub async fn ready_with(
-    store: &Store,
-    service: &'static str,
-    extra: serde_json::Value,
-) -> Response {
-    match tokio::time::timeout(READY_TIMEOUT, store.ping()).await {
-        Ok(Ok(())) => {
-            let mut body = json!({ "status": "ready", "service": service });
-            if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
-                body.extend(extra.clone());
-            }
-            Json(body).into_response()
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "not ready: MongoDB ping failed");
-            ApiError::Unavailable {
-                retry_after_secs: 5,
-            }
-            .into_response()
-        }
-        Err(_) => {
-            tracing::warn!("not ready: MongoDB ping timed out");
-            ApiError::Unavailable {
-                retry_after_secs: 5,
-            }
-            .into_response()
-        }
-    }
+/// The answer of `/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    #[schema(example = "processor-service")]
+    pub service: &'static str,
+    /// A processor's bucket leases (of 256: the fleet shares them; 0 until
+    /// it has joined the fleet). Ingest does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = 256, minimum = 0)]
+    pub leases: Option<u64>,
 }
 
 /// Liveness: the process answers; checks nothing else.
-#[utoipa::path(get, path = "/health", tag = "health",
-    responses((status = 200, description = "The process is alive", body = super::openapi::Health)))]
-#[allow(dead_code)] // documentation of the route; the handler is `live`
-pub(crate) async fn live_doc() {}
+pub fn live(service: &'static str) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        service,
+    })
+}
 
-/// Readiness: MongoDB answers a ping within 2 s.
-#[utoipa::path(get, path = "/ready", tag = "health",
-    responses(
-        (status = 200, description = "Ready to take work", body = super::openapi::Health),
-        (status = 503, description = "MongoDB does not answer", body = super::openapi::Problem,
-            content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-    ))]
-#[allow(dead_code)] // documentation of the route; the handler is `ready`
-pub(crate) async fn ready_doc() {}
-
-/// Readiness: MongoDB answers a ping within 2 s. `leases`: the bucket
-/// leases this processor holds (0 until it has joined the fleet).
-#[utoipa::path(get, path = "/ready", tag = "health",
-    responses(
-        (status = 200, description = "Ready to take work", body = super::openapi::ProcessorReady),
-        (status = 503, description = "MongoDB does not answer", body = super::openapi::Problem,
-            content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-    ))]
-#[allow(dead_code)] // documentation of the route; the handler is `ready_with`
-pub(crate) async fn processor_ready_doc() {}
+/// Readiness: MongoDB answers a ping within 2 s (503 otherwise).
+pub async fn ready(
+    store: &Store,
+    service: &'static str,
+    leases: Option<u64>,
+) -> Result<Json<Ready>, ApiError> {
+    match tokio::time::timeout(READY_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => Ok(Json(Ready {
+            status: "ready",
+            service,
+            leases,
+        })),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: MongoDB ping failed");
+            Err(ApiError::Unavailable {
+                retry_after_secs: 5,
+            })
+        }
+        Err(_) => {
+            tracing::warn!("not ready: MongoDB ping timed out");
+            Err(ApiError::Unavailable {
+                retry_after_secs: 5,
+            })
+        }
+    }
+}
 
 /// The `healthcheck` subcommand of both binaries (for container HEALTHCHECKs
 /// in images without curl): exit 0 if `GET /health` on `port` answers 200.

@@ -23,10 +23,11 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tower::ServiceBuilder;
+use utoipa_axum::router::OpenApiRouter;
 
 use super::problem::ApiError;
 use crate::auth::Caller;
-use crate::config::{HttpLimits, RateLimit};
+use crate::config::{ConfigError, Source, positive, positive_millis};
 
 /// When a request's answer is due (its arrival plus `REQUEST_TIMEOUT_MS`),
 /// for the routes that bound themselves.
@@ -56,7 +57,10 @@ pub fn bounded(router: Router, limits: HttpLimits) -> Router {
 
 /// The timer for the routes of `router` (those that do not bound
 /// themselves): past `timeout`, the handler is dropped and the answer is 503.
-pub fn timed<S: Clone + Send + Sync + 'static>(router: Router<S>, timeout: Duration) -> Router<S> {
+pub fn timed<S: Clone + Send + Sync + 'static>(
+    router: OpenApiRouter<S>,
+    timeout: Duration,
+) -> OpenApiRouter<S> {
     router.route_layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(overload_response))
@@ -119,5 +123,37 @@ pub async fn rate_limit(
     match checked {
         Ok(()) => next.run(request).await,
         Err(error) => error.into_response(),
+    }
+}
+
+/// Token bucket per API key: `per_second` refill, `burst` capacity.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            per_second: positive(source, "RATE_LIMIT_PER_SEC", 1_000)?,
+            burst: positive(source, "RATE_LIMIT_BURST", 2_000)?,
+        })
+    }
+}
+
+/// Bounds on HTTP work: requests in flight (beyond: 503) and time per request.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
+}
+
+impl HttpLimits {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_in_flight: positive(source, "MAX_IN_FLIGHT", 1_024)? as usize,
+            request_timeout: positive_millis(source, "REQUEST_TIMEOUT_MS", 40_000)?,
+        })
     }
 }

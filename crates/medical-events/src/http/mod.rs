@@ -1,24 +1,27 @@
-//! The HTTP faces of the two services.
+//! What the HTTP faces of both services share: problem+json errors, the JSON
+//! body extractor, limits and time limits, connection hygiene, query
+//! parameters and paging, health, the OpenAPI roots, and the layers every
+//! router gets. The routes themselves live with their service
+//! (`ingest::routes`, `processor::routes`).
 
-pub mod admin;
 pub mod connection;
 pub mod health;
-pub mod ingest;
 pub mod json_body;
 pub mod limits;
 pub mod openapi;
 pub mod paging;
-pub mod patients;
 pub mod problem;
-pub mod processor;
 pub mod query_params;
-pub mod stream;
+
+/// Sent with ingest's nudge to a processor (`POST /queue`): the event is
+/// already stored, so the processor only wakes the patient's lane.
+pub const EVENT_STORED_HEADER: &str = "event-stored";
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tower_http::trace::TraceLayer;
 
-use crate::config::HttpLimits;
+use limits::HttpLimits;
 
 /// `/metrics` alone, for its own listener (`METRICS_PORT`): counts and
 /// timings stay off the public port.
@@ -34,7 +37,7 @@ pub fn metrics_router() -> Router {
 /// Layers both services share: body limit, problem+json fallbacks, request
 /// spans, the bounds on requests in flight and their duration, and,
 /// outermost, `Connection: close` on answers that leave a body unread.
-fn finish(router: Router, limits: HttpLimits) -> Router {
+pub(crate) fn finish(router: Router, limits: HttpLimits) -> Router {
     let router = router
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)

@@ -1,11 +1,63 @@
 //! The one error type of both HTTP APIs, rendered as RFC 9457
-//! `application/problem+json`.
+//! `application/problem+json`, with the body type the documents describe and
+//! the refusals several routes share.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::{IntoResponses, ToSchema};
 
 use crate::event::FieldError;
+
+/// RFC 9457 problem details (`application/problem+json`): the body of every
+/// error of both services.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `about:blank`, or `/problems/outcome-unknown` for a `503` whose write
+    /// may or may not have been stored.
+    #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
+    pub problem_type: String,
+    #[schema(example = "Bad Request")]
+    pub title: String,
+    #[schema(example = 400)]
+    pub status: u16,
+    pub detail: String,
+    /// One entry per broken rule (validation errors only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    /// Only with `/problems/outcome-unknown`: the event that may or may not
+    /// be stored. A retry with the same `Idempotency-Key` (or, without one,
+    /// the same body within `DEDUP_WINDOW_S`) stores it at most once.
+    #[serde(rename = "eventId", skip_serializing_if = "Option::is_none")]
+    #[schema(format = Uuid)]
+    pub event_id: Option<String>,
+}
+
+/// The refusals of every operator route: no credential, or not an operator's.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // documentation: the refusals are `ApiError`s
+pub enum OperatorRefusals {
+    /// No or invalid credential
+    #[response(status = 401, content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String, description = "Bearer")))]
+    Unauthenticated(Problem),
+    /// Not an operator credential
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+}
+
+/// The refusals of a JSON body before it is read (`JsonBody`).
+#[derive(IntoResponses)]
+#[allow(dead_code)] // documentation: the refusals are `ApiError`s
+pub enum JsonBodyRefusals {
+    /// Body over 1 MiB
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(Problem),
+    /// Content-Type is not application/json
+    #[response(status = 415, content_type = "application/problem+json")]
+    NotJson(Problem),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -126,19 +178,22 @@ impl IntoResponse for ApiError {
             Self::OutcomeUnknown { .. } => OUTCOME_UNKNOWN_TYPE,
             _ => "about:blank",
         };
-        let mut body = json!({
-            "type": problem_type,
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
-        if let Self::Validation(errors) = &self {
-            body["errors"] = json!(errors);
-        }
-        if let Self::OutcomeUnknown { event_id } = &self {
-            body["eventId"] = json!(event_id);
-        }
-        let mut response = (status, body.to_string()).into_response();
+        let body = Problem {
+            problem_type: problem_type.to_owned(),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            errors: match &self {
+                Self::Validation(errors) => Some(errors.clone()),
+                _ => None,
+            },
+            event_id: match &self {
+                Self::OutcomeUnknown { event_id } => Some(event_id.clone()),
+                _ => None,
+            },
+        };
+        let body = serde_json::to_string(&body).unwrap_or_default();
+        let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

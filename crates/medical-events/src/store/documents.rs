@@ -113,17 +113,50 @@ pub struct QueuedEvent {
     pub updated_at: DateTime,
 }
 
+/// Where an event is in its life, as the API reports it: `queued` (waiting
+/// for its turn: the patient's earlier events come first), `processing` (an
+/// attempt is running), `processed` (`result` says how), `failed` (given up
+/// after `MAX_ATTEMPTS`; the patient's later events went on), `parked` (given
+/// up with `ON_FAILURE=park`: the patient's later events wait for an
+/// operator), `skipped` (set aside by an operator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiStatus {
+    Queued,
+    Processing,
+    Processed,
+    Failed,
+    Parked,
+    Skipped,
+}
+
+impl ApiStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Processing => "processing",
+            Self::Processed => "processed",
+            Self::Failed => "failed",
+            Self::Parked => "parked",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
 impl QueuedEvent {
     /// The status the API reports: `parked`, or `processing` while a claim
     /// is on a queued event.
-    pub fn api_status(&self) -> &'static str {
+    pub fn api_status(&self) -> ApiStatus {
         match (self.status, self.parked, &self.claim) {
             // An operator's skip is recorded at once; the owner's lane
             // writes its outcome and closes it moments later.
-            (EventStatus::Queued, _, _) if self.is_skip_pending() => "skipped",
-            (EventStatus::Queued, true, _) => "parked",
-            (EventStatus::Queued, false, Some(_)) => "processing",
-            (status, _, _) => status.as_str(),
+            (EventStatus::Queued, _, _) if self.is_skip_pending() => ApiStatus::Skipped,
+            (EventStatus::Queued, true, _) => ApiStatus::Parked,
+            (EventStatus::Queued, false, Some(_)) => ApiStatus::Processing,
+            (EventStatus::Queued, false, None) => ApiStatus::Queued,
+            (EventStatus::Processed, _, _) => ApiStatus::Processed,
+            (EventStatus::Failed, _, _) => ApiStatus::Failed,
+            (EventStatus::Skipped, _, _) => ApiStatus::Skipped,
         }
     }
 
@@ -137,11 +170,16 @@ impl QueuedEvent {
     }
 }
 
-/// The outcome recorded for an event, as in the original service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The outcome recorded for an event, as in the original service (and as
+/// the API shows it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProcessingResult {
+    /// `success`, `failed` or `skipped`.
+    #[schema(example = "success")]
     pub status: String,
+    #[schema(example = "event processed successfully")]
     pub message: String,
+    /// Why it failed, for a failed outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

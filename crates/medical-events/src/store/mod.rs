@@ -17,7 +17,7 @@ mod sweep;
 
 use std::time::Duration;
 
-pub use documents::{Claim, EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
+pub use documents::{ApiStatus, Claim, EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
 pub use enqueue::{EnqueueOutcome, IdempotencyKey, IntakePolicy, Submission};
 pub use error::StoreError;
 pub use lifecycle::{Applied, Claimed, Fence, NextEvent, RunEnd};

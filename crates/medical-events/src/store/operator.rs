@@ -97,7 +97,7 @@ pub enum ActionOutcome {
 }
 
 /// Per-client figures for `/admin/stats`.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientStats {
     pub queued: u64,
@@ -106,6 +106,8 @@ pub struct ClientStats {
     pub parked_patients: u64,
     pub failed: u64,
     pub failed_unacknowledged: u64,
+    /// When the oldest unfinished event was accepted.
+    #[schema(format = DateTime)]
     pub oldest_unfinished: Option<String>,
 }
 
@@ -387,7 +389,7 @@ impl Store {
         before: &QueuedEvent,
         after: &QueuedEvent,
     ) -> Result<(), StoreError> {
-        let state = |e: &QueuedEvent| doc! { "status": e.api_status(), "run": e.run, "attempts": e.attempts };
+        let state = |e: &QueuedEvent| doc! { "status": e.api_status().as_str(), "run": e.run, "attempts": e.attempts };
         self.durable_collection::<Document>(AUDIT_LOG)
             .insert_one(doc! {
                 "_id": ObjectId::new(),

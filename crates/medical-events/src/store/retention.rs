@@ -45,6 +45,27 @@ pub struct Retention {
 /// The floor under every retention setting.
 pub const MIN_AGE: Duration = Duration::from_secs(3600);
 
+impl Retention {
+    /// `RETENTION_DAYS` and `OUTCOME_RETENTION_DAYS` (0: keep forever), with
+    /// the idempotency window the events must outlive.
+    pub fn from_source(
+        source: &impl crate::config::Source,
+        idempotency_ttl: Duration,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
+            events: crate::config::days(source, "RETENTION_DAYS", 30)?,
+            outcomes: crate::config::days(source, "OUTCOME_RETENTION_DAYS", 0)?,
+            idempotency_ttl,
+            min_age: MIN_AGE,
+        })
+    }
+
+    /// Whether a pass would remove anything at all.
+    pub fn removes_anything(&self) -> bool {
+        self.events.is_some() || self.outcomes.is_some()
+    }
+}
+
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Pruned {

@@ -4,21 +4,32 @@
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::ingest::{IngestState, event_view};
-use super::paging::page_limit;
-use super::problem::ApiError;
-use super::query_params::QueryParams;
+use super::routes::{EventView, IngestState};
 use crate::auth::Caller;
 use crate::event::PatientId;
+use crate::http::paging::page_limit;
+use crate::http::problem::{ApiError, Problem};
+use crate::http::query_params::QueryParams;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TimelineParams {
     after: Option<String>,
     limit: Option<String>,
+}
+
+/// A page of a patient's timeline.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeline {
+    patient_id: String,
+    /// In sequence order, without `data`.
+    events: Vec<EventView>,
+    /// Pass as `after` for the next page; null when this is the last.
+    next: Option<i64>,
 }
 
 /// A patient's events after sequence number `after`, in order.
@@ -29,13 +40,13 @@ pub(crate) struct TimelineParams {
         ("limit" = Option<i64>, Query, description = "1-1000, default 100"),
     ),
     responses(
-        (status = 200, description = "The patient's events in sequence order, without data", body = super::openapi::Timeline),
-        (status = 400, description = "A parameter is invalid", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid API key", body = super::openapi::Problem, content_type = "application/problem+json",
+        (status = 200, description = "The patient's events in sequence order, without data", body = Timeline),
+        (status = 400, description = "A parameter is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid API key", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 429, description = "Rate limit of this client exhausted", body = super::openapi::Problem, content_type = "application/problem+json",
+        (status = 429, description = "Rate limit of this client exhausted", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 503, description = "Store unavailable or service at capacity", body = super::openapi::Problem, content_type = "application/problem+json",
+        (status = 503, description = "Store unavailable or service at capacity", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = [])))]
@@ -44,7 +55,7 @@ pub(crate) async fn timeline(
     Extension(caller): Extension<Caller>,
     Path(raw_patient): Path<String>,
     QueryParams(params): QueryParams<TimelineParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Timeline>, ApiError> {
     let patient = PatientId::parse(&raw_patient).map_err(ApiError::Validation)?;
     let after = match params.after.as_deref() {
         None => 0,
@@ -61,9 +72,9 @@ pub(crate) async fn timeline(
         .store()
         .timeline(patient.as_str(), client, after, limit)
         .await?;
-    Ok(Json(json!({
-        "patientId": patient.as_str(),
-        "events": events.iter().map(event_view).collect::<Vec<_>>(),
-        "next": scanned_to,
-    })))
+    Ok(Json(Timeline {
+        patient_id: patient.as_str().to_owned(),
+        events: events.iter().map(EventView::of).collect(),
+        next: scanned_to,
+    }))
 }

@@ -9,6 +9,8 @@ use mongodb::bson::Bson;
 use rand::Rng;
 use serde_json::json;
 
+use crate::auth::Secret;
+use crate::config::{ConfigError, Source, invalid, mask_uri_password, optional};
 use crate::store::QueuedEvent;
 use crate::trace_context::TraceContext;
 
@@ -136,6 +138,56 @@ fn without_url(error: &reqwest::Error) -> String {
         .unwrap_or_else(|| error.to_string());
     error.truncate(200);
     error
+}
+
+/// Delivery downstream (`DELIVERY_URL`, `DELIVERY_AUTH_HEADER`).
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub url: String,
+    /// `Name: value`, sent with every delivery; never logged.
+    pub auth_header: Option<(String, Secret)>,
+}
+
+impl DeliverySettings {
+    pub fn from_source(source: &impl Source) -> Result<Option<Self>, ConfigError> {
+        let url = optional(source, "DELIVERY_URL").map(|u| u.trim().to_owned());
+        let auth = optional(source, "DELIVERY_AUTH_HEADER");
+        let Some(url) = url else {
+            return Ok(None);
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || reqwest::Url::parse(&url).is_err()
+        {
+            return Err(invalid(
+                "DELIVERY_URL",
+                &mask_uri_password(&url),
+                "must be an http(s) URL",
+            ));
+        }
+        let auth_header = match auth {
+            None => None,
+            Some(raw) => {
+                let (name, value) = raw.split_once(':').ok_or_else(|| ConfigError::Invalid {
+                    name: "DELIVERY_AUTH_HEADER",
+                    value: "***".to_owned(),
+                    reason: "must be `Header-Name: value`, e.g. `Authorization: Bearer ...`"
+                        .to_owned(),
+                })?;
+                let name = name.trim().to_owned();
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || reqwest::header::HeaderValue::from_str(value.trim()).is_err()
+                {
+                    return Err(ConfigError::Invalid {
+                        name: "DELIVERY_AUTH_HEADER",
+                        value: "***".to_owned(),
+                        reason: "is not a valid HTTP header".to_owned(),
+                    });
+                }
+                Some((name, Secret::new(value.trim())))
+            }
+        };
+        Ok(Some(Self { url, auth_header }))
+    }
 }
 
 /// The handler a processor runs, chosen by configuration.

@@ -24,16 +24,18 @@ use futures_util::stream;
 use mongodb::bson::{Document, doc};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, warn};
+use utoipa::ToSchema;
 
-use super::ingest::IngestState;
-use super::problem::ApiError;
-use super::query_params::QueryParams;
+use super::routes::IngestState;
 use crate::auth::Caller;
-use crate::store::{OutcomeCursor, PROCESSED_EVENTS, ProcessedEvent, Store, overlap_before};
+use crate::http::problem::{ApiError, Problem};
+use crate::http::query_params::QueryParams;
+use crate::store::{
+    OutcomeCursor, PROCESSED_EVENTS, ProcessedEvent, ProcessingResult, Store, overlap_before,
+};
 
 /// Messages waiting for one connection at most.
 pub const BUFFER: usize = 256;
@@ -189,11 +191,11 @@ pub(crate) struct StreamParams {
     ),
     responses(
         (status = 200, description = "text/event-stream: one `outcome` message per recorded outcome, `id` to resume from",
-            content_type = "text/event-stream", body = super::openapi::StreamMessage),
-        (status = 400, description = "Last-Event-ID is not an id this stream gave, or a query parameter is unknown", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid API key", body = super::openapi::Problem, content_type = "application/problem+json",
+            content_type = "text/event-stream", body = StreamMessage),
+        (status = 400, description = "Last-Event-ID is not an id this stream gave, or a query parameter is unknown", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid API key", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 429, description = "Rate limit of this client exhausted", body = super::openapi::Problem, content_type = "application/problem+json",
+        (status = 429, description = "Rate limit of this client exhausted", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = [])))]
@@ -238,29 +240,64 @@ pub(crate) async fn outcomes(
         .into_response())
 }
 
+/// One message of `GET /events/stream`, as its Server-Sent Events fields
+/// (the stream is `text/event-stream`, not JSON: this documents its frames).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // documentation of the SSE frame; `message` writes it
+struct StreamMessage {
+    /// What `Last-Event-ID` takes to resume: `<processedAt ms>-<eventId>`.
+    #[schema(example = "1795830884123-019ac4f1-6f1e-7c3b-9a52-0d4a8b7e2f11")]
+    id: String,
+    #[schema(example = "outcome")]
+    event: String,
+    /// The outcome, as the JSON text of the message's `data:` line.
+    data: OutcomeMessage,
+}
+
+/// An outcome as the stream sends it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct OutcomeMessage {
+    #[schema(format = Uuid)]
+    event_id: String,
+    patient_id: String,
+    seq: i64,
+    #[serde(rename = "type")]
+    event_type: String,
+    client: String,
+    /// `processed`, `failed` or `skipped`.
+    status: String,
+    result: ProcessingResult,
+    run: i32,
+    attempts: i32,
+    #[schema(format = DateTime)]
+    processed_at: String,
+}
+
 fn message(outcome: &ProcessedEvent) -> Event {
     let status = match outcome.result.status.as_str() {
         "success" => "processed",
         other => other,
     };
+    let data = OutcomeMessage {
+        event_id: outcome.event_id.clone(),
+        patient_id: outcome.patient_id.clone(),
+        seq: outcome.seq,
+        event_type: outcome.event_type.clone(),
+        client: outcome.client.clone(),
+        status: status.to_owned(),
+        result: outcome.result.clone(),
+        run: outcome.run,
+        attempts: outcome.attempts,
+        processed_at: outcome
+            .processed_at
+            .try_to_rfc3339_string()
+            .unwrap_or_default(),
+    };
     Event::default()
         .id(OutcomeCursor::of(outcome).to_id())
         .event("outcome")
-        .data(
-            json!({
-                "eventId": outcome.event_id,
-                "patientId": outcome.patient_id,
-                "seq": outcome.seq,
-                "type": outcome.event_type,
-                "client": outcome.client,
-                "status": status,
-                "result": outcome.result,
-                "run": outcome.run,
-                "attempts": outcome.attempts,
-                "processedAt": outcome.processed_at.try_to_rfc3339_string().unwrap_or_default(),
-            })
-            .to_string(),
-        )
+        .data(serde_json::to_string(&data).unwrap_or_default())
 }
 
 /// Why a connection's feed ended.

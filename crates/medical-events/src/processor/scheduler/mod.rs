@@ -18,14 +18,33 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{FailurePolicy, RetryPolicy};
-use crate::fleet::Ownership;
-use crate::processing::EventHandler;
+use crate::config::{ConfigError, Source, choice};
+use crate::processor::fleet::Ownership;
+use crate::processor::processing::EventHandler;
+use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError, Waiting};
 
 /// At most this many store operations of the lanes at once (the driver's
 /// pool has 10 connections by default; a few more keep them busy).
 const STORE_CONCURRENCY: usize = 32;
+
+/// What happens to a patient whose event failed `MAX_ATTEMPTS` times (`ON_FAILURE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Record it failed and go on with the patient's next events.
+    Continue,
+    /// Park the patient at that event until an operator retries or skips it.
+    Park,
+}
+
+impl FailurePolicy {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        Ok(match choice(source, "ON_FAILURE", &["continue", "park"])? {
+            "park" => Self::Park,
+            _ => Self::Continue,
+        })
+    }
+}
 
 /// How the lanes work.
 #[derive(Debug, Clone, Copy)]

@@ -24,8 +24,6 @@ const BACKLOG: usize = 10_000;
 const BYTE_BUDGET: usize = 4 * 1024 * 1024;
 const IN_FLIGHT: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-/// Tells the processor the event is already stored: wake only.
-pub const STORED_HEADER: &str = "event-stored";
 
 #[derive(Clone)]
 pub struct ProcessorNotifier {
@@ -149,7 +147,7 @@ async fn deliver(
         let mut request = client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(STORED_HEADER, "true")
+            .header(crate::http::EVENT_STORED_HEADER, "true")
             .header(crate::trace_context::HEADER, notification.traceparent)
             .body(notification.body);
         if let Some(token) = &token {

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use mongodb::bson::DateTime;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::Inner;
-use crate::config::FailurePolicy;
-use crate::fleet::BucketLease;
-use crate::processing::{EventHandler, HandlerError};
+use super::{FailurePolicy, Inner};
+use crate::processor::fleet::BucketLease;
+use crate::processor::processing::{EventHandler, HandlerError};
 use crate::store::{
     Applied, Claimed, NextEvent, ProcessedEvent, ProcessingResult, RunEnd, StoreError,
 };

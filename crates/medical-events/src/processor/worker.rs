@@ -9,9 +9,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::fleet::{self, Keeper, KeeperConfig, Ownership};
-use crate::processing::EventHandler;
-use crate::scheduler::{LaneConfig, Scheduler};
+use crate::processor::fleet::{self, Keeper, KeeperConfig, Ownership};
+use crate::processor::processing::EventHandler;
+use crate::processor::scheduler::{LaneConfig, Scheduler};
 use crate::store::{Retention, Store, StoreError, Waiting};
 
 #[derive(Debug, Clone, Copy)]

@@ -3,21 +3,24 @@
 //! acknowledge failures, read the figures and the audit log. Every action
 //! names its reason and is audited.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 use mongodb::bson::oid::ObjectId;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use mongodb::bson::{Bson, Document};
+use serde::{Deserialize, Serialize};
 use tracing::info;
+use utoipa::ToSchema;
 
-use super::ingest::{IngestState, event_view};
-use super::json_body::JsonBody;
-use super::paging::page_limit;
-use super::problem::ApiError;
-use super::query_params::QueryParams;
+use super::routes::{EventView, IngestState};
 use crate::auth::Caller;
 use crate::event::{EventId, PatientId};
-use crate::store::{Action, ActionOutcome, ListCursor, ListQuery, ListedState};
+use crate::http::json_body::JsonBody;
+use crate::http::paging::page_limit;
+use crate::http::problem::{ApiError, JsonBodyRefusals, OperatorRefusals, Problem};
+use crate::http::query_params::QueryParams;
+use crate::store::{Action, ActionOutcome, ClientStats, ListCursor, ListQuery, ListedState};
 
 const MAX_REASON_CHARS: usize = 500;
 
@@ -56,6 +59,14 @@ fn decode_cursor(text: &str) -> Option<ListCursor> {
     })
 }
 
+/// A page of `GET /admin/events`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    events: Vec<EventView>,
+    /// Pass as `cursor` for the next page; null when this is the last.
+    next: Option<String>,
+}
+
 /// Events in a state, paginated by cursor (index order: bucket, patient, seq).
 #[utoipa::path(get, path = "/admin/events", tag = "operations",
     params(
@@ -66,24 +77,24 @@ fn decode_cursor(text: &str) -> Option<ListCursor> {
         ("limit" = Option<i64>, Query, description = "1-1000, default 100"),
     ),
     responses(
-        (status = 200, description = "A page of events and the cursor of the next", body = super::openapi::EventPage),
-        (status = 400, description = "A parameter is invalid", body = super::openapi::Problem, content_type = "application/problem+json"),
-        super::openapi::OperatorRefusals,
-        (status = 503, description = "Store unavailable", body = super::openapi::Problem, content_type = "application/problem+json",
+        (status = 200, description = "A page of events and the cursor of the next", body = EventPage),
+        (status = 400, description = "A parameter is invalid", body = Problem, content_type = "application/problem+json"),
+        OperatorRefusals,
+        (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn list_events(
     State(state): State<IngestState>,
     QueryParams(params): QueryParams<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     let status = params.status.as_deref().ok_or_else(|| {
         ApiError::field(
             "status",
             "is required: queued, processing, parked or failed",
         )
     })?;
-    let state_wanted: ListedState = serde_json::from_value(json!(status))
+    let state_wanted: ListedState = serde_json::from_value(serde_json::Value::from(status))
         .map_err(|_| ApiError::field("status", "must be queued, processing, parked or failed"))?;
     let patient = params
         .patient_id
@@ -117,10 +128,10 @@ pub(crate) async fn list_events(
                 seq: last.seq,
             })
         });
-    Ok(Json(json!({
-        "events": events.iter().map(event_view).collect::<Vec<_>>(),
-        "next": next,
-    })))
+    Ok(Json(EventPage {
+        events: events.iter().map(EventView::of).collect(),
+        next,
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -136,7 +147,7 @@ async fn act(
     raw_id: &str,
     action: Action,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventView>, ApiError> {
     let event_id =
         EventId::parse_str(raw_id).map_err(|reason| ApiError::field("eventId", reason))?;
     let JsonBody(body) = body;
@@ -163,7 +174,7 @@ async fn act(
                 // The owner learns at its next scan anyway; this is sooner.
                 state.notifier.wake(&event);
             }
-            Ok(Json(event_view(&event)))
+            Ok(Json(EventView::of(&event)))
         }
         ActionOutcome::NotFound => Err(ApiError::NotFound(format!("no event with id {id}"))),
         ActionOutcome::Pruned(_) => Err(ApiError::Conflict(format!(
@@ -172,7 +183,7 @@ async fn act(
         ))),
         ActionOutcome::WrongState(event) => Err(ApiError::Conflict(format!(
             "event {id} is {}; {}",
-            event.api_status(),
+            event.api_status().as_str(),
             match action {
                 Action::Retry => "only failed or parked events can be retried",
                 Action::Skip => "only parked events can be skipped",
@@ -187,12 +198,12 @@ async fn act(
     params(("eventId" = String, Path, description = "The event")),
     request_body(content = Reason, content_type = "application/json"),
     responses(
-        (status = 200, description = "Queued again; its patient's lane will run it", body = super::openapi::EventState),
-        (status = 400, description = "No reason, a body that is not JSON, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
-        super::openapi::OperatorRefusals,
-        super::openapi::JsonBodyRefusals,
-        (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The event is neither failed nor parked", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Queued again; its patient's lane will run it", body = EventView),
+        (status = 400, description = "No reason, a body that is not JSON, or the id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        OperatorRefusals,
+        JsonBodyRefusals,
+        (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The event is neither failed nor parked", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn retry(
@@ -200,7 +211,7 @@ pub(crate) async fn retry(
     Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventView>, ApiError> {
     act(&state, &caller, &raw_id, Action::Retry, body).await
 }
 
@@ -209,12 +220,12 @@ pub(crate) async fn retry(
     params(("eventId" = String, Path, description = "The parked event")),
     request_body(content = Reason, content_type = "application/json"),
     responses(
-        (status = 200, description = "Skipped", body = super::openapi::EventState),
-        (status = 400, description = "No reason, a body that is not JSON, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
-        super::openapi::OperatorRefusals,
-        super::openapi::JsonBodyRefusals,
-        (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The event is not parked", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Skipped", body = EventView),
+        (status = 400, description = "No reason, a body that is not JSON, or the id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        OperatorRefusals,
+        JsonBodyRefusals,
+        (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The event is not parked", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn skip(
@@ -222,7 +233,7 @@ pub(crate) async fn skip(
     Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventView>, ApiError> {
     act(&state, &caller, &raw_id, Action::Skip, body).await
 }
 
@@ -231,12 +242,12 @@ pub(crate) async fn skip(
     params(("eventId" = String, Path, description = "The failed event")),
     request_body(content = Reason, content_type = "application/json"),
     responses(
-        (status = 200, description = "Acknowledged", body = super::openapi::EventState),
-        (status = 400, description = "No reason, a body that is not JSON, or the id is not a UUID", body = super::openapi::Problem, content_type = "application/problem+json"),
-        super::openapi::OperatorRefusals,
-        super::openapi::JsonBodyRefusals,
-        (status = 404, description = "No such event", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The event is not an unacknowledged failure", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Acknowledged", body = EventView),
+        (status = 400, description = "No reason, a body that is not JSON, or the id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        OperatorRefusals,
+        JsonBodyRefusals,
+        (status = 404, description = "No such event", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The event is not an unacknowledged failure", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn acknowledge(
@@ -244,7 +255,7 @@ pub(crate) async fn acknowledge(
     Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventView>, ApiError> {
     act(&state, &caller, &raw_id, Action::Acknowledge, body).await
 }
 
@@ -252,19 +263,21 @@ pub(crate) async fn acknowledge(
 /// unfinished event, per client.
 #[utoipa::path(get, path = "/admin/stats", tag = "operations",
     responses(
-        (status = 200, description = "Figures per client", body = Object),
-        super::openapi::OperatorRefusals,
-        (status = 503, description = "Store unavailable", body = super::openapi::Problem, content_type = "application/problem+json",
+        (status = 200, description = "Figures per client", body = Stats),
+        OperatorRefusals,
+        (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = [])))]
-pub(crate) async fn stats(State(state): State<IngestState>) -> Result<Json<Value>, ApiError> {
-    let per_client = state.intake.store().stats().await?;
-    let clients: serde_json::Map<String, Value> = per_client
-        .into_iter()
-        .map(|(client, stats)| (client, json!(stats)))
-        .collect();
-    Ok(Json(json!({ "clients": clients })))
+pub(crate) async fn stats(State(state): State<IngestState>) -> Result<Json<Stats>, ApiError> {
+    let clients = state.intake.store().stats().await?.into_iter().collect();
+    Ok(Json(Stats { clients }))
+}
+
+/// `GET /admin/stats`: figures per client name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    clients: BTreeMap<String, ClientStats>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,15 +294,15 @@ pub(crate) struct AuditParams {
         ("limit" = Option<i64>, Query, description = "1-1000, default 100"),
     ),
     responses(
-        (status = 200, description = "Audit entries: who, when, what, why, before and after", body = Object),
-        (status = 400, description = "A parameter is invalid", body = super::openapi::Problem, content_type = "application/problem+json"),
-        super::openapi::OperatorRefusals,
+        (status = 200, description = "Audit entries: who, when, what, why, before and after", body = AuditPage),
+        (status = 400, description = "A parameter is invalid", body = Problem, content_type = "application/problem+json"),
+        OperatorRefusals,
     ),
     security(("bearer" = [])))]
 pub(crate) async fn audit(
     State(state): State<IngestState>,
     QueryParams(params): QueryParams<AuditParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let before = params
         .before
         .as_deref()
@@ -304,14 +317,78 @@ pub(crate) async fn audit(
         .then(|| entries.last().and_then(|e| e.get_object_id("_id").ok()))
         .flatten()
         .map(|id| id.to_hex());
-    let entries: Vec<Value> = entries
-        .into_iter()
-        .map(|mut entry| {
-            entry.remove("_id");
-            mongodb::bson::Bson::Document(entry).into_relaxed_extjson()
-        })
-        .collect();
-    Ok(Json(json!({ "entries": entries, "next": next })))
+    let entries = entries.iter().map(AuditEntry::of).collect();
+    Ok(Json(AuditPage { entries, next }))
+}
+
+/// A page of the audit log, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    entries: Vec<AuditEntry>,
+    /// Pass as `before` for the next page; null when this is the last.
+    next: Option<String>,
+}
+
+/// One operator action: who, when, what, on which event, why, and the
+/// event's state before and after.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    #[schema(format = DateTime)]
+    at: String,
+    /// The operator key's name (`ADMIN_API_KEYS`).
+    who: String,
+    /// `retry`, `skip` or `acknowledge`.
+    action: String,
+    #[schema(format = Uuid)]
+    event_id: String,
+    patient_id: String,
+    client: String,
+    why: String,
+    before: AuditState,
+    after: AuditState,
+}
+
+/// An event's state in an audit entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditState {
+    status: String,
+    run: i64,
+    attempts: i64,
+}
+
+impl AuditEntry {
+    fn of(entry: &Document) -> Self {
+        let text = |field: &str| entry.get_str(field).unwrap_or_default().to_owned();
+        let state = |field: &str| {
+            let state = entry.get_document(field).cloned().unwrap_or_default();
+            let number = |name: &str| match state.get(name) {
+                Some(Bson::Int32(n)) => i64::from(*n),
+                Some(Bson::Int64(n)) => *n,
+                _ => 0,
+            };
+            AuditState {
+                status: state.get_str("status").unwrap_or_default().to_owned(),
+                run: number("run"),
+                attempts: number("attempts"),
+            }
+        };
+        Self {
+            at: entry
+                .get_datetime("at")
+                .ok()
+                .and_then(|at| at.try_to_rfc3339_string().ok())
+                .unwrap_or_default(),
+            who: text("who"),
+            action: text("action"),
+            event_id: text("eventId"),
+            patient_id: text("patientId"),
+            client: text("client"),
+            why: text("why"),
+            before: state("before"),
+            after: state("after"),
+        }
+    }
 }
 
 #[cfg(test)]
