@@ -9,6 +9,7 @@ pub mod bucket;
 pub mod config;
 pub mod event;
 pub mod fleet;
+pub mod hl7;
 pub mod http;
 pub mod intake;
 pub mod metrics;
