@@ -1,6 +1,14 @@
 //! HL7 v2 over MLLP, the pure core: no sockets, no database. The ingest
 //! listener and the processor's delivery wire these together.
 
+pub mod charset;
+pub mod message;
 pub mod mllp;
+pub mod refusal;
+pub mod separators;
 
+pub use charset::Charset;
+pub use message::{Header, Hl7Message, NotHl7, Parsed, ReadError, ReadOptions};
 pub use mllp::{DEFAULT_MAX_MESSAGE_BYTES, Frame, MllpCodec, MllpError};
+pub use refusal::{ErrorCode, Location, Refusal, Severity};
+pub use separators::Separators;
