@@ -2,12 +2,17 @@
 //! listener and the processor's delivery wire these together.
 
 pub mod charset;
+pub mod fingerprint;
+pub mod mapping;
 pub mod message;
 pub mod mllp;
 pub mod refusal;
 pub mod separators;
+mod timestamp;
 
 pub use charset::Charset;
+pub use fingerprint::{MessageKey, content_fingerprint, message_key};
+pub use mapping::{MappedMessage, MappingConfig, map_message, version_supported};
 pub use message::{Header, Hl7Message, NotHl7, Parsed, ReadError, ReadOptions};
 pub use mllp::{DEFAULT_MAX_MESSAGE_BYTES, Frame, MllpCodec, MllpError};
 pub use refusal::{ErrorCode, Location, Refusal, Severity};
