@@ -1,6 +1,7 @@
 //! HL7 v2 over MLLP, the pure core: no sockets, no database. The ingest
 //! listener and the processor's delivery wire these together.
 
+pub mod ack;
 pub mod charset;
 pub mod fingerprint;
 pub mod mapping;
@@ -10,6 +11,10 @@ pub mod refusal;
 pub mod separators;
 mod timestamp;
 
+pub use ack::{
+    Ack, AckCode, AckCondition, AckParseError, Outcome, ReceivedAck, ack_code, ack_wanted,
+    build_ack, build_unreadable_ack, new_control_id, parse_ack,
+};
 pub use charset::Charset;
 pub use fingerprint::{MessageKey, content_fingerprint, message_key};
 pub use mapping::{MappedMessage, MappingConfig, map_message, version_supported};
