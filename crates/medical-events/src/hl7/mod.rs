@@ -2,6 +2,7 @@
 //! listener and the processor's delivery wire these together.
 
 pub mod ack;
+pub mod batch;
 pub mod charset;
 pub mod fingerprint;
 pub mod mapping;
@@ -15,6 +16,7 @@ pub use ack::{
     Ack, AckCode, AckCondition, AckParseError, Outcome, ReceivedAck, ack_code, ack_wanted,
     build_ack, build_unreadable_ack, new_control_id, parse_ack,
 };
+pub use batch::{Batch, BatchError, split_batch};
 pub use charset::Charset;
 pub use fingerprint::{MessageKey, content_fingerprint, message_key};
 pub use mapping::{MappedMessage, MappingConfig, map_message, version_supported};
