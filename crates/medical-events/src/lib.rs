@@ -11,6 +11,7 @@
 //! | [`ingest`] | ingest | its routes (events, timelines, the outcome stream, the operator API), the nudges to the processor, building and running it |
 //! | [`processor`] | processor | its routes (`/queue`), the fleet (sessions, leases, epochs, balancing, the change stream), the per-patient lanes, the worker, the handlers (simulated work, delivery), building and running it |
 //! | [`event`] | both | an event and its validation |
+//! | [`hl7`] | both | HL7 v2 over MLLP: framing, reading (charsets, escapes), mapping a message to an event, duplicate keys, ACKs |
 //! | [`store`] | both | MongoDB: indexes, query shapes, intake writes, the fenced lifecycle, sweeps, operator actions, retention, outcomes |
 //! | [`intake`] | both | accepting an event: the per-patient lock, the write within the request's time limit (ingest's `POST /events`, the processor's `POST /queue`) |
 //! | [`http`] | both | problem+json, body extraction, limits, connection hygiene, health, OpenAPI roots |
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod bucket;
 pub mod config;
 pub mod event;
+pub mod hl7;
 pub mod http;
 pub mod ingest;
 pub mod intake;
