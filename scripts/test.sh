@@ -34,7 +34,7 @@ step "tests (Python server)"
 # 100,000 waiting patients (its batches, not the plan, are what the Python
 # server is slow at; the plan is checked on both). The protocol model
 # (crates/protocol-model) runs here with the rest of the workspace.
-heavy='binary(fleet) | binary(database_time) | test(never_reads) | test(recovery_finds_100000)'
+heavy='test(/^fleet::/) | test(/^database_time::/) | test(never_reads) | test(recovery_finds_100000)'
 cargo nextest run --workspace --locked --no-fail-fast -E "not ($heavy)"
 
 step "query plans, the fleet and 20,000 events on the compiled server (the one make run uses)"
@@ -43,7 +43,7 @@ rm -rf target/test-mongo/compiled-data
 scripts/start-mongo.sh "$compiled_port" target/test-mongo/compiled-data target/test-mongo/compiled.pid \
     target/test-mongo/compiled.log compiled
 TEST_MONGO_URI="mongodb://127.0.0.1:$compiled_port" cargo nextest run --workspace --locked \
-    --no-fail-fast -E "binary(query_plans) | $heavy"
+    --no-fail-fast -E "test(/^query_plans::/) | $heavy"
 kill "$(cat target/test-mongo/compiled.pid)" 2>/dev/null || true
 
 step "load smoke (k6, 10 s)"

@@ -1,5 +1,5 @@
 //! The hot queries, as data: each is built here once and used both by the
-//! store and by the plan test (`tests/query_plans.rs`), which runs `explain`
+//! store and by the plan test (`tests/e2e/query_plans.rs`), which runs `explain`
 //! on every one against the test server and fails on a collection scan or on
 //! an in-memory sort over more than one patient's documents.
 //!

@@ -91,10 +91,6 @@ impl Service {
         self.child.as_ref().map(Child::id)
     }
 
-    pub fn log_path(&self) -> &PathBuf {
-        &self.log
-    }
-
     fn spawn(&mut self) {
         self.log_offset = self.read_log().len();
         let log = File::options()

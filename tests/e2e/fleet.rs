@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::checks::Db;
-use e2e::fault_proxy::{Fault, FaultProxy, field_is};
-use e2e::sink::Sink;
-use e2e::{
+use crate::support::checks::Db;
+use crate::support::fault_proxy::{Fault, FaultProxy, field_is};
+use crate::support::sink::Sink;
+use crate::support::{
     Service, event_body, fresh_database_uri, ingest_env, post_until_accepted, processor_env,
     wait_until,
 };
@@ -126,7 +126,7 @@ async fn send_until(
     pace: Duration,
     stop: Arc<AtomicBool>,
 ) -> Vec<(String, Vec<String>)> {
-    let client = e2e::client();
+    let client = crate::support::client();
     join_all((0..patients).map(|p| {
         let client = client.clone();
         let ingests = ingests.clone();
@@ -581,7 +581,7 @@ async fn a_hand_over_whose_release_write_fails_does_not_orphan_the_bucket() {
             break;
         }
     }
-    let client = e2e::client();
+    let client = crate::support::client();
     for patient in &patients {
         post_until_accepted(&client, &ingest.url(), &event_body(patient, 0), patient).await;
     }
@@ -604,7 +604,7 @@ async fn a_processor_whose_clock_is_hours_ahead_leaves_without_ending_live_sessi
     let env = fleet_env(&uri, &sink);
     let steady = Service::start("processor", &env).await;
     let mut ahead_env = env.clone();
-    ahead_env.extend(e2e::faketime("+2h", false));
+    ahead_env.extend(crate::support::faketime("+2h", false));
     let mut ahead = Service::start("processor", &ahead_env).await;
     wait_balanced(&db, 2).await;
     let live = session_of(&db, &steady).await;
@@ -638,7 +638,7 @@ async fn after_the_leases_are_recreated_an_operator_retry_of_an_old_failure_runs
     let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
     sink.refuse(|body| body["patientId"] == "old-p");
     let id = post_until_accepted(
-        &e2e::client(),
+        &crate::support::client(),
         &ingest.url(),
         &event_body("old-p", 0),
         "o-0",
@@ -659,7 +659,7 @@ async fn after_the_leases_are_recreated_an_operator_retry_of_an_old_failure_runs
     let _processor = Service::start("processor", &env).await;
     wait_balanced(&db, 1).await;
     sink.accept_all();
-    let retried = e2e::admin_client()
+    let retried = crate::support::admin_client()
         .post(format!("{}/admin/events/{id}/retry", ingest.url()))
         .json(&serde_json::json!({ "reason": "the lab system is fixed" }))
         .send()
@@ -695,9 +695,9 @@ async fn after_the_leases_are_recreated_an_operator_retry_of_an_old_failure_runs
 
 /// The deliveries of `sink` whose patient is in `buckets`.
 fn deliveries_in(
-    deliveries: Vec<e2e::sink::Delivery>,
+    deliveries: Vec<crate::support::sink::Delivery>,
     buckets: &HashSet<i32>,
-) -> Vec<e2e::sink::Delivery> {
+) -> Vec<crate::support::sink::Delivery> {
     deliveries
         .into_iter()
         .filter(|d| buckets.contains(&medical_events::bucket::of(&d.patient)))
@@ -803,6 +803,16 @@ async fn a_fleet_on_a_slow_token_enforcing_downstream_through_a_join_a_restart_a
         );
     }
     sink.assert_accepted_in_order(&in_hand_at_pause);
+    for delivery in sink.all() {
+        assert_eq!(
+            delivery.idempotency_key, delivery.event_id,
+            "every delivery carries its eventId as Idempotency-Key"
+        );
+        assert!(
+            delivery.token.is_some(),
+            "every delivery carries a fencing token"
+        );
+    }
 }
 
 /// Issue 13, holes 6 and 7: a processor whose clock runs at half speed and
@@ -817,7 +827,7 @@ async fn a_processor_with_a_slow_clock_starts_nothing_after_its_buckets_were_tak
     let sink = Sink::enforcing(Duration::from_millis(300)).await;
     let proxy = FaultProxy::start_for_shared().await;
     let mut slow_env = fleet_env(&proxy.uri(&database), &sink);
-    slow_env.extend(e2e::faketime("+0 x0.5", true));
+    slow_env.extend(crate::support::faketime("+0 x0.5", true));
     let slow = Service::start("processor", &slow_env).await;
     wait_balanced(&db, 1).await;
     let steady = Service::start("processor", &fleet_env(&uri, &sink)).await;
@@ -861,7 +871,7 @@ async fn a_processor_with_a_slow_clock_starts_nothing_after_its_buckets_were_tak
     sink.assert_accepted_in_order(&started_before);
     let late: Vec<_> = deliveries_in(sink.all(), &slow_buckets)
         .into_iter()
-        .filter(|d| d.started > taken_over_at && d.verdict == e2e::sink::Verdict::Stale)
+        .filter(|d| d.started > taken_over_at && d.verdict == crate::support::sink::Verdict::Stale)
         .collect();
     assert!(
         late.is_empty(),

@@ -1,8 +1,8 @@
 //! The ingest API's contract at the edge: every bad input is a 4xx
 //! problem+json naming what is wrong, and nothing is stored for it.
 
-use e2e::checks::Db;
-use e2e::{InProcessIngest, fresh_database_uri};
+use crate::support::checks::Db;
+use crate::support::{InProcessIngest, fresh_database_uri};
 use mongodb::bson::doc;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -89,7 +89,7 @@ fn rejected_cases() -> Vec<Case> {
 async fn every_invalid_event_is_a_400_naming_the_field_and_nothing_is_stored() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let cases = rejected_cases();
     assert!(cases.len() >= 30);
     for case in &cases {
@@ -138,7 +138,7 @@ async fn every_invalid_event_is_a_400_naming_the_field_and_nothing_is_stored() {
 #[tokio::test]
 async fn all_broken_rules_are_reported_at_once() {
     let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;
-    let response = e2e::client()
+    let response = crate::support::client()
         .post(format!("{}/events", ingest.url))
         .json(&json!({ "patientId": "", "type": 1, "data": [], "extra": true }))
         .send()
@@ -160,7 +160,7 @@ async fn all_broken_rules_are_reported_at_once() {
 async fn edge_values_that_are_valid_are_accepted_and_normalized() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let accepted = [
         with("patientId", json!("p".repeat(128))),
         with("patientId", json!("Ünïcødé-患者")),
@@ -202,7 +202,7 @@ async fn edge_values_that_are_valid_are_accepted_and_normalized() {
 async fn accepted_event_answers_202_with_its_id_and_location() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let response = e2e::client()
+    let response = crate::support::client()
         .post(format!("{}/events", ingest.url))
         .json(&valid())
         .send()
@@ -226,7 +226,7 @@ async fn accepted_event_answers_202_with_its_id_and_location() {
     assert_eq!(stored[0].get_i64("seq").unwrap(), 1);
     assert_eq!(stored[0].get_str("ts").unwrap(), "2025-10-01T12:00:00.000Z");
 
-    let status: Value = e2e::client()
+    let status: Value = crate::support::client()
         .get(format!("{}{location}", ingest.url))
         .send()
         .await
@@ -246,7 +246,7 @@ async fn accepted_event_answers_202_with_its_id_and_location() {
 #[tokio::test]
 async fn transport_level_errors_are_problem_json_too() {
     let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let url = format!("{}/events", ingest.url);
 
     let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode)> = vec![
@@ -288,7 +288,7 @@ async fn transport_level_errors_are_problem_json_too() {
 #[tokio::test]
 async fn health_and_readiness() {
     let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;
-    let health: Value = e2e::client()
+    let health: Value = crate::support::client()
         .get(format!("{}/health", ingest.url))
         .send()
         .await
@@ -297,7 +297,7 @@ async fn health_and_readiness() {
         .await
         .unwrap();
     assert_eq!(health, json!({"status": "ok", "service": "ingest-service"}));
-    let ready = e2e::client()
+    let ready = crate::support::client()
         .get(format!("{}/ready", ingest.url))
         .send()
         .await
@@ -463,7 +463,7 @@ async fn a_keep_alive_client_is_told_when_an_early_answer_closes_the_connection(
     let cases: [(&str, Option<&str>, &str, &str, u16); 5] = [
         (
             "a body over 1 MiB",
-            Some(e2e::API_KEY),
+            Some(crate::support::API_KEY),
             "application/json",
             &large,
             413,
@@ -484,14 +484,14 @@ async fn a_keep_alive_client_is_told_when_an_early_answer_closes_the_connection(
         ),
         (
             "text/plain, large body",
-            Some(e2e::API_KEY),
+            Some(crate::support::API_KEY),
             "text/plain",
             &large,
             415,
         ),
         (
             "text/plain, small body",
-            Some(e2e::API_KEY),
+            Some(crate::support::API_KEY),
             "text/plain",
             &small,
             415,
@@ -524,7 +524,11 @@ async fn a_keep_alive_client_is_told_when_an_early_answer_closes_the_connection(
         let event = json!({"patientId": format!("p-next-{n}"), "type": "t",
             "ts": "2025-10-01T12:00:00Z", "data": {}})
         .to_string();
-        let head = post_head(Some(e2e::API_KEY), "application/json", event.len());
+        let head = post_head(
+            Some(crate::support::API_KEY),
+            "application/json",
+            event.len(),
+        );
         let next = exchange(&mut stream, &head, event.as_bytes())
             .await
             .unwrap_or_else(|| {

@@ -11,9 +11,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::checks::Db;
-use e2e::sink::Sink;
-use e2e::{Service, fresh_database_uri, ingest_env, processor_client, processor_env, wait_until};
+use crate::support::checks::Db;
+use crate::support::sink::Sink;
+use crate::support::{
+    Service, fresh_database_uri, ingest_env, processor_client, processor_env, wait_until,
+};
 use mongodb::bson::doc;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -50,7 +52,7 @@ async fn start_services(
     env.push(("DELIVERY_URL", sink.url.clone()));
     env.extend(extra.iter().cloned());
     let processor = Service::start("processor", &env).await;
-    e2e::wait_for_leases(&processor.url(), 256).await;
+    crate::support::wait_for_leases(&processor.url(), 256).await;
     let mut env = ingest_env(uri, &processor.url());
     env.extend(extra.iter().cloned());
     let ingest = Service::start("ingest", &env).await;
@@ -88,7 +90,7 @@ async fn patient_ids_and_clinical_data_never_reach_the_logs() {
                 .insert(body["eventId"].as_str().unwrap_or_default().to_owned())
     });
     let (processor, ingest) = start_services(&uri, &sink, &[]).await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let events = format!("{}/events", ingest.url());
     let mut accepted = HashSet::new();
     for (p, patient) in PATIENTS.iter().enumerate() {
@@ -212,7 +214,7 @@ async fn with_log_patient_id_plain_the_raw_id_is_logged() {
     let sink = Sink::start(Duration::from_millis(5)).await;
     let plain = [("LOG_PATIENT_ID", "plain".to_owned())];
     let (processor, ingest) = start_services(&uri, &sink, &plain).await;
-    let response = e2e::client()
+    let response = crate::support::client()
         .post(format!("{}/events", ingest.url()))
         .json(&clinical_event(PATIENTS[0], 1))
         .send()

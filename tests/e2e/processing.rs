@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::checks::Db;
-use e2e::fault_proxy::{Fault, FaultProxy};
-use e2e::{event_body, fresh_database_uri, wait_until};
+use crate::support::checks::Db;
+use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::{event_body, fresh_database_uri, wait_until};
 use medical_events::event::{EventId, NewEvent};
 use medical_events::processor::processing::{EventHandler, HandlerError};
 use medical_events::processor::scheduler::LaneConfig;
@@ -94,7 +94,7 @@ async fn enqueue(store: &Store, patient: &str, n: usize) -> String {
     let submission = Submission {
         event: &event,
         event_id: EventId::new_time_ordered(),
-        client: e2e::CLIENT,
+        client: crate::support::CLIENT,
         key: None,
         deduplicate: false,
         traceparent: None,
@@ -526,13 +526,15 @@ async fn store_through(proxy: &FaultProxy, uri: &str) -> Store {
 }
 
 /// A `find` of one event by its id (a read-back), not a queue scan.
-fn find_by_id() -> Option<e2e::fault_proxy::Predicate> {
-    Some(Arc::new(|command: &e2e::fault_proxy::Command| {
-        command
-            .body
-            .get_document("filter")
-            .is_ok_and(|filter| filter.contains_key("_id"))
-    }))
+fn find_by_id() -> Option<crate::support::fault_proxy::Predicate> {
+    Some(Arc::new(
+        |command: &crate::support::fault_proxy::Command| {
+            command
+                .body
+                .get_document("filter")
+                .is_ok_and(|filter| filter.contains_key("_id"))
+        },
+    ))
 }
 
 /// Issue 13, hole 3: the claim's reply is lost and so is the read-back that

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use e2e::checks::Db;
-use e2e::{
+use crate::support::checks::Db;
+use crate::support::{
     Service, event_body, fresh_database_uri, ingest_env, post_until_accepted, processor_env,
 };
 use futures_util::StreamExt;
@@ -26,7 +26,7 @@ struct Message {
 /// if given). The headers have come when this returns: the server has
 /// subscribed to the live outcomes by then.
 async fn connect(url: &str, last: Option<&str>, key: &str) -> reqwest::Response {
-    let mut request = e2e::client_with_token(key)
+    let mut request = crate::support::client_with_token(key)
         .build()
         .unwrap()
         .get(format!("{url}/events/stream"));
@@ -52,7 +52,12 @@ async fn read_messages(
     count: usize,
     timeout: Duration,
 ) -> Vec<Message> {
-    read(connect(url, last, e2e::API_KEY).await, count, timeout).await
+    read(
+        connect(url, last, crate::support::API_KEY).await,
+        count,
+        timeout,
+    )
+    .await
 }
 
 /// Reads `count` `outcome` messages from an open stream, failing after `timeout`.
@@ -102,7 +107,7 @@ fn seqs_of(messages: &[Message], patient: &str) -> Vec<i64> {
 async fn stack(uri: &str, processing: (u64, u64)) -> (Service, Service) {
     let processor =
         Service::start("processor", &processor_env(uri, processing.0, processing.1)).await;
-    e2e::wait_for_leases(&processor.url(), 256).await;
+    crate::support::wait_for_leases(&processor.url(), 256).await;
     let ingest = Service::start("ingest", &ingest_env(uri, &processor.url())).await;
     (processor, ingest)
 }
@@ -112,9 +117,9 @@ async fn a_listener_gets_every_outcome_in_patient_order_and_resumes_where_it_lef
     let uri = fresh_database_uri();
     let (_processor, ingest) = stack(&uri, (20, 40)).await;
     let url = ingest.url();
-    let listening = connect(&url, None, e2e::API_KEY).await;
+    let listening = connect(&url, None, crate::support::API_KEY).await;
     let listener = tokio::spawn(read(listening, 10, Duration::from_secs(60)));
-    let client = e2e::client();
+    let client = crate::support::client();
     let mut sent = Vec::new();
     for n in 0..5 {
         for patient in ["stream-a", "stream-b"] {
@@ -165,7 +170,7 @@ async fn a_listener_gets_every_outcome_in_patient_order_and_resumes_where_it_lef
     // A last id past everything recorded replays nothing: the next message
     // is a new outcome.
     let future = format!("{}-{}", now_millis() + 60_000, sent[0]);
-    let after = connect(&url, Some(&future), e2e::API_KEY).await;
+    let after = connect(&url, Some(&future), crate::support::API_KEY).await;
     let after = tokio::spawn(read(after, 1, Duration::from_secs(30)));
     let newest = post_until_accepted(&client, &url, &event_body("stream-a", 5), "stream-a-5").await;
     let after = after.await.unwrap();
@@ -210,7 +215,7 @@ async fn a_replay_longer_than_the_buffer_and_a_query_page_arrives_whole() {
     // pages end inside a millisecond, with another client's in between.
     let start = now_millis() - 60_000;
     let ours: Vec<ProcessedEvent> = (0..1_300)
-        .map(|n| recorded(e2e::CLIENT, start + n / 3, n))
+        .map(|n| recorded(crate::support::CLIENT, start + n / 3, n))
         .collect();
     let theirs: Vec<ProcessedEvent> = (0..300)
         .map(|n| recorded("other-client", start + n, n))
@@ -249,7 +254,7 @@ async fn a_replay_longer_than_the_buffer_and_a_query_page_arrives_whole() {
     );
     // An operator's replay has both clients' outcomes.
     let all = read(
-        connect(&ingest.url(), Some(&last), e2e::ADMIN_KEY).await,
+        connect(&ingest.url(), Some(&last), crate::support::ADMIN_KEY).await,
         ours.len() + theirs.len(),
         Duration::from_secs(60),
     )
@@ -262,13 +267,13 @@ async fn a_replay_longer_than_the_buffer_and_a_query_page_arrives_whole() {
     );
     // Live, too, a client sees only its own: another client's outcome
     // recorded first does not come before this client's.
-    let live = connect(&ingest.url(), None, e2e::API_KEY).await;
+    let live = connect(&ingest.url(), None, crate::support::API_KEY).await;
     let now = now_millis();
     outcomes
         .insert_one(recorded("other-client", now, 1))
         .await
         .unwrap();
-    let own = recorded(e2e::CLIENT, now + 1, 2);
+    let own = recorded(crate::support::CLIENT, now + 1, 2);
     outcomes.insert_one(&own).await.unwrap();
     let next = read(live, 1, Duration::from_secs(30)).await;
     assert_eq!(next[0].data["eventId"], own.event_id.as_str());
@@ -307,7 +312,7 @@ async fn a_listener_that_never_reads_is_cut_off_and_memory_stays_flat() {
         .write_all(
             format!(
                 "GET /events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-                e2e::API_KEY
+                crate::support::API_KEY
             )
             .as_bytes(),
         )
@@ -316,7 +321,7 @@ async fn a_listener_that_never_reads_is_cut_off_and_memory_stays_flat() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = ingest.pid().unwrap();
     let before = rss_kb(pid);
-    let client = e2e::client();
+    let client = crate::support::client();
     // More than the kernel buffers between the two sockets (about 1-4 MB on
     // loopback): only then does the server's own buffer fill up.
     let total = 20_000;
@@ -332,7 +337,7 @@ async fn a_listener_that_never_reads_is_cut_off_and_memory_stays_flat() {
         })
         .await;
     let db = Db::connect(&uri).await;
-    e2e::wait_until(Duration::from_secs(300), "every outcome", || async {
+    crate::support::wait_until(Duration::from_secs(300), "every outcome", || async {
         db.processed_count().await == total as u64
     })
     .await;
@@ -355,7 +360,7 @@ async fn a_listener_that_never_reads_is_cut_off_and_memory_stays_flat() {
         }
     })
     .await;
-    let metrics = e2e::scrape(&ingest.metrics_url()).await;
+    let metrics = crate::support::scrape(&ingest.metrics_url()).await;
     let stream_metrics: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("outcome_stream"))

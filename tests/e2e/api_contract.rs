@@ -1,7 +1,7 @@
 //! The committed OpenAPI documents are exactly what the code generates and
 //! serves (regenerate with scripts/update-openapi.sh).
 
-use e2e::{InProcessIngest, fresh_database_uri, repo_root};
+use crate::support::{InProcessIngest, fresh_database_uri, repo_root};
 use serde_json::Value;
 
 fn committed(name: &str) -> String {
@@ -10,7 +10,10 @@ fn committed(name: &str) -> String {
 }
 
 fn generated(binary: &str) -> String {
-    let dir = e2e::binary_path("ingest").parent().unwrap().to_path_buf();
+    let dir = crate::support::binary_path("ingest")
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let output = std::process::Command::new(dir.join(binary))
         .arg("openapi")
         .output()

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use e2e::{
+use crate::support::{
     InProcessIngest, Service, event_body, fresh_database_uri, ingest_env, post_until_accepted,
     processor_env, scrape,
 };
@@ -31,7 +31,7 @@ async fn ingest_counts_accepted_and_rejected_requests() {
     let before = scrape(&metrics).await;
     assert_eq!(sample(&before, "events_accepted_total", &[]), None);
 
-    let client = e2e::client();
+    let client = crate::support::client();
     let url = format!("{}/events", ingest.url);
     for n in 0..2 {
         client
@@ -97,7 +97,7 @@ async fn the_processor_reports_outcomes_durations_backlog_and_lanes() {
     let uri = fresh_database_uri();
     let processor = Service::start("processor", &processor_env(&uri, 20, 40)).await;
     let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
-    let client = e2e::client();
+    let client = crate::support::client();
     for n in 0..3 {
         post_until_accepted(
             &client,
@@ -152,7 +152,7 @@ async fn the_callers_trace_id_reaches_the_processors_log_lines() {
     let processor = Service::start("processor", &processor_env(&uri, 10, 20)).await;
     let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let response = e2e::client()
+    let response = crate::support::client()
         .post(format!("{}/events", ingest.url()))
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .json(&serde_json::json!({
@@ -244,7 +244,7 @@ async fn spans_are_exported_over_otlp_under_the_callers_trace_id() {
     let ingest = Service::start("ingest", &env).await;
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let response = e2e::client()
+    let response = crate::support::client()
         .post(format!("{}/events", ingest.url()))
         .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
         .json(&event_body("p-otlp", 1))

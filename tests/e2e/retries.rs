@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
-use e2e::checks::Db;
-use e2e::fault_proxy::{Fault, FaultProxy};
-use e2e::{API_KEY, Answer, CLIENT, InProcessIngest, fresh_database_uri, post_event};
+use crate::support::checks::Db;
+use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::{API_KEY, Answer, CLIENT, InProcessIngest, fresh_database_uri, post_event};
 use medical_events::auth::{Access, Credential};
 use mongodb::bson::{Document, doc};
 use reqwest::StatusCode;
@@ -63,7 +63,7 @@ async fn insert_held_past_its_deadline(
     key: Option<&str>,
     release_after: Option<Duration>,
 ) -> (Answer, Answer, Vec<String>) {
-    let upstream = e2e::shared_mongo()
+    let upstream = crate::support::shared_mongo()
         .trim_start_matches("mongodb://")
         .to_owned();
     let proxy = FaultProxy::start(upstream).await;
@@ -77,8 +77,8 @@ async fn insert_held_past_its_deadline(
     );
     config.mongo.timeout = MONGO_TIMEOUT;
     let ingest = InProcessIngest::start_with(config).await;
-    let db = Db::connect(&format!("{}/{database}", e2e::shared_mongo())).await;
-    let client = e2e::client_with_token(API_KEY)
+    let db = Db::connect(&format!("{}/{database}", crate::support::shared_mongo())).await;
+    let client = crate::support::client_with_token(API_KEY)
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -190,7 +190,7 @@ async fn an_insert_released_while_ingest_settles_it_is_answered_as_stored_or_unk
 async fn the_same_body_again_within_the_window_is_the_same_event() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let first = post_event(&client, &ingest.url, &event("p-dup"), None).await;
     let again = post_event(&client, &ingest.url, &event("p-dup"), None).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
@@ -214,7 +214,7 @@ async fn after_the_window_the_same_body_is_a_new_event() {
     let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
     config.intake.dedup_window = Duration::from_secs(1); // DEDUP_WINDOW_S=1
     let ingest = InProcessIngest::start_with(config).await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let first = post_event(&client, &ingest.url, &event("p-window"), None).await;
     let within = post_event(&client, &ingest.url, &event("p-window"), None).await;
     assert!(within.replayed);
@@ -244,8 +244,16 @@ async fn the_same_body_from_two_clients_is_two_events() {
         Credential::named("other-lab", other_key),
     ]);
     let ingest = InProcessIngest::start_with(config).await;
-    let mine = post_event(&e2e::client(), &ingest.url, &event("p-shared"), None).await;
-    let other_client = e2e::client_with_token(other_key).build().unwrap();
+    let mine = post_event(
+        &crate::support::client(),
+        &ingest.url,
+        &event("p-shared"),
+        None,
+    )
+    .await;
+    let other_client = crate::support::client_with_token(other_key)
+        .build()
+        .unwrap();
     let theirs = post_event(&other_client, &ingest.url, &event("p-shared"), None).await;
     assert_eq!(mine.status, StatusCode::ACCEPTED);
     assert_eq!(theirs.status, StatusCode::ACCEPTED);
@@ -266,7 +274,7 @@ async fn a_window_of_zero_turns_deduplication_off() {
     let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
     config.intake.dedup_window = Duration::ZERO; // DEDUP_WINDOW_S=0
     let ingest = InProcessIngest::start_with(config).await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let first = post_event(&client, &ingest.url, &event("p-nodedup"), None).await;
     let second = post_event(&client, &ingest.url, &event("p-nodedup"), None).await;
     assert!(!second.replayed);
@@ -307,8 +315,8 @@ async fn a_database_slower_than_the_request_timeout_never_gets_a_false_nothing_s
     config.mongo.timeout = Duration::from_millis(400);
     config.limits.request_timeout = Duration::from_secs(3);
     let ingest = InProcessIngest::start_with(config).await;
-    let db = Db::connect(&format!("{}/{database}", e2e::shared_mongo())).await;
-    let client = e2e::client_with_token(API_KEY)
+    let db = Db::connect(&format!("{}/{database}", crate::support::shared_mongo())).await;
+    let client = crate::support::client_with_token(API_KEY)
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -341,7 +349,7 @@ async fn a_database_slower_than_the_request_timeout_never_gets_a_false_nothing_s
         let stored = db
             .count(
                 "queued_events",
-                doc! { "intakeKey": format!("k:{}:{key}", e2e::CLIENT) },
+                doc! { "intakeKey": format!("k:{}:{key}", crate::support::CLIENT) },
             )
             .await;
         seen.push((answer.status.as_u16(), answer.body["type"].clone(), stored));
@@ -360,5 +368,43 @@ async fn a_database_slower_than_the_request_timeout_never_gets_a_false_nothing_s
     assert!(
         false_answers.is_empty(),
         "told 'nothing stored' for stored events: {false_answers:?}"
+    );
+}
+
+/// An insert whose answer comes back after its time limit (the database
+/// applied it, the reply was slow): the read that settles it finds the event,
+/// and the client gets its `202`, once.
+#[tokio::test]
+async fn an_insert_answered_after_its_time_limit_is_settled_by_a_read() {
+    let proxy = FaultProxy::start_for_shared().await;
+    let database = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut config = InProcessIngest::config(&proxy.uri(&database), "http://127.0.0.1:9");
+    config.mongo.timeout = MONGO_TIMEOUT;
+    let ingest = InProcessIngest::start_with(config).await;
+    let db = Db::connect(&format!("{}/{database}", crate::support::shared_mongo())).await;
+    let client = crate::support::client_with_token(API_KEY)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let first = post_event(&client, &ingest.url, &event("p-late"), Some("late-0")).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let late = proxy.on_next(
+        "insert",
+        "queued_events",
+        Fault::DelayReply(MONGO_TIMEOUT * 3),
+        1,
+    );
+    let mut body = event("p-late");
+    body["data"]["value"] = json!(2);
+    let answer = post_event(&client, &ingest.url, &body, Some("late-1")).await;
+    assert_eq!(proxy.hits(late), 1, "the insert's reply was delayed");
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    assert_eq!(
+        db.count(
+            "queued_events",
+            doc! { "intakeKey": format!("k:{CLIENT}:late-1") }
+        )
+        .await,
+        1
     );
 }

@@ -4,8 +4,8 @@
 
 use std::collections::HashSet;
 
-use e2e::checks::Db;
-use e2e::{InProcessIngest, event_body, fresh_database_uri};
+use crate::support::checks::Db;
+use crate::support::{InProcessIngest, event_body, fresh_database_uri};
 use futures_util::future::join_all;
 use mongodb::bson::doc;
 use reqwest::StatusCode;
@@ -42,7 +42,7 @@ async fn seqs_of(db: &Db, patient: &str) -> Vec<i64> {
 async fn fifty_concurrent_posts_for_one_patient_get_consecutive_sequence_numbers() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let results = join_all((0..50).map(|n| {
         let client = client.clone();
         let url = ingest.url.clone();
@@ -66,7 +66,7 @@ async fn two_ingest_instances_share_one_gapless_sequence_per_patient() {
     let uri = fresh_database_uri();
     let first = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
     let second = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let results = join_all((0..40).map(|n| {
         let client = client.clone();
         let url = if n % 2 == 0 {
@@ -98,7 +98,7 @@ async fn two_ingest_instances_share_one_gapless_sequence_per_patient() {
 async fn sequence_follows_the_order_of_the_202s() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let mut ids = Vec::new();
     for n in 0..5 {
         let (_, body) = post(&client, &ingest.url, &event_body("ordered", n), None).await;
@@ -122,7 +122,7 @@ async fn sequence_follows_the_order_of_the_202s() {
 async fn a_retry_with_the_same_key_and_payload_returns_the_same_event() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let body = json!({
         "patientId": "p-1", "type": "vitals", "ts": "2025-10-01T14:00:00+02:00",
         "data": { "hr": 72, "bp": { "sys": 120, "dia": 80 } },
@@ -151,7 +151,7 @@ async fn a_retry_with_the_same_key_and_payload_returns_the_same_event() {
 async fn the_same_key_with_a_different_payload_is_422_and_stores_nothing() {
     let uri = fresh_database_uri();
     let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let (status, _) = post(&client, &ingest.url, &event_body("p-1", 1), Some("k")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let (status, problem) = post(&client, &ingest.url, &event_body("p-1", 2), Some("k")).await;
@@ -171,7 +171,7 @@ async fn concurrent_requests_with_one_key_create_exactly_one_event() {
     let uri = fresh_database_uri();
     let first = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
     let second = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let body = event_body("p-concurrent", 1);
     let results = join_all((0..20).map(|n| {
         let client = client.clone();

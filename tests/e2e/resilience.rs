@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use e2e::checks::Db;
-use e2e::fault_proxy::FaultProxy;
-use e2e::{
+use crate::support::checks::Db;
+use crate::support::fault_proxy::FaultProxy;
+use crate::support::{
     MongoServer, Service, event_body, fresh_database_uri, ingest_env, post_until_accepted,
     processor_env, wait_until,
 };
@@ -33,7 +33,7 @@ async fn send_round(
     patients: usize,
     per_patient: usize,
 ) -> Vec<(String, Vec<String>)> {
-    let client = e2e::client();
+    let client = crate::support::client();
     join_all((0..patients).map(|p| {
         let client = client.clone();
         let url = url.to_owned();
@@ -108,7 +108,7 @@ async fn processor_killed_with_sigkill_mid_run_loses_and_duplicates_nothing() {
 #[tokio::test]
 async fn events_accepted_while_the_processor_is_down_are_all_processed_after_it_starts() {
     let uri = fresh_database_uri();
-    let processor_port_url = format!("http://127.0.0.1:{}", e2e::free_port());
+    let processor_port_url = format!("http://127.0.0.1:{}", crate::support::free_port());
     let ingest = Service::start("ingest", &ingest_env(&uri, &processor_port_url)).await;
     let accepted = send_load(&ingest.url(), "offline", 10, 10).await;
     let db = Db::connect(&uri).await;
@@ -156,7 +156,7 @@ async fn mongodb_outage_gives_503_then_everything_recovers() {
     let mut env = ingest_env(&uri, &processor.url());
     env.push(("MONGO_TIMEOUT_MS", "500".to_owned()));
     let ingest = Service::start("ingest", &env).await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let before = send_load(&ingest.url(), "outage", 3, 3).await;
 
     mongo.stop();
@@ -275,7 +275,7 @@ async fn sigterm_past_the_grace_period_hands_the_event_back() {
 
 #[tokio::test]
 async fn a_database_that_stops_answering_gives_503_not_a_hang() {
-    let upstream = e2e::shared_mongo()
+    let upstream = crate::support::shared_mongo()
         .trim_start_matches("mongodb://")
         .to_owned();
     let proxy = FaultProxy::start(upstream).await;
@@ -284,10 +284,10 @@ async fn a_database_that_stops_answering_gives_503_not_a_hang() {
         "mongodb://127.0.0.1:{}/{database}?directConnection=true",
         proxy.port
     );
-    let mut config = e2e::InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    let mut config = crate::support::InProcessIngest::config(&uri, "http://127.0.0.1:9");
     config.mongo.timeout = Duration::from_millis(500);
-    let ingest = e2e::InProcessIngest::start_with(config).await;
-    let client = e2e::client_with_token(e2e::API_KEY)
+    let ingest = crate::support::InProcessIngest::start_with(config).await;
+    let client = crate::support::client_with_token(crate::support::API_KEY)
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();

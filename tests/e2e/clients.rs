@@ -10,8 +10,8 @@
 
 use std::collections::HashSet;
 
-use e2e::checks::Db;
-use e2e::{ADMIN_KEY, InProcessIngest, fresh_database_uri, post_event};
+use crate::support::checks::Db;
+use crate::support::{ADMIN_KEY, InProcessIngest, fresh_database_uri, post_event};
 use futures_util::future::join_all;
 use medical_events::auth::{Access, Credential};
 use mongodb::bson::Document;
@@ -32,7 +32,7 @@ async fn ingest_for_two_labs(uri: &str) -> InProcessIngest {
 }
 
 fn as_client(key: &str) -> reqwest::Client {
-    e2e::client_with_token(key).build().unwrap()
+    crate::support::client_with_token(key).build().unwrap()
 }
 
 fn event(patient: &str, value: f64) -> Value {

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use e2e::checks::Db;
-use e2e::fault_proxy::{Fault, FaultProxy, mentions};
-use e2e::sink::Sink;
-use e2e::{
+use crate::support::checks::Db;
+use crate::support::fault_proxy::{Fault, FaultProxy, mentions};
+use crate::support::sink::Sink;
+use crate::support::{
     InProcessIngest, Service, event_body, fresh_database_uri, ingest_env, post_until_accepted,
     processor_env, wait_until,
 };
@@ -18,7 +18,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 fn admin() -> reqwest::Client {
-    e2e::client_with_token(e2e::ADMIN_KEY).build().unwrap()
+    crate::support::client_with_token(crate::support::ADMIN_KEY)
+        .build()
+        .unwrap()
 }
 
 /// A processor delivering to `sink` with the failure policy `on_failure`,
@@ -29,7 +31,7 @@ async fn stack(uri: &str, sink: &Sink, on_failure: &str) -> (Service, Service) {
     env.push(("ON_FAILURE", on_failure.to_owned()));
     env.push(("MAX_ATTEMPTS", "2".to_owned()));
     let processor = Service::start("processor", &env).await;
-    e2e::wait_for_leases(&processor.url(), 256).await;
+    crate::support::wait_for_leases(&processor.url(), 256).await;
     let ingest = Service::start("ingest", &ingest_env(uri, &processor.url())).await;
     (processor, ingest)
 }
@@ -61,7 +63,7 @@ fn result_status(outcome: &Document) -> &str {
 }
 
 async fn send(url: &str, patient: &str, count: usize) -> Vec<String> {
-    let client = e2e::client();
+    let client = crate::support::client();
     let mut ids = Vec::new();
     for n in 0..count {
         ids.push(
@@ -133,7 +135,7 @@ async fn a_parked_patient_waits_until_its_failed_event_is_retried_then_goes_on_i
     assert_eq!(listed, vec![a[2].as_str()]);
     let stats = admin_get(format!("{url}/admin/stats")).await;
     assert_eq!(
-        stats["clients"][e2e::CLIENT]["parkedPatients"],
+        stats["clients"][crate::support::CLIENT]["parkedPatients"],
         1,
         "{stats}"
     );
@@ -232,7 +234,7 @@ async fn retrying_a_failed_event_keeps_one_outcome_with_its_history_and_an_audit
     assert_eq!(status_of(&url, &d[1]).await, "processed");
     let failed = admin_get(format!(
         "{url}/admin/events?status=failed&client={}",
-        e2e::CLIENT
+        crate::support::CLIENT
     ))
     .await;
     assert_eq!(failed["events"].as_array().unwrap().len(), 1);
@@ -279,7 +281,7 @@ async fn operator_routes_refuse_client_keys_and_anonymous_callers() {
     ] {
         let anonymous = reqwest::get(format!("{}{path}", ingest.url)).await.unwrap();
         assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "{path}");
-        let client = e2e::client()
+        let client = crate::support::client()
             .get(format!("{}{path}", ingest.url))
             .send()
             .await
@@ -294,7 +296,7 @@ async fn operator_routes_refuse_client_keys_and_anonymous_callers() {
         assert_eq!(operator.status(), StatusCode::OK, "{path}");
     }
     let id = uuid::Uuid::now_v7();
-    let client = e2e::client()
+    let client = crate::support::client()
         .post(format!("{}/admin/events/{id}/retry", ingest.url))
         .json(&json!({ "reason": "x" }))
         .send()
@@ -395,7 +397,7 @@ async fn pruning_a_patients_latest_events_keeps_its_sequence_rising() {
     // A new event, through a fresh ingest that remembers nothing.
     let fresh = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
     let new = post_until_accepted(
-        &e2e::client(),
+        &crate::support::client(),
         &fresh.url,
         &event_body("pruned-p", 9),
         "after-prune",
@@ -428,7 +430,7 @@ async fn an_idempotency_record_is_honoured_within_its_window_and_not_after() {
         dedup_window: Duration::from_secs(300),
     };
     let ingest = InProcessIngest::start_with(config).await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let post = || {
         client
             .post(format!("{}/events", ingest.url))
@@ -461,7 +463,7 @@ async fn an_idempotency_record_is_honoured_within_its_window_and_not_after() {
 
 /// A page of timeline-p's timeline, as the first client sees it.
 async fn timeline_page(url: &str, query: &str) -> Value {
-    e2e::client()
+    crate::support::client()
         .get(format!("{url}/patients/timeline-p/events?{query}"))
         .send()
         .await
@@ -493,7 +495,7 @@ async fn a_patients_timeline_lists_its_events_in_order_without_data_and_only_to_
     }
     let ingest = InProcessIngest::start_with(config).await;
     let mine = send(&ingest.url, "timeline-p", 5).await;
-    let other = e2e::client_with_token("other-lab-key-0123456789")
+    let other = crate::support::client_with_token("other-lab-key-0123456789")
         .build()
         .unwrap();
     post_until_accepted(&other, &ingest.url, &event_body("timeline-p", 7), "other-1").await;
@@ -514,7 +516,7 @@ async fn a_patients_timeline_lists_its_events_in_order_without_data_and_only_to_
         6,
         "an operator sees every client's"
     );
-    let bad = e2e::client()
+    let bad = crate::support::client()
         .get(format!(
             "{}/patients/timeline-p/events?after=-1",
             ingest.url

@@ -7,7 +7,7 @@
 //! against its compiled server (the one `make run` uses). mongo:7 is covered
 //! by reasoning in ARCHITECTURE.md ("Query plans").
 
-use e2e::{event_body, fresh_database_uri};
+use crate::support::{event_body, fresh_database_uri};
 use medical_events::event::{EventId, NewEvent};
 use medical_events::store::shapes::{Shape, SortScope};
 use medical_events::store::{EnqueueOutcome, IntakePolicy, Store, Submission, shapes};
@@ -82,7 +82,7 @@ async fn populated_store() -> Store {
             let submission = Submission {
                 event: &event,
                 event_id: EventId::new_time_ordered(),
-                client: e2e::CLIENT,
+                client: crate::support::CLIENT,
                 key: None,
                 deduplicate: true,
                 traceparent: None,

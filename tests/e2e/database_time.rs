@@ -6,8 +6,10 @@
 
 use std::time::Duration;
 
-use e2e::checks::Db;
-use e2e::{Service, event_body, fresh_database_uri, ingest_env, processor_env, wait_until};
+use crate::support::checks::Db;
+use crate::support::{
+    Service, event_body, fresh_database_uri, ingest_env, processor_env, wait_until,
+};
 use futures_util::StreamExt;
 use futures_util::stream;
 
@@ -16,7 +18,7 @@ const SENDERS: usize = 64;
 
 /// Seconds the service spent waiting on the database, all operations together.
 async fn database_seconds(metrics_url: &str) -> f64 {
-    e2e::scrape(metrics_url)
+    crate::support::scrape(metrics_url)
         .await
         .lines()
         .filter(|line| line.starts_with("store_operation_seconds_sum{"))
@@ -27,14 +29,19 @@ async fn database_seconds(metrics_url: &str) -> f64 {
 /// Sends events `from..to` (event n goes to patient n % PATIENTS, so each
 /// patient's events are in sequence), 64 at a time, each until accepted.
 async fn send(url: &str, from: usize, to: usize) {
-    let client = e2e::client();
+    let client = crate::support::client();
     stream::iter(from..to)
         .for_each_concurrent(SENDERS, |n| {
             let client = client.clone();
             async move {
                 let patient = format!("patient-{}", n % PATIENTS);
-                e2e::post_until_accepted(&client, url, &event_body(&patient, n), &format!("k{n}"))
-                    .await;
+                crate::support::post_until_accepted(
+                    &client,
+                    url,
+                    &event_body(&patient, n),
+                    &format!("k{n}"),
+                )
+                .await;
             }
         })
         .await;

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::checks::Db;
-use e2e::fault_proxy::FaultProxy;
-use e2e::{
+use crate::support::checks::Db;
+use crate::support::fault_proxy::FaultProxy;
+use crate::support::{
     API_KEY, InProcessIngest, PROCESSOR_TOKEN, Service, event_body, fresh_database_uri, ingest_env,
     processor_env, wait_until,
 };
@@ -47,7 +47,7 @@ async fn ingest_refuses_requests_without_a_valid_api_key_and_stores_nothing() {
         assert_problem(response, StatusCode::UNAUTHORIZED).await;
     }
     // The processor's token is not an API key.
-    let response = e2e::processor_client()
+    let response = crate::support::processor_client()
         .post(&url)
         .json(&body)
         .send()
@@ -88,7 +88,12 @@ async fn ingest_refuses_requests_without_a_valid_api_key_and_stores_nothing() {
             .is_success()
     );
 
-    let response = e2e::client().post(&url).json(&body).send().await.unwrap();
+    let response = crate::support::client()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
 }
 
@@ -106,7 +111,12 @@ async fn the_processor_requires_the_shared_token_and_ingest_sends_it() {
         .await
         .unwrap();
     assert_problem(response, StatusCode::UNAUTHORIZED).await;
-    let response = e2e::client().post(&url).json(&body).send().await.unwrap();
+    let response = crate::support::client()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_problem(response, StatusCode::UNAUTHORIZED).await;
     assert_eq!(
         Db::connect(&uri)
@@ -118,7 +128,7 @@ async fn the_processor_requires_the_shared_token_and_ingest_sends_it() {
 
     // Through ingest the token is sent, so the processor is woken at once.
     let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
-    let response = e2e::client()
+    let response = crate::support::client()
         .post(format!("{}/events", ingest.url()))
         .json(&event_body("p-token", 2))
         .send()
@@ -141,7 +151,7 @@ async fn ingest_with_the_wrong_token_is_refused_by_the_processor_and_the_sweep_s
     env.retain(|(name, _)| *name != "PROCESSOR_TOKEN");
     env.push(("PROCESSOR_TOKEN", "not-the-processor-token-0123".to_owned()));
     let ingest = Service::start("ingest", &env).await;
-    let response = e2e::client()
+    let response = crate::support::client()
         .post(format!("{}/events", ingest.url()))
         .json(&event_body("p-wrong-token", 1))
         .send()
@@ -165,7 +175,10 @@ async fn ingest_with_the_wrong_token_is_refused_by_the_processor_and_the_sweep_s
 
 #[tokio::test]
 async fn services_refuse_to_start_without_credentials_unless_auth_is_disabled_explicitly() {
-    let binary_dir = e2e::binary_path("ingest").parent().unwrap().to_path_buf();
+    let binary_dir = crate::support::binary_path("ingest")
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let run = |binary: &str, env: &[(&str, &str)]| {
         std::process::Command::new(binary_dir.join(binary))
             .env_clear()
@@ -235,7 +248,7 @@ const PASSWORD: &str = "S3cret-Passw0rd-x9";
 
 /// Runs `binary` with exactly `env`; its exit code and everything it printed.
 async fn start_briefly(binary: &str, env: &[(&str, String)]) -> (Option<i32>, String) {
-    let binary = e2e::binary_path(binary);
+    let binary = crate::support::binary_path(binary);
     let mut command = tokio::process::Command::new(binary);
     command
         .env_clear()
@@ -387,14 +400,14 @@ async fn each_client_has_its_own_rate_limit() {
     let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
     let other_key = "other-api-key-0123456789";
     config.access = Access::Required(vec![
-        Credential::named(e2e::CLIENT, API_KEY),
+        Credential::named(crate::support::CLIENT, API_KEY),
         Credential::named("other-client", other_key),
     ]);
     config.rate_limit.per_second = 1;
     config.rate_limit.burst = 3;
     let ingest = InProcessIngest::start_with(config).await;
     let url = format!("{}/events", ingest.url);
-    let client = e2e::client();
+    let client = crate::support::client();
     for n in 0..3 {
         let response = client
             .post(&url)
@@ -425,7 +438,9 @@ async fn each_client_has_its_own_rate_limit() {
         3
     );
 
-    let other = e2e::client_with_token(other_key).build().unwrap();
+    let other = crate::support::client_with_token(other_key)
+        .build()
+        .unwrap();
     let response = other
         .post(&url)
         .json(&event_body("p-rate", 4))
@@ -441,7 +456,7 @@ async fn each_client_has_its_own_rate_limit() {
 
 #[tokio::test]
 async fn past_the_in_flight_bound_requests_get_503_at_once_and_slow_ones_time_out() {
-    let upstream = e2e::shared_mongo()
+    let upstream = crate::support::shared_mongo()
         .trim_start_matches("mongodb://")
         .to_owned();
     let proxy = FaultProxy::start(upstream).await;
@@ -458,7 +473,7 @@ async fn past_the_in_flight_bound_requests_get_503_at_once_and_slow_ones_time_ou
     config.mongo.timeout = Duration::from_millis(100);
     let ingest = InProcessIngest::start_with(config).await;
     let url = format!("{}/events", ingest.url);
-    let client = e2e::client();
+    let client = crate::support::client();
     assert_eq!(
         client
             .post(&url)
@@ -513,8 +528,8 @@ async fn the_processor_bounds_its_lanes_and_says_503_past_the_bound() {
     let mut env = processor_env(&uri, 1500, 1500);
     env.push(("MAX_ACTIVE_LANES", "1".to_owned()));
     let processor = Service::start("processor", &env).await;
-    e2e::wait_for_leases(&processor.url(), 256).await;
-    let client = e2e::processor_client();
+    crate::support::wait_for_leases(&processor.url(), 256).await;
+    let client = crate::support::processor_client();
     let post = |patient: &str| {
         let mut body = event_body(patient, 1);
         body["eventId"] = uuid::Uuid::new_v4().to_string().into();
@@ -555,7 +570,7 @@ async fn the_processor_bounds_its_lanes_and_says_503_past_the_bound() {
 /// A CA and a certificate for localhost/127.0.0.1 signed by it, as PEM files.
 fn tls_files() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let dir = e2e::repo_root()
+    let dir = crate::support::repo_root()
         .join("target/test-tls")
         .join(uuid::Uuid::new_v4().simple().to_string());
     std::fs::create_dir_all(&dir).unwrap();
@@ -599,7 +614,7 @@ async fn both_services_can_speak_https_including_to_each_other() {
     let ingest = Service::start("ingest", &env).await;
     assert!(ingest.url().starts_with("https://"));
 
-    let trusted = e2e::client_with_token(API_KEY)
+    let trusted = crate::support::client_with_token(API_KEY)
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
         .build()
         .unwrap();
@@ -624,13 +639,13 @@ async fn both_services_can_speak_https_including_to_each_other() {
     );
 
     // Plain HTTP to the HTTPS port gets no answer; an untrusted client refuses the certificate.
-    let plain = e2e::client()
+    let plain = crate::support::client()
         .post(format!("http://127.0.0.1:{}/events", ingest.port()))
         .send()
         .await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
     assert!(
-        e2e::client()
+        crate::support::client()
             .get(format!("https://localhost:{}/health", ingest.port()))
             .send()
             .await
@@ -638,7 +653,10 @@ async fn both_services_can_speak_https_including_to_each_other() {
     );
 
     // The container health probe works over https.
-    let binary_dir = e2e::binary_path("ingest").parent().unwrap().to_path_buf();
+    let binary_dir = crate::support::binary_path("ingest")
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let status = std::process::Command::new(binary_dir.join("ingest"))
         .arg("healthcheck")
         .env("PORT", ingest.port().to_string())

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::checks::Db;
-use e2e::{
+use crate::support::checks::Db;
+use crate::support::{
     Service, event_body, fresh_database_uri, ingest_env, post_until_accepted, processor_env,
     wait_until,
 };
@@ -18,7 +18,7 @@ async fn twenty_patients_by_ten_events_are_all_processed_once_and_in_order() {
     let uri = fresh_database_uri();
     let processor = Service::start("processor", &processor_env(&uri, 20, 40)).await;
     let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
-    let client = e2e::client();
+    let client = crate::support::client();
 
     // Patients in parallel; each patient's events one after another, as a
     // hospital system sends them.
@@ -65,7 +65,7 @@ async fn twenty_patients_by_ten_events_are_all_processed_once_and_in_order() {
     );
 
     // The status endpoint reports the outcome.
-    let status: Value = e2e::client()
+    let status: Value = crate::support::client()
         .get(format!("{}/events/{}", ingest.url(), accepted[0].1[0]))
         .send()
         .await
@@ -83,7 +83,7 @@ async fn processed_documents_carry_the_original_fields() {
     let uri = fresh_database_uri();
     let processor = Service::start("processor", &processor_env(&uri, 10, 10)).await;
     let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let id = post_until_accepted(&client, &ingest.url(), &event_body("p-fields", 1), "k").await;
     let db = Db::connect(&uri).await;
     wait_until(Duration::from_secs(30), "one processed event", || async {
@@ -139,7 +139,7 @@ async fn processed_documents_carry_the_original_fields() {
 async fn a_direct_post_to_the_processor_is_stored_and_processed_once() {
     let uri = fresh_database_uri();
     let processor = Service::start("processor", &processor_env(&uri, 10, 20)).await;
-    let client = e2e::processor_client();
+    let client = crate::support::processor_client();
     let event_id = uuid::Uuid::new_v4().to_string();
     let mut body = event_body("p-direct", 1);
     body["eventId"] = event_id.clone().into();
@@ -199,12 +199,15 @@ async fn the_real_default_timing_takes_five_to_six_seconds() {
         "processor",
         &[
             ("MONGO_URI", uri.clone()),
-            ("PROCESSOR_TOKEN", e2e::PROCESSOR_TOKEN.to_owned()),
+            (
+                "PROCESSOR_TOKEN",
+                crate::support::PROCESSOR_TOKEN.to_owned(),
+            ),
         ],
     )
     .await;
     let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
-    let client = e2e::client();
+    let client = crate::support::client();
     let started = Instant::now();
     let id = post_until_accepted(&client, &ingest.url(), &event_body("p-real", 1), "real").await;
     let accepted_after = started.elapsed();
@@ -232,7 +235,10 @@ async fn the_real_default_timing_takes_five_to_six_seconds() {
 
 #[tokio::test]
 async fn a_missing_setting_stops_start_up_with_one_clear_line() {
-    let binary_dir = e2e::binary_path("ingest").parent().unwrap().to_path_buf();
+    let binary_dir = crate::support::binary_path("ingest")
+        .parent()
+        .unwrap()
+        .to_path_buf();
     type Env = &'static [(&'static str, &'static str)];
     let cases: [(&str, Env, &str); 2] = [
         (
