@@ -118,8 +118,10 @@ fn the_documents_describe_replays_unknown_outcomes_clients_and_leases() {
         ready["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/Ready"
     );
-    assert_eq!(
-        processor["components"]["schemas"]["Ready"]["properties"]["leases"]["type"],
-        "integer"
+    // Optional in the schema (ingest's readiness has no leases), an integer when present.
+    assert!(
+        processor["components"]["schemas"]["Ready"]["properties"]["leases"]["type"]
+            .as_array()
+            .is_some_and(|types| types.contains(&"integer".into()))
     );
 }
