@@ -1,15 +1,17 @@
-//! The command line (clap derive): one subcommand per driver.
+//! The command line (clap derive): one subcommand per driver, and `stack`.
 //! Flag names and defaults are the ones `scripts/bench.py` and BENCHMARKS.md
 //! use.
 
+use std::path::PathBuf;
+
 use clap::builder::RangedU64ValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use tokio::sync::Semaphore;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
-    about = "Benchmark driver (not shipped): closed-loop runs and open-loop soak and burst.",
+    about = "Benchmark driver (not shipped): closed-loop runs, open-loop soak and burst, and the stacks they run against.",
     after_help = "Figures go to stdout as JSON. The Mongo URI must name the database the services use."
 )]
 pub struct Cli {
@@ -27,6 +29,10 @@ pub enum Command {
     Soak(SoakArgs),
     /// The soak driver with burst defaults.
     Burst(BurstArgs),
+    /// Starts a database and N processors and M ingest instances, prints
+    /// one JSON line describing them, and keeps them until stdin closes or
+    /// SIGTERM/SIGINT arrives; then stops them as scripts/run.sh does.
+    Stack(StackArgs),
 }
 
 /// The stack a driver sends to.
@@ -111,6 +117,64 @@ pub struct OpenLoopArgs {
     pub drain_timeout: u64,
 }
 
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("mongo").required(true).args(["database", "mongo_base"])))]
+pub struct StackArgs {
+    /// Start this SecantusDB server on a fresh store (stopped after the services).
+    #[arg(long, value_enum)]
+    pub database: Option<DatabaseArg>,
+    /// Or use the server already running here (`mongodb://host:port`).
+    #[arg(long)]
+    pub mongo_base: Option<String>,
+    /// The database the services use [default: stack_<unix time>_<pid>].
+    #[arg(long)]
+    pub db_name: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub processors: usize,
+    /// Ingest instances (each nudges the first processor).
+    #[arg(long, default_value_t = 1)]
+    pub ingest: usize,
+    /// KEY=VALUE in every service's environment (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub env: Vec<(String, String)>,
+    /// KEY=VALUE in the processors' environment (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = key_value)]
+    pub processor_env: Vec<(String, String)>,
+    /// KEY=VALUE in ingest's environment (repeatable; PROCESSOR_URL overrides the default).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = key_value)]
+    pub ingest_env: Vec<(String, String)>,
+    /// Where the logs (and a fresh store) go.
+    #[arg(long, default_value = "target/stack")]
+    pub log_dir: PathBuf,
+    /// Prefix of the log files' names [default: the database name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The compiled server's `--cache-size` (as scripts/start-mongo.sh).
+    #[arg(long, env = "MONGO_CACHE_SIZE", default_value = "512M")]
+    pub cache_size: String,
+    /// The server binary [default: the project's install of --database].
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Keep the store here (not deleted; `:memory:` for the Python server)
+    /// instead of a fresh directory under --log-dir that is deleted at the end.
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Where the `ingest` and `processor` binaries are [default: next to loadgen].
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Seconds each service may drain after SIGTERM before SIGKILL.
+    #[arg(long, default_value_t = 30)]
+    pub stop_timeout: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum DatabaseArg {
+    /// secantusd-rs, as make run and make bench use.
+    Compiled,
+    /// secantusd-py, the test suite's server.
+    Python,
+}
+
 fn at_least_one() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::new().range(1..)
 }
@@ -123,6 +187,13 @@ fn positive_rate(raw: &str) -> Result<f64, String> {
     match raw.parse::<f64>() {
         Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
         _ => Err("must be a positive number of events per second".to_owned()),
+    }
+}
+
+fn key_value(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{raw:?} is not KEY=VALUE")),
     }
 }
 
@@ -170,5 +241,37 @@ mod tests {
         let soak = ["soak", "--url", "u", "--mongo", "m"];
         assert!(parse(&[&soak[..], &["--rate", "0"]].concat()).is_err());
         assert!(parse(&[&soak[..], &["--max-in-flight", "0"]].concat()).is_err());
+    }
+
+    #[test]
+    fn stack_needs_one_database_and_reads_key_values() {
+        assert!(parse(&["stack"]).is_err());
+        assert!(
+            parse(&[
+                "stack",
+                "--database",
+                "compiled",
+                "--mongo-base",
+                "mongodb://x"
+            ])
+            .is_err()
+        );
+        let Command::Stack(stack) = parse(&[
+            "stack",
+            "--database",
+            "python",
+            "--env",
+            "A=1=2",
+            "--processor-env",
+            "DELIVERY_URL=http://x",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("stack")
+        };
+        assert_eq!(stack.env, [("A".to_owned(), "1=2".to_owned())]);
+        assert_eq!(stack.processors, 1);
+        assert!(parse(&["stack", "--mongo-base", "m", "--env", "novalue"]).is_err());
     }
 }

@@ -4,6 +4,8 @@
 //!   C requests in flight; checks exactly-once and per-patient order.
 //! - `loadgen soak` / `loadgen burst`: a constant arrival rate (open loop),
 //!   one JSON line per interval, then a lost/duplicated check.
+//! - `loadgen stack`: starts a database and the services, prints where they
+//!   are as one JSON line, holds them until stdin closes or SIGTERM.
 //!
 //! `loadgen help` prints the flags. Figures go to stdout as JSON.
 
@@ -11,6 +13,7 @@ mod cli;
 mod common;
 mod open_loop;
 mod run;
+mod start_stack;
 
 use std::process::ExitCode;
 
@@ -24,6 +27,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => run::main(args).await,
         Command::Soak(args) => open_loop::main(args.into()).await,
         Command::Burst(args) => open_loop::main(args.into()).await,
+        Command::Stack(args) => start_stack::main(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
