@@ -1,5 +1,5 @@
 //! The command line (clap derive): one subcommand per driver, and `stack`.
-//! Flag names and defaults are the ones `scripts/bench.py` and BENCHMARKS.md
+//! Flag names and defaults are the ones `scripts/bench/` and BENCHMARKS.md
 //! use.
 
 use std::path::PathBuf;

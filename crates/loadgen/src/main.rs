@@ -1,4 +1,4 @@
-//! Benchmark driver for `scripts/bench.py` (not shipped). Subcommands:
+//! Benchmark driver for `scripts/bench/` (not shipped). Subcommands:
 //!
 //! - `loadgen run`: P patients x E events, each patient's in sequence,
 //!   C requests in flight; checks exactly-once and per-patient order.

@@ -1,6 +1,6 @@
 //! Real processes on this machine, started and stopped the same way for the
 //! black-box tests (`tests/`, which re-export this crate's types unchanged)
-//! and the benchmarks (`loadgen stack`): a
+//! and the benchmarks (`loadgen stack`, which `scripts/bench/` drives): a
 //! SecantusDB server ([`MongoServer`]), a spawned `ingest` or `processor`
 //! binary ([`Service`]), and the two together ([`Stack`]).
 //!
