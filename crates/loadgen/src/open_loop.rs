@@ -25,13 +25,14 @@ use reqwest::header::HeaderValue;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::cli::Flags;
+use crate::cli::{BurstArgs, OpenLoopArgs, SoakArgs};
 use crate::common::{self, histogram, max_ms, percentile_ms};
 
 pub struct Args {
     mode: &'static str,
     ingest: String,
     mongo: String,
+    api_key: String,
     rate: f64,
     seconds: u64,
     patients: u64,
@@ -41,45 +42,46 @@ pub struct Args {
     drain_timeout: Duration,
 }
 
+impl From<SoakArgs> for Args {
+    fn from(args: SoakArgs) -> Self {
+        Self::new(
+            "soak",
+            args.rate,
+            args.seconds,
+            args.interval,
+            args.open_loop,
+        )
+    }
+}
+
+impl From<BurstArgs> for Args {
+    fn from(args: BurstArgs) -> Self {
+        Self::new(
+            "burst",
+            args.rate,
+            args.seconds,
+            args.interval,
+            args.open_loop,
+        )
+    }
+}
+
 impl Args {
-    pub fn soak(flags: Flags) -> Result<Self, String> {
-        Self::parse(flags, "soak", 1_000.0, 600, 60)
-    }
-
-    pub fn burst(flags: Flags) -> Result<Self, String> {
-        Self::parse(flags, "burst", 10_000.0, 30, 5)
-    }
-
-    fn parse(
-        mut flags: Flags,
-        mode: &'static str,
-        rate: f64,
-        seconds: u64,
-        interval: u64,
-    ) -> Result<Self, String> {
-        let args = Self {
+    /// The command line has checked the ranges (rate positive, counts at least 1).
+    fn new(mode: &'static str, rate: f64, seconds: u64, interval: u64, rest: OpenLoopArgs) -> Self {
+        Self {
             mode,
-            ingest: flags.text("url")?.trim_end_matches('/').to_owned(),
-            mongo: flags.text("mongo")?,
-            rate: flags.number("rate", rate)?,
-            seconds: flags.number("seconds", seconds)?,
-            patients: flags.number("patients", 10_000)?,
-            interval: flags.number("interval", interval)?,
-            max_in_flight: flags.number("max-in-flight", 8_192)?,
-            request_timeout: Duration::from_secs(flags.number("request-timeout", 30)?),
-            drain_timeout: Duration::from_secs(flags.number("drain-timeout", 600)?),
-        };
-        flags.finish()?;
-        if !(args.rate > 0.0 && args.rate.is_finite()) {
-            return Err("--rate must be a positive number of events per second".into());
+            ingest: rest.target.url.trim_end_matches('/').to_owned(),
+            mongo: rest.target.mongo,
+            api_key: rest.target.api_key,
+            rate,
+            seconds,
+            patients: rest.patients,
+            interval,
+            max_in_flight: rest.max_in_flight,
+            request_timeout: Duration::from_secs(rest.request_timeout),
+            drain_timeout: Duration::from_secs(rest.drain_timeout),
         }
-        if args.seconds == 0 || args.patients == 0 || args.interval == 0 {
-            return Err("--seconds, --patients and --interval must be at least 1".into());
-        }
-        if args.max_in_flight == 0 || args.max_in_flight > Semaphore::MAX_PERMITS {
-            return Err("--max-in-flight is out of range".into());
-        }
-        Ok(args)
     }
 
     fn total(&self) -> u64 {
@@ -320,7 +322,11 @@ pub async fn main(args: Args) -> Result<(), String> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let client = common::http_client(args.max_in_flight, Some(args.request_timeout))?;
+    let client = common::http_client(
+        &args.api_key,
+        args.max_in_flight,
+        Some(args.request_timeout),
+    )?;
     let processed = common::processed_events(&args.mongo).await?;
     // Outcomes already in the database (a stack that has run before) are not ours.
     let baseline = common::processed_count(&processed)

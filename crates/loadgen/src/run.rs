@@ -12,33 +12,30 @@ use mongodb::bson::{Document, doc};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::cli::Flags;
+use crate::cli::RunArgs;
 use crate::common::{self, histogram, max_ms, percentile_ms};
 
 struct Args {
     ingest: String,
     mongo: String,
+    api_key: String,
     patients: usize,
     events: usize,
     concurrency: usize,
     timeout: Duration,
 }
 
-impl Args {
-    fn parse(mut flags: Flags) -> Result<Self, String> {
-        let args = Self {
-            ingest: flags.text("url")?.trim_end_matches('/').to_owned(),
-            mongo: flags.text("mongo")?,
-            patients: flags.number("patients", 1000)?,
-            events: flags.number("events", 5)?,
-            concurrency: flags.number("concurrency", 64)?,
-            timeout: Duration::from_secs(flags.number("timeout", 600)?),
-        };
-        flags.finish()?;
-        if args.concurrency == 0 {
-            return Err("--concurrency must be at least 1".into());
+impl From<RunArgs> for Args {
+    fn from(args: RunArgs) -> Self {
+        Self {
+            ingest: args.target.url.trim_end_matches('/').to_owned(),
+            mongo: args.target.mongo,
+            api_key: args.target.api_key,
+            patients: args.patients,
+            events: args.events,
+            concurrency: args.concurrency,
+            timeout: Duration::from_secs(args.timeout),
         }
-        Ok(args)
     }
 }
 
@@ -97,9 +94,9 @@ async fn post(
     Err("gave up after 50 tries".to_owned())
 }
 
-pub async fn main(flags: Flags) -> Result<(), String> {
-    let args = Args::parse(flags)?;
-    let client = common::http_client(args.concurrency, None)?;
+pub async fn main(args: RunArgs) -> Result<(), String> {
+    let args = Args::from(args);
+    let client = common::http_client(&args.api_key, args.concurrency, None)?;
     let processed = common::processed_events(&args.mongo).await?;
     let cpu_before = common::own_cpu_secs();
 

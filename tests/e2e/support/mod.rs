@@ -4,20 +4,22 @@
 //! `TEST_MONGO_URI` (set by `scripts/test.sh`) points at a shared server;
 //! without it each test process starts its own from `SECANTUSD_BIN`
 //! (default `.mongo/venv/bin/secantusd-py`).
+//!
+//! Starting and stopping processes (SecantusDB, the service binaries) is the
+//! `stack` crate's, shared with the benchmarks (`loadgen stack`); it is
+//! re-exported here under the names the tests use.
 
 pub mod checks;
 pub mod fault_proxy;
-pub mod mongo_server;
 pub mod services;
 pub mod sink;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use mongo_server::MongoServer;
 pub use services::{InProcessIngest, Service, binary_path};
+pub use stack::{MongoServer, free_port};
 
 /// The API key the test services accept, and the client it belongs to.
 pub const API_KEY: &str = "test-api-key-0123456789";
@@ -78,14 +80,6 @@ pub fn shared_mongo() -> String {
 /// A URI naming a database no other test uses.
 pub fn fresh_database_uri() -> String {
     format!("{}/t_{}", shared_mongo(), uuid::Uuid::new_v4().simple())
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// Polls `condition` every 50 ms until it holds or `timeout` passes.

@@ -91,6 +91,7 @@ impl IngestApp {
 
 impl Service for IngestApp {
     const NAME: &'static str = "ingest";
+    const ABOUT: &'static str = "The ingest service: POST /events, stored durably before the 202.";
     const DEFAULT_PORT: u16 = 3000;
     type Config = IngestConfig;
 

@@ -137,6 +137,8 @@ fn handler(config: &ProcessorConfig) -> Result<Handler, StartupError> {
 
 impl Service for ProcessorApp {
     const NAME: &'static str = "processor";
+    const ABOUT: &'static str =
+        "The processor service: works through each patient's events in order.";
     const DEFAULT_PORT: u16 = 3001;
     type Config = ProcessorConfig;
 

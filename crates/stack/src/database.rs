@@ -1,0 +1,339 @@
+//! A SecantusDB server (MongoDB wire protocol): started on a free port as
+//! `scripts/start-mongo.sh` starts it, stoppable (SIGTERM, then SIGKILL) and
+//! restartable on the same storage, stopped when dropped.
+
+use std::fs::File;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::StackError;
+use crate::{free_port, workspace_root};
+
+/// Which of SecantusDB's servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// `secantusd-rs` (crates.io `secantus-mdb`, in `.tools/secantus-rs`):
+    /// what `make run` and `make bench` use.
+    Compiled,
+    /// `secantusd-py` (PyPI, in `.mongo/venv`): the test suite's server.
+    Python,
+}
+
+impl DatabaseKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Compiled => "compiled",
+            Self::Python => "python",
+        }
+    }
+
+    /// Where the project's install scripts put this server; for the compiled
+    /// one, `PATH` when the project has not installed it.
+    pub fn default_binary(self) -> PathBuf {
+        let root = workspace_root();
+        match self {
+            Self::Compiled => {
+                let local = root.join(".tools/secantus-rs/bin/secantusd-rs");
+                if local.exists() {
+                    return local;
+                }
+                std::env::var_os("PATH")
+                    .into_iter()
+                    .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                    .map(|dir| dir.join("secantusd-rs"))
+                    .find(|candidate| candidate.exists())
+                    .unwrap_or(local)
+            }
+            Self::Python => root.join(".mongo/venv/bin/secantusd-py"),
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Self::Compiled => "run scripts/install-secantus-rs.sh (make bench and make run do)",
+            Self::Python => {
+                "run scripts/test.sh (it installs SecantusDB) or scripts/install-mongo.sh, or set TEST_MONGO_URI"
+            }
+        }
+    }
+}
+
+/// Where the server keeps its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// `:memory:` (the Python server only): nothing to sync, nothing kept.
+    Memory,
+    /// A directory, created if missing; writes acknowledged as journaled are
+    /// on disk (`--sync-on-commit`), as on MongoDB.
+    Dir(PathBuf),
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct DatabaseSpec {
+    pub kind: DatabaseKind,
+    pub binary: PathBuf,
+    pub storage: Storage,
+    /// `--cache-size` of the compiled server (start-mongo.sh: `MONGO_CACHE_SIZE`, 512M).
+    pub cache_size: String,
+    /// The server's output; none: discarded.
+    pub log: Option<PathBuf>,
+    /// In a process group of its own (as start-mongo.sh's `setsid`): a
+    /// Ctrl-C in the terminal then reaches the services, and whoever started
+    /// the server stops it after them.
+    pub own_process_group: bool,
+    pub start_timeout: Duration,
+    /// How long a stop waits after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+impl DatabaseSpec {
+    /// The project's install of `kind`, on `storage`, with start-mongo.sh's settings.
+    pub fn new(kind: DatabaseKind, storage: Storage) -> Self {
+        Self {
+            kind,
+            binary: kind.default_binary(),
+            storage,
+            cache_size: "512M".to_owned(),
+            log: None,
+            own_process_group: false,
+            start_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The server's command line, as scripts/start-mongo.sh builds it.
+    fn args(&self, port: u16) -> Vec<String> {
+        let storage = match &self.storage {
+            Storage::Memory => ":memory:".to_owned(),
+            Storage::Dir(dir) => dir.to_string_lossy().into_owned(),
+        };
+        let mut args: Vec<String> = ["--host", "127.0.0.1", "--port", &port.to_string()]
+            .into_iter()
+            .chain(["--storage-path", &storage, "--log-level", "WARNING"])
+            .map(str::to_owned)
+            .collect();
+        if self.kind == DatabaseKind::Compiled {
+            args.extend(["--cache-size".to_owned(), self.cache_size.clone()]);
+            args.extend(["--log-file-max", "32MB"].map(str::to_owned));
+        }
+        // Journaled writes must reach the disk before they are acknowledged
+        // (a store in memory has no disk).
+        if matches!(self.storage, Storage::Dir(_)) {
+            args.push("--sync-on-commit".to_owned());
+        }
+        args
+    }
+}
+
+/// A running SecantusDB server.
+pub struct MongoServer {
+    spec: DatabaseSpec,
+    port: u16,
+    child: Option<Child>,
+    /// Whether it has run before (a restart appends to its log).
+    started: bool,
+}
+
+impl MongoServer {
+    /// The test suite's server (`SECANTUSD_BIN`, default
+    /// `.mongo/venv/bin/secantusd-py`) with its data in memory.
+    pub fn start_in_memory() -> Self {
+        Self::start_for_tests(Storage::Memory)
+    }
+
+    /// A server whose data survives [`MongoServer::stop`] and [`MongoServer::restart`].
+    pub fn start_on_disk() -> Self {
+        let dir = workspace_root()
+            .join("target/test-mongo")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        Self::start_for_tests(Storage::Dir(dir))
+    }
+
+    fn start_for_tests(storage: Storage) -> Self {
+        let mut spec = DatabaseSpec::new(DatabaseKind::Python, storage);
+        if let Ok(binary) = std::env::var("SECANTUSD_BIN") {
+            spec.binary = PathBuf::from(binary);
+        }
+        Self::launch(spec).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `spec` on a free port and waits until the port opens.
+    pub fn launch(spec: DatabaseSpec) -> Result<Self, StackError> {
+        if !spec.binary.exists() {
+            return Err(StackError::ServerMissing {
+                path: spec.binary.clone(),
+                hint: spec.kind.install_hint(),
+            });
+        }
+        if let Storage::Dir(dir) = &spec.storage {
+            std::fs::create_dir_all(dir).map_err(|source| StackError::File {
+                action: "create",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let mut server = Self {
+            spec,
+            port: free_port(),
+            child: None,
+            started: false,
+        };
+        server.try_restart()?;
+        Ok(server)
+    }
+
+    pub fn base_uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn kind(&self) -> DatabaseKind {
+        self.spec.kind
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.spec.storage
+    }
+
+    pub fn log_path(&self) -> Option<&PathBuf> {
+        self.spec.log.as_ref()
+    }
+
+    /// Stops the server the way an operator would (SIGTERM), killing it
+    /// only if it does not exit within its stop timeout (10 s unless set).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = crate::signal::send("SecantusDB", child.id(), "TERM");
+        let deadline = Instant::now() + self.spec.stop_timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.try_restart().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// [`MongoServer::restart`], with an error instead of a panic.
+    pub fn try_restart(&mut self) -> Result<(), StackError> {
+        self.stop();
+        let (stdout, stderr) = match &self.spec.log {
+            Some(path) => {
+                let file_error = |source| StackError::File {
+                    action: "open",
+                    path: path.clone(),
+                    source,
+                };
+                // A fresh log per launch; a restart appends to it.
+                let log = File::options()
+                    .create(true)
+                    .write(true)
+                    .append(self.started)
+                    .truncate(!self.started)
+                    .open(path)
+                    .map_err(file_error)?;
+                let copy = log.try_clone().map_err(file_error)?;
+                (Stdio::from(log), Stdio::from(copy))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let mut command = Command::new(&self.spec.binary);
+        command
+            .args(self.spec.args(self.port))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        if self.spec.own_process_group {
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
+        let child = command.spawn().map_err(|source| StackError::Spawn {
+            what: format!("secantusd ({})", self.spec.kind.name()),
+            binary: self.spec.binary.clone(),
+            source,
+        })?;
+        self.child = Some(child);
+        self.started = true;
+        self.wait_for_port()
+    }
+
+    fn wait_for_port(&mut self) -> Result<(), StackError> {
+        let log = || {
+            self.spec
+                .log
+                .as_ref()
+                .map_or("(discarded)".to_owned(), |p| p.display().to_string())
+        };
+        let deadline = Instant::now() + self.spec.start_timeout;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(StackError::ExitedDuringStartup {
+                    what: format!("secantusd ({})", self.spec.kind.name()),
+                    status,
+                    log: log(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(StackError::PortClosed {
+                    port: self.port,
+                    after: self.spec.start_timeout,
+                    log: log(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_server_arguments_match_start_mongo_sh() {
+        let mut spec = DatabaseSpec::new(DatabaseKind::Compiled, Storage::Dir("/tmp/db".into()));
+        spec.cache_size = "256M".to_owned();
+        assert_eq!(
+            spec.args(27017).join(" "),
+            "--host 127.0.0.1 --port 27017 --storage-path /tmp/db --log-level WARNING \
+             --cache-size 256M --log-file-max 32MB --sync-on-commit"
+        );
+    }
+
+    #[test]
+    fn python_server_in_memory_does_not_sync() {
+        let spec = DatabaseSpec::new(DatabaseKind::Python, Storage::Memory);
+        assert_eq!(
+            spec.args(1).join(" "),
+            "--host 127.0.0.1 --port 1 --storage-path :memory: --log-level WARNING"
+        );
+    }
+}
