@@ -6,7 +6,27 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Each phase's time, printed at the end (also when a phase fails).
+phases=()
+phase_name=
+phase_start=$SECONDS
+end_phase() {
+    [[ -n $phase_name ]] && phases+=("$(printf '%5d s  %s' $((SECONDS - phase_start)) "$phase_name")")
+    phase_name=
+}
+step() {
+    end_phase
+    phase_name=$*
+    phase_start=$SECONDS
+    printf '\n== %s\n' "$*"
+}
+report_phases() {
+    end_phase
+    printf '\n== phase times\n'
+    printf '%s\n' "${phases[@]}"
+    printf '%5d s  total\n' "$SECONDS"
+}
+trap report_phases EXIT
 
 step "format"
 cargo fmt --all -- --check
@@ -23,12 +43,12 @@ mkdir -p target/test-mongo
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 pidfile=target/test-mongo/shared.pid
 scripts/start-mongo.sh "$port" ":memory:" "$pidfile" target/test-mongo/shared.log python
-trap 'kill "$(cat "$pidfile")" 2>/dev/null || true; kill "$(cat target/test-mongo/compiled.pid 2>/dev/null)" 2>/dev/null || true' EXIT
+trap 'kill "$(cat "$pidfile")" 2>/dev/null || true; kill "$(cat target/test-mongo/compiled.pid 2>/dev/null)" 2>/dev/null || true; report_phases' EXIT
 export TEST_MONGO_URI="mongodb://127.0.0.1:$port"
 echo "SecantusDB (Python server) on $TEST_MONGO_URI"
 
 step "tests (Python server)"
-# The fleet tests and the 20,000-event run go to the compiled server below:
+# The fleet tests and the 10,000-event run go to the compiled server below:
 # a whole fleet's lease renewals under load need more than the
 # single-threaded Python server can answer in time, and so does the scan of
 # 100,000 waiting patients (its batches, not the plan, are what the Python
@@ -37,17 +57,18 @@ step "tests (Python server)"
 heavy='test(/^fleet::/) | test(/^database_time::/) | test(never_reads) | test(recovery_finds_100000)'
 cargo nextest run --workspace --locked --no-fail-fast -E "not ($heavy)"
 
-step "query plans, the fleet and 20,000 events on the compiled server (the one make run uses)"
+step "query plans, the fleet and 10,000 events on the compiled server (the one make run uses)"
 compiled_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 rm -rf target/test-mongo/compiled-data
 scripts/start-mongo.sh "$compiled_port" target/test-mongo/compiled-data target/test-mongo/compiled.pid \
     target/test-mongo/compiled.log compiled
 TEST_MONGO_URI="mongodb://127.0.0.1:$compiled_port" cargo nextest run --workspace --locked \
     --no-fail-fast -E "test(/^query_plans::/) | $heavy"
-kill "$(cat target/test-mongo/compiled.pid)" 2>/dev/null || true
 
+# On the server make run uses: the k6 thresholds are make run's.
 step "load smoke (k6, 10 s)"
-MONGO_BASE_URI=$TEST_MONGO_URI scripts/k6-smoke.sh
+MONGO_BASE_URI="mongodb://127.0.0.1:$compiled_port" scripts/k6-smoke.sh
+kill "$(cat target/test-mongo/compiled.pid)" 2>/dev/null || true
 
 step "API contract (schemathesis)"
 MONGO_BASE_URI=$TEST_MONGO_URI scripts/api-contract.sh
