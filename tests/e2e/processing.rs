@@ -99,6 +99,7 @@ async fn enqueue(store: &Store, patient: &str, n: usize) -> String {
         deduplicate: false,
         traceparent: None,
         size_hint: 100,
+        origin: None,
     };
     // Always guessing seq 1 also exercises the correction of a stale guess.
     match store

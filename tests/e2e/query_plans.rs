@@ -87,6 +87,7 @@ async fn populated_store() -> Store {
                 deduplicate: true,
                 traceparent: None,
                 size_hint: 100,
+                origin: None,
             };
             let outcome = store
                 .enqueue(&submission, n as i64 + 1, &IntakePolicy::default())

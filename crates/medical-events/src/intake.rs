@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::event::{EventId, NewEvent, PatientId};
-use crate::store::{EnqueueOutcome, IdempotencyKey, IntakePolicy, Store, StoreError, Submission};
+use crate::store::{
+    EnqueueOutcome, Hl7Origin, IdempotencyKey, IntakePolicy, Store, StoreError, Submission,
+};
 
 /// Lock stripes: bounded memory whatever the number of patients; two
 /// patients share a stripe rarely and then only wait a few milliseconds.
@@ -55,6 +57,8 @@ pub struct IntakeRequest {
     pub traceparent: Option<String>,
     /// About how large the event is (its request body), for batching.
     pub size_hint: usize,
+    /// Set for an HL7 message (see [`Hl7Origin`]).
+    pub origin: Option<Hl7Origin>,
 }
 
 impl IntakeRequest {
@@ -67,6 +71,7 @@ impl IntakeRequest {
             deduplicate: self.deduplicate,
             traceparent: self.traceparent.as_deref(),
             size_hint: self.size_hint,
+            origin: self.origin.as_ref(),
         }
     }
 }

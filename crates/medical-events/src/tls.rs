@@ -62,29 +62,76 @@ pub enum TlsError {
 
 /// Builds the acceptor from PEM files.
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
-    let cert_path = files.cert.display().to_string();
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Certificate {
-            path: cert_path.clone(),
-            reason: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Certificate {
-            path: cert_path,
-            reason: "no certificate in the file".to_owned(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Key {
-        path: files.key.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let (certs, key) = read_identity(files)?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// An acceptor for a raw TCP protocol (MLLP): no ALPN; with `client_ca`,
+/// every client must present a certificate that CA signed (mutual TLS).
+pub fn stream_acceptor(
+    files: &TlsFiles,
+    client_ca: Option<&std::path::Path>,
+) -> Result<TlsAcceptor, TlsError> {
+    let (certs, key) = read_identity(files)?;
+    let provider = Arc::new(ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    let config = match client_ca {
+        None => builder.with_no_client_auth().with_single_cert(certs, key)?,
+        Some(path) => {
+            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+            for cert in read_certs(path)? {
+                roots.add(cert)?;
+            }
+            let verifier =
+                tokio_rustls::rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| TlsError::Certificate {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)?
+        }
+    };
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn read_identity(files: &TlsFiles) -> Result<Identity, TlsError> {
+    let certs = read_certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Key {
+        path: files.key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok((certs, key))
+}
+
+fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let shown = path.display().to_string();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certificate {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Certificate {
+            path: shown,
+            reason: "no certificate in the file".to_owned(),
+        });
+    }
+    Ok(certs)
 }
 
 /// A listener yielding established TLS connections, for `axum::serve`.

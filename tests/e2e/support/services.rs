@@ -52,6 +52,7 @@ impl InProcessIngest {
             intake: Default::default(),
             metrics_port: 0,
             patient_logging: PatientLoggingSetting::Pseudonym(None),
+            mllp: Default::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::auth::{Access, Credential, Secret};
 use crate::http::limits::{HttpLimits, RateLimit};
+use crate::ingest::mllp::MllpSettings;
 use crate::store::IntakePolicy;
 use crate::telemetry::LogFormat;
 use crate::tls::TlsFiles;
@@ -38,6 +39,8 @@ pub struct IngestConfig {
     /// The separate listener for `/metrics` (`METRICS_PORT`).
     pub metrics_port: u16,
     pub patient_logging: PatientLoggingSetting,
+    /// HL7 v2 over MLLP listeners (`MLLP_LISTENERS`) and their limits.
+    pub mllp: MllpSettings,
 }
 
 impl IngestConfig {
@@ -88,7 +91,7 @@ impl IngestConfig {
             mongo: MongoSettings::from_source(source)?,
             processor_url: processor_url.trim_end_matches('/').to_owned(),
             log_format: log_format(source)?,
-            access,
+            access: access.clone(),
             admins,
             processor_token,
             rate_limit: RateLimit::from_source(source)?,
@@ -103,6 +106,7 @@ impl IngestConfig {
             },
             metrics_port: number(source, "METRICS_PORT", 9464)?,
             patient_logging: PatientLoggingSetting::from_source(source)?,
+            mllp: MllpSettings::from_source(source, &access)?,
         };
         check_request_budget(&config.limits, &config.mongo)?;
         Ok(config)

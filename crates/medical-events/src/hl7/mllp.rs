@@ -93,6 +93,12 @@ impl MllpCodec {
         self.max_message_bytes
     }
 
+    /// Whether a frame has begun and not ended (its start block was read):
+    /// the reader times a frame from here.
+    pub fn in_frame(&self) -> bool {
+        !matches!(self.state, State::Seeking)
+    }
+
     /// Noise bytes (outside any frame) dropped since the codec was made.
     pub fn discarded_bytes(&self) -> u64 {
         self.discarded

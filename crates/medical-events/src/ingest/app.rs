@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::mllp::MllpListeners;
 use super::notify::ProcessorNotifier;
 use super::routes::{self as ingest, IngestGuards, IngestState};
 use crate::auth::{Access, Guard};
@@ -24,6 +27,8 @@ use crate::telemetry::LogFormat;
 
 pub struct IngestApp {
     listener: TcpListener,
+    mllp: MllpListeners,
+    state: IngestState,
     metrics: Option<TcpListener>,
     router: axum::Router,
     tls: Option<TlsAcceptor>,
@@ -48,6 +53,8 @@ impl IngestApp {
         };
         Ok(Self {
             listener: bind(config.port).await?,
+            mllp: MllpListeners::bind(&config.mllp).await?,
+            state: state.clone(),
             metrics: bind_metrics(config.metrics_port).await?,
             tls: tls_acceptor(config.tls.as_ref())?,
             router: ingest::router(
@@ -65,6 +72,11 @@ impl IngestApp {
         port_of(&self.listener)
     }
 
+    /// Each MLLP listener's name and bound address.
+    pub fn mllp_addresses(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.mllp.addresses()
+    }
+
     /// The port `/metrics` is served on, if any.
     pub fn metrics_port(&self) -> Option<u16> {
         self.metrics.as_ref().map(port_of)
@@ -75,15 +87,32 @@ impl IngestApp {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        serve_both(
+        let stopping = CancellationToken::new();
+        let connections = TaskTracker::new();
+        self.mllp.spawn(
+            Arc::clone(&self.state.intake),
+            self.state.notifier.clone(),
+            stopping.clone(),
+            connections.clone(),
+        );
+        let stop = stopping.clone();
+        let served = serve_both(
             self.listener,
             self.router,
             self.tls,
             self.metrics,
             "ingest",
-            shutdown,
+            async move {
+                shutdown.await;
+                stop.cancel();
+            },
         )
-        .await?;
+        .await;
+        // HTTP is drained; MLLP connections finish the message in hand.
+        stopping.cancel();
+        connections.close();
+        connections.wait().await;
+        served?;
         info!("ingest stopped");
         Ok(())
     }

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod mllp;
 pub mod notify;
 pub mod patients;
 pub mod routes;

@@ -182,6 +182,7 @@ pub(crate) async fn accept_event(
         deduplicate: true,
         traceparent: Some(trace.header_value()),
         size_hint: body_size(&headers),
+        origin: None,
     };
     let (outcome, request) = state.intake.submit(request, Some(deadline)).await?;
     let event = request.event;

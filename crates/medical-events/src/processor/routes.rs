@@ -177,6 +177,7 @@ pub(crate) async fn queue_event(
             deduplicate: false,
             traceparent: Some(trace.header_value()),
             size_hint: 1024,
+            origin: None,
         };
         let (outcome, _) = state.intake.submit(submission, Some(deadline)).await?;
         if let EnqueueOutcome::Accepted { seq, .. } = outcome {

@@ -63,14 +63,19 @@ pub struct QueuedEvent {
     pub ts: String,
     /// Uniqueness of retries and duplicates, per patient: `k:<client>:<key>`
     /// (Idempotency-Key), `h:<client>:<digest>` (content within the duplicate
-    /// window), `e:<eventId>` (neither), `x:<eventId>` (expired).
+    /// window), `m:<client>:<sender digest>:<content digest>` (an HL7
+    /// message), `e:<eventId>` (neither), `x:<eventId>` (expired).
     pub intake_key: String,
-    /// Fingerprint of the normalized payload sent with an Idempotency-Key.
+    /// Fingerprint of the normalized payload sent with an Idempotency-Key
+    /// (of an HL7 message: of its content apart from MSH-7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
     /// W3C trace context of the request that accepted it (for log correlation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Where it came from when not from `POST /events` (an MLLP listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<EventSource>,
     pub status: EventStatus,
     /// Attempts that started (each claim that went on to run counts one).
     pub attempts: i32,
@@ -111,6 +116,31 @@ pub struct QueuedEvent {
     pub pruned: bool,
     pub accepted_at: DateTime,
     pub updated_at: DateTime,
+}
+
+/// The origin of an event that arrived as an HL7 v2 message: the listener
+/// and the sender's id of the message (MSH-10, MSH-3, MSH-4), so operators
+/// can find it by the id the sending system logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventSource {
+    /// `mllp`
+    #[schema(example = "mllp")]
+    pub kind: String,
+    /// The listener as configured: `client@host:port`.
+    #[schema(example = "lab-a@0.0.0.0:2575")]
+    pub listener: String,
+    /// MSH-10.
+    pub control_id: String,
+    /// MSH-3, its components joined by `^`.
+    pub sending_application: String,
+    /// MSH-4, its components joined by `^`.
+    pub sending_facility: String,
+    /// Another stored message of this client and sender had the same
+    /// control id with different content (a sender whose counter restarted,
+    /// or that reuses ids): this one was stored as a new event all the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reused_control_id: bool,
 }
 
 /// Where an event is in its life, as the API reports it: `queued` (waiting

@@ -19,7 +19,7 @@ use rand::Rng;
 
 use super::Store;
 use super::deadline::Bounded;
-use super::documents::{EventStatus, QueuedEvent};
+use super::documents::{EventSource, EventStatus, QueuedEvent};
 use super::error::StoreError;
 use super::group_commit::Insert;
 use super::indexes::UniqueIndex;
@@ -89,6 +89,29 @@ pub struct Submission<'a> {
     pub traceparent: Option<&'a str>,
     /// About how large the event is (its request body), for batching.
     pub size_hint: usize,
+    /// Set for an HL7 message: its source and its content fingerprint, the
+    /// idempotency key of a message (a resend is recognised by them).
+    pub origin: Option<&'a Hl7Origin>,
+}
+
+/// What identifies an HL7 message for intake: where it came from (with the
+/// sender's id of it) and a fingerprint of its content apart from MSH-7.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hl7Origin {
+    pub source: EventSource,
+    pub fingerprint: String,
+}
+
+impl Hl7Origin {
+    /// The sender's id of the message, one unambiguous string.
+    pub fn sender_key(&self) -> String {
+        serde_json::json!([
+            self.source.sending_application,
+            self.source.sending_facility,
+            self.source.control_id
+        ])
+        .to_string()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +212,7 @@ impl Store {
                     _ => None,
                 },
                 traceparent: submission.traceparent.map(str::to_owned),
+                source: submission.origin.map(|origin| origin.source.clone()),
                 status: EventStatus::Queued,
                 attempts: 0,
                 last_error: None,
@@ -363,6 +387,19 @@ enum KeyHolder {
 
 fn intake_key(submission: &Submission<'_>, policy: &IntakePolicy) -> (String, KeyKind) {
     let client = submission.client;
+    if let Some(origin) = submission.origin {
+        // An HL7 message: the sender's id with the content's fingerprint, so
+        // a resend replays and a reused control id with other content does
+        // not collide (it is stored, marked). Honoured as long as a key.
+        use sha2::{Digest, Sha256};
+        let sender = format!("{:x}", Sha256::digest(origin.sender_key().as_bytes()));
+        return (
+            format!("m:{client}:{sender}:{}", origin.fingerprint),
+            KeyKind::Idempotency {
+                fingerprint: origin.fingerprint.clone(),
+            },
+        );
+    }
     match submission.key {
         Some(key) => (
             format!("k:{client}:{}", key.as_str()),

@@ -2,8 +2,8 @@
 //! names appear in duplicate-key errors and in query hints).
 //!
 //! Few on purpose: every index costs every write, and some servers rewrite
-//! all of a document's index entries on any update. `queued_events` has four
-//! (with `_id`, the eventId) and each serves several queries
+//! all of a document's index entries on any update. `queued_events` has five
+//! (with `_id`, the eventId, and a sparse one only HL7 messages enter) and each serves several queries
 //! (see `shapes.rs` and ARCHITECTURE.md, "Query plans").
 
 use mongodb::IndexModel;
@@ -20,6 +20,11 @@ pub const STATUS_BUCKET: &str = "status_bucket_patient_seq";
 /// `{bucket, patientId, intakeKey}`, unique: idempotent retries and
 /// duplicate suppression, scoped per client and patient.
 pub const INTAKE_KEY: &str = "patient_intake_key";
+
+/// `{source.controlId}`, sparse: HL7 messages by the sender's control id
+/// (reused ids at intake, the operator's search). Sparse: events that came
+/// over HTTP have no entry and cost it nothing.
+pub const CONTROL_ID: &str = "source_control_id";
 
 /// `processed_events.eventId`, unique (the original service's index).
 pub const OUTCOME_EVENT: &str = "eventId_1";
@@ -61,6 +66,15 @@ pub fn queued_events() -> Vec<IndexModel> {
             doc! { "bucket": 1, "patientId": 1, "intakeKey": 1 },
             true,
         ),
+        IndexModel::builder()
+            .keys(doc! { "source.controlId": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(CONTROL_ID.to_owned())
+                    .sparse(true)
+                    .build(),
+            )
+            .build(),
     ]
 }
 

@@ -8,6 +8,7 @@ mod error;
 mod group_commit;
 pub mod indexes;
 mod lifecycle;
+mod messages;
 mod operator;
 mod outcomes;
 mod retention;
@@ -17,10 +18,13 @@ mod sweep;
 
 use std::time::Duration;
 
-pub use documents::{ApiStatus, Claim, EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
-pub use enqueue::{EnqueueOutcome, IdempotencyKey, IntakePolicy, Submission};
+pub use documents::{
+    ApiStatus, Claim, EventSource, EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent,
+};
+pub use enqueue::{EnqueueOutcome, Hl7Origin, IdempotencyKey, IntakePolicy, Submission};
 pub use error::StoreError;
 pub use lifecycle::{Applied, Claimed, Fence, NextEvent, RunEnd};
+pub use messages::ControlIdQuery;
 pub use operator::{Action, ActionOutcome, ClientStats, ListCursor, ListQuery, ListedState};
 pub use outcomes::{OutcomeCursor, REPLAY_OVERLAP, overlap_before};
 pub use retention::{MIN_AGE, Pruned, Retention};

@@ -227,6 +227,22 @@ pub fn outcomes_since(at: DateTime, client: Option<&str>, limit: i64) -> Shape {
     )
 }
 
+/// Most messages a control id is looked up among: a sender reusing one id
+/// for every message would otherwise make each lookup read them all.
+pub const CONTROL_ID_MATCHES: i64 = 1000;
+
+/// HL7 messages by their MSH-10, whoever sent them (the caller narrows to
+/// the client and sender: the index is on the control id alone).
+pub fn by_control_id(control_id: &str) -> Shape {
+    Shape::new(
+        "HL7 messages by control id",
+        Collection::Queued,
+        doc! { "source.controlId": control_id },
+    )
+    .projection(doc! { "data": 0 })
+    .limit(CONTROL_ID_MATCHES)
+}
+
 /// Every hot shape, with sample arguments, for the plan test.
 pub fn hot_for_explain() -> Vec<Shape> {
     let ids = ["00000000-0000-7000-8000-000000000001".to_owned()];
@@ -242,5 +258,6 @@ pub fn hot_for_explain() -> Vec<Shape> {
         timeline(3, "patient-1", 10, 50),
         outcomes_within(DateTime::from_millis(1_000), &ids[0], Some("client"), 500),
         outcomes_since(DateTime::from_millis(1_000), None, 500),
+        by_control_id("MSG00001"),
     ]
 }
