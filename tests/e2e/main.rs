@@ -12,6 +12,7 @@ mod database_time;
 mod end_to_end;
 mod fleet;
 mod intake;
+mod mllp;
 mod observability;
 mod operations;
 mod outcome_stream;

@@ -11,6 +11,7 @@
 
 pub mod checks;
 pub mod fault_proxy;
+pub mod mllp;
 pub mod services;
 pub mod sink;
 

@@ -8,6 +8,7 @@ use medical_events::auth::{Access, Credential, Secret};
 use medical_events::config::{IngestConfig, MongoSettings, PatientLoggingSetting};
 use medical_events::http::limits::{HttpLimits, RateLimit};
 use medical_events::ingest::IngestApp;
+use medical_events::ingest::mllp::MllpSettings;
 use medical_events::telemetry::LogFormat;
 
 pub use stack::{Service, binary_path};
@@ -17,6 +18,8 @@ pub struct InProcessIngest {
     pub url: String,
     /// `/metrics` on its own listener, when the config asked for one.
     pub metrics_url: Option<String>,
+    /// Each MLLP listener's name and bound address (see `mllp_config`).
+    pub mllp: Vec<(String, std::net::SocketAddr)>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -56,9 +59,28 @@ impl InProcessIngest {
         }
     }
 
+    /// The test configuration with one MLLP listener of the test client on
+    /// a free loopback port, its options as in `MLLP_LISTENERS` (`;...`).
+    pub fn mllp_config(mongo_uri: &str, options: &str) -> IngestConfig {
+        let mut config = Self::config(mongo_uri, "http://127.0.0.1:9");
+        let source = [(
+            "MLLP_LISTENERS",
+            format!("{}@127.0.0.1:0{options}", super::CLIENT),
+        )];
+        let source = [(source[0].0, source[0].1.as_str())];
+        config.mllp = MllpSettings::from_source(&source, &config.access).expect("MLLP settings");
+        config
+    }
+
+    /// The address of the first MLLP listener.
+    pub fn mllp_address(&self) -> std::net::SocketAddr {
+        self.mllp.first().expect("an MLLP listener").1
+    }
+
     pub async fn start_with(config: IngestConfig) -> Self {
         let app = IngestApp::build(config).await.expect("build ingest");
         let url = format!("http://127.0.0.1:{}", app.port());
+        let mllp = app.mllp_addresses();
         let metrics_url = app
             .metrics_port()
             .map(|port| format!("http://127.0.0.1:{port}/metrics"));
@@ -69,6 +91,7 @@ impl InProcessIngest {
         Self {
             url,
             metrics_url,
+            mllp,
             stop: Some(stop),
         }
     }

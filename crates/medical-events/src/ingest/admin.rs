@@ -20,7 +20,9 @@ use crate::http::json_body::JsonBody;
 use crate::http::paging::page_limit;
 use crate::http::problem::{ApiError, JsonBodyRefusals, OperatorRefusals, Problem};
 use crate::http::query_params::QueryParams;
-use crate::store::{Action, ActionOutcome, ClientStats, ListCursor, ListQuery, ListedState};
+use crate::store::{
+    Action, ActionOutcome, ClientStats, ControlIdQuery, ListCursor, ListQuery, ListedState,
+};
 
 const MAX_REASON_CHARS: usize = 500;
 
@@ -131,6 +133,63 @@ pub(crate) async fn list_events(
     Ok(Json(EventPage {
         events: events.iter().map(EventView::of).collect(),
         next,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct MessageParams {
+    control_id: Option<String>,
+    sending_application: Option<String>,
+    sending_facility: Option<String>,
+    client: Option<String>,
+}
+
+/// HL7 messages found by their control id.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageMatches {
+    /// Oldest first; a control id reused with other content gives several.
+    events: Vec<EventView>,
+}
+
+/// HL7 v2 messages (arrived over MLLP) by the sender's control id (MSH-10),
+/// narrowed by sender and client: the id the sending system logs is what an
+/// interface analyst has in hand when a message goes missing.
+#[utoipa::path(get, path = "/admin/messages", tag = "operations",
+    params(
+        ("controlId" = String, Query, description = "MSH-10 of the message"),
+        ("sendingApplication" = Option<String>, Query, description = "MSH-3, components joined by ^"),
+        ("sendingFacility" = Option<String>, Query, description = "MSH-4, components joined by ^"),
+        ("client" = Option<String>, Query, description = "Only this client's messages"),
+    ),
+    responses(
+        (status = 200, description = "The stored messages with that control id (without their data)", body = MessageMatches),
+        OperatorRefusals,
+        (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn messages_by_control_id(
+    State(state): State<IngestState>,
+    QueryParams(params): QueryParams<MessageParams>,
+) -> Result<Json<MessageMatches>, ApiError> {
+    let control_id = params
+        .control_id
+        .as_deref()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| ApiError::field("controlId", "is required: the message's MSH-10"))?;
+    let found = state
+        .intake
+        .store()
+        .by_control_id(&ControlIdQuery {
+            control_id,
+            client: params.client.as_deref(),
+            sending_application: params.sending_application.as_deref(),
+            sending_facility: params.sending_facility.as_deref(),
+        })
+        .await?;
+    Ok(Json(MessageMatches {
+        events: found.iter().map(EventView::of).collect(),
     }))
 }
 

@@ -67,6 +67,7 @@ fn routes() -> Routes {
         intake: OpenApiRouter::new().routes(routes!(accept_event)),
         operator: OpenApiRouter::new()
             .routes(routes!(super::admin::list_events))
+            .routes(routes!(super::admin::messages_by_control_id))
             .routes(routes!(super::admin::retry))
             .routes(routes!(super::admin::skip))
             .routes(routes!(super::admin::acknowledge))
@@ -310,6 +311,10 @@ pub struct EventView {
     processed_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     processing_duration_ms: Option<i64>,
+    /// Set for an event that arrived as an HL7 v2 message over MLLP: the
+    /// listener and the sender's id of the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<crate::store::EventSource>,
 }
 
 impl EventView {
@@ -334,6 +339,7 @@ impl EventView {
                 .map(|_| event.processing_duration_ms.unwrap_or(0)),
             processed_at: outcome.as_ref().map(|(_, at)| rfc3339(*at)),
             result: outcome.map(|(result, _)| result),
+            source: event.source.clone(),
         }
     }
 }

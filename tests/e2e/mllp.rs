@@ -1,0 +1,549 @@
+//! HL7 v2 over MLLP into ingest: a real listener, the real database, a
+//! client written here. Every case checks what was stored, not only what
+//! was answered.
+
+use std::time::Duration;
+
+use mongodb::bson::{Document, doc};
+
+use crate::support::checks::Db;
+use crate::support::fault_proxy::FaultProxy;
+use crate::support::mllp::{MllpClient, Reply, ack, acks, adt, oru, segment};
+use crate::support::{InProcessIngest, fresh_database_uri};
+
+async fn start(options: &str) -> (InProcessIngest, Db) {
+    let uri = fresh_database_uri();
+    let ingest = InProcessIngest::start_with(InProcessIngest::mllp_config(&uri, options)).await;
+    (ingest, Db::connect(&uri).await)
+}
+
+async fn connect(ingest: &InProcessIngest) -> MllpClient {
+    MllpClient::connect(ingest.mllp_address()).await
+}
+
+fn hl7(event: &Document) -> &Document {
+    event
+        .get_document("data")
+        .unwrap()
+        .get_document("hl7")
+        .unwrap()
+}
+
+async fn all_events(db: &Db) -> Vec<Document> {
+    db.find("queued_events", doc! {}, doc! { "_id": 1 }).await
+}
+
+#[tokio::test]
+async fn a_lab_result_and_an_admission_are_stored_with_patient_type_and_time_then_acked() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+
+    let answer = client.exchange(&oru("LAB-1", "MRN-100", "7.0")).await;
+    assert_eq!(ack(&answer), ("AA".to_owned(), "LAB-1".to_owned()));
+    let msh = segment(&answer, "MSH").unwrap();
+    assert_eq!(msh[8], "ACK^R01^ACK", "MSH-9 of {answer:?}");
+    assert_eq!(
+        (msh[2].as_str(), msh[3].as_str()),
+        ("EventSvc", "EVSVC"),
+        "MSH-3/4 are the receiver"
+    );
+    assert_eq!(
+        (msh[4].as_str(), msh[5].as_str()),
+        ("LabSys", "NORTHLAB"),
+        "MSH-5/6 are the sender"
+    );
+    assert_ne!(msh[9], "LAB-1", "the ACK has its own control id");
+
+    let answer = client.exchange(&adt("ADT-1", "MRN-200")).await;
+    assert_eq!(ack(&answer), ("AA".to_owned(), "ADT-1".to_owned()));
+
+    let lab = db.events_of("MRN-100").await;
+    assert_eq!(lab.len(), 1);
+    assert_eq!(lab[0].get_str("type").unwrap(), "ORU^R01");
+    assert_eq!(
+        lab[0].get_str("ts").unwrap(),
+        "2024-04-10T16:02:27.000Z",
+        "OBR-7"
+    );
+    assert_eq!(lab[0].get_str("client").unwrap(), crate::support::CLIENT);
+    assert_eq!(hl7(&lab[0]).get_str("controlId").unwrap(), "LAB-1");
+    assert!(
+        hl7(&lab[0])
+            .get_str("message")
+            .unwrap()
+            .contains("OBX|1|NM|wbc^Wbc||7.0")
+    );
+    let admission = db.events_of("MRN-200").await;
+    assert_eq!(admission.len(), 1);
+    assert_eq!(admission[0].get_str("type").unwrap(), "ADT^A01");
+    assert_eq!(
+        admission[0].get_str("ts").unwrap(),
+        "2024-01-10T04:55:02.000Z",
+        "EVN-2"
+    );
+
+    // The client's key reads it, with its source.
+    let event_id = lab[0].get_str("eventId").unwrap();
+    let view: serde_json::Value = crate::support::client()
+        .get(format!("{}/events/{event_id}", ingest.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["patientId"], "MRN-100");
+    assert_eq!(view["source"]["kind"], "mllp");
+    assert_eq!(view["source"]["controlId"], "LAB-1");
+    assert_eq!(view["source"]["sendingApplication"], "LabSys");
+    assert_eq!(view["source"]["sendingFacility"], "NORTHLAB");
+    assert!(
+        view["source"]["listener"]
+            .as_str()
+            .unwrap()
+            .starts_with("test-client@")
+    );
+
+    // The operator finds it by control id and sender.
+    let found: serde_json::Value = crate::support::admin_client()
+        .get(format!(
+            "{}/admin/messages?controlId=LAB-1&sendingApplication=LabSys",
+            ingest.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["events"].as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found["events"][0]["eventId"], event_id);
+}
+
+#[tokio::test]
+async fn a_resend_after_a_lost_ack_is_acked_again_and_stored_once() {
+    let (ingest, db) = start("").await;
+    let message = oru("LOST-1", "MRN-LOST", "5.5");
+    // The sender writes the message and drops the connection before the ACK.
+    let mut first = connect(&ingest).await;
+    first.send(&message).await;
+    drop(first);
+    crate::support::wait_until(Duration::from_secs(20), "the message stored", || async {
+        db.count("queued_events", doc! { "patientId": "MRN-LOST" })
+            .await
+            == 1
+    })
+    .await;
+    // It reconnects and resends (some senders restamp MSH-7): acked, not stored again.
+    let mut again = connect(&ingest).await;
+    let restamped = message.replace("20240411070545", "20240411070999");
+    assert_eq!(ack(&again.exchange(&restamped).await).0, "AA");
+    assert_eq!(ack(&again.exchange(&message).await).0, "AA");
+    assert_eq!(db.count("queued_events", doc! {}).await, 1);
+}
+
+#[tokio::test]
+async fn the_same_control_id_with_other_content_is_a_second_event_marked_reused() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    assert_eq!(
+        ack(&client.exchange(&oru("REUSED-1", "MRN-R", "1.0")).await).0,
+        "AA"
+    );
+    assert_eq!(
+        ack(&client.exchange(&oru("REUSED-1", "MRN-R", "2.0")).await).0,
+        "AA"
+    );
+    let events = db.events_of("MRN-R").await;
+    assert_eq!(
+        events.len(),
+        2,
+        "a clinical message is never dropped for its id"
+    );
+    let reused: Vec<bool> = events
+        .iter()
+        .map(|e| {
+            e.get_document("source")
+                .unwrap()
+                .get_bool("reusedControlId")
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(reused, [false, true]);
+}
+
+#[tokio::test]
+async fn five_pipelined_frames_in_one_write_get_five_acks_in_order_and_keep_that_sequence() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    let ids: Vec<String> = (1..=5).map(|n| format!("PIPE-{n}")).collect();
+    let mut bytes = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        bytes.extend(MllpClient::frame(
+            oru(id, "MRN-PIPE", &n.to_string()).as_bytes(),
+        ));
+    }
+    client.write(&bytes).await;
+    let mut answered = Vec::new();
+    for _ in 0..5 {
+        answered.push(ack(&client.reply().await));
+    }
+    let expected: Vec<(String, String)> =
+        ids.iter().map(|id| ("AA".to_owned(), id.clone())).collect();
+    assert_eq!(answered, expected);
+    let stored: Vec<(i64, String)> = db
+        .events_of("MRN-PIPE")
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e.get_i64("seq").unwrap(),
+                hl7(e).get_str("controlId").unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(i64, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (n as i64 + 1, id.clone()))
+        .collect();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test]
+async fn noise_before_a_start_block_and_lf_line_ends_are_read() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    let mut bytes = b"\r\n\x00garbage".to_vec();
+    bytes.extend(MllpClient::frame(oru("NOISE-1", "MRN-N", "1").as_bytes()));
+    client.write(&bytes).await;
+    assert_eq!(
+        ack(&client.reply().await),
+        ("AA".to_owned(), "NOISE-1".to_owned())
+    );
+    let lf = oru("LF-1", "MRN-N", "2").replace('\r', "\n");
+    assert_eq!(
+        ack(&client.exchange(&lf).await),
+        ("AA".to_owned(), "LF-1".to_owned())
+    );
+    let crlf = oru("CRLF-1", "MRN-N", "3").replace('\r', "\r\n");
+    assert_eq!(
+        ack(&client.exchange(&crlf).await),
+        ("AA".to_owned(), "CRLF-1".to_owned())
+    );
+    assert_eq!(db.events_of("MRN-N").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_message_without_a_patient_or_not_hl7_is_refused_and_nothing_is_stored() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    let no_pid =
+        "MSH|^~\\&|LabSys|NORTHLAB|||20240411070545||ORU^R01|NOPID-1|P|2.5.1\rOBR|1||1|cbc\r";
+    let answer = client.exchange(no_pid).await;
+    assert_eq!(ack(&answer), ("AE".to_owned(), "NOPID-1".to_owned()));
+    let err = segment(&answer, "ERR").expect("an ERR segment");
+    assert!(
+        err[2].starts_with("PID^1^3"),
+        "ERR-2 names PID-3: {answer:?}"
+    );
+    assert!(
+        err[3].starts_with("101"),
+        "ERR-3 is 0357 code 101 (required field missing): {answer:?}"
+    );
+
+    let empty_id = oru("EMPTY-1", "", "1");
+    assert_eq!(ack(&client.exchange(&empty_id).await).0, "AE");
+
+    let answer = client.exchange("this is not HL7").await;
+    assert_eq!(ack(&answer), ("AR".to_owned(), String::new()));
+
+    let test_mode = oru("TEST-1", "MRN-T", "1").replace("|P|2.5.1", "|T|2.5.1");
+    assert_eq!(
+        ack(&client.exchange(&test_mode).await).0,
+        "AR",
+        "MSH-11 T is refused by default"
+    );
+    let old = oru("V-1", "MRN-T", "1").replace("|P|2.5.1", "|P|3.0");
+    assert_eq!(
+        ack(&client.exchange(&old).await).0,
+        "AR",
+        "an unsupported version"
+    );
+    assert_eq!(db.count("queued_events", doc! {}).await, 0);
+    // The connection still works.
+    assert_eq!(
+        ack(&client.exchange(&oru("OK-1", "MRN-T", "1")).await).0,
+        "AA"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_frame_is_refused_and_skipped_to_its_end_and_the_next_is_read() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::mllp_config(&uri, "");
+    config.mllp.max_message_bytes = 2048;
+    let ingest = InProcessIngest::start_with(config).await;
+    let db = Db::connect(&uri).await;
+    let mut client = connect(&ingest).await;
+    let big = oru("BIG-1", "MRN-BIG", &"9".repeat(4000));
+    let mut bytes = MllpClient::frame(big.as_bytes());
+    bytes.extend(MllpClient::frame(oru("SMALL-1", "MRN-BIG", "1").as_bytes()));
+    client.write(&bytes).await;
+    let answer = client.reply().await;
+    assert_eq!(
+        ack(&answer),
+        ("AE".to_owned(), "BIG-1".to_owned()),
+        "{answer}"
+    );
+    assert!(answer.contains("larger than 2048 bytes"), "{answer}");
+    assert_eq!(
+        ack(&client.reply().await),
+        ("AA".to_owned(), "SMALL-1".to_owned())
+    );
+    let stored: Vec<String> = db
+        .events_of("MRN-BIG")
+        .await
+        .iter()
+        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, ["SMALL-1"]);
+}
+
+#[tokio::test]
+async fn an_unterminated_frame_is_never_stored_at_eof_or_after_the_frame_timeout() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::mllp_config(&uri, "");
+    config.mllp.frame_timeout = Duration::from_millis(500);
+    let ingest = InProcessIngest::start_with(config).await;
+    let db = Db::connect(&uri).await;
+    // The sender closes inside a frame.
+    let mut client = connect(&ingest).await;
+    let whole = MllpClient::frame(oru("CUT-1", "MRN-CUT", "1").as_bytes());
+    client.write(&whole[..whole.len() - 2]).await;
+    drop(client);
+    // The sender stops inside a frame and stays connected.
+    let mut stalled = connect(&ingest).await;
+    let second = MllpClient::frame(oru("CUT-2", "MRN-CUT", "1").as_bytes());
+    stalled.write(&second[..second.len() - 2]).await;
+    assert_eq!(
+        stalled.reply_within(Duration::from_secs(10)).await,
+        Reply::Closed
+    );
+    // An idle connection is not closed by the frame timeout.
+    let mut idle = connect(&ingest).await;
+    assert_eq!(
+        idle.reply_within(Duration::from_millis(1500)).await,
+        Reply::Silent
+    );
+    assert_eq!(
+        ack(&idle.exchange(&oru("IDLE-1", "MRN-IDLE", "1")).await).0,
+        "AA"
+    );
+    assert_eq!(
+        db.count("queued_events", doc! { "patientId": "MRN-CUT" })
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn latin_1_is_decoded_by_msh_18_or_by_the_listener_default() {
+    let (ingest, db) = start("").await;
+    let latin1 = |text: &str| -> Vec<u8> { text.chars().map(|c| c as u32 as u8).collect() };
+    let mut client = connect(&ingest).await;
+    let declared = oru("L1-1", "MRN-Ü1", "1")
+        .replace("MOUSE^MINA", "MÜLLER^JÖRG")
+        .replace("|P|2.5.1", "|P|2.5.1||||||8859/1");
+    client.send_bytes(&latin1(&declared)).await;
+    let answer = client.reply().await;
+    assert_eq!(ack(&answer).0, "AA", "{answer}");
+    let stored = db.events_of("MRN-Ü1").await;
+    assert_eq!(stored.len(), 1, "the patient id is decoded too");
+    assert!(
+        hl7(&stored[0])
+            .get_str("message")
+            .unwrap()
+            .contains("MÜLLER^JÖRG")
+    );
+
+    // A sender that leaves MSH-18 empty, on a listener whose default is Latin-1.
+    let (latin_ingest, latin_db) = start(";charset=8859/1").await;
+    let mut client = connect(&latin_ingest).await;
+    let undeclared = oru("L1-2", "MRN-2", "1").replace("MOUSE^MINA", "GARÇON^ANDRÉ");
+    client.send_bytes(&latin1(&undeclared)).await;
+    assert_eq!(ack(&client.reply().await).0, "AA");
+    let stored = latin_db.events_of("MRN-2").await;
+    assert!(
+        hl7(&stored[0])
+            .get_str("message")
+            .unwrap()
+            .contains("GARÇON^ANDRÉ")
+    );
+    // The same bytes on a UTF-8 listener are not valid text: refused, not garbled.
+    let mut client = connect(&ingest).await;
+    client.send_bytes(&latin1(&undeclared)).await;
+    assert_eq!(ack(&client.reply().await).0, "AE");
+    assert_eq!(
+        db.count("queued_events", doc! { "patientId": "MRN-2" })
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn enhanced_mode_gets_commit_acks_and_none_for_ne() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    let enhanced = |id: &str, accept: &str| {
+        oru(id, "MRN-E", "1").replace("|P|2.5.1", &format!("|P|2.5.1|||{accept}|NE"))
+    };
+    assert_eq!(
+        ack(&client.exchange(&enhanced("E-1", "AL")).await),
+        ("CA".to_owned(), "E-1".to_owned())
+    );
+    // NE: nothing comes back; the next message is read once this one is stored.
+    client.send(&enhanced("E-2", "NE")).await;
+    assert_eq!(
+        ack(&client.exchange(&oru("E-3", "MRN-E", "1")).await),
+        ("AA".to_owned(), "E-3".to_owned())
+    );
+    // ER: only errors are answered.
+    let no_pid = "MSH|^~\\&|LabSys|NORTHLAB|||20240411070545||ORU^R01|E-4|P|2.5.1|||ER|NE\rOBR|1\r";
+    assert_eq!(
+        ack(&client.exchange(no_pid).await),
+        ("CE".to_owned(), "E-4".to_owned())
+    );
+    let stored: Vec<String> = db
+        .events_of("MRN-E")
+        .await
+        .iter()
+        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, ["E-1", "E-2", "E-3"]);
+}
+
+#[tokio::test]
+async fn a_batch_is_stored_in_order_and_answered_with_one_batch_of_acks() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    let no_pid = "MSH|^~\\&|LabSys|NORTHLAB|||20240411070545||ORU^R01|B-2|P|2.5.1\rOBR|1\r";
+    let batch = format!(
+        "BHS|^~\\&|LabSys|NORTHLAB\r{}{}{}BTS|3\r",
+        oru("B-1", "MRN-B", "1"),
+        no_pid,
+        oru("B-3", "MRN-B", "3")
+    );
+    let answer = client.exchange(&batch).await;
+    assert!(answer.starts_with("BHS|"), "{answer:?}");
+    assert!(answer.ends_with("BTS|3\r"), "{answer:?}");
+    assert_eq!(
+        acks(&answer),
+        [
+            ("AA".to_owned(), "B-1".to_owned()),
+            ("AE".to_owned(), "B-2".to_owned()),
+            ("AA".to_owned(), "B-3".to_owned())
+        ]
+    );
+    let stored: Vec<String> = db
+        .events_of("MRN-B")
+        .await
+        .iter()
+        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        stored,
+        ["B-1", "B-3"],
+        "one bad message does not lose the others"
+    );
+}
+
+#[tokio::test]
+async fn with_the_database_frozen_no_ack_is_sent_and_the_connection_closes_then_a_resend_is_stored_once()
+ {
+    let proxy = FaultProxy::start_for_shared().await;
+    let database = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let uri = proxy.uri(&database);
+    let mut config = InProcessIngest::mllp_config(&uri, "");
+    config.mongo.timeout = Duration::from_millis(500);
+    let ingest = InProcessIngest::start_with(config).await;
+    let db = Db::connect(&format!("{}/{database}", crate::support::shared_mongo())).await;
+    let mut client = connect(&ingest).await;
+    assert_eq!(
+        ack(&client.exchange(&oru("F-1", "MRN-F", "1")).await).0,
+        "AA"
+    );
+
+    proxy.freeze(true);
+    client.send(&oru("F-2", "MRN-F", "2")).await;
+    let reply = client.reply_within(Duration::from_secs(30)).await;
+    assert_eq!(
+        reply,
+        Reply::Closed,
+        "no ACK for a write the store did not confirm"
+    );
+    proxy.freeze(false);
+
+    // The sender reconnects and resends what was not acknowledged.
+    let mut client = connect(&ingest).await;
+    assert_eq!(
+        ack(&client.exchange(&oru("F-2", "MRN-F", "2")).await).0,
+        "AA"
+    );
+    let stored: Vec<String> = db
+        .events_of("MRN-F")
+        .await
+        .iter()
+        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, ["F-1", "F-2"], "stored once, in order");
+}
+
+#[tokio::test]
+async fn connections_from_outside_the_allowlist_are_closed_unanswered() {
+    let (ingest, db) = start(";allow=10.9.0.0/16").await;
+    let mut client = connect(&ingest).await;
+    client.send(&oru("DENY-1", "MRN-D", "1")).await;
+    assert_eq!(
+        client.reply_within(Duration::from_secs(10)).await,
+        Reply::Closed
+    );
+    assert_eq!(db.count("queued_events", doc! {}).await, 0);
+    let (open, _) = start(";allow=127.0.0.0/8").await;
+    assert_eq!(
+        ack(&connect(&open)
+            .await
+            .exchange(&oru("OK-1", "MRN-D", "1"))
+            .await)
+        .0,
+        "AA"
+    );
+}
+
+#[tokio::test]
+async fn an_http_client_naming_the_same_mrn_shares_the_patients_sequence() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    assert_eq!(
+        ack(&client.exchange(&oru("S-1", "MRN-SHARED", "1")).await).0,
+        "AA"
+    );
+    let answer = crate::support::post_event(
+        &crate::support::client(),
+        &ingest.url,
+        &crate::support::event_body("MRN-SHARED", 2),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, reqwest::StatusCode::ACCEPTED);
+    assert_eq!(
+        ack(&client.exchange(&oru("S-3", "MRN-SHARED", "3")).await).0,
+        "AA"
+    );
+    let seqs: Vec<i64> = all_events(&db)
+        .await
+        .iter()
+        .map(|e| e.get_i64("seq").unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+}
