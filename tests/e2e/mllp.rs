@@ -547,3 +547,186 @@ async fn an_http_client_naming_the_same_mrn_shares_the_patients_sequence() {
         .collect();
     assert_eq!(seqs, [1, 2, 3]);
 }
+
+/// The sender's loop after a crash: everything not acknowledged is sent
+/// again, in order, on a new connection.
+#[tokio::test]
+async fn ingest_killed_mid_stream_while_the_sender_resends_what_was_not_acked_stores_each_once_in_order()
+ {
+    use crate::support::{Service, free_port, ingest_env};
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let port = free_port();
+    let mut env = ingest_env(&uri, "http://127.0.0.1:9");
+    env.push((
+        "MLLP_LISTENERS",
+        format!("{}@127.0.0.1:{port}", crate::support::CLIENT),
+    ));
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let patients = ["MRN-K1", "MRN-K2", "MRN-K3"];
+    let messages: Vec<(String, &str, String)> = (0..45)
+        .map(|n| {
+            let id = format!("K-{n:03}");
+            let patient = patients[n % 3];
+            let text = oru(&id, patient, &n.to_string());
+            (id, patient, text)
+        })
+        .collect();
+
+    let mut ingest = Service::start("ingest", &env).await;
+    let mut acked: Vec<String> = Vec::new();
+    let mut next = 0;
+    for round in 0..3 {
+        let mut client = MllpClient::connect(address).await;
+        // Acknowledged one by one for a while ...
+        let stop_at = (next + 10).min(messages.len());
+        while next < stop_at {
+            let answer = client.exchange(&messages[next].2).await;
+            assert_eq!(ack(&answer), ("AA".to_owned(), messages[next].0.clone()));
+            acked.push(messages[next].0.clone());
+            next += 1;
+        }
+        if round == 2 {
+            // ... and the rest pipelined, with the service left running.
+            let mut bytes = Vec::new();
+            for message in &messages[next..] {
+                bytes.extend(MllpClient::frame(message.2.as_bytes()));
+            }
+            client.write(&bytes).await;
+            while next < messages.len() {
+                assert_eq!(ack(&client.reply().await).1, messages[next].0);
+                acked.push(messages[next].0.clone());
+                next += 1;
+            }
+            break;
+        }
+        // ... then five pipelined, and the process killed while they are
+        // being stored: some may be stored, none of them is acknowledged.
+        let mut bytes = Vec::new();
+        for message in &messages[next..next + 5] {
+            bytes.extend(MllpClient::frame(message.2.as_bytes()));
+        }
+        client.write(&bytes).await;
+        tokio::time::sleep(Duration::from_millis(15 * round as u64)).await;
+        ingest.kill9();
+        // What was acknowledged before the kill counts as acknowledged.
+        while let Reply::Frame(answer) = client.reply_within(Duration::from_millis(200)).await {
+            let (code, id) = ack(&answer);
+            assert_eq!(
+                (code.as_str(), id.as_str()),
+                ("AA", messages[next].0.as_str())
+            );
+            acked.push(id);
+            next += 1;
+        }
+        ingest = Service::start("ingest", &env).await;
+    }
+    assert_eq!(acked.len(), messages.len());
+
+    for patient in patients {
+        let stored: Vec<String> = db
+            .events_of(patient)
+            .await
+            .iter()
+            .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
+            .collect();
+        let sent: Vec<String> = messages
+            .iter()
+            .filter(|(_, p, _)| *p == patient)
+            .map(|(id, _, _)| id.clone())
+            .collect();
+        assert_eq!(
+            stored, sent,
+            "{patient}: every message once, in the order sent"
+        );
+    }
+    drop(ingest);
+}
+
+#[tokio::test]
+async fn hl7_events_are_delivered_over_mllp_in_order_one_at_a_time_retried_in_place_after_a_nak_and_a_wrong_ack()
+ {
+    use crate::support::mllp::{Misbehave, Receiver};
+    use crate::support::{Service, processor_env, wait_until};
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let receiver = Receiver::start(Duration::from_millis(40)).await;
+    let mut env = processor_env(&uri, 10, 20);
+    env.push(("DELIVERY_MLLP", receiver.address.to_string()));
+    env.push(("DELIVERY_MLLP_RECEIVING_APPLICATION", "EHR".to_owned()));
+    env.push(("DELIVERY_MLLP_TIMEOUT_MS", "5000".to_owned()));
+    let processor = Service::start("processor", &env).await;
+    let mut config = InProcessIngest::mllp_config(&uri, "");
+    config.processor_url = processor.url();
+    let ingest = InProcessIngest::start_with(config).await;
+
+    receiver.misbehave_once("D-A-2", Misbehave::Nak);
+    receiver.misbehave_once("D-B-3", Misbehave::WrongControlId);
+    let mut client = connect(&ingest).await;
+    let mut sent: Vec<(String, String)> = Vec::new();
+    for n in 1..=4 {
+        for patient in ["A", "B", "C"] {
+            let id = format!("D-{patient}-{n}");
+            // Enhanced mode asked by the sender: cleared on the way out.
+            let message = oru(&id, &format!("MRN-D{patient}"), &n.to_string())
+                .replace("|P|2.5.1", "|P|2.5.1|||AL|NE");
+            assert_eq!(ack(&client.exchange(&message).await).0, "CA");
+            sent.push((format!("MRN-D{patient}"), id));
+        }
+    }
+    wait_until(Duration::from_secs(60), "all 12 processed", || async {
+        db.count("processed_events", doc! {}).await == 12
+    })
+    .await;
+    assert_eq!(
+        db.count("processed_events", doc! { "result.status": "success" })
+            .await,
+        12
+    );
+
+    let received = receiver.received();
+    for patient in ["MRN-DA", "MRN-DB", "MRN-DC"] {
+        let mine: Vec<&crate::support::mllp::Received> =
+            received.iter().filter(|r| r.patient == patient).collect();
+        // One at a time: each delivery ends before the next starts.
+        for pair in mine.windows(2) {
+            assert!(
+                pair[0].ended <= pair[1].started,
+                "{patient}: two deliveries open at once"
+            );
+        }
+        // In order, a failed one retried in place before the next.
+        let mut order: Vec<String> = mine.iter().map(|r| r.control_id.clone()).collect();
+        order.dedup();
+        let expected: Vec<String> = sent
+            .iter()
+            .filter(|(p, _)| p == patient)
+            .map(|(_, id)| id.clone())
+            .collect();
+        assert_eq!(order, expected, "{patient}");
+        let accepted: Vec<String> = mine
+            .iter()
+            .filter(|r| r.answer == "AA")
+            .map(|r| r.control_id.clone())
+            .collect();
+        assert_eq!(accepted, expected, "{patient}: each accepted once");
+    }
+    let retried = |id: &str| received.iter().filter(|r| r.control_id == id).count();
+    assert_eq!(retried("D-A-2"), 2, "the NAKed message was sent again");
+    assert_eq!(
+        retried("D-B-3"),
+        2,
+        "an ACK for another message is not taken"
+    );
+    for r in &received {
+        assert_eq!(r.receiving_application, "EHR", "MSH-5 set to the receiver");
+        assert_eq!(r.accept_ack_type, "", "MSH-15 cleared: original mode");
+        let token: i64 = r
+            .fencing_token
+            .as_deref()
+            .expect("a ZFT segment")
+            .parse()
+            .unwrap();
+        assert!(token >= 1, "the fencing token is the lease epoch");
+    }
+}

@@ -195,3 +195,19 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local_addr)
     }
 }
+
+/// A client for a raw TCP protocol (MLLP delivery) that trusts only the CA
+/// in `ca` (PEM): receivers on a hospital network carry private certificates.
+pub fn connector_trusting(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        roots.add(cert)?;
+    }
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+        ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}

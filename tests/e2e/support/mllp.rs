@@ -152,3 +152,118 @@ pub fn adt(id: &str, patient: &str) -> String {
          PV1|1|I|PREOP^101^1\r"
     )
 }
+
+/// One message a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub control_id: String,
+    /// PID-3.1.
+    pub patient: String,
+    /// MSH-5 and MSH-15 as received.
+    pub receiving_application: String,
+    pub accept_ack_type: String,
+    /// The `ZFT` segment's first field (the fencing token), if any.
+    pub fencing_token: Option<String>,
+    pub started: std::time::Instant,
+    pub ended: std::time::Instant,
+    /// What it answered: `AA`, `AE`, or `AA` with another message's MSA-2 (`wrong`).
+    pub answer: &'static str,
+}
+
+/// How a [`Receiver`] answers a given control id the next time it arrives.
+#[derive(Debug, Clone, Copy)]
+pub enum Misbehave {
+    Nak,
+    WrongControlId,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Vec<Received>,
+    script: std::collections::HashMap<String, Misbehave>,
+}
+
+/// An MLLP receiving system for delivery tests: holds each message `hold`,
+/// records it, answers `AA` (or as scripted, once per control id).
+pub struct Receiver {
+    pub address: std::net::SocketAddr,
+    state: std::sync::Arc<std::sync::Mutex<ReceiverState>>,
+}
+
+impl Receiver {
+    pub async fn start(hold: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let state: std::sync::Arc<std::sync::Mutex<ReceiverState>> = Default::default();
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let mut connection = MllpClient {
+                        stream,
+                        buffer: Vec::new(),
+                    };
+                    while let Reply::Frame(message) =
+                        connection.reply_within(Duration::from_secs(3600)).await
+                    {
+                        let started = std::time::Instant::now();
+                        tokio::time::sleep(hold).await;
+                        let msh = segment(&message, "MSH").unwrap_or_default();
+                        let pid = segment(&message, "PID").unwrap_or_default();
+                        let field = |fields: &Vec<String>, n: usize| {
+                            fields.get(n).cloned().unwrap_or_default()
+                        };
+                        let control_id = field(&msh, 9);
+                        let misbehave = state.lock().unwrap().script.remove(&control_id);
+                        let (code, msa_2, answer) = match misbehave {
+                            None => ("AA", control_id.clone(), "AA"),
+                            Some(Misbehave::Nak) => ("AE", control_id.clone(), "AE"),
+                            Some(Misbehave::WrongControlId) => {
+                                ("AA", "SOMETHING-ELSE".to_owned(), "wrong")
+                            }
+                        };
+                        state.lock().unwrap().received.push(Received {
+                            control_id: control_id.clone(),
+                            patient: field(&pid, 3)
+                                .split('^')
+                                .next()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            receiving_application: field(&msh, 4),
+                            accept_ack_type: field(&msh, 14),
+                            fencing_token: segment(&message, "ZFT").map(|z| field(&z, 1)),
+                            started,
+                            ended: std::time::Instant::now(),
+                            answer,
+                        });
+                        let ack = format!(
+                            "MSH|^~\\&|EHR|HOSP|EventSvc|EVSVC|20240101000000||ACK^R01^ACK|R{control_id}|P|2.5.1\rMSA|{code}|{msa_2}\r"
+                        );
+                        if connection
+                            .stream
+                            .write_all(&MllpClient::frame(ack.as_bytes()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { address, state }
+    }
+
+    pub fn misbehave_once(&self, control_id: &str, how: Misbehave) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .insert(control_id.to_owned(), how);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+}

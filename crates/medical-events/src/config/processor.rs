@@ -9,6 +9,7 @@ use super::{
 };
 use crate::auth::{Access, Credential};
 use crate::http::limits::HttpLimits;
+use crate::processor::mllp_delivery::MllpDeliverySettings;
 use crate::processor::processing::DeliverySettings;
 use crate::processor::scheduler::FailurePolicy;
 use crate::retry::RetryPolicy;
@@ -39,6 +40,8 @@ pub struct ProcessorConfig {
     pub attempt_timeout: Duration,
     pub on_failure: FailurePolicy,
     pub delivery: Option<DeliverySettings>,
+    /// HL7 delivery out over MLLP (`DELIVERY_MLLP`).
+    pub mllp_delivery: Option<MllpDeliverySettings>,
     pub retention: Retention,
     pub metrics_port: u16,
     pub patient_logging: PatientLoggingSetting,
@@ -102,6 +105,7 @@ impl ProcessorConfig {
             attempt_timeout: positive_millis(source, "ATTEMPT_TIMEOUT_MS", 60_000)?,
             on_failure: FailurePolicy::from_source(source)?,
             delivery: DeliverySettings::from_source(source)?,
+            mllp_delivery: MllpDeliverySettings::from_source(source)?,
             retention: Retention::from_source(source, idempotency_ttl(source)?)?,
             metrics_port: number(source, "METRICS_PORT", 9465)?,
             patient_logging: PatientLoggingSetting::from_source(source)?,

@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use super::processing::{Delivery, DeliverySettings, Handler, SimulatedProcessing};
+use super::mllp_delivery::MllpDelivery;
+use super::processing::{Delivery, DeliverySettings, Handler, Routed, SimulatedProcessing};
 use super::routes::{self as processor, ProcessorState};
 use super::scheduler::LaneConfig;
 use super::worker::{Worker, WorkerConfig};
@@ -29,7 +30,7 @@ pub struct ProcessorApp {
     metrics: Option<TcpListener>,
     router: axum::Router,
     tls: Option<TlsAcceptor>,
-    worker: Worker<Handler>,
+    worker: Worker<Routed>,
     shutdown_grace: Duration,
 }
 
@@ -108,7 +109,23 @@ impl ProcessorApp {
     }
 }
 
-fn handler(config: &ProcessorConfig) -> Result<Handler, StartupError> {
+fn handler(config: &ProcessorConfig) -> Result<Routed, StartupError> {
+    let rest = json_handler(config)?;
+    let mllp = config
+        .mllp_delivery
+        .clone()
+        .map(MllpDelivery::new)
+        .transpose()
+        .map_err(StartupError::Client)?;
+    if let Some(mllp) = &mllp {
+        info!(address = mllp.address(), "delivering HL7 events over MLLP");
+    }
+    Ok(Routed { mllp, rest })
+}
+
+/// What events that did not arrive as HL7 get (and all of them without
+/// `DELIVERY_MLLP`): delivery as JSON, or the simulated work.
+fn json_handler(config: &ProcessorConfig) -> Result<Handler, StartupError> {
     Ok(match &config.delivery {
         None => Handler::Simulated(SimulatedProcessing {
             min: config.processing_min,

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod fleet;
+pub mod mllp_delivery;
 pub mod processing;
 pub mod routes;
 pub mod scheduler;

@@ -190,7 +190,8 @@ impl DeliverySettings {
     }
 }
 
-/// The handler a processor runs, chosen by configuration.
+/// What an event gets when it did not arrive as HL7 (and every event
+/// without `DELIVERY_MLLP`), chosen by configuration.
 #[derive(Clone)]
 pub enum Handler {
     Simulated(SimulatedProcessing),
@@ -202,6 +203,25 @@ impl EventHandler for Handler {
         match self {
             Self::Simulated(simulated) => simulated.handle(event).await,
             Self::Delivery(delivery) => delivery.handle(event).await,
+        }
+    }
+}
+
+/// The handler a processor runs: events that arrived over MLLP go out over
+/// MLLP when `DELIVERY_MLLP` is set; everything else to `rest`.
+#[derive(Clone)]
+pub struct Routed {
+    pub mllp: Option<super::mllp_delivery::MllpDelivery>,
+    pub rest: Handler,
+}
+
+impl EventHandler for Routed {
+    async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
+        match &self.mllp {
+            Some(mllp) if event.source.as_ref().is_some_and(|s| s.kind == "mllp") => {
+                mllp.handle(event).await
+            }
+            _ => self.rest.handle(event).await,
         }
     }
 }

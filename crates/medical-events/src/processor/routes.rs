@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::processing::Handler;
+use super::processing::Routed;
 use super::scheduler::Scheduler;
 use crate::auth::{Caller, Guard, require_bearer};
 use crate::event::QueuedEventRequest;
@@ -32,7 +32,7 @@ pub const SERVICE: &str = "processor-service";
 #[derive(Clone)]
 pub struct ProcessorState {
     pub intake: Arc<Intake>,
-    pub scheduler: Scheduler<Handler>,
+    pub scheduler: Scheduler<Routed>,
 }
 
 /// `POST /queue` (it may store an event, so it keeps its own time limit:
