@@ -194,6 +194,17 @@ elif check == "mongodb":
     for p in published("mongodb"):
         if p.get("host_ip") != "127.0.0.1":
             problems.append(f"mongodb is published beyond the loopback: {p}")
+elif check == "mllp":
+    # MLLP has no credentials: its port stays on the host's loopback.
+    env = (services.get("ingest") or {}).get("environment") or {}
+    if not env.get("MLLP_LISTENERS"):
+        problems.append("ingest: MLLP_LISTENERS is not set")
+    mllp = [p for p in published("ingest") if p.get("target") == 2575]
+    if not mllp:
+        problems.append("ingest does not publish the MLLP port 2575")
+    for p in mllp:
+        if p.get("host_ip") != "127.0.0.1":
+            problems.append(f"ingest's MLLP port is published beyond the loopback: {p}")
 elif check == "ingest":
     ingest = services.get("ingest")
     if ingest is None:
@@ -251,6 +262,8 @@ run_check "compose: no /metrics port published" \
     assert_compose metrics
 run_check "compose: MongoDB published on 127.0.0.1 only (if at all)" \
     assert_compose mongodb
+run_check "compose: ingest's MLLP port published on 127.0.0.1 only" \
+    assert_compose mllp
 run_check "compose: ingest's host port is a range (scale-safe), no other host port in it" \
     assert_compose ingest
 run_check "prometheus: every replica scraped (dns_sd_configs type A, metrics ports)" \

@@ -14,6 +14,8 @@ export LOG_FORMAT=${LOG_FORMAT:-pretty}
 export INGEST_API_KEYS=${INGEST_API_KEYS:-dev:dev-ingest-key-change-me}
 export ADMIN_API_KEYS=${ADMIN_API_KEYS:-operator:dev-admin-key-change-me}
 export PROCESSOR_TOKEN=${PROCESSOR_TOKEN:-dev-processor-token-change-me}
+# HL7 v2 over MLLP for client dev, on loopback only (MLLP has no credentials).
+export MLLP_LISTENERS=${MLLP_LISTENERS:-dev@127.0.0.1:2575}
 # make run serves one person on one machine: the metrics listeners stay on
 # their defaults (9464 ingest, 9465 processor).
 LOCAL_MONGO=${LOCAL_MONGO:-compiled}
@@ -45,5 +47,5 @@ pids+=($!)
 PORT=${INGEST_PORT:-3000} PROCESSOR_URL=${PROCESSOR_URL:-http://127.0.0.1:${PROCESSOR_PORT:-3001}} \
     target/release/ingest &
 pids+=($!)
-echo "ingest on http://localhost:${INGEST_PORT:-3000}, processor on http://localhost:${PROCESSOR_PORT:-3001}; Ctrl-C stops all"
+echo "ingest on http://localhost:${INGEST_PORT:-3000} (HL7 over MLLP: $MLLP_LISTENERS), processor on http://localhost:${PROCESSOR_PORT:-3001}; Ctrl-C stops all"
 wait -n "${pids[@]}" || true

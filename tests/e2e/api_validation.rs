@@ -327,6 +327,7 @@ async fn indexes_of_the_original_exist_after_start_up() {
             "_id_",
             "patient_intake_key",
             "patient_seq",
+            "source_control_id",
             "status_bucket_patient_seq"
         ],
         "queued_events keeps exactly the indexes its guarantees and hot queries need"
