@@ -8,8 +8,8 @@
 //!
 //! | module | service | what |
 //! |---|---|---|
-//! | [`ingest`] | ingest | its routes (events, timelines, the outcome stream, the operator API), the nudges to the processor, building and running it |
-//! | [`processor`] | processor | its routes (`/queue`), the fleet (sessions, leases, epochs, balancing, the change stream), the per-patient lanes, the worker, the handlers (simulated work, delivery), building and running it |
+//! | [`ingest`] | ingest | its routes (events, timelines, the outcome stream, the operator API), the HL7 v2 over MLLP listeners, the nudges to the processor, building and running it |
+//! | [`processor`] | processor | its routes (`/queue`), the fleet (sessions, leases, epochs, balancing, the change stream), the per-patient lanes, the worker, the handlers (simulated work, delivery as JSON or over MLLP), building and running it |
 //! | [`event`] | both | an event and its validation |
 //! | [`hl7`] | both | HL7 v2 over MLLP: framing, reading (charsets, escapes), mapping a message to an event, duplicate keys, ACKs |
 //! | [`store`] | both | MongoDB: indexes, query shapes, intake writes, the fenced lifecycle, sweeps, operator actions, retention, outcomes |
