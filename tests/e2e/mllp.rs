@@ -730,3 +730,136 @@ async fn hl7_events_are_delivered_over_mllp_in_order_one_at_a_time_retried_in_pl
         assert!(token >= 1, "the fencing token is the lease epoch");
     }
 }
+
+/// Certificates for a mutual TLS listener: a CA, the listener's certificate
+/// for 127.0.0.1, a client certificate the CA signed, and one it did not.
+struct MutualTls {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    client: (String, String),
+    stranger: (String, String),
+}
+
+fn mutual_tls() -> MutualTls {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = crate::support::repo_root()
+        .join("target/test-tls")
+        .join(uuid::Uuid::new_v4().simple().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let authority = || {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert, key)
+    };
+    let (ca, ca_key) = authority();
+    let (other_ca, other_key) = authority();
+    let leaf = |names: Vec<String>, by: &rcgen::Certificate, by_key: &KeyPair| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, by, by_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_pem, server_key) = leaf(vec!["127.0.0.1".to_owned()], &ca, &ca_key);
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, server_pem).unwrap();
+    std::fs::write(&paths.2, server_key).unwrap();
+    MutualTls {
+        ca: paths.0,
+        cert: paths.1,
+        key: paths.2,
+        client: leaf(vec!["lab-a".to_owned()], &ca, &ca_key),
+        stranger: leaf(vec!["lab-x".to_owned()], &other_ca, &other_key),
+    }
+}
+
+/// A TLS session to the listener, presenting `identity` (PEM cert, key) if given.
+async fn tls_connect(
+    address: std::net::SocketAddr,
+    ca: &std::path::Path,
+    identity: Option<&(String, String)>,
+) -> std::io::Result<MllpClient> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await?;
+    Ok(MllpClient::over(Box::new(tls)))
+}
+
+#[tokio::test]
+async fn a_mutual_tls_listener_takes_messages_only_from_clients_its_ca_signed() {
+    let tls = mutual_tls();
+    let (ingest, db) = start(&format!(
+        ";tls_cert={};tls_key={};tls_client_ca={}",
+        tls.cert.display(),
+        tls.key.display(),
+        tls.ca.display()
+    ))
+    .await;
+    let address = ingest.mllp_address();
+    let mut trusted = tls_connect(address, &tls.ca, Some(&tls.client))
+        .await
+        .unwrap();
+    assert_eq!(
+        ack(&trusted.exchange(&oru("TLS-1", "MRN-TLS", "1")).await).0,
+        "AA"
+    );
+
+    for identity in [None, Some(&tls.stranger)] {
+        // TLS 1.3 reports a refused client certificate after the handshake:
+        // the session then ends before any answer.
+        if let Ok(mut client) = tls_connect(address, &tls.ca, identity).await {
+            let _ = client.try_send(&oru("TLS-2", "MRN-TLS", "2")).await;
+            assert_ne!(
+                std::mem::discriminant(&client.reply_within(Duration::from_secs(10)).await),
+                std::mem::discriminant(&Reply::Frame(String::new())),
+                "a client without a certificate the CA signed gets no answer"
+            );
+        }
+    }
+    // Plain TCP to a TLS listener is not MLLP to it.
+    let mut plain = connect(&ingest).await;
+    let _ = plain.try_send(&oru("TLS-3", "MRN-TLS", "3")).await;
+    assert_ne!(
+        std::mem::discriminant(&plain.reply_within(Duration::from_secs(10)).await),
+        std::mem::discriminant(&Reply::Frame(String::new()))
+    );
+    let stored: Vec<String> = db
+        .events_of("MRN-TLS")
+        .await
+        .iter()
+        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, ["TLS-1"]);
+}

@@ -12,8 +12,12 @@ const START: u8 = 0x0B;
 const END: u8 = 0x1C;
 const CR: u8 = 0x0D;
 
+/// A connection's byte stream: plain TCP or TLS.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 pub struct MllpClient {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buffer: Vec<u8>,
 }
 
@@ -33,6 +37,11 @@ impl MllpClient {
             .await
             .expect("connect to the MLLP listener");
         stream.set_nodelay(true).unwrap();
+        Self::over(Box::new(stream))
+    }
+
+    /// A client over an established stream (a TLS session, say).
+    pub fn over(stream: Box<dyn Stream>) -> Self {
         Self {
             stream,
             buffer: Vec::new(),
@@ -52,6 +61,13 @@ impl MllpClient {
             .write_all(bytes)
             .await
             .expect("write to the listener");
+    }
+
+    /// Sends a message to a peer that may already have closed the connection.
+    pub async fn try_send(&mut self, message: &str) -> std::io::Result<()> {
+        self.stream
+            .write_all(&Self::frame(message.as_bytes()))
+            .await
     }
 
     pub async fn send(&mut self, message: &str) {
@@ -200,10 +216,7 @@ impl Receiver {
             while let Ok((stream, _)) = listener.accept().await {
                 let state = shared.clone();
                 tokio::spawn(async move {
-                    let mut connection = MllpClient {
-                        stream,
-                        buffer: Vec::new(),
-                    };
+                    let mut connection = MllpClient::over(Box::new(stream));
                     while let Reply::Frame(message) =
                         connection.reply_within(Duration::from_secs(3600)).await
                     {
