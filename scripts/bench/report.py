@@ -12,7 +12,7 @@ from .sections import SECTIONS, footprint
 
 # Sections rendered with a blank line after them (ingest and end_to_end end
 # with one of their own; the footprint block comes between them and these).
-_SPACED = ["side_by_side", "fleet", "takeover", "accept_to_start", "memory", "k6", "burst", "soak"]
+_SPACED = ["side_by_side", "fleet", "takeover", "accept_to_start", "memory", "mllp", "k6", "burst", "soak"]
 
 
 def machine(settings):

@@ -17,7 +17,7 @@ API_KEY = "bench-api-key-0123456789"
 PROCESSOR_TOKEN = "bench-processor-token-0123456789"
 
 ALL_SECTIONS = ["ingest", "end_to_end", "sleeping_lanes", "side_by_side", "fleet", "takeover",
-                "accept_to_start", "memory", "k6", "burst", "soak"]
+                "accept_to_start", "memory", "mllp", "k6", "burst", "soak"]
 
 
 def _list(env, name, default):
@@ -54,6 +54,12 @@ class Settings:
     memory_processor: str = "stopped"
     large_bodies: int = 500
     large_concurrency: int = 16
+    # mllp: intake with 1 connection (patients x messages) and 16; end to end
+    mllp_patients_serial: int = 200
+    mllp_patients: int = 2000
+    mllp_messages: int = 5
+    mllp_e2e_patients: int = 1000
+    mllp_e2e_messages: int = 5
     # k6: processing settings ("MIN-MAX" ms or "real"); HOLD for the script
     # (None: the script's own default, 1m).
     k6_runs: list[str] = field(default_factory=lambda: ["100-200", "real"])
@@ -96,6 +102,11 @@ class Settings:
             memory_processor=get("BENCH_MEMORY_PROCESSOR", "stopped"),
             large_bodies=int(get("BENCH_LARGE_BODIES", "500")),
             large_concurrency=int(get("BENCH_LARGE_CONCURRENCY", "16")),
+            mllp_patients_serial=int(get("BENCH_MLLP_SERIAL_PATIENTS", "200")),
+            mllp_patients=int(get("BENCH_MLLP_PATIENTS", "2000")),
+            mllp_messages=int(get("BENCH_MLLP_MESSAGES", "5")),
+            mllp_e2e_patients=int(get("BENCH_MLLP_E2E_PATIENTS", "1000")),
+            mllp_e2e_messages=int(get("BENCH_MLLP_E2E_MESSAGES", "5")),
             k6_runs=_list(env, "BENCH_K6_PROCESSING", "100-200,real"),
             k6_hold=get("BENCH_K6_HOLD"),
             burst_rate=float(get("BENCH_BURST_RATE", "10000")),

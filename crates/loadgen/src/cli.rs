@@ -33,6 +33,47 @@ pub enum Command {
     /// one JSON line describing them, and keeps them until stdin closes or
     /// SIGTERM/SIGINT arrives; then stops them as scripts/run.sh does.
     Stack(StackArgs),
+    /// HL7 v2 over MLLP: P patients x M messages over C connections, each
+    /// connection serial (a message, its ACK, the next); with --wait, until
+    /// every outcome is recorded.
+    Mllp(MllpArgs),
+    /// A receiving system for MLLP delivery out: holds each message, answers
+    /// AA, prints its port, and on stdin's close what it received.
+    MllpReceiver(MllpReceiverArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MllpArgs {
+    /// The MLLP listener, HOST:PORT.
+    #[arg(long)]
+    pub address: String,
+    /// MongoDB URI naming the database the services use.
+    #[arg(long)]
+    pub mongo: String,
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    pub connections: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub patients: usize,
+    /// Messages per patient.
+    #[arg(long, default_value_t = 5)]
+    pub messages: usize,
+    /// Wait until every message has its outcome (delivered out).
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait for the outcomes.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct MllpReceiverArgs {
+    /// 0: any free port (printed).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    #[arg(long, default_value_t = 5000)]
+    pub hold_min_ms: u64,
+    #[arg(long, default_value_t = 6000)]
+    pub hold_max_ms: u64,
 }
 
 /// The stack a driver sends to.

@@ -4,6 +4,8 @@
 //!   C requests in flight; checks exactly-once and per-patient order.
 //! - `loadgen soak` / `loadgen burst`: a constant arrival rate (open loop),
 //!   one JSON line per interval, then a lost/duplicated check.
+//! - `loadgen mllp` / `loadgen mllp-receiver`: HL7 v2 over MLLP in (and
+//!   out, with the receiver), serial per connection.
 //! - `loadgen stack`: starts a database and the services, prints where they
 //!   are as one JSON line, holds them until stdin closes or SIGTERM.
 //!
@@ -11,6 +13,7 @@
 
 mod cli;
 mod common;
+mod mllp;
 mod open_loop;
 mod run;
 mod start_stack;
@@ -28,6 +31,8 @@ async fn main() -> ExitCode {
         Command::Soak(args) => open_loop::main(args.into()).await,
         Command::Burst(args) => open_loop::main(args.into()).await,
         Command::Stack(args) => start_stack::main(args).await,
+        Command::Mllp(args) => mllp::main(args).await,
+        Command::MllpReceiver(args) => mllp::receiver(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,8 +2,8 @@
 some). Each module has `run(settings, harness)`, which measures and returns
 its entry of results.json, and `render(result)`, its lines of the table."""
 
-from . import (accept_to_start, burst, end_to_end, fleet, ingest, k6, memory, side_by_side, sleeping_lanes,
-               soak, takeover)
+from . import (accept_to_start, burst, end_to_end, fleet, ingest, k6, memory, mllp, side_by_side,
+               sleeping_lanes, soak, takeover)
 
 SECTIONS = {
     "ingest": ingest,
@@ -14,6 +14,7 @@ SECTIONS = {
     "takeover": takeover,
     "accept_to_start": accept_to_start,
     "memory": memory,
+    "mllp": mllp,
     "k6": k6,
     "burst": burst,
     "soak": soak,
