@@ -29,6 +29,15 @@ fn hl7(event: &Document) -> &Document {
         .unwrap()
 }
 
+/// The control ids of a patient's stored events, in sequence order.
+async fn stored_ids(db: &Db, patient: &str) -> Vec<String> {
+    db.events_of(patient)
+        .await
+        .iter()
+        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
+        .collect()
+}
+
 async fn all_events(db: &Db) -> Vec<Document> {
     db.find("queued_events", doc! {}, doc! { "_id": 1 }).await
 }
@@ -301,12 +310,7 @@ async fn an_oversized_frame_is_refused_and_skipped_to_its_end_and_the_next_is_re
         ack(&client.reply().await),
         ("AA".to_owned(), "SMALL-1".to_owned())
     );
-    let stored: Vec<String> = db
-        .events_of("MRN-BIG")
-        .await
-        .iter()
-        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
-        .collect();
+    let stored = stored_ids(&db, "MRN-BIG").await;
     assert_eq!(stored, ["SMALL-1"]);
 }
 
@@ -414,12 +418,7 @@ async fn enhanced_mode_gets_commit_acks_and_none_for_ne() {
         ack(&client.exchange(no_pid).await),
         ("CE".to_owned(), "E-4".to_owned())
     );
-    let stored: Vec<String> = db
-        .events_of("MRN-E")
-        .await
-        .iter()
-        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
-        .collect();
+    let stored = stored_ids(&db, "MRN-E").await;
     assert_eq!(stored, ["E-1", "E-2", "E-3"]);
 }
 
@@ -445,12 +444,7 @@ async fn a_batch_is_stored_in_order_and_answered_with_one_batch_of_acks() {
             ("AA".to_owned(), "B-3".to_owned())
         ]
     );
-    let stored: Vec<String> = db
-        .events_of("MRN-B")
-        .await
-        .iter()
-        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
-        .collect();
+    let stored = stored_ids(&db, "MRN-B").await;
     assert_eq!(
         stored,
         ["B-1", "B-3"],
@@ -490,12 +484,7 @@ async fn with_the_database_frozen_no_ack_is_sent_and_the_connection_closes_then_
         ack(&client.exchange(&oru("F-2", "MRN-F", "2")).await).0,
         "AA"
     );
-    let stored: Vec<String> = db
-        .events_of("MRN-F")
-        .await
-        .iter()
-        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
-        .collect();
+    let stored = stored_ids(&db, "MRN-F").await;
     assert_eq!(stored, ["F-1", "F-2"], "stored once, in order");
 }
 
@@ -624,12 +613,7 @@ async fn ingest_killed_mid_stream_while_the_sender_resends_what_was_not_acked_st
     assert_eq!(acked.len(), messages.len());
 
     for patient in patients {
-        let stored: Vec<String> = db
-            .events_of(patient)
-            .await
-            .iter()
-            .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
-            .collect();
+        let stored = stored_ids(&db, patient).await;
         let sent: Vec<String> = messages
             .iter()
             .filter(|(_, p, _)| *p == patient)
@@ -644,8 +628,7 @@ async fn ingest_killed_mid_stream_while_the_sender_resends_what_was_not_acked_st
 }
 
 #[tokio::test]
-async fn hl7_events_are_delivered_over_mllp_in_order_one_at_a_time_retried_in_place_after_a_nak_and_a_wrong_ack()
- {
+async fn hl7_events_go_out_over_mllp_in_order_one_at_a_time_retried_after_a_nak_or_a_wrong_ack() {
     use crate::support::mllp::{Misbehave, Receiver};
     use crate::support::{Service, processor_env, wait_until};
     let uri = fresh_database_uri();
@@ -855,11 +838,6 @@ async fn a_mutual_tls_listener_takes_messages_only_from_clients_its_ca_signed() 
         std::mem::discriminant(&plain.reply_within(Duration::from_secs(10)).await),
         std::mem::discriminant(&Reply::Frame(String::new()))
     );
-    let stored: Vec<String> = db
-        .events_of("MRN-TLS")
-        .await
-        .iter()
-        .map(|e| hl7(e).get_str("controlId").unwrap().to_owned())
-        .collect();
+    let stored = stored_ids(&db, "MRN-TLS").await;
     assert_eq!(stored, ["TLS-1"]);
 }
