@@ -7,7 +7,7 @@ use std::time::Duration;
 use mongodb::bson::{Document, doc};
 
 use crate::support::checks::Db;
-use crate::support::fault_proxy::FaultProxy;
+use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::mllp::{MllpClient, Reply, ack, acks, adt, oru, segment};
 use crate::support::{InProcessIngest, fresh_database_uri};
 
@@ -312,6 +312,22 @@ async fn an_oversized_frame_is_refused_and_skipped_to_its_end_and_the_next_is_re
     );
     let stored = stored_ids(&db, "MRN-BIG").await;
     assert_eq!(stored, ["SMALL-1"]);
+
+    // Within the limit as Latin-1 bytes, beyond it as the UTF-8 stored:
+    // refused as too large, never a write the database would refuse.
+    let wide = oru("WIDE-1", "MRN-BIG", &"\u{e9}".repeat(1500))
+        .replace("|P|2.5.1", "|P|2.5.1||||||8859/1");
+    let latin1: Vec<u8> = wide.chars().map(|c| c as u32 as u8).collect();
+    assert!(latin1.len() <= 2048 && wide.len() > 2048);
+    client.send_bytes(&latin1).await;
+    let answer = client.reply().await;
+    assert_eq!(
+        ack(&answer),
+        ("AE".to_owned(), "WIDE-1".to_owned()),
+        "{answer}"
+    );
+    let stored = stored_ids(&db, "MRN-BIG").await;
+    assert_eq!(stored, ["SMALL-1"]);
 }
 
 #[tokio::test]
@@ -349,6 +365,58 @@ async fn an_unterminated_frame_is_never_stored_at_eof_or_after_the_frame_timeout
             .await,
         0
     );
+}
+
+/// A sender streaming frames back to back never pauses between two: each
+/// frame is timed from its own start, not from the first one left open.
+#[tokio::test]
+async fn frames_streamed_back_to_back_are_each_timed_from_their_own_start() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::mllp_config(&uri, "");
+    config.mllp.frame_timeout = Duration::from_millis(600);
+    let ingest = InProcessIngest::start_with(config).await;
+    let db = Db::connect(&uri).await;
+    let frames: Vec<Vec<u8>> = (1..=6)
+        .map(|n| MllpClient::frame(oru(&format!("ST-{n}"), "MRN-ST", &n.to_string()).as_bytes()))
+        .collect();
+    let mut client = connect(&ingest).await;
+    // Each write ends one frame and begins the next: at no read does the
+    // connection sit between frames, for 2 s in all.
+    let half = |f: &Vec<u8>| f.len() / 2;
+    client.write(&frames[0][..half(&frames[0])]).await;
+    for n in 0..frames.len() {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut chunk = frames[n][half(&frames[n])..].to_vec();
+        if let Some(next) = frames.get(n + 1) {
+            chunk.extend_from_slice(&next[..half(next)]);
+        }
+        client.write(&chunk).await;
+    }
+    for n in 1..=6 {
+        match client.reply_within(Duration::from_secs(10)).await {
+            Reply::Frame(answer) => assert_eq!(ack(&answer).0, "AA", "frame {n}"),
+            other => panic!("frame {n}: {other:?}"),
+        }
+    }
+    let expected: Vec<String> = (1..=6).map(|n| format!("ST-{n}")).collect();
+    assert_eq!(stored_ids(&db, "MRN-ST").await, expected);
+}
+
+/// A serial sender that ends frames with 0x1C alone (no CR) waits for
+/// each ACK before sending more: the frame must be answered as it is.
+#[tokio::test]
+async fn a_frame_ended_without_its_cr_is_answered_without_waiting_for_more() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    for n in 1..=2 {
+        let framed = MllpClient::frame(oru(&format!("NOCR-{n}"), "MRN-NOCR", "1").as_bytes());
+        client.write(&framed[..framed.len() - 1]).await;
+        match client.reply_within(Duration::from_secs(10)).await {
+            Reply::Frame(answer) => assert_eq!(ack(&answer).0, "AA"),
+            other => panic!("message {n}: {other:?}"),
+        }
+    }
+    assert_eq!(stored_ids(&db, "MRN-NOCR").await, ["NOCR-1", "NOCR-2"]);
 }
 
 #[tokio::test]
@@ -453,7 +521,7 @@ async fn a_batch_is_stored_in_order_and_answered_with_one_batch_of_acks() {
 }
 
 #[tokio::test]
-async fn with_the_database_frozen_no_ack_is_sent_and_the_connection_closes_then_a_resend_is_stored_once()
+async fn with_the_database_frozen_or_its_insert_held_no_ack_is_sent_and_the_connection_closes_then_a_resend_is_stored_once()
  {
     let proxy = FaultProxy::start_for_shared().await;
     let database = format!("t_{}", uuid::Uuid::new_v4().simple());
@@ -486,6 +554,27 @@ async fn with_the_database_frozen_no_ack_is_sent_and_the_connection_closes_then_
     );
     let stored = stored_ids(&db, "MRN-F").await;
     assert_eq!(stored, ["F-1", "F-2"], "stored once, in order");
+
+    // Only the insert held (the reads before it answered): its outcome is
+    // unknown when the store gives up, so still no ACK.
+    let held = proxy.on_next("insert", "queued_events", Fault::HoldRequest, 1);
+    client.send(&oru("F-3", "MRN-F", "3")).await;
+    let reply = client.reply_within(Duration::from_secs(30)).await;
+    assert_eq!(proxy.hits(held), 1, "the insert was sent and held");
+    assert_eq!(
+        reply,
+        Reply::Closed,
+        "no ACK for an insert whose outcome is unknown"
+    );
+    // Let it through (it may land late), then the sender resends.
+    proxy.release();
+    let mut client = connect(&ingest).await;
+    assert_eq!(
+        ack(&client.exchange(&oru("F-3", "MRN-F", "3")).await).0,
+        "AA"
+    );
+    let stored = stored_ids(&db, "MRN-F").await;
+    assert_eq!(stored, ["F-1", "F-2", "F-3"], "stored once, in order");
 }
 
 #[tokio::test]
@@ -506,6 +595,42 @@ async fn connections_from_outside_the_allowlist_are_closed_unanswered() {
             .await)
         .0,
         "AA"
+    );
+}
+
+#[tokio::test]
+async fn a_listener_at_its_connection_limit_closes_new_connections_unanswered() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::mllp_config(&uri, "");
+    config.mllp.max_connections = 2;
+    let ingest = InProcessIngest::start_with(config).await;
+    let db = Db::connect(&uri).await;
+    let mut first = connect(&ingest).await;
+    let mut second = connect(&ingest).await;
+    for (client, id) in [(&mut first, "CAP-1"), (&mut second, "CAP-2")] {
+        assert_eq!(
+            ack(&client.exchange(&oru(id, "MRN-CAP", "1")).await).0,
+            "AA"
+        );
+    }
+    let mut third = connect(&ingest).await;
+    third.send(&oru("CAP-3", "MRN-CAP", "1")).await;
+    assert_eq!(
+        third.reply_within(Duration::from_secs(10)).await,
+        Reply::Closed
+    );
+    assert_eq!(stored_ids(&db, "MRN-CAP").await, ["CAP-1", "CAP-2"]);
+    // A connection closed frees its place.
+    drop(first);
+    crate::support::wait_until(Duration::from_secs(10), "a place freed", || async {
+        let mut next = connect(&ingest).await;
+        next.send(&oru("CAP-4", "MRN-CAP", "1")).await;
+        matches!(next.reply_within(Duration::from_secs(5)).await, Reply::Frame(answer) if ack(&answer).0 == "AA")
+    })
+    .await;
+    assert_eq!(
+        stored_ids(&db, "MRN-CAP").await,
+        ["CAP-1", "CAP-2", "CAP-4"]
     );
 }
 

@@ -190,6 +190,7 @@ pub struct Received {
 #[derive(Debug, Clone, Copy)]
 pub enum Misbehave {
     Nak,
+    /// `AA` naming the message received before this one (a late ACK).
     WrongControlId,
 }
 
@@ -232,8 +233,13 @@ impl Receiver {
                         let (code, msa_2, answer) = match misbehave {
                             None => ("AA", control_id.clone(), "AA"),
                             Some(Misbehave::Nak) => ("AE", control_id.clone(), "AE"),
+                            // A late ACK: the one of the message before.
                             Some(Misbehave::WrongControlId) => {
-                                ("AA", "SOMETHING-ELSE".to_owned(), "wrong")
+                                let earlier = state.lock().unwrap().received.last().map_or_else(
+                                    || "NOTHING-BEFORE".to_owned(),
+                                    |r| r.control_id.clone(),
+                                );
+                                ("AA", earlier, "wrong")
                             }
                         };
                         state.lock().unwrap().received.push(Received {

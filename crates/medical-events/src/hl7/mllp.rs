@@ -72,6 +72,9 @@ pub struct MllpCodec {
     max_message_bytes: usize,
     state: State,
     discarded: u64,
+    /// A frame ended on the last byte read (its end block): a CR arriving
+    /// next belongs to that end block, not to the noise.
+    pending_cr: bool,
 }
 
 impl Default for MllpCodec {
@@ -86,6 +89,7 @@ impl MllpCodec {
             max_message_bytes,
             state: State::Seeking,
             discarded: 0,
+            pending_cr: false,
         }
     }
 
@@ -107,8 +111,7 @@ impl MllpCodec {
     /// A payload of `len` bytes ended at `buf[len]` (an end block).
     fn complete(&mut self, buf: &mut BytesMut, len: usize) -> Frame {
         let payload = buf.split_to(len);
-        consume_end(buf);
-        self.state = State::Seeking;
+        self.consume_end(buf);
         if len > self.max_message_bytes {
             Frame::Oversized {
                 bytes: len,
@@ -118,18 +121,22 @@ impl MllpCodec {
             Frame::Message(payload.freeze())
         }
     }
-}
 
-/// Drops the end block and the CR after it. A lone `0x1C` also ends the
-/// frame (some senders leave out the CR); what follows is then noise or
-/// the next start block.
-fn consume_end(buf: &mut BytesMut) {
-    let len = if buf.get(1) == Some(&CARRIAGE_RETURN) {
-        2
-    } else {
-        1
-    };
-    buf.advance(len.min(buf.len()));
+    /// Drops the end block at `buf[0]` and the CR after it. A lone `0x1C`
+    /// also ends the frame at once (some senders leave out the CR, and a
+    /// serial sender waits for its ACK before sending more); a CR that
+    /// arrives in the next read is still taken as its end.
+    fn consume_end(&mut self, buf: &mut BytesMut) {
+        match buf.get(1) {
+            Some(&CARRIAGE_RETURN) => buf.advance(2),
+            Some(_) => buf.advance(1),
+            None => {
+                buf.advance(1);
+                self.pending_cr = true;
+            }
+        }
+        self.state = State::Seeking;
+    }
 }
 
 fn first_segment(payload: &[u8]) -> Option<Bytes> {
@@ -148,6 +155,12 @@ impl Decoder for MllpCodec {
     type Error = MllpError;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, MllpError> {
+        if self.pending_cr && !buf.is_empty() {
+            self.pending_cr = false;
+            if buf[0] == CARRIAGE_RETURN {
+                buf.advance(1);
+            }
+        }
         loop {
             match &mut self.state {
                 State::Seeking => match buf.iter().position(|&b| b == START_BLOCK) {
@@ -169,12 +182,6 @@ impl Decoder for MllpCodec {
                             buf.advance(at + 1);
                             self.state = State::Reading { scanned: 0 };
                             return Ok(Some(Frame::Interrupted { bytes: at }));
-                        }
-                        // The end block is the last byte: wait for its CR,
-                        // or it would be counted as noise next time.
-                        Some(at) if at + 1 == buf.len() => {
-                            *scanned = at;
-                            return Ok(None);
                         }
                         Some(at) => return Ok(Some(self.complete(buf, at))),
                         None if buf.len() > self.max_message_bytes => {
@@ -205,19 +212,13 @@ impl Decoder for MllpCodec {
                         self.state = State::Reading { scanned: 0 };
                         return Ok(Some(Frame::Interrupted { bytes }));
                     }
-                    Some(at) if at + 1 == buf.len() => {
-                        *bytes += at;
-                        buf.advance(at);
-                        return Ok(None);
-                    }
                     Some(at) => {
                         let frame = Frame::Oversized {
                             bytes: *bytes + at,
                             first_segment: first_segment.take(),
                         };
                         buf.advance(at);
-                        consume_end(buf);
-                        self.state = State::Seeking;
+                        self.consume_end(buf);
                         return Ok(Some(frame));
                     }
                 },
@@ -229,25 +230,11 @@ impl Decoder for MllpCodec {
         if let Some(frame) = self.decode(buf)? {
             return Ok(Some(frame));
         }
-        // What is left is a frame without its end, but for a final end
-        // block that lacks only its CR.
-        let ends_with_end_block = buf.last() == Some(&END_BLOCK);
+        // What is left is a frame without its end (an end block would
+        // have ended it in `decode`).
         let state = std::mem::replace(&mut self.state, State::Seeking);
         match state {
             State::Seeking => Ok(None),
-            State::Reading { .. } if ends_with_end_block => {
-                Ok(Some(self.complete(buf, buf.len() - 1)))
-            }
-            State::Skipping {
-                bytes,
-                first_segment,
-            } if ends_with_end_block => {
-                buf.clear();
-                Ok(Some(Frame::Oversized {
-                    bytes,
-                    first_segment,
-                }))
-            }
             State::Reading { .. } => {
                 let bytes = buf.len();
                 buf.clear();
@@ -453,6 +440,30 @@ mod tests {
         let mut codec = MllpCodec::default();
         let frames = decode_chunks(&mut codec, &[b"\x0bMSH|1\x1c\x0bMSH|2\x1c"]).unwrap();
         assert_eq!(frames, [message("MSH|1"), message("MSH|2")]);
+        assert_eq!(codec.discarded_bytes(), 0);
+    }
+
+    #[test]
+    fn an_end_block_without_its_cr_ends_the_frame_without_waiting_for_more() {
+        // A serial sender that leaves out the CR sends nothing more until
+        // it has its ACK: the frame must come out before EOF.
+        let mut codec = MllpCodec::default();
+        let mut buf = BytesMut::from(&b"\x0bMSH|1\x1c"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(message("MSH|1")));
+        assert!(!codec.in_frame());
+        // The CR in the next read is its end block's, not noise.
+        buf.extend_from_slice(b"\r\x0bMSH|2\x1c\r");
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(message("MSH|2")));
+        assert_eq!(codec.discarded_bytes(), 0);
+        // The same for an oversized frame being skipped.
+        let mut codec = MllpCodec::new(3);
+        let mut buf = BytesMut::from(&b"\x0bMSH|too long\x1c"[..]);
+        assert!(matches!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::Oversized { bytes: 12, .. })
+        ));
+        buf.extend_from_slice(b"\r");
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
         assert_eq!(codec.discarded_bytes(), 0);
     }
 

@@ -131,12 +131,20 @@ impl MllpDelivery {
 
     /// Delivers one event that arrived as HL7.
     pub async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
-        let (payload, control_id) =
-            outbound(event, &self.settings).map_err(HandlerError::Failed)?;
+        let Outbound {
+            payload,
+            control_id,
+            charset,
+        } = outbound(event, &self.settings).map_err(HandlerError::Failed)?;
+        let sent = Sent {
+            payload: &payload,
+            control_id: &control_id,
+            charset,
+        };
         let deliver = async {
             let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
             if let Some(connection) = pooled {
-                match exchange(connection, &payload, &control_id).await {
+                match exchange(connection, &sent).await {
                     Ok(connection) => return Ok(connection),
                     Err(Exchange::Failed(reason)) => return Err(reason),
                     Err(Exchange::Stale(reason)) => {
@@ -145,7 +153,7 @@ impl MllpDelivery {
                 }
             }
             let connection = self.connect().await?;
-            exchange(connection, &payload, &control_id)
+            exchange(connection, &sent)
                 .await
                 .map_err(|(Exchange::Stale(reason) | Exchange::Failed(reason))| reason)
         };
@@ -158,6 +166,11 @@ impl MllpDelivery {
                 ))
             })?
             .map_err(|reason| HandlerError::Failed(format!("MLLP delivery: {reason}")))?;
+        // Bytes after the ACK (a receiver answering twice) would be read as
+        // the next message's answer: such a connection is not kept.
+        if !connection.buffer.is_empty() || connection.codec.in_frame() {
+            return Ok(());
+        }
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < POOL_SIZE {
             pool.push(connection);
@@ -197,13 +210,22 @@ impl MllpDelivery {
     }
 }
 
+/// A message on its way: its bytes, the MSH-10 its ACK must name, and the
+/// character set the receiver's ACK is read in when its MSH-18 is empty.
+struct Sent<'a> {
+    payload: &'a [u8],
+    control_id: &'a str,
+    charset: Charset,
+}
+
 /// Sends one framed message and reads its ACK. Any failure drops the
 /// connection (it is not returned).
-async fn exchange(
-    mut connection: Connection,
-    payload: &[u8],
-    control_id: &str,
-) -> Result<Connection, Exchange> {
+async fn exchange(mut connection: Connection, sent: &Sent<'_>) -> Result<Connection, Exchange> {
+    let Sent {
+        payload,
+        control_id,
+        charset,
+    } = *sent;
     let mut framed = Vec::with_capacity(payload.len() + 3);
     framed.push(START_BLOCK);
     framed.extend_from_slice(payload);
@@ -238,8 +260,23 @@ async fn exchange(
             Err(error) => return Err(Exchange::Failed(format!("reading the ACK: {error}"))),
         }
     };
-    let ack = parse_ack(&frame, &ReadOptions::default())
-        .map_err(|e| Exchange::Failed(format!("an answer that is not an ACK: {e}")))?;
+    // Read in the message's character set, else as Latin-1 (which decodes
+    // any bytes): MSA-1 and MSA-2 are what matter, and they are ASCII.
+    let ack = parse_ack(
+        &frame,
+        &ReadOptions {
+            default_charset: charset,
+        },
+    )
+    .or_else(|_| {
+        parse_ack(
+            &frame,
+            &ReadOptions {
+                default_charset: Charset::Latin1,
+            },
+        )
+    })
+    .map_err(|e| Exchange::Failed(format!("an answer that is not an ACK: {e}")))?;
     if ack.control_id != control_id {
         // Never taken for this message: a late ACK of another one, or a
         // confused receiver. The connection goes with it.
@@ -262,11 +299,17 @@ fn truncated(text: &str) -> String {
     text.chars().take(120).collect()
 }
 
-/// The bytes to send for a stored HL7 event and the MSH-10 its ACK must carry.
-fn outbound(
-    event: &QueuedEvent,
-    settings: &MllpDeliverySettings,
-) -> Result<(Vec<u8>, String), String> {
+/// A stored HL7 event made ready to send.
+struct Outbound {
+    payload: Vec<u8>,
+    /// The MSH-10 its ACK must carry.
+    control_id: String,
+    charset: Charset,
+}
+
+/// The bytes to send for a stored HL7 event, in the character set it came
+/// in, which MSH-18 names when the sender left it to the listener's default.
+fn outbound(event: &QueuedEvent, settings: &MllpDeliverySettings) -> Result<Outbound, String> {
     let hl7 = event
         .data
         .get_document("hl7")
@@ -284,7 +327,11 @@ fn outbound(
         .map_err(|e| format!("the stored message's MSH cannot be read: {e}"))?;
     let separator = header.separators().field;
     let mut fields: Vec<String> = msh.split(separator).map(str::to_owned).collect();
-    // fields[n - 1] is MSH-n (MSH-1 is the separator itself).
+    // fields[n - 1] is MSH-n (MSH-1 is the separator itself). ASCII and
+    // UTF-8 (a superset) need no MSH-18; Latin-1 left to the listener's
+    // default would otherwise reach the receiver unnamed.
+    let undeclared_latin1 =
+        charset == Charset::Latin1 && fields.get(17).is_none_or(|f| f.trim().is_empty());
     let mut set = |n: usize, value: &str| {
         if fields.len() < n {
             fields.resize(n, String::new());
@@ -299,6 +346,9 @@ fn outbound(
     }
     set(15, "");
     set(16, "");
+    if undeclared_latin1 {
+        set(18, charset.hl7_name());
+    }
     while fields.len() > 12 && fields.last().is_some_and(String::is_empty) {
         fields.pop();
     }
@@ -311,5 +361,9 @@ fn outbound(
     if settings.fencing_segment {
         out.push_str(&format!("ZFT{separator}{}\r", event.epoch));
     }
-    Ok((charset.encode(&out), header.control_id()))
+    Ok(Outbound {
+        payload: charset.encode(&out),
+        control_id: header.control_id(),
+        charset,
+    })
 }

@@ -21,9 +21,10 @@ pub const STATUS_BUCKET: &str = "status_bucket_patient_seq";
 /// duplicate suppression, scoped per client and patient.
 pub const INTAKE_KEY: &str = "patient_intake_key";
 
-/// `{source.controlId}`, sparse: HL7 messages by the sender's control id
-/// (reused ids at intake, the operator's search). Sparse: events that came
-/// over HTTP have no entry and cost it nothing.
+/// `{source.controlId, source.sendingApplication, source.sendingFacility}`,
+/// sparse: HL7 messages by the sender's control id and the sender (reused
+/// ids at intake, the operator's search). Sparse: events that came over
+/// HTTP have none of these fields, so no entry, and cost it nothing.
 pub const CONTROL_ID: &str = "source_control_id";
 
 /// `processed_events.eventId`, unique (the original service's index).
@@ -67,7 +68,11 @@ pub fn queued_events() -> Vec<IndexModel> {
             true,
         ),
         IndexModel::builder()
-            .keys(doc! { "source.controlId": 1 })
+            .keys(doc! {
+                "source.controlId": 1,
+                "source.sendingApplication": 1,
+                "source.sendingFacility": 1,
+            })
             .options(
                 IndexOptions::builder()
                     .name(CONTROL_ID.to_owned())

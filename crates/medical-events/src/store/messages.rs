@@ -17,7 +17,7 @@ pub struct ControlIdQuery<'a> {
 impl Store {
     /// Stored messages with this control id (and client and sender, when
     /// given), oldest first, without their data. At most
-    /// [`shapes::CONTROL_ID_MATCHES`] are looked at.
+    /// [`shapes::CONTROL_ID_MATCHES`] of them.
     pub async fn by_control_id(
         &self,
         query: &ControlIdQuery<'_>,
@@ -25,22 +25,13 @@ impl Store {
         let mut found = self
             .find_all(
                 &self.queued,
-                shapes::by_control_id(query.control_id),
+                shapes::by_control_id(query),
                 "reading messages by control id",
             )
             .await?;
-        found.retain(|event| {
-            let Some(source) = &event.source else {
-                return false;
-            };
-            query.client.is_none_or(|client| event.client == client)
-                && query
-                    .sending_application
-                    .is_none_or(|app| source.sending_application == app)
-                && query
-                    .sending_facility
-                    .is_none_or(|facility| source.sending_facility == facility)
-        });
+        if let Some(client) = query.client {
+            found.retain(|event| event.client == client);
+        }
         found.sort_by(|a, b| a.accepted_at.cmp(&b.accepted_at).then(a.id.cmp(&b.id)));
         Ok(found)
     }

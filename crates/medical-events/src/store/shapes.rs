@@ -10,6 +10,7 @@
 use mongodb::bson::{DateTime, Document, doc};
 
 use super::documents::EventStatus;
+use super::messages::ControlIdQuery;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collection {
@@ -227,20 +228,26 @@ pub fn outcomes_since(at: DateTime, client: Option<&str>, limit: i64) -> Shape {
     )
 }
 
-/// Most messages a control id is looked up among: a sender reusing one id
+/// Most messages one control id lookup returns: a sender reusing one id
 /// for every message would otherwise make each lookup read them all.
 pub const CONTROL_ID_MATCHES: i64 = 1000;
 
-/// HL7 messages by their MSH-10, whoever sent them (the caller narrows to
-/// the client and sender: the index is on the control id alone).
-pub fn by_control_id(control_id: &str) -> Shape {
-    Shape::new(
-        "HL7 messages by control id",
-        Collection::Queued,
-        doc! { "source.controlId": control_id },
-    )
-    .projection(doc! { "data": 0 })
-    .limit(CONTROL_ID_MATCHES)
+/// HL7 messages by their MSH-10, narrowed in the query (so the limit
+/// counts only matches) to a sender (MSH-3, MSH-4: the index's other
+/// keys), when given. The client is left to the caller: outside the index,
+/// it would cost the Python server its plan, and a sender belongs to one
+/// client.
+pub fn by_control_id(query: &ControlIdQuery<'_>) -> Shape {
+    let mut filter = doc! { "source.controlId": query.control_id };
+    if let Some(app) = query.sending_application {
+        filter.insert("source.sendingApplication", app);
+    }
+    if let Some(facility) = query.sending_facility {
+        filter.insert("source.sendingFacility", facility);
+    }
+    Shape::new("HL7 messages by control id", Collection::Queued, filter)
+        .projection(doc! { "data": 0 })
+        .limit(CONTROL_ID_MATCHES)
 }
 
 /// Every hot shape, with sample arguments, for the plan test.
@@ -258,6 +265,11 @@ pub fn hot_for_explain() -> Vec<Shape> {
         timeline(3, "patient-1", 10, 50),
         outcomes_within(DateTime::from_millis(1_000), &ids[0], Some("client"), 500),
         outcomes_since(DateTime::from_millis(1_000), None, 500),
-        by_control_id("MSG00001"),
+        by_control_id(&ControlIdQuery {
+            control_id: "MSG00001",
+            client: Some("client"),
+            sending_application: Some("LAB"),
+            sending_facility: Some("HOSP"),
+        }),
     ]
 }

@@ -116,6 +116,17 @@ impl Answerer {
             Err(ReadError::Refused { header, refusal }) => return Ok(self.refuse(&header, refusal)),
         };
         let header = message.header();
+        // Decoded to UTF-8 (as stored), a Latin-1 message grows by up to a
+        // byte per character: the limit holds for what is stored, so a
+        // message can never be one the database refuses for its size.
+        if message.text().len() > self.max_message_bytes {
+            return Ok(self.refuse(
+                header,
+                Refusal::TooLarge {
+                    limit: self.max_message_bytes,
+                },
+            ));
+        }
         if header.is_ack() {
             // An ACK sent to a listener answers nothing here: never ACK an ACK.
             return Ok(None);

@@ -77,6 +77,7 @@ where
     let mut at_eof = false;
     loop {
         // Every frame the buffer holds, in order, each answered first.
+        let mut completed = false;
         loop {
             let frame = if at_eof {
                 codec.decode_eof(&mut buf)
@@ -93,6 +94,7 @@ where
                 }
                 Err(error) => return error.into(),
             };
+            completed = true;
             if let Err(ended) = answer(io, answerer, frame).await {
                 return ended;
             }
@@ -104,9 +106,12 @@ where
         if at_eof {
             return Ended::PeerClosed;
         }
+        // A frame is timed from the read that began it: one still open
+        // after a frame ended began after that end (a sender streaming
+        // frames back to back never sits on a boundary between reads).
         frame_started = match (codec.in_frame(), frame_started) {
             (false, _) => None,
-            (true, None) => Some(Instant::now()),
+            (true, started) if started.is_none() || completed => Some(Instant::now()),
             (true, started) => started,
         };
         buf.reserve(READ_CHUNK);

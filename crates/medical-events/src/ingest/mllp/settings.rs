@@ -21,7 +21,7 @@ use ipnet::IpNet;
 
 use crate::auth::Access;
 use crate::config::{
-    ConfigError, Source, invalid, number, optional, positive_millis, readable_path,
+    ConfigError, Source, invalid, number, optional, positive, positive_millis, readable_path,
 };
 use crate::hl7::{Charset, MappingConfig, ReadOptions};
 
@@ -113,7 +113,8 @@ impl MllpSettings {
             "MLLP_MAX_MESSAGE_BYTES",
             crate::hl7::DEFAULT_MAX_MESSAGE_BYTES,
         )?;
-        // The stored copy (the text, as JSON, beside the rest) must stay
+        // The stored copy (the text decoded to UTF-8, which the listener
+        // also holds to this limit, beside the rest of the event) must stay
         // below MongoDB's 16 MiB document limit.
         if !(1024..=MAX_STORABLE_MESSAGE).contains(&max_message_bytes) {
             return Err(invalid(
@@ -128,14 +129,13 @@ impl MllpSettings {
             listeners,
             max_message_bytes,
             frame_timeout: positive_millis(source, "MLLP_FRAME_TIMEOUT_MS", 30_000)?,
-            max_connections: number(source, "MLLP_MAX_CONNECTIONS", 64)?,
+            max_connections: positive(source, "MLLP_MAX_CONNECTIONS", 64)? as usize,
         })
     }
 }
 
-/// The largest payload accepted whatever the setting: escaped as JSON a
-/// message may grow (control characters become `\uXXXX`), and the event
-/// document holds it once.
+/// The largest message accepted whatever the setting: the event document
+/// holds its text once, with room to spare below 16 MiB for the rest.
 const MAX_STORABLE_MESSAGE: usize = 12 * 1024 * 1024;
 
 fn parse_listeners(raw: &str) -> Result<Vec<ListenerSettings>, ConfigError> {
