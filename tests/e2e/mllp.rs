@@ -635,6 +635,53 @@ async fn a_listener_at_its_connection_limit_closes_new_connections_unanswered() 
 }
 
 #[tokio::test]
+async fn a_listeners_metrics_count_its_traffic_by_client_and_port() {
+    use crate::observability::sample;
+    let (ingest, _db) = start("").await;
+    let metrics = ingest.metrics_url.clone().expect("a metrics listener");
+    let port = ingest.mllp_address().port().to_string();
+    let labels = [("client", crate::support::CLIENT), ("port", port.as_str())];
+    let mut client = connect(&ingest).await;
+    // Noise, a message, its resend, the same id with other content, not HL7.
+    client.write(b"noise").await;
+    assert_eq!(
+        ack(&client.exchange(&oru("MET-1", "MRN-MET", "1")).await).0,
+        "AA"
+    );
+    assert_eq!(
+        ack(&client.exchange(&oru("MET-1", "MRN-MET", "1")).await).0,
+        "AA"
+    );
+    assert_eq!(
+        ack(&client.exchange(&oru("MET-1", "MRN-MET", "2")).await).0,
+        "AA"
+    );
+    assert_eq!(ack(&client.exchange("not an HL7 message").await).0, "AR");
+
+    let text = crate::support::scrape(&metrics).await;
+    let value = |name: &str, extra: &[(&str, &str)]| {
+        let mut all = labels.to_vec();
+        all.extend_from_slice(extra);
+        sample(&text, name, &all).unwrap_or(0.0)
+    };
+    assert_eq!(value("mllp_connections_total", &[]), 1.0);
+    assert_eq!(value("mllp_connections_open", &[]), 1.0);
+    assert_eq!(value("mllp_frames_total", &[("kind", "message")]), 4.0);
+    assert_eq!(value("mllp_discarded_bytes_total", &[]), 5.0);
+    assert_eq!(value("mllp_messages_stored_total", &[]), 2.0);
+    assert_eq!(value("mllp_resends_total", &[]), 1.0);
+    assert_eq!(value("mllp_reused_control_ids_total", &[]), 1.0);
+    assert_eq!(value("mllp_messages_refused_total", &[]), 1.0);
+    assert_eq!(value("mllp_acks_total", &[("code", "AA")]), 3.0);
+    assert_eq!(value("mllp_acks_total", &[("code", "AR")]), 1.0);
+    assert!(value("mllp_last_message_timestamp_seconds", &[]) > 1.7e9);
+    assert!(
+        !text.contains("MRN-MET") && !text.contains("MET-1"),
+        "no message content in a label"
+    );
+}
+
+#[tokio::test]
 async fn an_http_client_naming_the_same_mrn_shares_the_patients_sequence() {
     let (ingest, db) = start("").await;
     let mut client = connect(&ingest).await;
