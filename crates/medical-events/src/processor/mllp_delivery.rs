@@ -131,16 +131,7 @@ impl MllpDelivery {
 
     /// Delivers one event that arrived as HL7.
     pub async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
-        let Outbound {
-            payload,
-            control_id,
-            charset,
-        } = outbound(event, &self.settings).map_err(HandlerError::Failed)?;
-        let sent = Sent {
-            payload: &payload,
-            control_id: &control_id,
-            charset,
-        };
+        let sent = outbound(event, &self.settings).map_err(HandlerError::Failed)?;
         let deliver = async {
             let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
             if let Some(connection) = pooled {
@@ -210,22 +201,15 @@ impl MllpDelivery {
     }
 }
 
-/// A message on its way: its bytes, the MSH-10 its ACK must name, and the
-/// character set the receiver's ACK is read in when its MSH-18 is empty.
-struct Sent<'a> {
-    payload: &'a [u8],
-    control_id: &'a str,
-    charset: Charset,
-}
-
 /// Sends one framed message and reads its ACK. Any failure drops the
 /// connection (it is not returned).
-async fn exchange(mut connection: Connection, sent: &Sent<'_>) -> Result<Connection, Exchange> {
-    let Sent {
+async fn exchange(mut connection: Connection, sent: &Outbound) -> Result<Connection, Exchange> {
+    let Outbound {
         payload,
         control_id,
         charset,
-    } = *sent;
+    } = sent;
+    let charset = *charset;
     let mut framed = Vec::with_capacity(payload.len() + 3);
     framed.push(START_BLOCK);
     framed.extend_from_slice(payload);
@@ -277,7 +261,7 @@ async fn exchange(mut connection: Connection, sent: &Sent<'_>) -> Result<Connect
         )
     })
     .map_err(|e| Exchange::Failed(format!("an answer that is not an ACK: {e}")))?;
-    if ack.control_id != control_id {
+    if ack.control_id != *control_id {
         // Never taken for this message: a late ACK of another one, or a
         // confused receiver. The connection goes with it.
         return Err(Exchange::Failed(format!(
@@ -299,10 +283,11 @@ fn truncated(text: &str) -> String {
     text.chars().take(120).collect()
 }
 
-/// A stored HL7 event made ready to send.
+/// A stored HL7 event made ready to send: its bytes, the MSH-10 its ACK
+/// must name, and the character set that ACK is read in when its MSH-18 is
+/// empty.
 struct Outbound {
     payload: Vec<u8>,
-    /// The MSH-10 its ACK must carry.
     control_id: String,
     charset: Charset,
 }
