@@ -8,6 +8,7 @@ mod support;
 mod api_contract;
 mod api_validation;
 mod clients;
+mod connections;
 mod database_time;
 mod end_to_end;
 mod fleet;

@@ -665,3 +665,62 @@ async fn both_services_can_speak_https_including_to_each_other() {
         .unwrap();
     assert!(status.success());
 }
+
+/// Issue 16, finding 4: one client's slow uploads take only its own share
+/// of the requests in flight. Client A holds 40 POSTs whose bodies arrive a
+/// byte a second; past `MAX_IN_FLIGHT_PER_CLIENT` A gets `429` naming the
+/// limit, and client B is still served (on main, B got `503`).
+#[tokio::test]
+async fn one_clients_slow_uploads_do_not_take_other_clients_capacity() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    let other_key = "other-api-key-0123456789";
+    config.access = Access::Required(vec![
+        Credential::named(crate::support::CLIENT, API_KEY),
+        Credential::named("other-client", other_key),
+    ]);
+    config.limits.max_in_flight = 32;
+    config.rate_limit.max_in_flight = 16;
+    let ingest = InProcessIngest::start_with(config).await;
+    let address = ingest.url.trim_start_matches("http://").to_owned();
+
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /events HTTP/1.1\r\nHost: ingest\r\nAuthorization: Bearer {API_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The slow ones past A's bound were answered at once.
+    let mut busy = 0;
+    for stream in &mut slow {
+        let mut answer = vec![0u8; 4096];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), stream.read(&mut answer)).await
+        {
+            let answer = String::from_utf8_lossy(&answer[..n]);
+            assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+            assert!(answer.contains("MAX_IN_FLIGHT_PER_CLIENT"), "{answer}");
+            assert!(answer.to_lowercase().contains("retry-after: 1"), "{answer}");
+            busy += 1;
+        }
+    }
+    assert_eq!(busy, 24, "A's requests past its 16");
+
+    let other = crate::support::client_with_token(other_key)
+        .build()
+        .unwrap();
+    let response = other
+        .post(format!("{}/events", ingest.url))
+        .json(&event_body("p-slow-other", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED, "B is served");
+    drop(slow);
+}

@@ -12,9 +12,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::config::{MongoSettings, PatientLoggingSetting};
+use crate::http::listener::ConnectionLimits;
 use crate::store::{Store, StoreError};
 use crate::tls::TlsFiles;
-use crate::tls::TlsListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -79,65 +79,40 @@ pub(crate) async fn open_store(
     Ok(store)
 }
 
-/// Serves `router` until `shutdown` resolves, then finishes in-flight
-/// requests; over HTTPS when `tls` is set.
-async fn serve(
-    listener: TcpListener,
-    router: axum::Router,
-    tls: Option<TlsAcceptor>,
-    service: &str,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartupError> {
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-    match tls {
-        Some(acceptor) => {
-            info!(port, "{service} listening (https)");
-            let listener = TlsListener::new(listener, acceptor).map_err(StartupError::Serve)?;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(StartupError::Serve)
-        }
-        None => {
-            info!(port, "{service} listening");
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(StartupError::Serve)
-        }
-    }
-}
-
 /// Serves the public router and, on its own listener, `/metrics`, until
-/// `shutdown` resolves.
+/// `shutdown` resolves; both under the connection limits of `limits`.
 pub(crate) async fn serve_both(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<TlsAcceptor>,
     metrics: Option<TcpListener>,
-    service: &str,
+    limits: ConnectionLimits,
+    service: &'static str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let (stop, stopped) = watch::channel(false);
     let metrics_task = metrics.map(|listener| {
         let mut stopped = stopped.clone();
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-        info!(port, "metrics listening");
-        tokio::spawn(async move {
-            let router = crate::http::metrics_router();
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await;
-        })
+        info!(port = port_of(&listener), "metrics listening");
+        tokio::spawn(crate::http::listener::serve(
+            listener,
+            crate::http::metrics_router(),
+            None,
+            limits,
+            "metrics",
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ))
     });
-    let result = serve(listener, router, tls, service, shutdown).await;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(port = port_of(&listener), "{service} listening ({scheme})");
+    crate::http::listener::serve(listener, router, tls, limits, service, shutdown).await;
     let _ = stop.send(true);
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
-    result
+    Ok(())
 }
 
 pub(crate) fn tls_acceptor(files: Option<&TlsFiles>) -> Result<Option<TlsAcceptor>, StartupError> {
@@ -148,14 +123,37 @@ pub(crate) fn tls_acceptor(files: Option<&TlsFiles>) -> Result<Option<TlsAccepto
 }
 
 pub(crate) async fn bind(port: u16) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
-        .await
+    listen(SocketAddr::from(([0, 0, 0, 0], port)))
         .map_err(|source| StartupError::Bind { port, source })
 }
 
-/// The metrics listener (port 0: any free port, as for `PORT`).
-pub(crate) async fn bind_metrics(port: u16) -> Result<Option<TcpListener>, StartupError> {
-    bind(port).await.map(Some)
+/// A listener with a deeper accept queue than tokio's 1,024 (the kernel
+/// caps it at `net.core.somaxconn`): a burst of connections waits there
+/// instead of being dropped by the kernel, which the caller sees as a
+/// connection that hangs.
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+const LISTEN_BACKLOG: u32 = 4_096;
+
+/// The metrics listener (port 0: any free port, as for `PORT`). With TLS on
+/// the public port, `/metrics` (plain HTTP) answers on loopback only, unless
+/// `METRICS_BIND` says otherwise.
+pub(crate) async fn bind_metrics(
+    port: u16,
+    address: std::net::IpAddr,
+) -> Result<Option<TcpListener>, StartupError> {
+    listen(SocketAddr::from((address, port)))
+        .map(Some)
+        .map_err(|source| StartupError::Bind { port, source })
 }
 
 pub(crate) fn port_of(listener: &TcpListener) -> u16 {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use medical_events::auth::{Access, Credential, Secret};
 use medical_events::config::{IngestConfig, MongoSettings, PatientLoggingSetting};
 use medical_events::http::limits::{HttpLimits, RateLimit};
+use medical_events::http::listener::ConnectionLimits;
 use medical_events::ingest::IngestApp;
 use medical_events::ingest::mllp::MllpSettings;
 use medical_events::telemetry::LogFormat;
@@ -45,15 +46,19 @@ impl InProcessIngest {
             rate_limit: RateLimit {
                 per_second: 100_000,
                 burst: 100_000,
+                max_in_flight: 1024,
             },
             limits: HttpLimits {
                 max_in_flight: 1024,
                 request_timeout: Duration::from_secs(40),
+                connections: ConnectionLimits::from_source(&[("HTTP_DRAIN_MS", "2000")])
+                    .expect("connection limits"),
             },
             tls: None,
             processor_ca: None,
             intake: Default::default(),
             metrics_port: 0,
+            metrics_bind: [127, 0, 0, 1].into(),
             patient_logging: PatientLoggingSetting::Pseudonym(None),
             mllp: Default::default(),
         }

@@ -38,6 +38,8 @@ pub struct IngestConfig {
     pub intake: IntakePolicy,
     /// The separate listener for `/metrics` (`METRICS_PORT`).
     pub metrics_port: u16,
+    /// The address `/metrics` listens on (`METRICS_BIND`).
+    pub metrics_bind: std::net::IpAddr,
     pub patient_logging: PatientLoggingSetting,
     /// HL7 v2 over MLLP listeners (`MLLP_LISTENERS`) and their limits.
     pub mllp: MllpSettings,
@@ -105,6 +107,10 @@ impl IngestConfig {
                 dedup_window: Duration::from_secs(number(source, "DEDUP_WINDOW_S", 300)?),
             },
             metrics_port: number(source, "METRICS_PORT", 9464)?,
+            metrics_bind: super::shared::metrics_bind(
+                source,
+                source.get("TLS_CERT_PATH").is_some(),
+            )?,
             patient_logging: PatientLoggingSetting::from_source(source)?,
             mllp: MllpSettings::from_source(source, &access)?,
         };

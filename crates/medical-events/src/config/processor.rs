@@ -44,6 +44,8 @@ pub struct ProcessorConfig {
     pub mllp_delivery: Option<MllpDeliverySettings>,
     pub retention: Retention,
     pub metrics_port: u16,
+    /// The address `/metrics` listens on (`METRICS_BIND`).
+    pub metrics_bind: std::net::IpAddr,
     pub patient_logging: PatientLoggingSetting,
 }
 
@@ -108,6 +110,10 @@ impl ProcessorConfig {
             mllp_delivery: MllpDeliverySettings::from_source(source)?,
             retention: Retention::from_source(source, idempotency_ttl(source)?)?,
             metrics_port: number(source, "METRICS_PORT", 9465)?,
+            metrics_bind: super::shared::metrics_bind(
+                source,
+                source.get("TLS_CERT_PATH").is_some(),
+            )?,
             patient_logging: PatientLoggingSetting::from_source(source)?,
         };
         check_request_budget(&config.limits, &config.mongo)?;

@@ -2,6 +2,7 @@
 //! credentials, logging, the idempotency window, and the rule tying the
 //! request time limit to the store's bounds.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use super::{
@@ -208,4 +209,22 @@ pub fn check_request_budget(limits: &HttpLimits, mongo: &MongoSettings) -> Resul
         ));
     }
     Ok(())
+}
+
+/// Where `/metrics` listens (`METRICS_BIND`). It is plain HTTP, so with TLS
+/// on the public port it defaults to loopback: the scraper runs beside the
+/// service or is let in on purpose.
+pub(crate) fn metrics_bind(source: &impl Source, tls: bool) -> Result<IpAddr, ConfigError> {
+    source.declare("METRICS_BIND", Default::Value("0.0.0.0".to_owned()));
+    match source.get("METRICS_BIND") {
+        None if tls => Ok(IpAddr::from([127, 0, 0, 1])),
+        None => Ok(IpAddr::from([0, 0, 0, 0])),
+        Some(value) => value.trim().parse().map_err(|_| {
+            invalid(
+                "METRICS_BIND",
+                &value,
+                "must be an IP address, such as 127.0.0.1 or 0.0.0.0",
+            )
+        }),
+    }
 }

@@ -10,8 +10,9 @@
 //! each store step only while the time left covers it, and once a write is
 //! sent they wait for its fate.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::BoxError;
@@ -25,6 +26,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tower::ServiceBuilder;
 use utoipa_axum::router::OpenApiRouter;
 
+use super::listener::ConnectionLimits;
 use super::problem::ApiError;
 use crate::auth::Caller;
 use crate::config::{ConfigError, Source, positive, positive_millis};
@@ -81,11 +83,32 @@ async fn overload_response(error: BoxError) -> ApiError {
     }
 }
 
-/// One token bucket per client (keys of one client share it). The map holds
-/// configured client names only, so it stays small.
+/// One token bucket per client (keys of one client share it), and a count
+/// of each client's requests in flight. The maps hold configured client
+/// names only, so they stay small.
 pub struct KeyedLimiter {
     limiter: DefaultKeyedRateLimiter<Arc<str>>,
     clock: DefaultClock,
+    in_flight: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    max_in_flight: usize,
+}
+
+/// A client's place among its requests in flight, given back on drop.
+struct InFlight {
+    counts: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    client: Arc<str>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl KeyedLimiter {
@@ -95,42 +118,64 @@ impl KeyedLimiter {
         Self {
             limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             clock: DefaultClock::default(),
+            in_flight: Arc::default(),
+            max_in_flight: limit.max_in_flight,
         }
     }
 
-    fn check(&self, client: &Arc<str>) -> Result<(), ApiError> {
+    fn check(&self, client: &Arc<str>) -> Result<InFlight, ApiError> {
+        let in_flight = {
+            let mut counts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let count = counts.entry(Arc::clone(client)).or_default();
+            if *count >= self.max_in_flight {
+                return Err(ApiError::ClientBusy {
+                    limit: self.max_in_flight,
+                });
+            }
+            *count += 1;
+            InFlight {
+                counts: Arc::clone(&self.in_flight),
+                client: Arc::clone(client),
+            }
+        };
         self.limiter.check_key(client).map_err(|not_until| {
             let wait: Duration = not_until.wait_time_from(self.clock.now());
             ApiError::RateLimited {
                 retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
             }
-        })
+        })?;
+        Ok(in_flight)
     }
 }
 
-/// Middleware, after authentication: 429 once a client's bucket is empty.
-/// Operators are not limited (they are few and their actions audited).
+/// Middleware, after authentication: 429 once a client's bucket is empty
+/// or it has `MAX_IN_FLIGHT_PER_CLIENT` requests in hand, so that one
+/// client's slow or numerous requests cannot take the capacity every
+/// client shares. Operators are not limited (they are few and their
+/// actions audited).
 pub async fn rate_limit(
     State(limiter): State<Arc<KeyedLimiter>>,
     request: Request,
     next: Next,
 ) -> Response {
     let checked = match request.extensions().get::<Caller>() {
-        Some(caller) if caller.is_admin() => Ok(()),
+        Some(caller) if caller.is_admin() => return next.run(request).await,
         Some(caller) => limiter.check(&caller.client),
         None => limiter.check(&Arc::from(crate::auth::ANONYMOUS)),
     };
     match checked {
-        Ok(()) => next.run(request).await,
+        Ok(_in_flight) => next.run(request).await,
         Err(error) => error.into_response(),
     }
 }
 
-/// Token bucket per API key: `per_second` refill, `burst` capacity.
+/// Per client: a token bucket (`per_second` refill, `burst` capacity) and
+/// a bound on requests in flight.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimit {
     pub per_second: u32,
     pub burst: u32,
+    pub max_in_flight: usize,
 }
 
 impl RateLimit {
@@ -138,15 +183,18 @@ impl RateLimit {
         Ok(Self {
             per_second: positive(source, "RATE_LIMIT_PER_SEC", 1_000)?,
             burst: positive(source, "RATE_LIMIT_BURST", 2_000)?,
+            max_in_flight: positive(source, "MAX_IN_FLIGHT_PER_CLIENT", 256)? as usize,
         })
     }
 }
 
-/// Bounds on HTTP work: requests in flight (beyond: 503) and time per request.
+/// Bounds on HTTP work: requests in flight (beyond: 503), time per
+/// request, and the listeners' connections.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     pub max_in_flight: usize,
     pub request_timeout: Duration,
+    pub connections: ConnectionLimits,
 }
 
 impl HttpLimits {
@@ -154,6 +202,7 @@ impl HttpLimits {
         Ok(Self {
             max_in_flight: positive(source, "MAX_IN_FLIGHT", 1_024)? as usize,
             request_timeout: positive_millis(source, "REQUEST_TIMEOUT_MS", 40_000)?,
+            connections: ConnectionLimits::from_source(source)?,
         })
     }
 }

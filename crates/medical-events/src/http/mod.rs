@@ -8,6 +8,7 @@ pub mod connection;
 pub mod health;
 pub mod json_body;
 pub mod limits;
+pub mod listener;
 pub mod openapi;
 pub mod paging;
 pub mod problem;

@@ -92,6 +92,11 @@ pub enum ApiError {
     OutcomeUnknown { event_id: String },
     #[error("rate limit exceeded for this API key; retry later")]
     RateLimited { retry_after_secs: u64 },
+    #[error(
+        "this client already has {limit} requests in progress (MAX_IN_FLIGHT_PER_CLIENT); \
+         retry when one has been answered"
+    )]
+    ClientBusy { limit: usize },
     #[error("the service is at capacity; retry later")]
     Overloaded { retry_after_secs: u64 },
     #[error("the request took too long and was abandoned; retry later")]
@@ -116,7 +121,7 @@ impl ApiError {
             | Self::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::ClientBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -163,6 +168,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::OutcomeUnknown { .. } => "outcome_unknown",
             Self::RateLimited { .. } => "rate_limited",
+            Self::ClientBusy { .. } => "client_busy",
             Self::Overloaded { .. } => "overloaded",
             Self::TimedOut => "timed_out",
             Self::Internal => "internal",
@@ -205,7 +211,7 @@ impl IntoResponse for ApiError {
             | Self::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
-            Self::TimedOut | Self::OutcomeUnknown { .. } => {
+            Self::TimedOut | Self::OutcomeUnknown { .. } | Self::ClientBusy { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             Self::Unauthorized(_) => {

@@ -32,6 +32,7 @@ pub struct IngestApp {
     metrics: Option<TcpListener>,
     router: axum::Router,
     tls: Option<TlsAcceptor>,
+    connections: crate::http::listener::ConnectionLimits,
 }
 
 impl IngestApp {
@@ -55,8 +56,9 @@ impl IngestApp {
             listener: bind(config.port).await?,
             mllp: MllpListeners::bind(&config.mllp).await?,
             state: state.clone(),
-            metrics: bind_metrics(config.metrics_port).await?,
+            metrics: bind_metrics(config.metrics_port, config.metrics_bind).await?,
             tls: tls_acceptor(config.tls.as_ref())?,
+            connections: config.limits.connections,
             router: ingest::router(
                 state,
                 IngestGuards {
@@ -101,6 +103,7 @@ impl IngestApp {
             self.router,
             self.tls,
             self.metrics,
+            self.connections,
             "ingest",
             async move {
                 shutdown.await;

@@ -30,6 +30,7 @@ pub struct ProcessorApp {
     metrics: Option<TcpListener>,
     router: axum::Router,
     tls: Option<TlsAcceptor>,
+    connections: crate::http::listener::ConnectionLimits,
     worker: Worker<Routed>,
     shutdown_grace: Duration,
 }
@@ -67,8 +68,9 @@ impl ProcessorApp {
         };
         Ok(Self {
             listener: bind(config.port).await?,
-            metrics: bind_metrics(config.metrics_port).await?,
+            metrics: bind_metrics(config.metrics_port, config.metrics_bind).await?,
             tls: tls_acceptor(config.tls.as_ref())?,
+            connections: config.limits.connections,
             router: processor::router(
                 state,
                 Arc::new(Guard::new(&config.access, &[])),
@@ -99,6 +101,7 @@ impl ProcessorApp {
             self.router,
             self.tls,
             self.metrics,
+            self.connections,
             "processor",
             shutdown,
         )

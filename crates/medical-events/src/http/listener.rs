@@ -1,0 +1,287 @@
+//! Serving an HTTP listener with connection-level limits: a connection is
+//! admitted only under a cap on open connections overall and per source
+//! address, and hyper's header timer ends one that sends its request head
+//! too slowly or sits idle between requests. Without these, anyone who can
+//! reach the port holds its connections (and file descriptors) for as long
+//! as they like without ever presenting a credential.
+//!
+//! hyper starts its header timer whenever it waits for a request head,
+//! including the wait for the next request on a kept-alive connection, so
+//! one setting bounds both the slow head and the idle connection.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+use crate::config::{ConfigError, Source, positive, positive_millis};
+
+/// Limits on the connections of one HTTP listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time to send a request head, and to start the next one on an idle
+    /// kept-alive connection (and the TLS handshake).
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub max_per_source: usize,
+    /// After shutdown begins, how long open connections (an outcome stream,
+    /// a slow upload) may take to finish before they are closed.
+    pub drain: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            header_timeout: positive_millis(source, "HTTP_HEADER_TIMEOUT_MS", 20_000)?,
+            max_connections: positive(source, "HTTP_MAX_CONNECTIONS", 10_000)? as usize,
+            max_per_source: positive(source, "HTTP_MAX_CONNECTIONS_PER_SOURCE", 1_000)? as usize,
+            drain: positive_millis(source, "HTTP_DRAIN_MS", 20_000)?,
+        })
+    }
+}
+
+/// Open connections overall and per source address.
+#[derive(Default)]
+struct Admission {
+    open: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place under the caps, given back when it closes.
+struct Admitted {
+    admission: Arc<Mutex<Admission>>,
+    source: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut admission = lock(&self.admission);
+        admission.open -= 1;
+        if let Some(count) = admission.per_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                admission.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+fn lock(admission: &Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
+    // Counters only: a panic elsewhere leaves them consistent.
+    admission.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a connection was refused, as the metric labels it.
+fn admit(
+    admission: &Arc<Mutex<Admission>>,
+    source: IpAddr,
+    limits: &ConnectionLimits,
+) -> Result<Admitted, &'static str> {
+    let mut counts = lock(admission);
+    if counts.open >= limits.max_connections {
+        return Err("listener_full");
+    }
+    let from_source = counts.per_source.entry(source).or_default();
+    if *from_source >= limits.max_per_source {
+        return Err("source_full");
+    }
+    *from_source += 1;
+    counts.open += 1;
+    Ok(Admitted {
+        admission: Arc::clone(admission),
+        source,
+    })
+}
+
+/// Serves `router` on `listener` (over TLS when `tls` is set) until
+/// `shutdown` resolves; then stops accepting, asks each open connection to
+/// finish its request in hand, and closes what is left after
+/// [`ConnectionLimits::drain`]. Handlers see the peer as
+/// `ConnectInfo<SocketAddr>`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+    name: &'static str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout);
+    let builder = Arc::new(builder);
+    let admission = Arc::new(Mutex::new(Admission::default()));
+    let stopping = CancellationToken::new();
+    let closing = CancellationToken::new();
+    let connections = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    warn!(error = %e, listener = name, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admitted = match admit(&admission, peer.ip(), &limits) {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                // Closed at once: a refused connection holds nothing.
+                metrics::counter!("http_connections_refused_total",
+                    "listener" => name, "reason" => reason)
+                .increment(1);
+                drop(stream);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = router
+            .clone()
+            .map_request(move |mut request: axum::extract::Request<_>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
+        let builder = Arc::clone(&builder);
+        let stopping = stopping.clone();
+        let closing = closing.clone();
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let _admitted = admitted;
+            metrics::gauge!("http_connections_open", "listener" => name).increment(1.0);
+            tokio::select! {
+                () = connection(stream, tls, &builder, service, limits, &stopping) => {}
+                () = closing.cancelled() => {}
+            }
+            metrics::gauge!("http_connections_open", "listener" => name).decrement(1.0);
+        });
+    }
+    drop(listener);
+    stopping.cancel();
+    connections.close();
+    if tokio::time::timeout(limits.drain, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            listener = name,
+            open = connections.len(),
+            "connections still open after the drain time; closing them"
+        );
+        closing.cancel();
+        connections.wait().await;
+    }
+}
+
+async fn connection<S>(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    limits: ConnectionLimits,
+    stopping: &CancellationToken,
+) where
+    S: tower::Service<
+            axum::extract::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let service = TowerToHyperService::new(service);
+    match tls {
+        None => serve_io(TokioIo::new(stream), builder, service, stopping).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_io(TokioIo::new(stream), builder, service, stopping).await,
+                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                Err(_) => debug!("TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_io<I, S>(
+    io: TokioIo<I>,
+    builder: &auto::Builder<TokioExecutor>,
+    service: TowerToHyperService<S>,
+    stopping: &CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::extract::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let finished = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        () = stopping.cancelled() => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_overall_and_per_source_and_give_back_on_close() {
+        let limits = ConnectionLimits {
+            header_timeout: Duration::from_secs(1),
+            max_connections: 3,
+            max_per_source: 2,
+            drain: Duration::from_secs(1),
+        };
+        let admission = Arc::new(Mutex::new(Admission::default()));
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let first = admit(&admission, a, &limits).unwrap();
+        let _second = admit(&admission, a, &limits).unwrap();
+        assert_eq!(admit(&admission, a, &limits).err(), Some("source_full"));
+        let _third = admit(&admission, b, &limits).unwrap();
+        assert_eq!(admit(&admission, b, &limits).err(), Some("listener_full"));
+        drop(first);
+        assert!(admit(&admission, a, &limits).is_ok());
+    }
+}
