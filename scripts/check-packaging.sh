@@ -115,6 +115,21 @@ check_json() {
     ((bad == 0))
 }
 
+# Without its secrets compose must refuse to plan anything (no development
+# defaults reach a deployment); the other checks run with stand-in values.
+no_secrets() {
+    local out
+    if out=$(env -u INGEST_API_KEYS -u ADMIN_API_KEYS -u PROCESSOR_TOKEN -u GRAFANA_ADMIN_PASSWORD \
+        docker-compose -f "$COMPOSE_FILE" --env-file /dev/null config -q 2>&1); then
+        echo "compose config passed without any secret set"
+        return 1
+    fi
+    grep -q "compose-secrets.sh" <<<"$out" || { echo "unexpected refusal: $out"; return 1; }
+}
+run_check "compose refuses to run without each secret (no defaults)" no_secrets
+export INGEST_API_KEYS=check:check-api-key-0123456789 ADMIN_API_KEYS=op:check-admin-key-0123456789
+export PROCESSOR_TOKEN=check-processor-token-0123456789 GRAFANA_ADMIN_PASSWORD=check-grafana-0123456789
+
 run_check "compose config" \
     docker-compose -f "$COMPOSE_FILE" config -q
 
@@ -190,6 +205,17 @@ elif check == "metrics":
         for p in published(name):
             if p.get("target") in (port, 9464, 9465):
                 problems.append(f"{name} publishes its metrics port: {p}")
+elif check == "dashboards":
+    # Grafana: no anonymous access, no default password; both UIs on loopback.
+    env = (services.get("grafana") or {}).get("environment") or {}
+    if str(env.get("GF_AUTH_ANONYMOUS_ENABLED", "")).lower() != "false":
+        problems.append("grafana allows anonymous access")
+    if env.get("GF_SECURITY_ADMIN_PASSWORD") in (None, "", "admin"):
+        problems.append("grafana's admin password is a default")
+    for name in ("grafana", "prometheus"):
+        for p in published(name):
+            if p.get("host_ip") != "127.0.0.1":
+                problems.append(f"{name} is published beyond the loopback: {p}")
 elif check == "mongodb":
     for p in published("mongodb"):
         if p.get("host_ip") != "127.0.0.1":
@@ -260,6 +286,8 @@ run_check "compose: the processor is a fleet of 3 replicas, no published port" \
     assert_compose fleet
 run_check "compose: no /metrics port published" \
     assert_compose metrics
+run_check "compose: Grafana without anonymous access or default password; UIs on loopback" \
+    assert_compose dashboards
 run_check "compose: MongoDB published on 127.0.0.1 only (if at all)" \
     assert_compose mongodb
 run_check "compose: ingest's MLLP port published on 127.0.0.1 only" \

@@ -10,7 +10,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MONGO_PORT=${MONGO_PORT:-27017}
 export MONGO_URI=${MONGO_URI:-mongodb://127.0.0.1:$MONGO_PORT/medical_events}
 export LOG_FORMAT=${LOG_FORMAT:-pretty}
-# Development credentials (README's curl examples use them); set your own in production.
+# Development credentials (README's curl examples use them); set your own in
+# production. DEV_MODE=true lets the services accept them (each warns at start).
+export DEV_MODE=${DEV_MODE:-true}
 export INGEST_API_KEYS=${INGEST_API_KEYS:-dev:dev-ingest-key-change-me}
 export ADMIN_API_KEYS=${ADMIN_API_KEYS:-operator:dev-admin-key-change-me}
 export PROCESSOR_TOKEN=${PROCESSOR_TOKEN:-dev-processor-token-change-me}

@@ -22,6 +22,7 @@ trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 
 
 export MONGO_URI="$MONGO_BASE_URI/$name"
 export INGEST_API_KEYS=stack:stack-api-key-0123456789 PROCESSOR_TOKEN=stack-processor-token-0123456789
+export DEV_MODE=true
 export PROCESSING_MIN_MS=${PROCESSING_MIN_MS:-50} PROCESSING_MAX_MS=${PROCESSING_MAX_MS:-100}
 export RUST_LOG=${RUST_LOG:-warn}
 PORT=$processor_port METRICS_PORT=$processor_metrics "$PROFILE_DIR/processor" >"target/test-logs/$name-processor.log" 2>&1 &

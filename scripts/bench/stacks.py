@@ -128,7 +128,7 @@ class Stack:
         self.db = db
         self.database = database
         self.uri = f"{db.base}/{database}"
-        env = {"INGEST_API_KEYS": f"{CLIENT}:{API_KEY}", "PROCESSOR_TOKEN": PROCESSOR_TOKEN}
+        env = {"INGEST_API_KEYS": f"{CLIENT}:{API_KEY}", "PROCESSOR_TOKEN": PROCESSOR_TOKEN, "DEV_MODE": "true"}
         if raise_rate_limit:
             # Measure capacity, not the default per-key rate limit.
             env.update(RATE_LIMIT_PER_SEC="1000000", RATE_LIMIT_BURST="1000000")

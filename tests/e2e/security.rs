@@ -724,3 +724,144 @@ async fn one_clients_slow_uploads_do_not_take_other_clients_capacity() {
     assert_eq!(response.status(), StatusCode::ACCEPTED, "B is served");
     drop(slow);
 }
+
+/// Issue 16, findings 7 and 10: the published development credentials,
+/// a `name:short` entry, a key listed twice, the reserved client names and
+/// a short pseudonym key are refused at start-up, saying which setting and
+/// never the secret; `DEV_MODE=true` accepts the development credentials
+/// and the service warns that it does.
+#[tokio::test]
+async fn development_credentials_and_ambiguous_keys_are_refused_at_start_up() {
+    let mongo = ("MONGO_URI", "mongodb://127.0.0.1:1/x".to_owned());
+    let processor_url = ("PROCESSOR_URL", "http://127.0.0.1:9".to_owned());
+    let token = ("PROCESSOR_TOKEN", PROCESSOR_TOKEN.to_owned());
+    let keys = |value: &str| ("INGEST_API_KEYS", value.to_owned());
+    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+        (
+            "ingest",
+            vec![
+                mongo.clone(),
+                processor_url.clone(),
+                token.clone(),
+                keys("dev:dev-ingest-key-change-me"),
+            ],
+            "INGEST_API_KEYS is required: it holds a published development credential",
+        ),
+        (
+            "ingest",
+            vec![
+                mongo.clone(),
+                processor_url.clone(),
+                token.clone(),
+                keys(&format!("lab:{API_KEY}")),
+                (
+                    "ADMIN_API_KEYS",
+                    "operator:dev-admin-key-change-me".to_owned(),
+                ),
+            ],
+            "ADMIN_API_KEYS is required: it holds a published development credential",
+        ),
+        (
+            "processor",
+            vec![
+                mongo.clone(),
+                (
+                    "PROCESSOR_TOKEN",
+                    "dev-processor-token-change-me".to_owned(),
+                ),
+            ],
+            "PROCESSOR_TOKEN is required: it holds a published development credential",
+        ),
+        (
+            "ingest",
+            vec![
+                mongo.clone(),
+                processor_url.clone(),
+                token.clone(),
+                keys("lab-a:tooshort"),
+            ],
+            "the key after the client name \"lab-a\"",
+        ),
+        (
+            "ingest",
+            vec![
+                mongo.clone(),
+                processor_url.clone(),
+                token.clone(),
+                keys(&format!("lab-a:{API_KEY},lab-b:{API_KEY}")),
+            ],
+            "one key is listed twice",
+        ),
+        (
+            "ingest",
+            vec![
+                mongo.clone(),
+                processor_url.clone(),
+                token.clone(),
+                keys(&format!("ingest:{API_KEY}")),
+            ],
+            "the client name \"ingest\" is reserved",
+        ),
+        (
+            "ingest",
+            vec![
+                mongo.clone(),
+                processor_url.clone(),
+                token.clone(),
+                keys(API_KEY),
+                ("LOG_PSEUDONYM_KEY", "short-pseudonym-key".to_owned()),
+            ],
+            "LOG_PSEUDONYM_KEY=\"***\" is invalid: must be at least 32 characters",
+        ),
+    ];
+    for (binary, env, message) in cases {
+        let (code, printed) = start_briefly(binary, &env).await;
+        assert_eq!(code, Some(2), "{binary} {env:?}: {printed}");
+        assert!(printed.contains(message), "{binary}: {printed}");
+        for secret in [API_KEY, "tooshort", "short-pseudonym-key"] {
+            assert!(!printed.contains(secret), "a secret was printed: {printed}");
+        }
+    }
+
+    // DEV_MODE=true: accepted, and the service says so at start.
+    let uri = fresh_database_uri();
+    let mut processor = Service::start(
+        "processor",
+        &[
+            ("MONGO_URI", uri.clone()),
+            (
+                "PROCESSOR_TOKEN",
+                "dev-processor-token-change-me".to_owned(),
+            ),
+            ("DEV_MODE", "true".to_owned()),
+        ],
+    )
+    .await;
+    assert!(processor.read_log().contains("DEV_MODE=true"));
+    processor.kill9();
+}
+
+/// Issue 16, finding 10: the processor accepts every listed
+/// `PROCESSOR_TOKEN` (a new one is rolled out before ingest sends it).
+#[tokio::test]
+async fn the_processor_accepts_every_listed_token_for_rotation() {
+    let uri = fresh_database_uri();
+    let new_token = "new-processor-token-0123456789";
+    let mut env = processor_env(&uri, 10, 20);
+    env.retain(|(k, _)| *k != "PROCESSOR_TOKEN");
+    env.push(("PROCESSOR_TOKEN", format!("{new_token},{PROCESSOR_TOKEN}")));
+    let processor = Service::start("processor", &env).await;
+    for token in [new_token, PROCESSOR_TOKEN] {
+        let mut body = event_body("p-rotate", 1);
+        body["eventId"] = uuid::Uuid::new_v4().to_string().into();
+        let response = crate::support::client_with_token(token)
+            .build()
+            .unwrap()
+            .post(format!("{}/queue", processor.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{token}");
+    }
+}

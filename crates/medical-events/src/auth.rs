@@ -22,6 +22,8 @@ pub const MIN_SECRET_CHARS: usize = 16;
 pub const MAX_CLIENT_CHARS: usize = 64;
 /// The client name of every caller when authentication is disabled.
 pub const ANONYMOUS: &str = "anonymous";
+/// The caller name of whoever presents `PROCESSOR_TOKEN` to the processor.
+pub const PROCESSOR_CALLER: &str = "ingest";
 
 /// A credential from configuration; never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -56,6 +58,14 @@ impl Credential {
     pub fn parse(entry: &str) -> Result<Self, String> {
         let (client, key) = match entry.split_once(':') {
             Some((name, key)) if is_client_name(name) && is_key(key) => (name.to_owned(), key),
+            // Read as a bare key, `lab:short` would silently become a key
+            // of another client name than the one written.
+            Some((name, _)) if is_client_name(name) && name.len() < MIN_SECRET_CHARS => {
+                return Err(format!(
+                    "the key after the client name {name:?} must be at least {MIN_SECRET_CHARS} \
+                     visible ASCII characters"
+                ));
+            }
             _ => (derived_name(entry), entry),
         };
         if !is_key(key) {
@@ -265,9 +275,12 @@ mod tests {
         let named = Credential::parse("x:0123456789abcdef").unwrap();
         assert_eq!(&*named.client, "x");
         assert_eq!(named.secret.expose(), "0123456789abcdef");
-        // The tail is too short to be a key: the entry is one bare key.
-        let bare = Credential::parse("abcdefgh:01234567").unwrap();
-        assert_eq!(bare.secret.expose(), "abcdefgh:01234567");
+        // The tail is too short to be a key: refused, not read as a bare key.
+        let short = Credential::parse("abcdefgh:01234567").unwrap_err();
+        assert!(short.contains("\"abcdefgh\""), "{short}");
+        // A long key that happens to hold a colon is still one bare key.
+        let bare = Credential::parse("0123456789abcdef:xyz").unwrap();
+        assert_eq!(bare.secret.expose(), "0123456789abcdef:xyz");
         assert!(bare.client.starts_with("key-"));
     }
 

@@ -40,6 +40,7 @@ impl InProcessIngest {
             },
             processor_url: processor_url.to_owned(),
             log_format: LogFormat::Pretty,
+            dev_mode: false,
             access: Access::Required(vec![Credential::named(super::CLIENT, super::API_KEY)]),
             admins: vec![Credential::named("test-operator", super::ADMIN_KEY)],
             processor_token: Some(Secret::new(super::PROCESSOR_TOKEN)),

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::shared::{
-    auth_disabled, credentials, declare_read_elsewhere, idempotency_ttl, log_format, secrets,
+    auth_disabled, credentials, declare_read_elsewhere, dev_mode, distinct_keys, idempotency_ttl,
+    log_format, secrets,
 };
 use super::{
     ConfigError, Default, MongoSettings, PatientLoggingSetting, ProcessEnv, Source,
@@ -23,6 +24,8 @@ pub struct IngestConfig {
     pub mongo: MongoSettings,
     pub processor_url: String,
     pub log_format: LogFormat,
+    /// `DEV_MODE=true`: development credentials accepted; warned at start.
+    pub dev_mode: bool,
     /// API keys clients must present, with their client names (`INGEST_API_KEYS`).
     pub access: Access,
     /// Operator credentials (`ADMIN_API_KEYS`); may be empty.
@@ -75,6 +78,7 @@ impl IngestConfig {
         };
         let token = ("PROCESSOR_TOKEN", "PROCESSOR_TOKEN_FILE");
         let processor_token = match secrets(source, token, Default::Required)? {
+            // The first is sent; the processor accepts them all (rotation).
             Some(mut tokens) => Some(Secret::new(tokens.remove(0))),
             None if disabled => None,
             None => {
@@ -87,12 +91,18 @@ impl IngestConfig {
         let admin_keys = ("ADMIN_API_KEYS", "ADMIN_API_KEYS_FILE");
         let admins: Vec<Credential> =
             credentials(source, admin_keys, Default::None)?.unwrap_or_default();
+        let clients = match &access {
+            Access::Required(keys) => keys.as_slice(),
+            Access::Disabled => &[],
+        };
+        distinct_keys("INGEST_API_KEYS", clients.iter().chain(&admins))?;
         declare_read_elsewhere(source);
         let config = Self {
             port: number(source, "PORT", 3000)?,
             mongo: MongoSettings::from_source(source)?,
             processor_url: processor_url.trim_end_matches('/').to_owned(),
             log_format: log_format(source)?,
+            dev_mode: dev_mode(source)?,
             access: access.clone(),
             admins,
             processor_token,

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::shared::{auth_disabled, declare_read_elsewhere, idempotency_ttl, log_format, secrets};
+use super::shared::{
+    auth_disabled, declare_read_elsewhere, dev_mode, idempotency_ttl, log_format, secrets,
+};
 use super::{
     ConfigError, Default, MongoSettings, PatientLoggingSetting, ProcessEnv, Source,
     check_request_budget, invalid, millis, number, positive, positive_millis,
@@ -27,6 +29,8 @@ pub struct ProcessorConfig {
     pub sweep_interval: Duration,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// `DEV_MODE=true`: development credentials accepted; warned at start.
+    pub dev_mode: bool,
     /// The token `POST /queue` requires (`PROCESSOR_TOKEN`).
     pub access: Access,
     pub limits: HttpLimits,
@@ -76,9 +80,14 @@ impl ProcessorConfig {
         }
         let token = ("PROCESSOR_TOKEN", "PROCESSOR_TOKEN_FILE");
         let access = match secrets(source, token, Default::Required)? {
-            Some(mut tokens) => {
-                Access::Required(vec![Credential::named("ingest", tokens.remove(0))])
-            }
+            // Every listed token is accepted, so a new one can be rolled out
+            // to the processors before ingest sends it.
+            Some(tokens) => Access::Required(
+                tokens
+                    .into_iter()
+                    .map(|token| Credential::named(crate::auth::PROCESSOR_CALLER, token))
+                    .collect(),
+            ),
             None if auth_disabled(source)? => Access::Disabled,
             None => {
                 return Err(ConfigError::Insecure {
@@ -99,6 +108,7 @@ impl ProcessorConfig {
             sweep_interval: positive_millis(source, "SWEEP_INTERVAL_MS", 5_000)?,
             shutdown_grace: millis(source, "SHUTDOWN_GRACE_MS", 25_000)?,
             log_format: log_format(source)?,
+            dev_mode: dev_mode(source)?,
             access,
             limits: HttpLimits::from_source(source)?,
             max_active_lanes: positive(source, "MAX_ACTIVE_LANES", 50_000)? as usize,

@@ -63,9 +63,21 @@ impl PatientLoggingSetting {
                 optional_shown(source, "LOG_PSEUDONYM_KEY", "the deployment's");
                 Ok(Self::Plain)
             }
-            _ => Ok(Self::Pseudonym(
-                optional_shown(source, "LOG_PSEUDONYM_KEY", "the deployment's").map(Secret::new),
-            )),
+            _ => {
+                let key = optional_shown(source, "LOG_PSEUDONYM_KEY", "the deployment's");
+                if key
+                    .as_ref()
+                    .is_some_and(|k| k.chars().count() < MIN_PSEUDONYM_KEY_CHARS)
+                {
+                    // A short key lets anyone who sees the logs try every MRN.
+                    return Err(ConfigError::Invalid {
+                        name: "LOG_PSEUDONYM_KEY",
+                        value: "***".to_owned(),
+                        reason: format!("must be at least {MIN_PSEUDONYM_KEY_CHARS} characters"),
+                    });
+                }
+                Ok(Self::Pseudonym(key.map(Secret::new)))
+            }
         }
     }
 
@@ -81,6 +93,8 @@ impl PatientLoggingSetting {
         }
     }
 }
+
+const MIN_PSEUDONYM_KEY_CHARS: usize = 32;
 
 pub(super) fn log_format(source: &impl Source) -> Result<LogFormat, ConfigError> {
     Ok(match choice(source, "LOG_FORMAT", &["json", "pretty"])? {
@@ -99,6 +113,15 @@ pub(super) fn idempotency_ttl(source: &impl Source) -> Result<Duration, ConfigEr
         return Err(invalid("IDEMPOTENCY_TTL_HOURS", "0", "must be at least 1"));
     }
     Ok(Duration::from_secs(hours * 3600))
+}
+
+/// How every published development credential ends (`dev-ingest-key-change-me`...).
+const DEV_SUFFIX: &str = "-change-me";
+
+/// `DEV_MODE=true`: the published development credentials are accepted
+/// (`make run`, the k6 smoke, the bench); each service warns at start.
+pub(super) fn dev_mode(source: &impl Source) -> Result<bool, ConfigError> {
+    Ok(choice(source, "DEV_MODE", &["false", "true"])? == "true")
 }
 
 /// Entries of `name` (comma-separated) or of the file named by `file_name`
@@ -133,6 +156,13 @@ fn entries(
     if values.is_empty() {
         return Err(invalid(origin, "", "lists no credential"));
     }
+    if values.iter().any(|v| v.ends_with(DEV_SUFFIX)) && !dev_mode(source)? {
+        return Err(ConfigError::Insecure {
+            name: origin,
+            hint: "it holds a published development credential (ending in -change-me); set your \
+                   own (openssl rand -hex 24), or DEV_MODE=true on a development machine",
+        });
+    }
     Ok(Some((values, origin)))
 }
 
@@ -161,6 +191,33 @@ pub(super) fn secrets(
     Ok(Some(values))
 }
 
+/// One key, one caller: with a key listed twice (for two clients, or a
+/// client and an operator) which one it names would be an accident of order.
+pub(super) fn distinct_keys<'a>(
+    name: &'static str,
+    credentials: impl IntoIterator<Item = &'a Credential>,
+) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for credential in credentials {
+        if !seen.insert(credential.secret.expose()) {
+            return Err(ConfigError::Invalid {
+                name,
+                value: "***".to_owned(),
+                reason: format!(
+                    "one key is listed twice (for client {:?} and another); each key must name \
+                     one client or operator",
+                    &*credential.client
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Names the services give callers themselves: a configured client of
+/// that name would see their events.
+const RESERVED_CLIENTS: [&str; 2] = [crate::auth::PROCESSOR_CALLER, crate::auth::ANONYMOUS];
+
 /// API keys with their client names (`name:KEY` or a bare `KEY`).
 pub(super) fn credentials(
     source: &impl Source,
@@ -170,15 +227,25 @@ pub(super) fn credentials(
     let Some((values, origin)) = entries(source, names, default)? else {
         return Ok(None);
     };
+    let invalid_entry = |reason: String| ConfigError::Invalid {
+        name: origin,
+        value: "***".to_owned(),
+        reason,
+    };
     let credentials = values
         .iter()
         .map(|entry| Credential::parse(entry))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|reason| ConfigError::Invalid {
-            name: origin,
-            value: "***".to_owned(),
-            reason,
-        })?;
+        .map_err(invalid_entry)?;
+    for credential in &credentials {
+        if RESERVED_CLIENTS.contains(&&*credential.client) {
+            return Err(invalid_entry(format!(
+                "the client name {:?} is reserved (events the processor takes directly are \
+                 stored under it)",
+                &*credential.client
+            )));
+        }
+    }
     Ok(Some(credentials))
 }
 

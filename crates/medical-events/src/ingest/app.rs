@@ -38,6 +38,11 @@ pub struct IngestApp {
 impl IngestApp {
     pub async fn build(config: IngestConfig) -> Result<Self, StartupError> {
         crate::config::check_request_budget(&config.limits, &config.mongo)?;
+        if config.dev_mode {
+            warn!(
+                "DEV_MODE=true: the published development credentials are accepted; never in production"
+            );
+        }
         if matches!(config.access, Access::Disabled) {
             warn!("AUTH_DISABLED=true: ingest accepts requests without an API key");
         }

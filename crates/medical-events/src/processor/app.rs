@@ -38,6 +38,11 @@ pub struct ProcessorApp {
 impl ProcessorApp {
     pub async fn build(config: ProcessorConfig) -> Result<Self, StartupError> {
         crate::config::check_request_budget(&config.limits, &config.mongo)?;
+        if config.dev_mode {
+            warn!(
+                "DEV_MODE=true: the published development credentials are accepted; never in production"
+            );
+        }
         if matches!(config.access, Access::Disabled) {
             warn!("AUTH_DISABLED=true: the processor accepts /queue without a token");
         }
