@@ -463,8 +463,13 @@ async fn an_idempotency_record_is_honoured_within_its_window_and_not_after() {
 
 /// A page of timeline-p's timeline, as the first client sees it.
 async fn timeline_page(url: &str, query: &str) -> Value {
+    timeline_page_of("timeline-p", url, query).await
+}
+
+/// A page of `patient`'s timeline as the test client sees it.
+async fn timeline_page_of(patient: &str, url: &str, query: &str) -> Value {
     crate::support::client()
-        .get(format!("{url}/patients/timeline-p/events?{query}"))
+        .get(format!("{url}/patients/{patient}/events?{query}"))
         .send()
         .await
         .unwrap()
@@ -503,12 +508,16 @@ async fn a_patients_timeline_lists_its_events_in_order_without_data_and_only_to_
     let page = timeline_page(&ingest.url, "limit=3").await;
     assert_eq!(page_ids(&page), mine[..3].to_vec());
     assert!(page["events"][0].get("data").is_none(), "never the payload");
-    let next = page["next"].as_i64().unwrap();
-    let rest = timeline_page(&ingest.url, &format!("after={next}")).await;
+    let next = page["next"].as_str().unwrap();
+    let rest = timeline_page(&ingest.url, &format!("after={next}&limit=2")).await;
     assert_eq!(
         page_ids(&rest),
         mine[3..].to_vec(),
         "the other lab's event is not shown"
+    );
+    assert!(
+        rest["next"].is_null(),
+        "the client's last page, though another lab's event follows: {rest}"
     );
     let all = admin_get(format!("{}/patients/timeline-p/events", ingest.url)).await;
     assert_eq!(
@@ -516,15 +525,82 @@ async fn a_patients_timeline_lists_its_events_in_order_without_data_and_only_to_
         6,
         "an operator sees every client's"
     );
-    let bad = crate::support::client()
-        .get(format!(
-            "{}/patients/timeline-p/events?after=-1",
-            ingest.url
-        ))
+    // An operator pages with the cursor too, or with a sequence number.
+    let first = admin_get(format!("{}/patients/timeline-p/events?limit=4", ingest.url)).await;
+    let cursor = first["next"].as_str().unwrap();
+    let second = admin_get(format!(
+        "{}/patients/timeline-p/events?after={cursor}",
+        ingest.url
+    ))
+    .await;
+    assert_eq!(second["events"].as_array().unwrap().len(), 2);
+    let by_seq = admin_get(format!("{}/patients/timeline-p/events?after=4", ingest.url)).await;
+    assert_eq!(second["events"], by_seq["events"]);
+    // A client gives no position (it would count others' events), nor
+    // another client's event as a cursor.
+    let other_event = second["events"][1]["eventId"].as_str().unwrap().to_owned();
+    assert_eq!(other_event, all["events"][5]["eventId"].as_str().unwrap());
+    for after in ["-1", "2", other_event.as_str()] {
+        let bad = crate::support::client()
+            .get(format!(
+                "{}/patients/timeline-p/events?after={after}",
+                ingest.url
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST, "after={after}");
+    }
+}
+
+/// Issue 16, finding 3: a client learns nothing about other clients'
+/// events for a patient: not that they exist (an empty timeline has no
+/// cursor), nor how many (no `seq` in its views, its stream or its timeline).
+#[tokio::test]
+async fn a_client_infers_nothing_about_other_clients_events_for_a_patient() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    if let medical_events::auth::Access::Required(keys) = &mut config.access {
+        keys.push(medical_events::auth::Credential::named(
+            "other-lab",
+            "other-lab-key-0123456789",
+        ));
+    }
+    let ingest = InProcessIngest::start_with(config).await;
+    let other = crate::support::client_with_token("other-lab-key-0123456789")
+        .build()
+        .unwrap();
+    for n in 0..3 {
+        let key = format!("other-{n}");
+        post_until_accepted(&other, &ingest.url, &event_body("infer-p", n), &key).await;
+    }
+    let page = timeline_page_of("infer-p", &ingest.url, "limit=1").await;
+    assert_eq!(page["events"], serde_json::json!([]));
+    assert!(
+        page["next"].is_null(),
+        "no cursor past others' events: {page}"
+    );
+    let never = timeline_page_of("infer-nobody", &ingest.url, "limit=1").await;
+    assert_eq!(
+        page["next"], never["next"],
+        "a patient only others fed looks like one nobody fed"
+    );
+
+    let mine = send(&ingest.url, "infer-p", 1).await;
+    let view: Value = crate::support::client()
+        .get(format!("{}/events/{}", ingest.url, mine[0]))
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(view.get("seq").is_none(), "no seq for a client: {view}");
+    let page = timeline_page_of("infer-p", &ingest.url, "").await;
+    assert_eq!(page_ids(&page), mine);
+    assert!(page["events"][0].get("seq").is_none());
+    let all = admin_get(format!("{}/patients/infer-p/events", ingest.url)).await;
+    assert_eq!(all["events"][3]["seq"], 4, "an operator sees the position");
 }
 
 /// Issue 13, hole 9: retention empties the payload of a patient's last

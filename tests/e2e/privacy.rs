@@ -240,3 +240,99 @@ async fn with_log_patient_id_plain_the_raw_id_is_logged() {
     // Plain ids, still no clinical data.
     assert!(lines_with(&[&ingest, &processor], &DATA_VALUES).is_empty());
 }
+
+/// Issue 16, finding 9: a downstream answering `307` gets no redirect
+/// followed (the target sees neither the event nor the credentials); the
+/// client's view of the failed event carries no internal error text, an
+/// operator's does; every answer says `Cache-Control: no-store`; at
+/// `RUST_LOG=debug` no URI with the patient id reaches the logs.
+#[tokio::test]
+async fn no_redirect_is_followed_clients_see_no_internal_text_and_no_uri_is_logged() {
+    let uri = fresh_database_uri();
+    let target = Sink::start(Duration::from_millis(5)).await;
+    // The redirecting downstream.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector = format!("http://{}/deliver", listener.local_addr().unwrap());
+    let location = target.url.clone();
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback(move || {
+            let location = location.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [("location", location)]) }
+        });
+        axum::serve(listener, app).await.unwrap();
+    });
+    let mut env = processor_env(&uri, 0, 0);
+    env.extend([
+        ("DELIVERY_URL", redirector),
+        (
+            "DELIVERY_AUTH_HEADER",
+            "X-Downstream-Key: downstream-secret-0123".to_owned(),
+        ),
+        ("MAX_ATTEMPTS", "1".to_owned()),
+        ("RUST_LOG", "debug".to_owned()),
+    ]);
+    let processor = Service::start("processor", &env).await;
+    crate::support::wait_for_leases(&processor.url(), 256).await;
+    let mut env = ingest_env(&uri, &processor.url());
+    env.push(("RUST_LOG", "debug".to_owned()));
+    let ingest = Service::start("ingest", &env).await;
+
+    let patient = "MRN-URI-4711";
+    let id = crate::support::post_until_accepted(
+        &crate::support::client(),
+        &ingest.url(),
+        &clinical_event(patient, 1),
+        "redirect-1",
+    )
+    .await;
+    let event_url = format!("{}/events/{id}", ingest.url());
+    wait_until(Duration::from_secs(30), "the delivery fails", || async {
+        let view: Value = crate::support::client()
+            .get(&event_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        view["status"] == "failed"
+    })
+    .await;
+    assert_eq!(target.count(), 0, "the redirect was followed");
+
+    let response = crate::support::client()
+        .get(&event_url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let view: Value = response.json().await.unwrap();
+    assert!(view.get("lastError").is_none(), "{view}");
+    assert!(view["result"].get("error").is_none(), "{view}");
+    let operator: Value = crate::support::admin_client()
+        .get(&event_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        operator["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("307"),
+        "an operator sees why: {operator}"
+    );
+    let timeline = crate::support::client()
+        .get(format!(
+            "{}/patients/{patient}/events?limit=5",
+            ingest.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(timeline.headers()["cache-control"], "no-store");
+    let leaked = lines_with(&[&processor, &ingest], &[patient, "downstream-secret"]);
+    assert!(leaked.is_empty(), "{leaked:#?}");
+}

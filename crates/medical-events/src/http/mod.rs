@@ -24,6 +24,32 @@ use tower_http::trace::TraceLayer;
 
 use limits::HttpLimits;
 
+/// The request span of tower-http's trace layer, without the URI: paths and
+/// queries carry patient ids (medical record numbers) and event ids. It
+/// names the route as declared (`/patients/{patientId}/events`) instead.
+fn redacted_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("(no route)", |path| path.as_str());
+    tracing::debug_span!("http", method = %request.method(), route)
+}
+
+/// `Cache-Control: no-store` on every answer: nearly all carry patient data
+/// or who may see it, and no cache between a client and us (a proxy, a
+/// browser, a shared workstation) may keep a copy.
+async fn no_store(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
 /// `/metrics` alone, for its own listener (`METRICS_PORT`): counts and
 /// timings stay off the public port.
 pub fn metrics_router() -> Router {
@@ -45,7 +71,8 @@ pub(crate) fn finish(router: Router, limits: HttpLimits) -> Router {
         .layer(DefaultBodyLimit::max(json_body::BODY_LIMIT_BYTES))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(axum::middleware::from_fn(crate::trace_context::propagate))
-        .layer(TraceLayer::new_for_http());
+        .layer(axum::middleware::from_fn(no_store))
+        .layer(TraceLayer::new_for_http().make_span_with(redacted_span));
     limits::bounded(router, limits).layer(axum::middleware::from_fn(
         connection::close_unless_body_read,
     ))

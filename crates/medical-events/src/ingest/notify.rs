@@ -48,7 +48,10 @@ impl ProcessorNotifier {
         ca: Option<&Path>,
     ) -> Result<Self, String> {
         let (sender, receiver) = mpsc::channel(BACKLOG);
-        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        let mut builder = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            // The token goes to PROCESSOR_URL and nowhere else.
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = ca {
             let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
             let certificate = reqwest::Certificate::from_pem(&pem)

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::routes::{EventView, IngestState};
 use crate::auth::Caller;
-use crate::event::PatientId;
+use crate::event::{EventId, PatientId};
 use crate::http::paging::page_limit;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::query_params::QueryParams;
@@ -28,15 +28,18 @@ pub struct Timeline {
     patient_id: String,
     /// In sequence order, without `data`.
     events: Vec<EventView>,
-    /// Pass as `after` for the next page; null when this is the last.
-    next: Option<i64>,
+    /// Pass as `after` for the next page (the last event's id); null when
+    /// this is the last page.
+    #[schema(format = Uuid)]
+    next: Option<String>,
 }
 
-/// A patient's events after sequence number `after`, in order.
+/// A patient's events in order, a page after the event `after`. A client
+/// sees its own events only, and nothing counted from other clients'.
 #[utoipa::path(get, path = "/patients/{patientId}/events", tag = "events",
     params(
         ("patientId" = String, Path, description = "The patient"),
-        ("after" = Option<i64>, Query, description = "Only events with a higher sequence number (the `next` of the previous page)"),
+        ("after" = Option<String>, Query, description = "The `next` of the previous page (an event id); operators may also give a sequence number"),
         ("limit" = Option<i64>, Query, description = "1-1000, default 100"),
     ),
     responses(
@@ -57,24 +60,47 @@ pub(crate) async fn timeline(
     QueryParams(params): QueryParams<TimelineParams>,
 ) -> Result<Json<Timeline>, ApiError> {
     let patient = PatientId::parse(&raw_patient).map_err(ApiError::Validation)?;
+    let store = state.intake.store();
     let after = match params.after.as_deref() {
         None => 0,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| ApiError::field("after", "must be a sequence number (0 or more)"))?,
+        // A position counts every client's events: operators only.
+        Some(raw) if caller.is_admin() && raw.parse::<i64>().is_ok_and(|n| n >= 0) => {
+            raw.parse::<i64>().unwrap_or_default()
+        }
+        Some(raw) => {
+            let invalid = || {
+                ApiError::field(
+                    "after",
+                    "must be the `next` of a previous page of this patient's timeline",
+                )
+            };
+            let id = EventId::parse_str(raw).map_err(|_| invalid())?;
+            let event = store
+                .find_event(&id.to_string())
+                .await?
+                .ok_or_else(invalid)?;
+            // Another client's event is no cursor for this caller.
+            if event.patient_id != patient.as_str()
+                || caller.scope().is_some_and(|client| client != event.client)
+            {
+                return Err(invalid());
+            }
+            event.seq
+        }
     };
     let limit = page_limit(params.limit.as_deref())?;
-    let client = caller.scope();
-    let (events, scanned_to) = state
-        .intake
-        .store()
-        .timeline(patient.as_str(), client, after, limit)
+    let (events, more) = store
+        .timeline(patient.as_str(), caller.scope(), after, limit)
         .await?;
+    let next = more
+        .then(|| events.last().map(|e| e.event_id.clone()))
+        .flatten();
     Ok(Json(Timeline {
         patient_id: patient.as_str().to_owned(),
-        events: events.iter().map(EventView::of).collect(),
-        next: scanned_to,
+        events: events
+            .iter()
+            .map(|event| EventView::for_caller(event, &caller))
+            .collect(),
+        next,
     }))
 }

@@ -276,7 +276,7 @@ pub(crate) async fn event_status(
     if caller.scope().is_some_and(|client| client != event.client) {
         return Err(not_found());
     }
-    Ok(Json(EventView::of(&event)))
+    Ok(Json(EventView::for_caller(&event, &caller)))
 }
 
 /// An event as the API shows it (never its `data`); `result`, `processedAt`
@@ -291,7 +291,10 @@ pub struct EventView {
     event_type: String,
     #[schema(format = DateTime)]
     ts: String,
-    seq: i64,
+    /// The event's place in its patient's order, counting every client's
+    /// events: shown to operators only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<i64>,
     /// The API client whose key sent the event (the name before `:` in
     /// `INGEST_API_KEYS`).
     #[schema(example = "lab-a")]
@@ -302,6 +305,7 @@ pub struct EventView {
     accepted_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+    /// The last attempt's error: shown to operators only.
     #[serde(skip_serializing_if = "Option::is_none")]
     last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,6 +322,19 @@ pub struct EventView {
 }
 
 impl EventView {
+    /// As `caller` may see it: a client sees no position counting other
+    /// clients' events (`seq`) and no operator's or system's text.
+    pub fn for_caller(event: &crate::store::QueuedEvent, caller: &Caller) -> Self {
+        let mut view = Self::of(event);
+        if !caller.is_admin() {
+            view.seq = None;
+            view.last_error = None;
+            view.result = view.result.map(|result| result.for_client());
+        }
+        view
+    }
+
+    /// Everything, as an operator sees it.
     pub fn of(event: &crate::store::QueuedEvent) -> Self {
         let outcome = (event.status != EventStatus::Queued)
             .then(|| event.result.clone().zip(event.processed_at))
@@ -327,7 +344,7 @@ impl EventView {
             patient_id: event.patient_id.clone(),
             event_type: event.event_type.clone(),
             ts: event.ts.clone(),
-            seq: event.seq,
+            seq: Some(event.seq),
             client: event.client.clone(),
             status: event.api_status(),
             attempts: event.attempts,

@@ -261,7 +261,9 @@ struct OutcomeMessage {
     #[schema(format = Uuid)]
     event_id: String,
     patient_id: String,
-    seq: i64,
+    /// Operators only (it counts every client's events of the patient).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<i64>,
     #[serde(rename = "type")]
     event_type: String,
     client: String,
@@ -274,7 +276,9 @@ struct OutcomeMessage {
     processed_at: String,
 }
 
-fn message(outcome: &ProcessedEvent) -> Event {
+/// `for_client`: the stream of a client, who sees neither `seq` nor an
+/// operator's or system's text (`ProcessingResult::for_client`).
+fn message(outcome: &ProcessedEvent, for_client: bool) -> Event {
     let status = match outcome.result.status.as_str() {
         "success" => "processed",
         other => other,
@@ -282,11 +286,15 @@ fn message(outcome: &ProcessedEvent) -> Event {
     let data = OutcomeMessage {
         event_id: outcome.event_id.clone(),
         patient_id: outcome.patient_id.clone(),
-        seq: outcome.seq,
+        seq: (!for_client).then_some(outcome.seq),
         event_type: outcome.event_type.clone(),
         client: outcome.client.clone(),
         status: status.to_owned(),
-        result: outcome.result.clone(),
+        result: if for_client {
+            outcome.result.for_client()
+        } else {
+            outcome.result.clone()
+        },
         run: outcome.run,
         attempts: outcome.attempts,
         processed_at: outcome
@@ -308,11 +316,17 @@ enum Ended {
     CutOff,
 }
 
-fn offer(sender: &mpsc::Sender<Event>, outcome: &ProcessedEvent) -> Result<(), Ended> {
-    sender.try_send(message(outcome)).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => Ended::CutOff,
-        mpsc::error::TrySendError::Closed(_) => Ended::Gone,
-    })
+fn offer(
+    sender: &mpsc::Sender<Event>,
+    outcome: &ProcessedEvent,
+    for_client: bool,
+) -> Result<(), Ended> {
+    sender
+        .try_send(message(outcome, for_client))
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Ended::CutOff,
+            mpsc::error::TrySendError::Closed(_) => Ended::Gone,
+        })
 }
 
 /// The replay's most recent outcomes (by message id: an operator's skip of
@@ -376,7 +390,7 @@ async fn feed_one(
                     // not held in memory, so it waits for a slow reader (up
                     // to REPLAY_STALL) rather than cutting it off.
                     sender
-                        .send_timeout(message(outcome), REPLAY_STALL)
+                        .send_timeout(message(outcome, client.is_some()), REPLAY_STALL)
                         .await
                         .map_err(|e| match e {
                             mpsc::error::SendTimeoutError::Timeout(_) => Ended::CutOff,
@@ -408,7 +422,7 @@ async fn feed_one(
             if replayed.repeats(&OutcomeCursor::of(&outcome)) {
                 continue;
             }
-            offer(&sender, &outcome)?;
+            offer(&sender, &outcome, client.is_some())?;
         }
     }
     .await;

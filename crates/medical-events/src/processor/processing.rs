@@ -69,7 +69,11 @@ impl Delivery {
         auth: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
         timeout: Duration,
     ) -> Result<Self, String> {
+        // No redirects: following one would send the event and the
+        // downstream's credentials (DELIVERY_AUTH_HEADER) to another host.
+        // A 3xx is a failed attempt, logged with its status.
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .build()
             .map_err(|e| format!("cannot build the delivery client: {e}"))?;

@@ -246,6 +246,20 @@ impl ProcessingResult {
     pub fn is_success(&self) -> bool {
         self.status == Self::SUCCESS
     }
+
+    /// As a client sees it: the outcome, without what is for operators (a
+    /// downstream's or the database's error text, an operator's reason for
+    /// a skip), which can name systems, hosts or other patients.
+    pub fn for_client(&self) -> Self {
+        Self {
+            status: self.status.clone(),
+            message: match self.status.as_str() {
+                Self::SKIPPED => "skipped by an operator".to_owned(),
+                _ => self.message.clone(),
+            },
+            error: None,
+        }
+    }
 }
 
 /// `processed_events`: exactly one per accepted event (unique `eventId`),

@@ -202,28 +202,49 @@ impl Store {
     /// A patient's events after sequence number `after`, in order, only
     /// those `client` sent if given. Returns them and, when more may follow,
     /// the sequence number to continue after.
+    /// A page of a patient's timeline after sequence number `after`: up to
+    /// `limit` events and whether more follow. For a client (`Some`), its
+    /// own events only: the patient's events are read in index order and
+    /// filtered here, page after page until the client's page is full, so
+    /// that neither the events nor how many others there are leave the
+    /// server (a page that stopped at the scan's end would tell).
     pub async fn timeline(
         &self,
         patient: &str,
         client: Option<&str>,
         after: i64,
         limit: i64,
-    ) -> Result<(Vec<QueuedEvent>, Option<i64>), StoreError> {
+    ) -> Result<(Vec<QueuedEvent>, bool), StoreError> {
         let bucket = crate::bucket::of(patient);
-        let shape = shapes::timeline(bucket, patient, after, limit);
-        let page: Vec<QueuedEvent> = self
-            .find_all(&self.queued, shape, "reading a patient's timeline")
-            .await?;
-        // Paged over all the patient's events (the index order), filtered
-        // after: another client's events never leave the server.
-        let next = (page.len() as i64 == limit)
-            .then(|| page.last().map(|e| e.seq))
-            .flatten();
-        let visible = page
-            .into_iter()
-            .filter(|e| client.is_none_or(|c| e.client == c))
-            .collect();
-        Ok((visible, next))
+        let mut from = after;
+        let mut visible = Vec::new();
+        // One more than the page, to know whether another page follows.
+        let wanted = limit as usize + 1;
+        let scan = if client.is_some() {
+            (limit + 1).max(500)
+        } else {
+            limit + 1
+        };
+        loop {
+            let shape = shapes::timeline(bucket, patient, from, scan);
+            let page: Vec<QueuedEvent> = self
+                .find_all(&self.queued, shape, "reading a patient's timeline")
+                .await?;
+            let scanned_all = (page.len() as i64) < scan;
+            if let Some(last) = page.last() {
+                from = last.seq;
+            }
+            visible.extend(
+                page.into_iter()
+                    .filter(|e| client.is_none_or(|c| e.client == c)),
+            );
+            if visible.len() >= wanted || scanned_all {
+                break;
+            }
+        }
+        let more = visible.len() >= wanted;
+        visible.truncate(limit as usize);
+        Ok((visible, more))
     }
 
     async fn find_one<T>(
