@@ -865,3 +865,74 @@ async fn the_processor_accepts_every_listed_token_for_rotation() {
         assert_eq!(response.status(), StatusCode::ACCEPTED, "{token}");
     }
 }
+
+/// Issue 16, finding 8: failed authentications are logged (never what was
+/// presented), counted, and limited per source address: of 300 wrong keys
+/// from one address most get `429`, and then so does a right key from it,
+/// while the same right key from another address is served.
+#[tokio::test]
+async fn failed_authentication_is_logged_counted_and_limited_per_source() {
+    let uri = fresh_database_uri();
+    let ingest = Service::start("ingest", &ingest_env(&uri, "http://127.0.0.1:9")).await;
+    let url = format!("{}/events", ingest.url());
+    let wrong = "wrong-key-presented-0123456789";
+    let mut answers = std::collections::BTreeMap::new();
+    for n in 0..300 {
+        let response = crate::support::client_with_token(wrong)
+            .build()
+            .unwrap()
+            .post(&url)
+            .json(&event_body("p-guess", n))
+            .send()
+            .await
+            .unwrap();
+        *answers.entry(response.status().as_u16()).or_insert(0) += 1;
+    }
+    let unauthorized = answers.get(&401).copied().unwrap_or(0);
+    assert!((20..=40).contains(&unauthorized), "{answers:?}");
+    assert_eq!(answers.get(&429).copied().unwrap_or(0), 300 - unauthorized);
+
+    let right = crate::support::client()
+        .post(&url)
+        .json(&event_body("p-guess", 300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        right.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the address waits"
+    );
+    assert!(right.headers().contains_key("retry-after"));
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap()
+        .post(&url)
+        .bearer_auth(API_KEY)
+        .json(&event_body("p-guess", 301))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        elsewhere.status(),
+        StatusCode::ACCEPTED,
+        "another address is served"
+    );
+
+    let log = ingest.read_log();
+    assert!(log.contains("authentication failed"), "{log}");
+    assert!(!log.contains(wrong), "the presented key was logged");
+    let metrics = crate::support::scrape(&ingest.metrics_url()).await;
+    assert!(
+        metrics.contains("auth_failures_total{reason=\"invalid\"}"),
+        "{metrics}"
+    );
+    assert_eq!(
+        Db::connect(&uri)
+            .await
+            .count("queued_events", doc! {})
+            .await,
+        1
+    );
+}

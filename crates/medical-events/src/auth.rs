@@ -4,10 +4,14 @@
 //! without credentials a service refuses to start unless
 //! `AUTH_DISABLED=true` says so explicitly.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -143,6 +147,62 @@ impl Caller {
 pub struct Guard {
     /// `None`: authentication disabled.
     known: Option<Vec<([u8; 32], Caller)>>,
+    failures: FailedAttempts,
+}
+
+/// Failed authentications per source address: past [`FAILURE_BURST`] (refilled
+/// at [`FAILURES_PER_SECOND`]), the address is refused with `429` for a
+/// while, whatever it presents, so guessing keys is slow from any one place.
+const FAILURE_BURST: u32 = 20;
+const FAILURES_PER_SECOND: u32 = 1;
+/// Addresses tracked before the expired ones are forgotten.
+const TRACKED_SOURCES: usize = 10_000;
+
+struct FailedAttempts {
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    blocked: std::sync::Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl FailedAttempts {
+    fn new() -> Self {
+        let quota = governor::Quota::per_second(
+            NonZeroU32::new(FAILURES_PER_SECOND).unwrap_or(NonZeroU32::MIN),
+        )
+        .allow_burst(NonZeroU32::new(FAILURE_BURST).unwrap_or(NonZeroU32::MIN));
+        Self {
+            limiter: governor::RateLimiter::keyed(quota),
+            blocked: std::sync::Mutex::default(),
+        }
+    }
+
+    fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
+        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long `source` must still wait, if it is refused.
+    fn wait(&self, source: IpAddr) -> Option<Duration> {
+        let until = *self.blocked().get(&source)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Records a failure; whether `source` is now refused for a while.
+    fn record(&self, source: IpAddr) {
+        use governor::clock::{Clock, DefaultClock};
+        if let Err(not_until) = self.limiter.check_key(&source) {
+            let wait = not_until
+                .wait_time_from(DefaultClock::default().now())
+                .max(Duration::from_secs(1));
+            let mut blocked = self.blocked();
+            let now = Instant::now();
+            if blocked.len() >= TRACKED_SOURCES {
+                blocked.retain(|_, until| *until > now);
+            }
+            blocked.insert(source, now + wait);
+        }
+        if self.limiter.len() >= TRACKED_SOURCES {
+            self.limiter.retain_recent();
+        }
+    }
 }
 
 impl Guard {
@@ -169,7 +229,10 @@ impl Guard {
             }
             Access::Disabled => None,
         };
-        Self { known }
+        Self {
+            known,
+            failures: FailedAttempts::new(),
+        }
     }
 
     /// The caller the credential belongs to. Compares digests in constant
@@ -205,12 +268,25 @@ fn digest(value: &str) -> [u8; 32] {
 }
 
 /// Middleware: refuses requests without a valid `Authorization: Bearer`
-/// credential with 401, and tags accepted ones with their [`Caller`].
+/// credential with 401, and tags accepted ones with their [`Caller`]. A
+/// failure is logged (never what was presented) and counted; a source
+/// address with too many failures gets `429` for a while.
 pub async fn require_bearer(
     State(guard): State<Arc<Guard>>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    if let Some(wait) = source.and_then(|source| guard.failures.wait(source)) {
+        metrics::counter!("auth_failures_total", "reason" => "source_blocked").increment(1);
+        return ApiError::TooManyFailures {
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+        .into_response();
+    }
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -220,7 +296,23 @@ pub async fn require_bearer(
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        Err(error) => error.into_response(),
+        Err(error) => {
+            let reason = match authorization {
+                None => "missing",
+                Some(_) => "invalid",
+            };
+            metrics::counter!("auth_failures_total", "reason" => reason).increment(1);
+            tracing::warn!(
+                source = source.map(|s| s.to_string()).unwrap_or_default(),
+                route = request.uri().path().split('/').nth(1).unwrap_or_default(),
+                reason,
+                "authentication failed"
+            );
+            if let Some(source) = source {
+                guard.failures.record(source);
+            }
+            error.into_response()
+        }
     }
 }
 

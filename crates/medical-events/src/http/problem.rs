@@ -92,6 +92,8 @@ pub enum ApiError {
     OutcomeUnknown { event_id: String },
     #[error("rate limit exceeded for this API key; retry later")]
     RateLimited { retry_after_secs: u64 },
+    #[error("too many failed authentications from this address; retry later")]
+    TooManyFailures { retry_after_secs: u64 },
     #[error(
         "this client already has {limit} requests in progress (MAX_IN_FLIGHT_PER_CLIENT); \
          retry when one has been answered"
@@ -121,7 +123,9 @@ impl ApiError {
             | Self::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } | Self::ClientBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::ClientBusy { .. } | Self::TooManyFailures { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -169,6 +173,7 @@ impl ApiError {
             Self::OutcomeUnknown { .. } => "outcome_unknown",
             Self::RateLimited { .. } => "rate_limited",
             Self::ClientBusy { .. } => "client_busy",
+            Self::TooManyFailures { .. } => "auth_failures",
             Self::Overloaded { .. } => "overloaded",
             Self::TimedOut => "timed_out",
             Self::Internal => "internal",
@@ -208,7 +213,8 @@ impl IntoResponse for ApiError {
         match self {
             Self::Unavailable { retry_after_secs }
             | Self::Overloaded { retry_after_secs }
-            | Self::RateLimited { retry_after_secs } => {
+            | Self::RateLimited { retry_after_secs }
+            | Self::TooManyFailures { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             Self::TimedOut | Self::OutcomeUnknown { .. } | Self::ClientBusy { .. } => {
