@@ -736,7 +736,8 @@ async fn development_credentials_and_ambiguous_keys_are_refused_at_start_up() {
     let processor_url = ("PROCESSOR_URL", "http://127.0.0.1:9".to_owned());
     let token = ("PROCESSOR_TOKEN", PROCESSOR_TOKEN.to_owned());
     let keys = |value: &str| ("INGEST_API_KEYS", value.to_owned());
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    type Env<'a> = Vec<(&'a str, String)>;
+    let cases: Vec<(&str, Env, &str)> = vec![
         (
             "ingest",
             vec![
