@@ -711,3 +711,65 @@ async fn a_skip_whose_outcome_write_fails_still_ends_with_event_and_outcome_agre
     .await;
     wait_processed(&db, "skip-f", 1, "the patient goes on").await;
 }
+
+/// Issue 16, finding 8: an operator action and its audit entry are one
+/// write. Here every write to `audit_log` is lost on its way for a while:
+/// the skip still lands, its entry waits in the event, and the next read
+/// of the log shows it, once. (On main the skip landed unaudited.)
+#[tokio::test]
+async fn an_action_whose_audit_write_is_lost_is_still_audited_once() {
+    let uri = fresh_database_uri();
+    let database = uri.rsplit('/').next().unwrap().to_owned();
+    let db = Db::connect(&uri).await;
+    let sink = Sink::start(Duration::from_millis(5)).await;
+    sink.refuse(refuses("audit-f", 1));
+    let (_processor, ingest) = stack(&uri, &sink, "park").await;
+    let ids = send(&ingest.url(), "audit-f", 2).await;
+    wait_until(Duration::from_secs(60), "event 1 parked", || async {
+        status_of(&ingest.url(), &ids[0]).await == "parked"
+    })
+    .await;
+    let proxy = FaultProxy::start_for_shared().await;
+    let operator_ingest = InProcessIngest::start(&proxy.uri(&database), "http://127.0.0.1:9").await;
+    proxy.on("insert", "audit_log", Fault::DropRequest, 1_000, None);
+    let _ = act(
+        &operator_ingest.url,
+        &ids[0],
+        "skip",
+        "sent twice by the lab",
+    )
+    .await;
+    assert_eq!(
+        db.count("audit_log", doc! {}).await,
+        0,
+        "the log write was lost"
+    );
+    let event = db
+        .find("queued_events", doc! { "_id": &ids[0] }, doc! {})
+        .await
+        .remove(0);
+    assert!(
+        event.get_document("pendingAudit").is_ok(),
+        "the entry waits in the event: {event}"
+    );
+    proxy.clear();
+
+    let log = admin_get(format!("{}/admin/audit", operator_ingest.url)).await;
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{log}");
+    assert_eq!(entries[0]["action"], "skip");
+    assert_eq!(entries[0]["eventId"], ids[0].as_str());
+    assert_eq!(entries[0]["why"], "sent twice by the lab");
+    assert_eq!(entries[0]["after"]["status"], "skipped");
+    let again = admin_get(format!("{}/admin/audit", ingest.url())).await;
+    assert_eq!(again["entries"].as_array().unwrap().len(), 1, "moved once");
+    assert_eq!(
+        db.count(
+            "queued_events",
+            doc! { "pendingAudit": { "$exists": true } }
+        )
+        .await,
+        0
+    );
+    wait_processed(&db, "audit-f", 1, "the patient goes on").await;
+}

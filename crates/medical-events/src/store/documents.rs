@@ -86,6 +86,12 @@ pub struct QueuedEvent {
     pub rev: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// An operator action's audit entry, written in the same update as the
+    /// action and moved to `audit_log` right after (an outbox: a crash
+    /// between the two leaves it here, and the next read of the audit log,
+    /// or the next action on this event, moves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_audit: Option<Document>,
     /// Fencing epoch of the bucket lease under which it was last claimed (0: never).
     pub epoch: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -216,6 +216,7 @@ impl Store {
                 status: EventStatus::Queued,
                 attempts: 0,
                 last_error: None,
+                pending_audit: None,
                 epoch: 0,
                 claim: None,
                 result: None,

@@ -2,8 +2,9 @@
 //! names appear in duplicate-key errors and in query hints).
 //!
 //! Few on purpose: every index costs every write, and some servers rewrite
-//! all of a document's index entries on any update. `queued_events` has five
-//! (with `_id`, the eventId, and a sparse one only HL7 messages enter) and each serves several queries
+//! all of a document's index entries on any update. `queued_events` has six
+//! (with `_id`, the eventId, a sparse one only HL7 messages enter, and a
+//! sparse one only events with an unmoved audit entry enter) and each serves several queries
 //! (see `shapes.rs` and ARCHITECTURE.md, "Query plans").
 
 use mongodb::IndexModel;
@@ -26,6 +27,11 @@ pub const INTAKE_KEY: &str = "patient_intake_key";
 /// ids at intake, the operator's search). Sparse: events that came over
 /// HTTP have none of these fields, so no entry, and cost it nothing.
 pub const CONTROL_ID: &str = "source_control_id";
+
+/// `{pendingAudit}`, sparse: events whose operator action's audit entry is
+/// still to be moved to `audit_log` (after a crash between the two writes).
+/// Sparse: only such events have an entry, normally none.
+pub const PENDING_AUDIT: &str = "pending_audit";
 
 /// `processed_events.eventId`, unique (the original service's index).
 pub const OUTCOME_EVENT: &str = "eventId_1";
@@ -76,6 +82,15 @@ pub fn queued_events() -> Vec<IndexModel> {
             .options(
                 IndexOptions::builder()
                     .name(CONTROL_ID.to_owned())
+                    .sparse(true)
+                    .build(),
+            )
+            .build(),
+        IndexModel::builder()
+            .keys(doc! { "pendingAudit": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(PENDING_AUDIT.to_owned())
                     .sparse(true)
                     .build(),
             )

@@ -269,9 +269,18 @@ impl Store {
         operator: &str,
         reason: &str,
     ) -> Result<ActionOutcome, StoreError> {
-        let Some(before) = self.find_event(event_id).await? else {
+        let Some(mut before) = self.find_event(event_id).await? else {
             return Ok(ActionOutcome::NotFound);
         };
+        // An earlier action's entry still in the outbox goes first, so that
+        // the log keeps the actions' order and this one has the slot.
+        if let Some(entry) = before.pending_audit.take() {
+            self.move_audit_entry(event_id, &entry).await?;
+            before = match self.find_event(event_id).await? {
+                Some(event) => event,
+                None => return Ok(ActionOutcome::NotFound),
+            };
+        }
         if action == Action::Retry && before.pruned {
             return Ok(ActionOutcome::Pruned(Box::new(before)));
         }
@@ -327,7 +336,19 @@ impl Store {
             // first, once per run, so the next run's outcome can replace it.
             self.archive_outcome(&before).await?;
         }
-        let mut filter = doc! { "_id": event_id };
+        // The audit entry rides in the action's own write (see
+        // `QueuedEvent::pending_audit`): no action lands unaudited.
+        let entry = audit_entry(action, operator, reason, &before);
+        let mut update = update;
+        match update.get_document_mut("$set") {
+            Ok(set) => {
+                set.insert("pendingAudit", entry.clone());
+            }
+            Err(_) => {
+                update.insert("$set", doc! { "pendingAudit": entry.clone() });
+            }
+        }
+        let mut filter = doc! { "_id": event_id, "pendingAudit": { "$exists": false } };
         filter.extend(condition);
         let result = self
             .queued
@@ -344,6 +365,11 @@ impl Store {
                 None => ActionOutcome::NotFound,
             });
         }
+        // Done: the entry is durable with the action. If moving it fails,
+        // the next read of the log or action on the event moves it.
+        if let Err(e) = self.move_audit_entry(event_id, &entry).await {
+            tracing::warn!(error = %e, "audit entry left in its event's outbox; moved on the next read of the log");
+        }
         let after = self
             .find_event(event_id)
             .await?
@@ -351,9 +377,54 @@ impl Store {
                 operation: "reading an event after an operator action",
                 attempts: 1,
             })?;
-        self.audit(action, operator, reason, &before, &after)
-            .await?;
         Ok(ActionOutcome::Done(Box::new(after)))
+    }
+
+    /// Moves an action's audit entry from its event to `audit_log`: an
+    /// insert under the entry's own id (so a second move of the same entry
+    /// is a duplicate, not a second line), then its removal from the event.
+    async fn move_audit_entry(&self, event_id: &str, entry: &Document) -> Result<(), StoreError> {
+        match self
+            .durable_collection::<Document>(AUDIT_LOG)
+            .insert_one(entry.clone())
+            .bounded("writing the audit log", self.op_timeout)
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Mongo { source, .. }) if super::error::is_duplicate_key(&source) => {}
+            Err(e) => return Err(e),
+        }
+        let id = entry.get("_id").cloned().unwrap_or(Bson::Null);
+        self.queued
+            .update_one(
+                doc! { "_id": event_id, "pendingAudit._id": id },
+                doc! { "$unset": { "pendingAudit": "" }, "$inc": super::lifecycle::bump_rev() },
+            )
+            .bounded("clearing an audit entry moved to the log", self.op_timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// Moves every audit entry still in an event's outbox (left by a crash
+    /// between an action and the move), so that the log read next is whole.
+    pub async fn move_pending_audit_entries(&self) -> Result<(), StoreError> {
+        loop {
+            let pending: Vec<QueuedEvent> = self
+                .find_all(
+                    &self.queued,
+                    super::shapes::pending_audits(PENDING_PAGE),
+                    "finding audit entries to move",
+                )
+                .await?;
+            for event in &pending {
+                if let Some(entry) = &event.pending_audit {
+                    self.move_audit_entry(&event.event_id, entry).await?;
+                }
+            }
+            if (pending.len() as i64) < PENDING_PAGE {
+                return Ok(());
+            }
+        }
     }
 
     async fn archive_outcome(&self, event: &QueuedEvent) -> Result<(), StoreError> {
@@ -381,33 +452,6 @@ impl Store {
             .map(|_| ())
     }
 
-    async fn audit(
-        &self,
-        action: Action,
-        operator: &str,
-        reason: &str,
-        before: &QueuedEvent,
-        after: &QueuedEvent,
-    ) -> Result<(), StoreError> {
-        let state = |e: &QueuedEvent| doc! { "status": e.api_status().as_str(), "run": e.run, "attempts": e.attempts };
-        self.durable_collection::<Document>(AUDIT_LOG)
-            .insert_one(doc! {
-                "_id": ObjectId::new(),
-                "at": DateTime::now(),
-                "who": operator,
-                "action": action.as_str(),
-                "eventId": &after.event_id,
-                "patientId": &after.patient_id,
-                "client": &after.client,
-                "why": reason,
-                "before": state(before),
-                "after": state(after),
-            })
-            .bounded("writing the audit log", self.op_timeout)
-            .await
-            .map(|_| ())
-    }
-
     /// Audit entries, newest first, before `before` (an entry id) if given.
     pub async fn audit_log(
         &self,
@@ -418,6 +462,7 @@ impl Store {
             Some(id) => doc! { "_id": { "$lt": id } },
             None => doc! {},
         };
+        self.move_pending_audit_entries().await?;
         let operation = "reading the audit log";
         self.durable_collection::<Document>(AUDIT_LOG)
             .find(filter)
@@ -425,5 +470,33 @@ impl Store {
             .limit(limit)
             .all(operation, self.op_timeout)
             .await
+    }
+}
+
+const PENDING_PAGE: i64 = 100;
+
+/// The audit entry of `action` on `before`: who, when, what, why, and the
+/// event's state before and after (the after state is what the action's
+/// update sets, which its condition guarantees it starts from).
+fn audit_entry(action: Action, operator: &str, reason: &str, before: &QueuedEvent) -> Document {
+    let state = |status: &str, run: i32, attempts: i32| {
+        doc! { "status": status, "run": run, "attempts": attempts }
+    };
+    let after = match action {
+        Action::Retry => state("queued", before.run + 1, 0),
+        Action::Skip => state("skipped", before.run + 1, 0),
+        Action::Acknowledge => state(before.api_status().as_str(), before.run, before.attempts),
+    };
+    doc! {
+        "_id": ObjectId::new(),
+        "at": DateTime::now(),
+        "who": operator,
+        "action": action.as_str(),
+        "eventId": &before.event_id,
+        "patientId": &before.patient_id,
+        "client": &before.client,
+        "why": reason,
+        "before": state(before.api_status().as_str(), before.run, before.attempts),
+        "after": after,
     }
 }

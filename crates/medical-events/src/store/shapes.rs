@@ -250,6 +250,17 @@ pub fn by_control_id(query: &ControlIdQuery<'_>) -> Shape {
         .limit(CONTROL_ID_MATCHES)
 }
 
+/// Events holding an operator action's audit entry not yet in `audit_log`.
+pub fn pending_audits(limit: i64) -> Shape {
+    Shape::new(
+        "audit entries to move",
+        Collection::Queued,
+        doc! { "pendingAudit": { "$exists": true } },
+    )
+    .projection(doc! { "data": 0 })
+    .limit(limit)
+}
+
 /// Every hot shape, with sample arguments, for the plan test.
 pub fn hot_for_explain() -> Vec<Shape> {
     let ids = ["00000000-0000-7000-8000-000000000001".to_owned()];
@@ -265,6 +276,7 @@ pub fn hot_for_explain() -> Vec<Shape> {
         timeline(3, "patient-1", 10, 50),
         outcomes_within(DateTime::from_millis(1_000), &ids[0], Some("client"), 500),
         outcomes_since(DateTime::from_millis(1_000), None, 500),
+        pending_audits(100),
         by_control_id(&ControlIdQuery {
             control_id: "MSG00001",
             client: Some("client"),
