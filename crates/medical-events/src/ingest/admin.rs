@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{Bson, Document};
+use mongodb::bson::{Bson, Document, doc};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use utoipa::ToSchema;
@@ -21,7 +21,8 @@ use crate::http::paging::page_limit;
 use crate::http::problem::{ApiError, JsonBodyRefusals, OperatorRefusals, Problem};
 use crate::http::query_params::QueryParams;
 use crate::store::{
-    Action, ActionOutcome, ClientStats, ControlIdQuery, ListCursor, ListQuery, ListedState,
+    Action, ActionOutcome, AuditedRead, ClientStats, ControlIdQuery, ListCursor, ListQuery,
+    ListedState,
 };
 
 const MAX_REASON_CHARS: usize = 500;
@@ -88,6 +89,7 @@ pub struct EventPage {
     security(("bearer" = [])))]
 pub(crate) async fn list_events(
     State(state): State<IngestState>,
+    Extension(caller): Extension<Caller>,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<EventPage>, ApiError> {
     let status = params.status.as_deref().ok_or_else(|| {
@@ -119,6 +121,19 @@ pub(crate) async fn list_events(
         after,
         limit: page_limit(params.limit.as_deref())?,
     };
+    let mut asked = doc! { "status": status };
+    if let Some(client) = &query.client {
+        asked.insert("client", client);
+    }
+    audit_read(
+        &state,
+        &caller,
+        "/admin/events",
+        query.patient.as_deref(),
+        None,
+        asked,
+    )
+    .await?;
     let events = state.intake.store().list_events(&query).await?;
     let next = (events.len() as i64 == query.limit)
         .then(|| events.last())
@@ -171,6 +186,7 @@ pub struct MessageMatches {
     security(("bearer" = [])))]
 pub(crate) async fn messages_by_control_id(
     State(state): State<IngestState>,
+    Extension(caller): Extension<Caller>,
     QueryParams(params): QueryParams<MessageParams>,
 ) -> Result<Json<MessageMatches>, ApiError> {
     let control_id = params
@@ -178,6 +194,17 @@ pub(crate) async fn messages_by_control_id(
         .as_deref()
         .filter(|id| !id.is_empty())
         .ok_or_else(|| ApiError::field("controlId", "is required: the message's MSH-10"))?;
+    let mut asked = doc! { "controlId": control_id };
+    for (name, value) in [
+        ("sendingApplication", &params.sending_application),
+        ("sendingFacility", &params.sending_facility),
+        ("client", &params.client),
+    ] {
+        if let Some(value) = value {
+            asked.insert(name, value);
+        }
+    }
+    audit_read(&state, &caller, "/admin/messages", None, None, asked).await?;
     let found = state
         .intake
         .store()
@@ -191,6 +218,29 @@ pub(crate) async fn messages_by_control_id(
     Ok(Json(MessageMatches {
         events: found.iter().map(EventView::of).collect(),
     }))
+}
+
+/// An operator's read of patient data goes into the audit log before the
+/// data is sent (a client's reads are its own data, and not logged).
+pub(crate) async fn audit_read(
+    state: &IngestState,
+    caller: &Caller,
+    route: &'static str,
+    patient: Option<&str>,
+    event: Option<&str>,
+    query: Document,
+) -> Result<(), ApiError> {
+    if !caller.is_admin() {
+        return Ok(());
+    }
+    let read = AuditedRead {
+        operator: &caller.client,
+        route,
+        patient,
+        event,
+        query,
+    };
+    Ok(state.intake.store().audit_read(&read).await?)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -346,14 +396,14 @@ pub(crate) struct AuditParams {
     limit: Option<String>,
 }
 
-/// Operator actions, newest first.
+/// Operator actions and operators' reads of patient data, newest first.
 #[utoipa::path(get, path = "/admin/audit", tag = "operations",
     params(
         ("before" = Option<String>, Query, description = "The `next` of the previous page"),
         ("limit" = Option<i64>, Query, description = "1-1000, default 100"),
     ),
     responses(
-        (status = 200, description = "Audit entries: who, when, what, why, before and after", body = AuditPage),
+        (status = 200, description = "Audit entries: who, when, what (an action, or a read), on which event or patient, why, before and after", body = AuditPage),
         (status = 400, description = "A parameter is invalid", body = Problem, content_type = "application/problem+json"),
         OperatorRefusals,
     ),
@@ -388,8 +438,9 @@ pub struct AuditPage {
     next: Option<String>,
 }
 
-/// One operator action: who, when, what, on which event, why, and the
-/// event's state before and after.
+/// One operator action (who, when, what, on which event, why, and the
+/// event's state before and after) or one operator read of patient data
+/// (who, when, which route, which patient or event, what was asked).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
@@ -397,15 +448,29 @@ pub struct AuditEntry {
     at: String,
     /// The operator key's name (`ADMIN_API_KEYS`).
     who: String,
-    /// `retry`, `skip` or `acknowledge`.
+    /// `retry`, `skip`, `acknowledge`, or `read` (an operator read patient data).
     action: String,
+    /// The route an operator read (`read` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<String>,
     #[schema(format = Uuid)]
-    event_id: String,
-    patient_id: String,
-    client: String,
-    why: String,
-    before: AuditState,
-    after: AuditState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patient_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
+    /// The reason given for an action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<String>,
+    /// The filters a read gave (status, client, control id...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    query: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before: Option<AuditState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after: Option<AuditState>,
 }
 
 /// An event's state in an audit entry.
@@ -419,18 +484,19 @@ pub struct AuditState {
 impl AuditEntry {
     fn of(entry: &Document) -> Self {
         let text = |field: &str| entry.get_str(field).unwrap_or_default().to_owned();
+        let optional = |field: &str| entry.get_str(field).ok().map(str::to_owned);
         let state = |field: &str| {
-            let state = entry.get_document(field).cloned().unwrap_or_default();
+            let state = entry.get_document(field).ok()?.clone();
             let number = |name: &str| match state.get(name) {
                 Some(Bson::Int32(n)) => i64::from(*n),
                 Some(Bson::Int64(n)) => *n,
                 _ => 0,
             };
-            AuditState {
+            Some(AuditState {
                 status: state.get_str("status").unwrap_or_default().to_owned(),
                 run: number("run"),
                 attempts: number("attempts"),
-            }
+            })
         };
         Self {
             at: entry
@@ -440,10 +506,15 @@ impl AuditEntry {
                 .unwrap_or_default(),
             who: text("who"),
             action: text("action"),
-            event_id: text("eventId"),
-            patient_id: text("patientId"),
-            client: text("client"),
-            why: text("why"),
+            route: optional("route"),
+            event_id: optional("eventId"),
+            patient_id: optional("patientId"),
+            client: optional("client"),
+            why: optional("why"),
+            query: entry
+                .get_document("query")
+                .ok()
+                .map(|q| Bson::Document(q.clone()).into_relaxed_extjson()),
             before: state("before"),
             after: state("after"),
         }

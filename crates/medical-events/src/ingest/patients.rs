@@ -89,6 +89,15 @@ pub(crate) async fn timeline(
         }
     };
     let limit = page_limit(params.limit.as_deref())?;
+    super::admin::audit_read(
+        &state,
+        &caller,
+        "/patients/{patientId}/events",
+        Some(patient.as_str()),
+        None,
+        Default::default(),
+    )
+    .await?;
     let (events, more) = store
         .timeline(patient.as_str(), caller.scope(), after, limit)
         .await?;

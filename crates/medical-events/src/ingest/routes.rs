@@ -276,6 +276,15 @@ pub(crate) async fn event_status(
     if caller.scope().is_some_and(|client| client != event.client) {
         return Err(not_found());
     }
+    super::admin::audit_read(
+        &state,
+        &caller,
+        "/events/{eventId}",
+        Some(&event.patient_id),
+        Some(&event.event_id),
+        Default::default(),
+    )
+    .await?;
     Ok(Json(EventView::for_caller(&event, &caller)))
 }
 

@@ -217,6 +217,11 @@ pub(crate) async fn outcomes(
                 .ok_or_else(|| ApiError::field("Last-Event-ID", "is not an id this stream gave"))
         })
         .transpose()?;
+    let mut asked = mongodb::bson::Document::new();
+    if let Some(raw) = &raw {
+        asked.insert("lastEventId", raw);
+    }
+    super::admin::audit_read(&state, &caller, "/events/stream", None, None, asked).await?;
     let client = caller.scope().map(str::to_owned);
     // Subscribed before the replay, so nothing recorded meanwhile is missed.
     let live = state.outcomes.subscribe().await;

@@ -25,7 +25,9 @@ pub use enqueue::{EnqueueOutcome, Hl7Origin, IdempotencyKey, IntakePolicy, Submi
 pub use error::StoreError;
 pub use lifecycle::{Applied, Claimed, Fence, NextEvent, RunEnd};
 pub use messages::ControlIdQuery;
-pub use operator::{Action, ActionOutcome, ClientStats, ListCursor, ListQuery, ListedState};
+pub use operator::{
+    Action, ActionOutcome, AuditedRead, ClientStats, ListCursor, ListQuery, ListedState,
+};
 pub use outcomes::{OutcomeCursor, REPLAY_OVERLAP, overlap_before};
 pub use retention::{MIN_AGE, Pruned, Retention};
 pub use sweep::Waiting;

@@ -405,6 +405,33 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Records that an operator read patient data (`route`, the patient or
+    /// event it named, what it asked for) before the data is sent: a read
+    /// that cannot be audited is not answered.
+    pub async fn audit_read(&self, read: &AuditedRead<'_>) -> Result<(), StoreError> {
+        let mut entry = doc! {
+            "_id": ObjectId::new(),
+            "at": DateTime::now(),
+            "who": read.operator,
+            "action": "read",
+            "route": read.route,
+        };
+        if let Some(patient) = read.patient {
+            entry.insert("patientId", patient);
+        }
+        if let Some(event) = read.event {
+            entry.insert("eventId", event);
+        }
+        if !read.query.is_empty() {
+            entry.insert("query", read.query.clone());
+        }
+        self.durable_collection::<Document>(AUDIT_LOG)
+            .insert_one(entry)
+            .bounded("auditing an operator's read", self.op_timeout)
+            .await
+            .map(|_| ())
+    }
+
     /// Moves every audit entry still in an event's outbox (left by a crash
     /// between an action and the move), so that the log read next is whole.
     pub async fn move_pending_audit_entries(&self) -> Result<(), StoreError> {
@@ -474,6 +501,17 @@ impl Store {
 }
 
 const PENDING_PAGE: i64 = 100;
+
+/// An operator's read of patient data, as the audit log records it.
+pub struct AuditedRead<'a> {
+    pub operator: &'a str,
+    /// The route template, e.g. `/patients/{patientId}/events`.
+    pub route: &'static str,
+    pub patient: Option<&'a str>,
+    pub event: Option<&'a str>,
+    /// The filters it gave (status, client, control id...), as given.
+    pub query: Document,
+}
 
 /// The audit entry of `action` on `before`: who, when, what, why, and the
 /// event's state before and after (the after state is what the action's
