@@ -400,3 +400,64 @@ async fn a_listener_that_never_reads_is_cut_off_and_memory_stays_flat() {
         "{metrics}"
     );
 }
+
+/// Issue 16, finding 6: outcome streams are capped per client and overall
+/// (`429` naming the setting); a closed stream gives its place back.
+#[tokio::test]
+async fn streams_are_capped_per_client_and_overall() {
+    use medical_events::ingest::stream::StreamLimits;
+    let uri = fresh_database_uri();
+    let mut config = crate::support::InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    config.streams = StreamLimits {
+        per_client: 2,
+        total: 3,
+    };
+    let ingest = crate::support::InProcessIngest::start_with(config).await;
+    let url = ingest.url.clone();
+    let open = |key: &'static str| {
+        let url = url.clone();
+        async move {
+            crate::support::client_with_token(key)
+                .build()
+                .unwrap()
+                .get(format!("{url}/events/stream"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = open(crate::support::API_KEY).await;
+    let _second = open(crate::support::API_KEY).await;
+    assert_eq!(first.status(), 200);
+    let third = open(crate::support::API_KEY).await;
+    assert_eq!(third.status(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    let problem: Value = third.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("STREAM_MAX_PER_CLIENT"),
+        "{problem}"
+    );
+    let operator = open(crate::support::ADMIN_KEY).await;
+    assert_eq!(operator.status(), 200, "another caller has its own share");
+    let fourth = open(crate::support::ADMIN_KEY).await;
+    assert_eq!(fourth.status(), 429);
+    let problem: Value = fourth.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("STREAM_MAX"),
+        "{problem}"
+    );
+
+    drop(first);
+    crate::support::wait_until(
+        Duration::from_secs(10),
+        "a closed stream's place back",
+        || {
+            let open = open(crate::support::API_KEY);
+            async move { open.await.status() == 200 }
+        },
+    )
+    .await;
+}

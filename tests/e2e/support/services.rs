@@ -61,6 +61,7 @@ impl InProcessIngest {
             metrics_port: 0,
             metrics_bind: [127, 0, 0, 1].into(),
             patient_logging: PatientLoggingSetting::Pseudonym(None),
+            streams: Default::default(),
             mllp: Default::default(),
         }
     }

@@ -44,6 +44,8 @@ pub struct IngestConfig {
     /// The address `/metrics` listens on (`METRICS_BIND`).
     pub metrics_bind: std::net::IpAddr,
     pub patient_logging: PatientLoggingSetting,
+    /// Bounds on open outcome streams (`STREAM_MAX_PER_CLIENT`, `STREAM_MAX`).
+    pub streams: crate::ingest::stream::StreamLimits,
     /// HL7 v2 over MLLP listeners (`MLLP_LISTENERS`) and their limits.
     pub mllp: MllpSettings,
 }
@@ -122,6 +124,7 @@ impl IngestConfig {
                 source.get("TLS_CERT_PATH").is_some(),
             )?,
             patient_logging: PatientLoggingSetting::from_source(source)?,
+            streams: crate::ingest::stream::StreamLimits::from_source(source)?,
             mllp: MllpSettings::from_source(source, &access)?,
         };
         check_request_budget(&config.limits, &config.mongo)?;

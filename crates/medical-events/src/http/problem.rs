@@ -92,6 +92,8 @@ pub enum ApiError {
     OutcomeUnknown { event_id: String },
     #[error("rate limit exceeded for this API key; retry later")]
     RateLimited { retry_after_secs: u64 },
+    #[error("{limit} outcome streams are open already ({setting}); close one, or retry later")]
+    TooManyStreams { setting: &'static str, limit: usize },
     #[error("too many failed authentications from this address; retry later")]
     TooManyFailures { retry_after_secs: u64 },
     #[error(
@@ -123,9 +125,10 @@ impl ApiError {
             | Self::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } | Self::ClientBusy { .. } | Self::TooManyFailures { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::RateLimited { .. }
+            | Self::ClientBusy { .. }
+            | Self::TooManyFailures { .. }
+            | Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -174,6 +177,7 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limited",
             Self::ClientBusy { .. } => "client_busy",
             Self::TooManyFailures { .. } => "auth_failures",
+            Self::TooManyStreams { .. } => "too_many_streams",
             Self::Overloaded { .. } => "overloaded",
             Self::TimedOut => "timed_out",
             Self::Internal => "internal",
@@ -218,6 +222,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             Self::TimedOut | Self::OutcomeUnknown { .. } | Self::ClientBusy { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            Self::TooManyStreams { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             Self::Unauthorized(_) => {

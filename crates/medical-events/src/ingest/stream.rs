@@ -10,10 +10,10 @@
 //! (its buffer of [`BUFFER`] messages is full, or it fell behind the shared
 //! ring) is cut off; it resumes from its last id when it comes back.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Extension, State};
@@ -31,6 +31,7 @@ use utoipa::ToSchema;
 
 use super::routes::IngestState;
 use crate::auth::Caller;
+use crate::config::{ConfigError, Source, positive};
 use crate::http::problem::{ApiError, Problem};
 use crate::http::query_params::QueryParams;
 use crate::store::{
@@ -49,10 +50,66 @@ const MAX_AWAIT: Duration = Duration::from_millis(500);
 /// How long a new connection waits for the change stream to open.
 const OPEN_WAIT: Duration = Duration::from_secs(5);
 
+/// Bounds on open outcome streams: each holds a task, a buffer and a
+/// connection for as long as the reader likes.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Per client (one API key's name).
+    pub per_client: usize,
+    /// Of this ingest process.
+    pub total: usize,
+}
+
+impl StreamLimits {
+    pub fn from_source(source: &impl Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            per_client: positive(source, "STREAM_MAX_PER_CLIENT", 8)? as usize,
+            total: positive(source, "STREAM_MAX", 1_000)? as usize,
+        })
+    }
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            per_client: 8,
+            total: 1_000,
+        }
+    }
+}
+
+/// Streams open, overall and per client.
+#[derive(Default)]
+struct OpenStreams {
+    total: usize,
+    per_client: HashMap<Arc<str>, usize>,
+}
+
+/// One stream's place under [`StreamLimits`], given back when its feed ends.
+struct StreamPermit {
+    open: Arc<Mutex<OpenStreams>>,
+    client: Arc<str>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total -= 1;
+        if let Some(count) = open.per_client.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
 /// The process's shared feed of recorded outcomes.
 #[derive(Clone)]
 pub struct OutcomeFeed {
     store: Store,
+    limits: StreamLimits,
+    streams: Arc<Mutex<OpenStreams>>,
     sender: broadcast::Sender<Arc<ProcessedEvent>>,
     watching: Arc<AtomicBool>,
     /// Whether the change stream is open: what commits from then on reaches
@@ -61,13 +118,39 @@ pub struct OutcomeFeed {
 }
 
 impl OutcomeFeed {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, limits: StreamLimits) -> Self {
         Self {
             store,
+            limits,
+            streams: Arc::default(),
             sender: broadcast::channel(RING).0,
             watching: Arc::new(AtomicBool::new(false)),
             open: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// A place for one more stream of `client`, or the limit it is past.
+    fn admit(&self, client: &Arc<str>) -> Result<StreamPermit, ApiError> {
+        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if open.total >= self.limits.total {
+            return Err(ApiError::TooManyStreams {
+                setting: "STREAM_MAX",
+                limit: self.limits.total,
+            });
+        }
+        let of_client = open.per_client.entry(Arc::clone(client)).or_default();
+        if *of_client >= self.limits.per_client {
+            return Err(ApiError::TooManyStreams {
+                setting: "STREAM_MAX_PER_CLIENT",
+                limit: self.limits.per_client,
+            });
+        }
+        *of_client += 1;
+        open.total += 1;
+        Ok(StreamPermit {
+            open: Arc::clone(&self.streams),
+            client: Arc::clone(client),
+        })
     }
 
     /// Live outcomes from now on; opens the change stream if it is not open
@@ -221,18 +304,16 @@ pub(crate) async fn outcomes(
     if let Some(raw) = &raw {
         asked.insert("lastEventId", raw);
     }
+    let permit = state.outcomes.admit(&caller.client)?;
     super::admin::audit_read(&state, &caller, "/events/stream", None, None, asked).await?;
     let client = caller.scope().map(str::to_owned);
     // Subscribed before the replay, so nothing recorded meanwhile is missed.
     let live = state.outcomes.subscribe().await;
     let (sender, receiver) = mpsc::channel(BUFFER);
-    tokio::spawn(feed_one(
-        state.outcomes.store.clone(),
-        client,
-        resume,
-        live,
-        sender,
-    ));
+    tokio::spawn(async move {
+        let _permit = permit;
+        feed_one(state.outcomes.store.clone(), client, resume, live, sender).await;
+    });
     metrics::counter!("outcome_stream_connections_total").increment(1);
     let messages = stream::unfold(receiver, |mut receiver| async move {
         receiver

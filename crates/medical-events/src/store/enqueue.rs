@@ -302,6 +302,7 @@ impl Store {
             .find_one(shape.filter)
             .sort(shape.sort.unwrap_or_default())
             .projection(shape.projection.unwrap_or_default())
+            .max_time(self.op_timeout)
             .bounded("reading a patient's last sequence number", self.op_timeout)
             .await?;
         Ok(last.and_then(|d| d.get_i64("seq").ok()).unwrap_or(0))
@@ -341,6 +342,7 @@ impl Store {
         let Some(holder) = self
             .queued
             .find_one(shape.filter)
+            .max_time(self.op_timeout)
             .bounded("reading an intake key", self.op_timeout)
             .await?
         else {

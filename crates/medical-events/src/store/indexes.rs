@@ -41,6 +41,9 @@ pub const OUTCOME_BUCKET_EVENT: &str = "bucket_eventId";
 /// `{processedAt, eventId}`: the outcome stream's replay (in this order,
 /// which is the stream's) and outcome retention.
 pub const OUTCOME_TIME: &str = "processedAt_eventId";
+/// `{client, processedAt, eventId}`: a client's replay of the outcome
+/// stream, over its own outcomes only.
+pub const OUTCOME_CLIENT_TIME: &str = "client_processedAt_eventId";
 /// The `processedAt` index of earlier versions, which `OUTCOME_TIME` replaces.
 pub const OUTCOME_TIME_BEFORE: &str = "processedAt_1";
 
@@ -110,6 +113,11 @@ pub fn processed_events() -> Vec<IndexModel> {
         index("patientId_1", doc! { "patientId": 1 }, false),
         index("patientId_1_ts_1", doc! { "patientId": 1, "ts": 1 }, false),
         index(OUTCOME_TIME, doc! { "processedAt": 1, "eventId": 1 }, false),
+        index(
+            OUTCOME_CLIENT_TIME,
+            doc! { "client": 1, "processedAt": 1, "eventId": 1 },
+            false,
+        ),
     ]
 }
 

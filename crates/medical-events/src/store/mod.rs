@@ -262,6 +262,7 @@ impl Store {
             .sort(shape.sort)
             .projection(shape.projection)
             .hint(shape.hint.map(|name| Hint::Name(name.to_owned())))
+            .max_time(self.op_timeout)
             .build();
         collection
             .find_one(shape.filter)
@@ -279,7 +280,10 @@ impl Store {
     where
         T: serde::de::DeserializeOwned + Send + Sync + Unpin,
     {
-        let options = find_options(shape.sort, shape.projection, shape.limit, shape.hint);
+        let mut options = find_options(shape.sort, shape.projection, shape.limit, shape.hint);
+        // The server stops too, not only our wait: a query a client set off
+        // cannot keep the database busy after its answer is given up.
+        options.max_time = Some(self.op_timeout);
         collection
             .find(shape.filter)
             .with_options(options)

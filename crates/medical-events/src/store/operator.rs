@@ -165,6 +165,7 @@ impl Store {
                 .sort(sort)
                 .limit(missing)
                 .projection(doc! { "data": 0 })
+                .max_time(self.op_timeout)
                 .all(operation, self.op_timeout)
                 .await?;
             found.extend(page);
@@ -257,6 +258,7 @@ impl Store {
         self.queued
             .clone_with_type::<Document>()
             .aggregate([doc! { "$match": matching }, doc! { "$group": group }])
+            .max_time(self.op_timeout * 5)
             .all(operation, self.op_timeout * 5)
             .await
     }
@@ -495,6 +497,7 @@ impl Store {
             .find(filter)
             .sort(doc! { "_id": -1 })
             .limit(limit)
+            .max_time(self.op_timeout)
             .all(operation, self.op_timeout)
             .await
     }

@@ -194,16 +194,27 @@ pub fn timeline(bucket: i32, patient: &str, after: i64, limit: i64) -> Shape {
 /// A page of the outcome stream's replay is two ranges of the
 /// `{processedAt, eventId}` index, each in index order: the rest of the
 /// cursor's millisecond, then everything after it. (One `$or` of the two
-/// would be a union plan some servers sort in memory or scan.)
+/// would be a union plan some servers sort in memory or scan.) A client's
+/// replay reads `{client, processedAt, eventId}` instead, so that it walks
+/// its own outcomes only, not every client's.
 fn outcomes(name: &'static str, mut filter: Document, client: Option<&str>, limit: i64) -> Shape {
-    if let Some(client) = client {
-        filter.insert("client", client);
-    }
-    Shape::new(name, Collection::Processed, filter)
-        .sorted_by_index(
+    // With the client fixed, sorting by it too is the same order, and every
+    // server then reads it straight from the index.
+    let (sort, index) = match client {
+        Some(client) => {
+            filter.insert("client", client);
+            (
+                doc! { "client": 1, "processedAt": 1, "eventId": 1 },
+                super::indexes::OUTCOME_CLIENT_TIME,
+            )
+        }
+        None => (
             doc! { "processedAt": 1, "eventId": 1 },
             super::indexes::OUTCOME_TIME,
-        )
+        ),
+    };
+    Shape::new(name, Collection::Processed, filter)
+        .sorted_by_index(sort, index)
         .projection(doc! { "data": 0 })
         .limit(limit)
 }
@@ -276,6 +287,7 @@ pub fn hot_for_explain() -> Vec<Shape> {
         timeline(3, "patient-1", 10, 50),
         outcomes_within(DateTime::from_millis(1_000), &ids[0], Some("client"), 500),
         outcomes_since(DateTime::from_millis(1_000), None, 500),
+        outcomes_since(DateTime::from_millis(1_000), Some("client"), 500),
         pending_audits(100),
         by_control_id(&ControlIdQuery {
             control_id: "MSG00001",
