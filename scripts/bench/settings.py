@@ -17,7 +17,7 @@ API_KEY = "bench-api-key-0123456789"
 PROCESSOR_TOKEN = "bench-processor-token-0123456789"
 
 ALL_SECTIONS = ["ingest", "end_to_end", "sleeping_lanes", "side_by_side", "fleet", "takeover",
-                "accept_to_start", "memory", "mllp", "k6", "burst", "soak"]
+                "accept_to_start", "memory", "mllp", "slowloris", "k6", "burst", "soak"]
 
 
 def _list(env, name, default):

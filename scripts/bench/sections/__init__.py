@@ -3,7 +3,7 @@ some). Each module has `run(settings, harness)`, which measures and returns
 its entry of results.json, and `render(result)`, its lines of the table."""
 
 from . import (accept_to_start, burst, end_to_end, fleet, ingest, k6, memory, mllp, side_by_side,
-               sleeping_lanes, soak, takeover)
+               sleeping_lanes, slowloris, soak, takeover)
 
 SECTIONS = {
     "ingest": ingest,
@@ -15,6 +15,7 @@ SECTIONS = {
     "accept_to_start": accept_to_start,
     "memory": memory,
     "mllp": mllp,
+    "slowloris": slowloris,
     "k6": k6,
     "burst": burst,
     "soak": soak,
