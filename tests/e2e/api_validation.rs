@@ -319,6 +319,8 @@ async fn indexes_of_the_original_exist_after_start_up() {
     }
     // The shard-ready twin of the eventId guarantee.
     assert!(processed.contains(&"bucket_eventId".to_owned()));
+    // A client's replay of the outcome stream.
+    assert!(processed.contains(&"client_processedAt_eventId".to_owned()));
     let mut queued = db.index_names("queued_events").await;
     queued.sort();
     assert_eq!(
@@ -327,6 +329,7 @@ async fn indexes_of_the_original_exist_after_start_up() {
             "_id_",
             "patient_intake_key",
             "patient_seq",
+            "pending_audit",
             "source_control_id",
             "status_bucket_patient_seq"
         ],

@@ -72,8 +72,49 @@ fn check_value(value: &Value, path: &str, depth: usize, problems: &mut Vec<Field
     }
 }
 
+/// Writes `value` as compact JSON with object keys sorted at every level
+/// (the text `canonical(value).to_string()` gives), without building that
+/// copy: equal payloads write identically whatever order the client sent
+/// the keys in, and a large body costs no second tree to hash.
+pub(crate) fn write_canonical(value: &Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    match value {
+        Value::Object(object) => write_canonical_map(object, out),
+        Value::Array(items) => {
+            out.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write_canonical(item, out)?;
+            }
+            out.write_all(b"]")
+        }
+        scalar => Ok(serde_json::to_writer(out, scalar)?),
+    }
+}
+
+/// [`write_canonical`] of an object given as its map.
+pub(crate) fn write_canonical_map(
+    object: &serde_json::Map<String, Value>,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    let mut keys: Vec<&String> = object.keys().collect();
+    keys.sort();
+    out.write_all(b"{")?;
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *out, key)?;
+        out.write_all(b":")?;
+        write_canonical(&object[key], out)?;
+    }
+    out.write_all(b"}")
+}
+
 /// The same value with object keys sorted at every level, so equal payloads
 /// serialize identically whatever order the client sent the keys in.
+#[cfg(test)]
 pub(crate) fn canonical(value: &Value) -> Value {
     match value {
         Value::Object(object) => {

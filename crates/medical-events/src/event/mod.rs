@@ -63,13 +63,37 @@ impl NewEvent {
     /// same event (key order in `data` and the spelling of `ts` do not matter).
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
-        let canonical = serde_json::json!({
+        // The text of `{"patientId", "type", "ts", "data"}` with `data`'s keys
+        // sorted (digests stored by earlier versions stay comparable),
+        // written straight into the digest.
+        struct Hashing(Sha256);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.update(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = Hashing(Sha256::new());
+        let head = serde_json::json!({
             "patientId": self.patient_id.as_str(),
             "type": self.event_type.as_str(),
             "ts": self.ts.as_str(),
-            "data": data::canonical(&Value::Object(self.data.as_map().clone())),
-        });
-        format!("{:x}", Sha256::digest(canonical.to_string().as_bytes()))
+        })
+        .to_string();
+        // Writing into a digest cannot fail.
+        let _ = std::io::Write::write_all(&mut out, &head.as_bytes()[..head.len() - 1]);
+        let _ = std::io::Write::write_all(&mut out, b",\"data\":");
+        let _ = data::write_canonical_map(self.data.as_map(), &mut out);
+        let _ = std::io::Write::write_all(&mut out, b"}");
+        format!("{:x}", out.0.finalize())
+    }
+
+    /// Parses a `POST /events` body it takes over (no copy of `data`).
+    pub fn parse_owned(body: Value) -> Result<Self, Vec<FieldError>> {
+        Validated::<EventBody>::read_owned(body)?.into_event()
     }
 }
 

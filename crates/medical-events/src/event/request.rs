@@ -159,6 +159,26 @@ impl<T: Validate + for<'de> Deserialize<'de>> Validated<T> {
     }
 }
 
+impl<T: Validate + for<'de> Deserialize<'de>> Validated<T> {
+    /// [`Validated::read`] of a body it takes over: its values are moved,
+    /// not copied.
+    pub(super) fn read_owned(body: Value) -> Result<Self, Vec<FieldError>> {
+        if !body.is_object() {
+            return Err(vec![FieldError::new("$", "the body must be a JSON object")]);
+        }
+        let request = T::deserialize(body).map_err(|error| {
+            vec![FieldError::new(
+                "$",
+                format!("the body could not be read: {error}"),
+            )]
+        })?;
+        request
+            .validate()
+            .map_err(|errors| field_errors(&errors, FIELD_NAMES))?;
+        Ok(Self(request))
+    }
+}
+
 impl Validated<EventBody> {
     pub(super) fn into_event(self) -> Result<NewEvent, Vec<FieldError>> {
         into_event(self.0).map_err(|error| vec![error])

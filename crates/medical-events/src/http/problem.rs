@@ -69,6 +69,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the body is larger than the limit of {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
+    #[error("the body holds more than {limit} JSON values (scalars, arrays and objects)")]
+    TooManyValues { limit: usize },
     #[error("{0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -114,7 +116,9 @@ impl ApiError {
         match self {
             Self::Validation(_) | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge { .. } | Self::TooManyValues { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -166,6 +170,7 @@ impl ApiError {
             Self::Validation(_) | Self::MalformedJson(_) => "invalid",
             Self::UnsupportedMediaType => "media_type",
             Self::PayloadTooLarge { .. } => "too_large",
+            Self::TooManyValues { .. } => "too_many_values",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method",
             Self::Conflict(_) => "conflict",

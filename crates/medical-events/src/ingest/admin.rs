@@ -259,7 +259,7 @@ async fn act(
 ) -> Result<Json<EventView>, ApiError> {
     let event_id =
         EventId::parse_str(raw_id).map_err(|reason| ApiError::field("eventId", reason))?;
-    let JsonBody(body) = body;
+    let JsonBody(body, _share) = body;
     let reason: Reason = serde_json::from_value(body)
         .map_err(|_| ApiError::field("reason", "a JSON body {\"reason\": \"...\"} is required"))?;
     let reason = reason.reason.trim().to_owned();

@@ -167,14 +167,14 @@ pub(crate) async fn accept_event(
     Extension(caller): Extension<Caller>,
     Extension(RequestDeadline(deadline)): Extension<RequestDeadline>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
+    JsonBody(body, _share): JsonBody,
 ) -> Result<Response, ApiError> {
     let key = headers
         .get(IDEMPOTENCY_KEY)
         .map(|raw| IdempotencyKey::parse(raw.as_bytes()))
         .transpose()
         .map_err(|reason| ApiError::field("Idempotency-Key", reason))?;
-    let event = NewEvent::parse(&body).map_err(ApiError::Validation)?;
+    let event = NewEvent::parse_owned(body).map_err(ApiError::Validation)?;
     let request = IntakeRequest {
         event,
         event_id: EventId::new_time_ordered(),

@@ -132,7 +132,7 @@ pub(crate) async fn queue_event(
     Extension(caller): Extension<Caller>,
     Extension(RequestDeadline(deadline)): Extension<RequestDeadline>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
+    JsonBody(body, _share): JsonBody,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let request = QueuedEventRequest::parse(&body).map_err(ApiError::Validation)?;
     // Ingest's nudge for an event it stored: a wake-up, nothing to store or check.
