@@ -461,3 +461,21 @@ async fn streams_are_capped_per_client_and_overall() {
     )
     .await;
 }
+
+/// Issue 16, finding 10: an open outcome stream does not hold a graceful
+/// shutdown until the process is killed: after `HTTP_DRAIN_MS` it is
+/// closed and ingest exits cleanly.
+#[tokio::test]
+async fn an_open_stream_does_not_hold_shutdown_past_the_drain_time() {
+    let uri = fresh_database_uri();
+    let mut env = ingest_env(&uri, "http://127.0.0.1:9");
+    env.push(("HTTP_DRAIN_MS", "1000".to_owned()));
+    let mut ingest = Service::start("ingest", &env).await;
+    let stream = connect(&ingest.url(), None, crate::support::API_KEY).await;
+    let started = std::time::Instant::now();
+    let status = ingest.try_terminate(Duration::from_secs(15)).await;
+    let status = status.expect("ingest exits while a stream is open");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    drop(stream);
+}

@@ -151,3 +151,26 @@ fn a_refused_mongo_uri_is_explained_without_its_password() {
     .to_string();
     assert!(error.contains("port must be an integer"), "{error}");
 }
+
+/// Issue 16, finding 9: `/metrics` is plain HTTP, so with TLS on the public
+/// port it listens on loopback unless `METRICS_BIND` says otherwise.
+#[test]
+fn metrics_listen_on_loopback_when_tls_is_on() {
+    use std::net::IpAddr;
+    let none: [(&str, &str); 0] = [];
+    assert_eq!(
+        shared::metrics_bind(&none, true).unwrap(),
+        IpAddr::from([127, 0, 0, 1])
+    );
+    assert_eq!(
+        shared::metrics_bind(&none, false).unwrap(),
+        IpAddr::from([0, 0, 0, 0])
+    );
+    let chosen = [("METRICS_BIND", "0.0.0.0")];
+    assert_eq!(
+        shared::metrics_bind(&chosen, true).unwrap(),
+        IpAddr::from([0, 0, 0, 0])
+    );
+    let wrong = [("METRICS_BIND", "everywhere")];
+    assert!(shared::metrics_bind(&wrong, false).is_err());
+}
