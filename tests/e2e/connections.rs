@@ -24,7 +24,8 @@ enum Ended {
 }
 
 /// Opens a connection from 127.0.0.1 and, if `slow`, sends a request head
-/// one byte per second; returns when the server closes it or `watch` ends.
+/// one byte per second (an idle one sends nothing at all); returns when the
+/// server closes it or `watch` ends.
 async fn attacker(target: SocketAddr, slow: bool, watch: Duration) -> Option<Ended> {
     let socket = TcpSocket::new_v4().ok()?;
     socket.bind("127.0.0.1:0".parse().unwrap()).ok()?;
@@ -74,8 +75,10 @@ async fn slow_and_idle_connections_are_closed_or_refused_while_another_address_i
 
     let watch = Duration::from_secs(20);
     let mut attackers = tokio::task::JoinSet::new();
+    // Idle ones first and last, so that both kinds are among the admitted.
     for i in 0..6_000 {
-        attackers.spawn(attacker(target, i < 5_000, watch));
+        let slow = (500..5_500).contains(&i);
+        attackers.spawn(async move { attacker(target, slow, watch).await.map(|e| (slow, e)) });
         if i % 250 == 249 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -103,13 +106,24 @@ async fn slow_and_idle_connections_are_closed_or_refused_while_another_address_i
     let mut refused = 0;
     let mut timed_out = Vec::new();
     let mut still_open = 0;
+    let mut idle_timed_out = 0;
     while let Some(ended) = attackers.join_next().await {
         match ended.unwrap().expect("connect from 127.0.0.1") {
-            Ended::Closed(after) if after < Duration::from_secs(1) => refused += 1,
-            Ended::Closed(after) => timed_out.push(after),
-            Ended::Open => still_open += 1,
+            (_, Ended::Closed(after)) if after < Duration::from_secs(1) => refused += 1,
+            (slow, Ended::Closed(after)) => {
+                if !slow {
+                    idle_timed_out += 1;
+                }
+                timed_out.push(after)
+            }
+            (_, Ended::Open) => still_open += 1,
         }
     }
+    assert!(
+        idle_timed_out >= 400,
+        "idle connections admitted and then closed by the timer: {idle_timed_out} (refused at once {refused}, later {}, open {still_open})",
+        timed_out.len()
+    );
     assert_eq!(still_open, 0, "connections the server never closed");
     // The cap per source admits 1,000 at a time; the rest are closed at once.
     assert!(refused >= 5_000, "refused at once: {refused}");

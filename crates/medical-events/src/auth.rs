@@ -63,8 +63,9 @@ impl Credential {
         let (client, key) = match entry.split_once(':') {
             Some((name, key)) if is_client_name(name) && is_key(key) => (name.to_owned(), key),
             // Read as a bare key, `lab:short` would silently become a key
-            // of another client name than the one written.
-            Some((name, _)) if is_client_name(name) && name.len() < MIN_SECRET_CHARS => {
+            // of another client name than the one written: a bare key may
+            // not hold a `:` after something that reads as a name.
+            Some((name, _)) if is_client_name(name) => {
                 return Err(format!(
                     "the key after the client name {name:?} must be at least {MIN_SECRET_CHARS} \
                      visible ASCII characters"
@@ -151,10 +152,12 @@ pub struct Guard {
 }
 
 /// Failed authentications per source address: past [`FAILURE_BURST`] (refilled
-/// at [`FAILURES_PER_SECOND`]), the address is refused with `429` for a
-/// while, whatever it presents, so guessing keys is slow from any one place.
+/// at [`FAILURES_PER_SECOND`]), the address is refused with `429` for
+/// [`BLOCKED_FOR`], whatever it presents, so guessing keys is slow from any
+/// one place.
 const FAILURE_BURST: u32 = 20;
 const FAILURES_PER_SECOND: u32 = 1;
+const BLOCKED_FOR: Duration = Duration::from_secs(10);
 /// Addresses tracked before the expired ones are forgotten.
 const TRACKED_SOURCES: usize = 10_000;
 
@@ -191,7 +194,7 @@ impl FailedAttempts {
         if let Err(not_until) = self.limiter.check_key(&source) {
             let wait = not_until
                 .wait_time_from(DefaultClock::default().now())
-                .max(Duration::from_secs(1));
+                .max(BLOCKED_FOR);
             let mut blocked = self.blocked();
             let now = Instant::now();
             if blocked.len() >= TRACKED_SOURCES {
@@ -370,9 +373,11 @@ mod tests {
         // The tail is too short to be a key: refused, not read as a bare key.
         let short = Credential::parse("abcdefgh:01234567").unwrap_err();
         assert!(short.contains("\"abcdefgh\""), "{short}");
-        // A long key that happens to hold a colon is still one bare key.
-        let bare = Credential::parse("0123456789abcdef:xyz").unwrap();
-        assert_eq!(bare.secret.expose(), "0123456789abcdef:xyz");
+        let long_name = Credential::parse("laboratory-north-1:abc").unwrap_err();
+        assert!(long_name.contains("\"laboratory-north-1\""), "{long_name}");
+        // A colon after what cannot be a name leaves one bare key.
+        let bare = Credential::parse("0123456789+abcdef:xyz0123456789").unwrap();
+        assert_eq!(bare.secret.expose(), "0123456789+abcdef:xyz0123456789");
         assert!(bare.client.starts_with("key-"));
     }
 

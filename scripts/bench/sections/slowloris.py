@@ -80,8 +80,11 @@ async def attacker(host, port, slow, watch, ended):
 
 async def attack(host, port, watch, ended, started):
     tasks = []
+    # Idle ones first and last, so that both kinds are among the admitted.
+    half = IDLE // 2
     for i in range(SLOW + IDLE):
-        tasks.append(asyncio.ensure_future(attacker(host, port, i < SLOW, watch, ended)))
+        slow = half <= i < half + SLOW
+        tasks.append(asyncio.ensure_future(attacker(host, port, slow, watch, ended)))
         if i % 250 == 249:
             await asyncio.sleep(0.05)
     started.set()

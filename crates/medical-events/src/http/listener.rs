@@ -5,11 +5,12 @@
 //! reach the port holds its connections (and file descriptors) for as long
 //! as they like without ever presenting a credential.
 //!
-//! hyper starts its header timer whenever it waits for a request head,
-//! including the wait for the next request on a kept-alive connection, so
-//! one setting bounds both the slow head and the idle connection.
+//! One setting bounds the slow head (hyper's header timer, which starts
+//! with the head's first byte) and the idle connection (`idle`: no byte
+//! read and nothing in hand for that long).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -25,6 +27,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use super::idle::{Activity, HeldBody, Watched};
 use tracing::{debug, warn};
 
 use crate::config::{ConfigError, Source, positive, positive_millis};
@@ -119,16 +123,15 @@ pub async fn serve(
     name: &'static str,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only (TLS offers only http/1.1 too): the protocol sniffing of
+    // an auto builder reads the first bytes with no timer, so a connection
+    // that sends nothing (or an HTTP/2 preface a byte at a time) would never
+    // be timed out, and an HTTP/2 connection is never closed for idling.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.header_timeout)
-        .keep_alive_timeout(limits.header_timeout);
     let builder = Arc::new(builder);
     let admission = Arc::new(Mutex::new(Admission::default()));
     let stopping = CancellationToken::new();
@@ -160,12 +163,18 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = router
-            .clone()
-            .map_request(move |mut request: axum::extract::Request<_>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            });
+        let activity = Activity::new();
+        let seen = Arc::clone(&activity);
+        let router = router.clone();
+        let service = tower::service_fn(move |mut request: axum::extract::Request<Incoming>| {
+            let router = router.clone();
+            let in_hand = seen.begin();
+            request.extensions_mut().insert(ConnectInfo(peer));
+            async move {
+                let response = router.oneshot(request).await?;
+                Ok::<_, Infallible>(response.map(|body| HeldBody::wrap(body, in_hand)))
+            }
+        });
         let builder = Arc::clone(&builder);
         let stopping = stopping.clone();
         let closing = closing.clone();
@@ -173,8 +182,9 @@ pub async fn serve(
         connections.spawn(async move {
             let _admitted = admitted;
             metrics::gauge!("http_connections_open", "listener" => name).increment(1.0);
+            let stream = Watched::new(stream, Arc::clone(&activity));
             tokio::select! {
-                () = connection(stream, tls, &builder, service, limits, &stopping) => {}
+                () = connection(stream, tls, &builder, service, &activity, limits, &stopping) => {}
                 () = closing.cancelled() => {}
             }
             metrics::gauge!("http_connections_open", "listener" => name).decrement(1.0);
@@ -198,10 +208,11 @@ pub async fn serve(
 }
 
 async fn connection<S>(
-    stream: TcpStream,
+    stream: Watched<TcpStream>,
     tls: Option<TlsAcceptor>,
     builder: &auto::Builder<TokioExecutor>,
     service: S,
+    activity: &Activity,
     limits: ConnectionLimits,
     stopping: &CancellationToken,
 ) where
@@ -216,10 +227,16 @@ async fn connection<S>(
 {
     let service = TowerToHyperService::new(service);
     match tls {
-        None => serve_io(TokioIo::new(stream), builder, service, stopping).await,
+        None => {
+            let idle = activity.idle_for(limits.header_timeout);
+            serve_io(TokioIo::new(stream), builder, service, idle, stopping).await;
+        }
         Some(acceptor) => {
             match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve_io(TokioIo::new(stream), builder, service, stopping).await,
+                Ok(Ok(stream)) => {
+                    let idle = activity.idle_for(limits.header_timeout);
+                    serve_io(TokioIo::new(stream), builder, service, idle, stopping).await;
+                }
                 Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
                 Err(_) => debug!("TLS handshake timed out"),
             }
@@ -231,6 +248,7 @@ async fn serve_io<I, S>(
     io: TokioIo<I>,
     builder: &auto::Builder<TokioExecutor>,
     service: TowerToHyperService<S>,
+    idle: impl Future<Output = ()>,
     stopping: &CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -245,9 +263,12 @@ async fn serve_io<I, S>(
 {
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
+    // Closing an idle connection and stopping are both a graceful shutdown:
+    // nothing is in hand when it is idle.
     let finished = tokio::select! {
         result = connection.as_mut() => Some(result),
         () = stopping.cancelled() => None,
+        () = idle => None,
     };
     let result = match finished {
         Some(result) => result,

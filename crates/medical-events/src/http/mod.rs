@@ -6,6 +6,7 @@
 
 pub mod connection;
 pub mod health;
+mod idle;
 pub mod json_body;
 pub mod limits;
 pub mod listener;

@@ -203,11 +203,15 @@ impl Store {
             }
         }
         // The conditions again in the writes: an event that changed since it
-        // was read (an operator's retry) is left alone.
-        let still_done = doc! { "$or": [
-            { "status": { "$in": [EventStatus::Processed.as_str(), EventStatus::Skipped.as_str()] } },
-            { "status": EventStatus::Failed.as_str(), "acknowledgedAt": { "$exists": true } },
-        ] };
+        // was read (an operator's retry) is left alone, and so is one whose
+        // operator action's audit entry is still in it (not yet in the log).
+        let still_done = doc! {
+            "pendingAudit": { "$exists": false },
+            "$or": [
+                { "status": { "$in": [EventStatus::Processed.as_str(), EventStatus::Skipped.as_str()] } },
+                { "status": EventStatus::Failed.as_str(), "acknowledgedAt": { "$exists": true } },
+            ],
+        };
         let mut deleted = 0;
         if !delete.is_empty() {
             let mut filter = doc! { "_id": { "$in": &delete } };
