@@ -36,6 +36,7 @@ pub mod retry;
 pub mod server;
 pub mod service_main;
 pub mod shutdown;
+mod slots;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -10,9 +10,8 @@
 //! each store step only while the time left covers it, and once a write is
 //! sent they wait for its fate.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::BoxError;
@@ -30,6 +29,7 @@ use super::listener::ConnectionLimits;
 use super::problem::ApiError;
 use crate::auth::Caller;
 use crate::config::{ConfigError, Source, positive, positive_millis};
+use crate::slots::{Slot, Slots};
 
 /// When a request's answer is due (its arrival plus `REQUEST_TIMEOUT_MS`),
 /// for the routes that bound themselves.
@@ -89,26 +89,8 @@ async fn overload_response(error: BoxError) -> ApiError {
 pub struct KeyedLimiter {
     limiter: DefaultKeyedRateLimiter<Arc<str>>,
     clock: DefaultClock,
-    in_flight: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    in_flight: Slots<Arc<str>>,
     max_in_flight: usize,
-}
-
-/// A client's place among its requests in flight, given back on drop.
-struct InFlight {
-    counts: Arc<Mutex<HashMap<Arc<str>, usize>>>,
-    client: Arc<str>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.client);
-            }
-        }
-    }
 }
 
 impl KeyedLimiter {
@@ -118,26 +100,18 @@ impl KeyedLimiter {
         Self {
             limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             clock: DefaultClock::default(),
-            in_flight: Arc::default(),
+            in_flight: Slots::new(usize::MAX, limit.max_in_flight),
             max_in_flight: limit.max_in_flight,
         }
     }
 
-    fn check(&self, client: &Arc<str>) -> Result<InFlight, ApiError> {
-        let in_flight = {
-            let mut counts = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            let count = counts.entry(Arc::clone(client)).or_default();
-            if *count >= self.max_in_flight {
-                return Err(ApiError::ClientBusy {
-                    limit: self.max_in_flight,
-                });
-            }
-            *count += 1;
-            InFlight {
-                counts: Arc::clone(&self.in_flight),
-                client: Arc::clone(client),
-            }
-        };
+    fn check(&self, client: &Arc<str>) -> Result<Slot<Arc<str>>, ApiError> {
+        let in_flight = self
+            .in_flight
+            .take(client)
+            .map_err(|_| ApiError::ClientBusy {
+                limit: self.max_in_flight,
+            })?;
         self.limiter.check_key(client).map_err(|not_until| {
             let wait: Duration = not_until.wait_time_from(self.clock.now());
             ApiError::RateLimited {

@@ -9,11 +9,9 @@
 //! with the head's first byte) and the idle connection (`idle`: no byte
 //! read and nothing in hand for that long).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -29,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::idle::{Activity, HeldBody, Watched};
+use crate::slots::{Full, Slots};
 use tracing::{debug, warn};
 
 use crate::config::{ConfigError, Source, positive, positive_millis};
@@ -57,59 +56,6 @@ impl ConnectionLimits {
     }
 }
 
-/// Open connections overall and per source address.
-#[derive(Default)]
-struct Admission {
-    open: usize,
-    per_source: HashMap<IpAddr, usize>,
-}
-
-/// A connection's place under the caps, given back when it closes.
-struct Admitted {
-    admission: Arc<Mutex<Admission>>,
-    source: IpAddr,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut admission = lock(&self.admission);
-        admission.open -= 1;
-        if let Some(count) = admission.per_source.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                admission.per_source.remove(&self.source);
-            }
-        }
-    }
-}
-
-fn lock(admission: &Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
-    // Counters only: a panic elsewhere leaves them consistent.
-    admission.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Why a connection was refused, as the metric labels it.
-fn admit(
-    admission: &Arc<Mutex<Admission>>,
-    source: IpAddr,
-    limits: &ConnectionLimits,
-) -> Result<Admitted, &'static str> {
-    let mut counts = lock(admission);
-    if counts.open >= limits.max_connections {
-        return Err("listener_full");
-    }
-    let from_source = counts.per_source.entry(source).or_default();
-    if *from_source >= limits.max_per_source {
-        return Err("source_full");
-    }
-    *from_source += 1;
-    counts.open += 1;
-    Ok(Admitted {
-        admission: Arc::clone(admission),
-        source,
-    })
-}
-
 /// Serves `router` on `listener` (over TLS when `tls` is set) until
 /// `shutdown` resolves; then stops accepting, asks each open connection to
 /// finish its request in hand, and closes what is left after
@@ -133,7 +79,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     let builder = Arc::new(builder);
-    let admission = Arc::new(Mutex::new(Admission::default()));
+    let admission = Slots::new(limits.max_connections, limits.max_per_source);
     let stopping = CancellationToken::new();
     let closing = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -151,9 +97,13 @@ pub async fn serve(
                 }
             },
         };
-        let admitted = match admit(&admission, peer.ip(), &limits) {
+        let admitted = match admission.take(&peer.ip()) {
             Ok(admitted) => admitted,
-            Err(reason) => {
+            Err(full) => {
+                let reason = match full {
+                    Full::Overall => "listener_full",
+                    Full::Key => "source_full",
+                };
                 // Closed at once: a refused connection holds nothing.
                 metrics::counter!("http_connections_refused_total",
                     "listener" => name, "reason" => reason)
@@ -279,30 +229,5 @@ async fn serve_io<I, S>(
     };
     if let Err(e) = result {
         debug!(error = %e, "connection ended with an error");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn caps_count_overall_and_per_source_and_give_back_on_close() {
-        let limits = ConnectionLimits {
-            header_timeout: Duration::from_secs(1),
-            max_connections: 3,
-            max_per_source: 2,
-            drain: Duration::from_secs(1),
-        };
-        let admission = Arc::new(Mutex::new(Admission::default()));
-        let a: IpAddr = [127, 0, 0, 1].into();
-        let b: IpAddr = [127, 0, 0, 2].into();
-        let first = admit(&admission, a, &limits).unwrap();
-        let _second = admit(&admission, a, &limits).unwrap();
-        assert_eq!(admit(&admission, a, &limits).err(), Some("source_full"));
-        let _third = admit(&admission, b, &limits).unwrap();
-        assert_eq!(admit(&admission, b, &limits).err(), Some("listener_full"));
-        drop(first);
-        assert!(admit(&admission, a, &limits).is_ok());
     }
 }

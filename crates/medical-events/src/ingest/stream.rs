@@ -10,10 +10,10 @@
 //! (its buffer of [`BUFFER`] messages is full, or it fell behind the shared
 //! ring) is cut off; it resumes from its last id when it comes back.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Extension, State};
@@ -34,6 +34,7 @@ use crate::auth::Caller;
 use crate::config::{ConfigError, Source, positive};
 use crate::http::problem::{ApiError, Problem};
 use crate::http::query_params::QueryParams;
+use crate::slots::{Full, Slot, Slots};
 use crate::store::{
     OutcomeCursor, PROCESSED_EVENTS, ProcessedEvent, ProcessingResult, Store, overlap_before,
 };
@@ -78,38 +79,12 @@ impl Default for StreamLimits {
     }
 }
 
-/// Streams open, overall and per client.
-#[derive(Default)]
-struct OpenStreams {
-    total: usize,
-    per_client: HashMap<Arc<str>, usize>,
-}
-
-/// One stream's place under [`StreamLimits`], given back when its feed ends.
-struct StreamPermit {
-    open: Arc<Mutex<OpenStreams>>,
-    client: Arc<str>,
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.total -= 1;
-        if let Some(count) = open.per_client.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                open.per_client.remove(&self.client);
-            }
-        }
-    }
-}
-
 /// The process's shared feed of recorded outcomes.
 #[derive(Clone)]
 pub struct OutcomeFeed {
     store: Store,
     limits: StreamLimits,
-    streams: Arc<Mutex<OpenStreams>>,
+    streams: Slots<Arc<str>>,
     sender: broadcast::Sender<Arc<ProcessedEvent>>,
     watching: Arc<AtomicBool>,
     /// Whether the change stream is open: what commits from then on reaches
@@ -122,7 +97,7 @@ impl OutcomeFeed {
         Self {
             store,
             limits,
-            streams: Arc::default(),
+            streams: Slots::new(limits.total, limits.per_client),
             sender: broadcast::channel(RING).0,
             watching: Arc::new(AtomicBool::new(false)),
             open: Arc::new(watch::channel(false).0),
@@ -130,26 +105,16 @@ impl OutcomeFeed {
     }
 
     /// A place for one more stream of `client`, or the limit it is past.
-    fn admit(&self, client: &Arc<str>) -> Result<StreamPermit, ApiError> {
-        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        if open.total >= self.limits.total {
-            return Err(ApiError::TooManyStreams {
+    fn admit(&self, client: &Arc<str>) -> Result<Slot<Arc<str>>, ApiError> {
+        self.streams.take(client).map_err(|full| match full {
+            Full::Overall => ApiError::TooManyStreams {
                 setting: "STREAM_MAX",
                 limit: self.limits.total,
-            });
-        }
-        let of_client = open.per_client.entry(Arc::clone(client)).or_default();
-        if *of_client >= self.limits.per_client {
-            return Err(ApiError::TooManyStreams {
+            },
+            Full::Key => ApiError::TooManyStreams {
                 setting: "STREAM_MAX_PER_CLIENT",
                 limit: self.limits.per_client,
-            });
-        }
-        *of_client += 1;
-        open.total += 1;
-        Ok(StreamPermit {
-            open: Arc::clone(&self.streams),
-            client: Arc::clone(client),
+            },
         })
     }
 
