@@ -108,6 +108,9 @@ mod tests {
         drop((second, third));
         let counts = lock(&slots.counts);
         assert_eq!(counts.overall, 0);
-        assert!(counts.per_key.is_empty(), "keys with nothing held are forgotten");
+        assert!(
+            counts.per_key.is_empty(),
+            "keys with nothing held are forgotten"
+        );
     }
 }
