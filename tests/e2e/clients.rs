@@ -194,3 +194,90 @@ async fn concurrent_identical_keyless_requests_through_two_instances_store_one_e
     assert_eq!(events[0].get_i64("seq").unwrap(), 1);
     assert_eq!(events[0].get_str("client").unwrap(), LAB_A.0);
 }
+
+/// Issue 16, finding 2: one client cannot fill a patient's lane ahead of
+/// another's. With `MAX_UNFINISHED_PER_CLIENT_PATIENT=3` and nothing
+/// processed, lab A's fourth event for the patient is refused (`429`,
+/// `Retry-After`, the setting named) and not stored, while lab B's event
+/// for that patient and A's for another patient are accepted, and A's
+/// retry of a stored event still gets its first answer. Once A's events
+/// are done, A is accepted again. (On main, A's fourth was stored, and
+/// every later event of the patient queued behind all of A's.)
+#[tokio::test]
+async fn one_client_cannot_queue_more_than_its_share_of_a_patients_lane() {
+    let uri = fresh_database_uri();
+    let mut config = InProcessIngest::config(&uri, "http://127.0.0.1:9");
+    config.access = Access::Required(vec![
+        Credential::named(LAB_A.0, LAB_A.1),
+        Credential::named(LAB_B.0, LAB_B.1),
+    ]);
+    config.intake.max_unfinished_per_client_patient = 3;
+    let ingest = InProcessIngest::start_with(config).await;
+    let (a, b) = (as_client(LAB_A.1), as_client(LAB_B.1));
+    let db = Db::connect(&uri).await;
+
+    for n in 1..=3 {
+        let key = format!("a-{n}");
+        let answer = post_event(&a, &ingest.url, &event("p-share", n as f64), Some(&key)).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    }
+    // A retry of a stored event is answered as before, bound or not.
+    let retry = post_event(&a, &ingest.url, &event("p-share", 3.0), Some("a-3")).await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.body);
+    assert!(retry.replayed);
+
+    let refused = a
+        .post(format!("{}/events", ingest.url))
+        .header("Idempotency-Key", "a-4")
+        .json(&event("p-share", 4.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = refused.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("MAX_UNFINISHED_PER_CLIENT_PATIENT"),
+        "{detail}"
+    );
+    assert!(detail.contains('3'), "{detail}");
+    // Refused again at once (remembered, no store read), still not stored.
+    let again = post_event(&a, &ingest.url, &event("p-share", 4.0), Some("a-4")).await;
+    assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
+
+    let other = post_event(&b, &ingest.url, &event("p-share", 9.0), Some("b-1")).await;
+    assert_eq!(
+        other.status,
+        StatusCode::ACCEPTED,
+        "B is served: {}",
+        other.body
+    );
+    let elsewhere = post_event(&a, &ingest.url, &event("p-else", 1.0), Some("a-else")).await;
+    assert_eq!(elsewhere.status, StatusCode::ACCEPTED, "{}", elsewhere.body);
+
+    let stored = owners(&db.events_of("p-share").await);
+    let clients: Vec<&str> = stored.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(
+        clients,
+        ["lab-a", "lab-a", "lab-a", "lab-b"],
+        "A's fourth not stored"
+    );
+
+    // A's events are done (as the processor would mark them): A has room.
+    db.update_many(
+        "queued_events",
+        mongodb::bson::doc! { "patientId": "p-share", "client": "lab-a" },
+        mongodb::bson::doc! { "$set": { "status": "processed" } },
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let later = post_event(&a, &ingest.url, &event("p-share", 4.0), Some("a-4")).await;
+    assert_eq!(later.status, StatusCode::ACCEPTED, "{}", later.body);
+    assert!(!later.replayed);
+    assert_eq!(db.events_of("p-share").await.len(), 5);
+}

@@ -437,6 +437,7 @@ async fn an_idempotency_record_is_honoured_within_its_window_and_not_after() {
     config.intake = IntakePolicy {
         idempotency_ttl: Duration::from_secs(1),
         dedup_window: Duration::from_secs(300),
+        ..IntakePolicy::default()
     };
     let ingest = InProcessIngest::start_with(config).await;
     let client = crate::support::client();

@@ -8,6 +8,13 @@
 //! patient goes ahead. And it starts a step only while the request's time
 //! limit still covers that step and everything that must follow it, so the
 //! answer is never "nothing stored" for a write that may yet land.
+//!
+//! An HTTP client's share of a patient's lane is bounded: past
+//! `MAX_UNFINISHED_PER_CLIENT_PATIENT` unfinished events of the patient
+//! from that client, its next one is refused (strict per-patient order puts
+//! every client's later events behind them). Checking is nearly free in the
+//! common case: the patient's sequence numbers bound how many events can be
+//! unfinished at all, and only a patient with that many reads the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +38,9 @@ const REMEMBERED_PER_STRIPE: usize = 64;
 /// removes an event younger than an hour, so a guess this recent can only
 /// be too low (refused by the unique index), never land in a pruned gap.
 const GUESS_HORIZON: Duration = Duration::from_secs(60);
+/// How long a client refused for its share of a patient is refused again
+/// without reading the store (a client ignoring `Retry-After` costs no scan).
+const REFUSAL_MEMORY: Duration = Duration::from_secs(1);
 
 pub struct Intake {
     store: Store,
@@ -38,9 +48,28 @@ pub struct Intake {
     stripes: Vec<Mutex<LastSeqs>>,
 }
 
-/// The last sequence number this process stored, per patient of a stripe,
-/// and when.
-type LastSeqs = HashMap<String, (i64, Instant)>;
+/// What a stripe remembers per patient.
+type LastSeqs = HashMap<String, Memo>;
+
+struct Memo {
+    /// The last sequence number this process stored, and when.
+    last: Option<(i64, Instant)>,
+    /// No unfinished event of the patient has a lower number. It stays
+    /// true as events finish; an operator's retry of a failed event is the
+    /// exception, and loosens the bound by that event.
+    floor: i64,
+    /// The client last refused its share of this patient, and until when.
+    refused: Option<(Arc<str>, Instant)>,
+}
+
+impl Memo {
+    fn guess(&self) -> Option<i64> {
+        match self.last {
+            Some((seq, at)) if at.elapsed() < GUESS_HORIZON => Some(seq + 1),
+            _ => None,
+        }
+    }
+}
 
 /// An event to store and what comes with it, owned: its write may outlive
 /// the request that asked for it.
@@ -59,6 +88,11 @@ pub struct IntakeRequest {
     pub size_hint: usize,
     /// Set for an HL7 message (see [`Hl7Origin`]).
     pub origin: Option<Hl7Origin>,
+    /// Whether the client's share of the patient's unfinished events is
+    /// bounded (`MAX_UNFINISHED_PER_CLIENT_PATIENT`): for HTTP clients. Not
+    /// for an MLLP sender (a refusal stalls its whole serial connection)
+    /// nor for the processor's `/queue`.
+    pub bounded_share: bool,
 }
 
 impl IntakeRequest {
@@ -137,23 +171,86 @@ impl Intake {
             }
             None => stripe.lock().await,
         };
+        let bucket = crate::bucket::of(patient);
         // Without a recent number of our own, read the last one: a blind
         // guess of 1 could land on a number retention pruned.
-        let next_seq = match last_seqs.get(patient) {
-            Some((seq, at)) if at.elapsed() < GUESS_HORIZON => seq + 1,
-            _ => 0,
+        let guess = last_seqs.get(patient).and_then(Memo::guess);
+        let next_seq = match guess {
+            Some(next) => next,
+            None if request.bounded_share => {
+                self.store.room_for(deadline, 3, "the event")?;
+                self.store.last_seq(bucket, patient).await? + 1
+            }
+            None => 0,
         };
+        if request.bounded_share {
+            let memo = remember(&mut last_seqs, patient);
+            if self.over_share(memo, request, next_seq, deadline).await? {
+                return Ok(EnqueueOutcome::OverShare {
+                    limit: self.policy.max_unfinished_per_client_patient,
+                });
+            }
+        }
         let outcome = self
             .store
             .enqueue_within(&request.submission(), next_seq, &self.policy, deadline)
             .await?;
         if let EnqueueOutcome::Accepted { seq, .. } = outcome {
-            if last_seqs.len() >= REMEMBERED_PER_STRIPE && !last_seqs.contains_key(patient) {
-                last_seqs.clear();
-            }
-            last_seqs.insert(patient.to_owned(), (seq, Instant::now()));
+            remember(&mut last_seqs, patient).last = Some((seq, Instant::now()));
         }
         Ok(outcome)
+    }
+
+    /// Whether the client already has its bound of the patient's unfinished
+    /// events, `next_seq` being about the number the new one would get.
+    /// Reads the store only when the patient may have that many unfinished
+    /// events at all: numbers from `floor` to `next_seq - 1` are all there
+    /// can be. A retry of a stored event is never refused (it stores nothing).
+    async fn over_share(
+        &self,
+        memo: &mut Memo,
+        request: &IntakeRequest,
+        next_seq: i64,
+        deadline: Option<Instant>,
+    ) -> Result<bool, StoreError> {
+        let limit = self.policy.max_unfinished_per_client_patient;
+        let crowded = |floor: i64| next_seq.saturating_sub(floor) >= limit as i64;
+        if let Some((client, until)) = &memo.refused {
+            if *client == request.client && Instant::now() < *until {
+                return Ok(true);
+            }
+        }
+        if !crowded(memo.floor) {
+            return Ok(false);
+        }
+        let patient = request.event.patient_id.as_str();
+        let bucket = crate::bucket::of(patient);
+        // Each read leaves room for the insert and the read settling it.
+        self.store.room_for(deadline, 3, "the event")?;
+        let oldest = self.store.oldest_unfinished_seq(bucket, patient).await?;
+        memo.floor = memo.floor.max(oldest.unwrap_or(next_seq));
+        if !crowded(memo.floor) {
+            return Ok(false);
+        }
+        self.store.room_for(deadline, 3, "the event")?;
+        let own = self
+            .store
+            .unfinished_of_client(bucket, patient, &request.client, limit)
+            .await?;
+        if own < limit {
+            return Ok(false);
+        }
+        self.store.room_for(deadline, 3, "the event")?;
+        if self
+            .store
+            .intake_key_held(&request.submission(), &self.policy)
+            .await?
+        {
+            return Ok(false);
+        }
+        memo.refused = Some((Arc::clone(&request.client), Instant::now() + REFUSAL_MEMORY));
+        metrics::counter!("events_over_share_total").increment(1);
+        Ok(true)
     }
 
     fn stripe(&self, patient_id: &PatientId) -> &Mutex<LastSeqs> {
@@ -162,4 +259,17 @@ impl Intake {
         let index = u16::from_be_bytes([digest[0], digest[1]]) as usize % STRIPES;
         &self.stripes[index]
     }
+}
+
+/// The patient's memo, made if need be (a full stripe forgets the rest:
+/// bounded memory, and a forgotten patient costs a read or two).
+fn remember<'a>(memos: &'a mut LastSeqs, patient: &str) -> &'a mut Memo {
+    if memos.len() >= REMEMBERED_PER_STRIPE && !memos.contains_key(patient) {
+        memos.clear();
+    }
+    memos.entry(patient.to_owned()).or_insert(Memo {
+        last: None,
+        floor: 1,
+        refused: None,
+    })
 }

@@ -9,7 +9,8 @@ use super::shared::{
 };
 use super::{
     ConfigError, Default, MongoSettings, PatientLoggingSetting, ProcessEnv, Source,
-    check_request_budget, invalid, mask_uri_password, number, optional, readable_path, required,
+    check_request_budget, invalid, mask_uri_password, number, optional, positive, readable_path,
+    required,
 };
 use crate::auth::{Access, Credential, Secret};
 use crate::http::limits::{HttpLimits, RateLimit};
@@ -117,6 +118,11 @@ impl IngestConfig {
             intake: IntakePolicy {
                 idempotency_ttl: idempotency_ttl(source)?,
                 dedup_window: Duration::from_secs(number(source, "DEDUP_WINDOW_S", 300)?),
+                max_unfinished_per_client_patient: positive(
+                    source,
+                    "MAX_UNFINISHED_PER_CLIENT_PATIENT",
+                    1_000,
+                )? as usize,
             },
             metrics_port: number(source, "METRICS_PORT", 9464)?,
             metrics_bind: super::shared::metrics_bind(

@@ -103,6 +103,11 @@ pub enum ApiError {
          retry when one has been answered"
     )]
     ClientBusy { limit: usize },
+    #[error(
+        "this client has {limit} events for this patient not yet processed \
+         (MAX_UNFINISHED_PER_CLIENT_PATIENT); nothing was stored: retry once some are processed"
+    )]
+    OverShare { limit: usize },
     #[error("the service is at capacity; retry later")]
     Overloaded { retry_after_secs: u64 },
     #[error("the request took too long and was abandoned; retry later")]
@@ -131,6 +136,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. }
             | Self::ClientBusy { .. }
+            | Self::OverShare { .. }
             | Self::TooManyFailures { .. }
             | Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -181,6 +187,7 @@ impl ApiError {
             Self::OutcomeUnknown { .. } => "outcome_unknown",
             Self::RateLimited { .. } => "rate_limited",
             Self::ClientBusy { .. } => "client_busy",
+            Self::OverShare { .. } => "over_share",
             Self::TooManyFailures { .. } => "auth_failures",
             Self::TooManyStreams { .. } => "too_many_streams",
             Self::Overloaded { .. } => "overloaded",
@@ -231,6 +238,10 @@ impl IntoResponse for ApiError {
             }
             Self::TooManyStreams { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            // About one event's processing: a place frees up when one is done.
+            Self::OverShare { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(5));
             }
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

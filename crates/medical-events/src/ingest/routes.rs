@@ -153,7 +153,7 @@ pub struct Queued {
         JsonBodyRefusals,
         (status = 422, description = "Idempotency-Key already used with a different payload", body = Problem,
             content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit of this API key exhausted", body = Problem,
+        (status = 429, description = "Rate limit of this API key exhausted, MAX_IN_FLIGHT_PER_CLIENT requests of this client in hand, or MAX_UNFINISHED_PER_CLIENT_PATIENT of this client's events for this patient not yet processed: nothing stored", body = Problem,
             content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
         (status = 503, description = "Store unavailable, service at capacity, or no time left before the write was sent: nothing stored (type about:blank). Or the database did not confirm the insert (type /problems/outcome-unknown, with eventId): retry with the same Idempotency-Key, or the same body, and it is stored at most once", body = Problem,
@@ -184,6 +184,7 @@ pub(crate) async fn accept_event(
         traceparent: Some(trace.header_value()),
         size_hint: body_size(&headers),
         origin: None,
+        bounded_share: true,
     };
     let (outcome, request) = state.intake.submit(request, Some(deadline)).await?;
     let event = request.event;
@@ -208,6 +209,10 @@ pub(crate) async fn accept_event(
         EnqueueOutcome::AlreadyStored => {
             error!("a freshly generated eventId already exists");
             return Err(ApiError::Internal);
+        }
+        EnqueueOutcome::OverShare { limit } => {
+            info!(%patient, client = &*caller.client, limit, "event refused: the client's share of the patient's unfinished events is full");
+            return Err(ApiError::OverShare { limit });
         }
     };
     let location =

@@ -178,6 +178,7 @@ pub(crate) async fn queue_event(
             traceparent: Some(trace.header_value()),
             size_hint: 1024,
             origin: None,
+            bounded_share: false,
         };
         let (outcome, _) = state.intake.submit(submission, Some(deadline)).await?;
         if let EnqueueOutcome::Accepted { seq, .. } = outcome {

@@ -23,7 +23,7 @@ use super::documents::{EventSource, EventStatus, QueuedEvent};
 use super::error::StoreError;
 use super::group_commit::Insert;
 use super::indexes::UniqueIndex;
-use super::shapes;
+use super::shapes::{self, Shape};
 use crate::event::{EventId, NewEvent};
 
 /// How long intake keeps retrying sequence collisions before answering 503.
@@ -63,6 +63,10 @@ pub struct IntakePolicy {
     /// A keyless event with the same content from the same client within this
     /// window is a duplicate; zero turns content deduplication off.
     pub dedup_window: Duration,
+    /// How many of one patient's unfinished events one HTTP client may
+    /// have (`MAX_UNFINISHED_PER_CLIENT_PATIENT`), so that one client
+    /// cannot queue the patient's lane for hours ahead of another's.
+    pub max_unfinished_per_client_patient: usize,
 }
 
 impl Default for IntakePolicy {
@@ -70,6 +74,7 @@ impl Default for IntakePolicy {
         Self {
             idempotency_ttl: Duration::from_secs(168 * 3600),
             dedup_window: Duration::from_secs(300),
+            max_unfinished_per_client_patient: 1_000,
         }
     }
 }
@@ -124,10 +129,14 @@ pub enum EnqueueOutcome {
     KeyReused,
     /// An event with this id is already stored (a repeated `POST /queue`).
     AlreadyStored,
+    /// Not stored: the client has `limit` unfinished events of the patient
+    /// already (`MAX_UNFINISHED_PER_CLIENT_PATIENT`; from intake, never
+    /// from [`Store::enqueue`]).
+    OverShare { limit: usize },
 }
 
 /// How the intake key of a submission works.
-enum KeyKind {
+pub(super) enum KeyKind {
     Idempotency { fingerprint: String },
     Content,
     None,
@@ -167,13 +176,8 @@ impl Store {
         policy: &IntakePolicy,
         deadline: Option<Instant>,
     ) -> Result<EnqueueOutcome, StoreError> {
-        // Room for `steps` more bounded operations before the deadline?
-        let room_for = |steps: u32, operation: &'static str| match deadline {
-            Some(deadline) if Instant::now() + self.op_timeout * steps > deadline => {
-                Err(StoreError::NoTimeLeft { operation })
-            }
-            _ => Ok(()),
-        };
+        let room_for =
+            |steps: u32, operation: &'static str| self.room_for(deadline, steps, operation);
         let event = submission.event;
         let event_id = submission.event_id.to_string();
         let bucket = crate::bucket::of(event.patient_id.as_str());
@@ -292,20 +296,48 @@ impl Store {
         }
     }
 
+    /// Whether `steps` more bounded operations fit before `deadline`:
+    /// [`StoreError::NoTimeLeft`] (nothing sent) if not.
+    pub fn room_for(
+        &self,
+        deadline: Option<Instant>,
+        steps: u32,
+        operation: &'static str,
+    ) -> Result<(), StoreError> {
+        match deadline {
+            Some(deadline) if Instant::now() + self.op_timeout * steps > deadline => {
+                Err(StoreError::NoTimeLeft { operation })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The patient's highest stored sequence number (0 if none), read with
     /// majority read concern so a number from a rolled-back write is never used.
-    pub(super) async fn last_seq(&self, bucket: i32, patient_id: &str) -> Result<i64, StoreError> {
+    pub(crate) async fn last_seq(&self, bucket: i32, patient_id: &str) -> Result<i64, StoreError> {
         let shape = shapes::last_seq(bucket, patient_id);
         let last = self
+            .read_seq(shape, "reading a patient's last sequence number")
+            .await?;
+        Ok(last.unwrap_or(0))
+    }
+
+    /// The `seq` of the one event a sorted, projected shape finds, if any.
+    pub(super) async fn read_seq(
+        &self,
+        shape: Shape,
+        operation: &'static str,
+    ) -> Result<Option<i64>, StoreError> {
+        let found = self
             .queued
             .clone_with_type::<Document>()
             .find_one(shape.filter)
             .sort(shape.sort.unwrap_or_default())
             .projection(shape.projection.unwrap_or_default())
             .max_time(self.op_timeout)
-            .bounded("reading a patient's last sequence number", self.op_timeout)
+            .bounded(operation, self.op_timeout)
             .await?;
-        Ok(last.and_then(|d| d.get_i64("seq").ok()).unwrap_or(0))
+        Ok(found.and_then(|d| d.get_i64("seq").ok()))
     }
 
     /// After an insert whose fate is unknown: the event is stored if a
@@ -388,7 +420,7 @@ enum KeyHolder {
     Absent,
 }
 
-fn intake_key(submission: &Submission<'_>, policy: &IntakePolicy) -> (String, KeyKind) {
+pub(super) fn intake_key(submission: &Submission<'_>, policy: &IntakePolicy) -> (String, KeyKind) {
     let client = submission.client;
     if let Some(origin) = submission.origin {
         // An HL7 message: the sender's id with the content's fingerprint, so

@@ -1,6 +1,7 @@
 //! The MongoDB store both services share: connection, indexes, intake, the
 //! fenced event lifecycle and the scans the processor fleet runs.
 
+mod backlog;
 pub(crate) mod deadline;
 mod documents;
 mod enqueue;
@@ -91,6 +92,7 @@ impl Store {
             uri: uri.to_owned(),
             timeout,
             inserts: InsertBatcher::spawn(queued.clone(), op_timeout),
+
             op_timeout,
             processed: db.collection_with_options(PROCESSED_EVENTS, durable),
             queued,

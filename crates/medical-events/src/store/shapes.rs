@@ -145,6 +145,32 @@ pub fn next_unfinished(bucket: i32, patient: &str) -> Shape {
     .limit(1)
 }
 
+/// The sequence number of the patient's oldest unfinished event (the
+/// per-client bound at intake: how many of its events can be unfinished).
+pub fn oldest_unfinished(bucket: i32, patient: &str) -> Shape {
+    let mut shape = next_unfinished(bucket, patient)
+        .projection(doc! { "seq": 1, "_id": 0 })
+        .limit(1);
+    shape.name = "oldest unfinished event of a patient";
+    shape
+}
+
+/// Who sent each of the patient's unfinished events (the per-client bound
+/// counts one client's; the client stays out of the filter, so that every
+/// server plans it on the status index).
+pub fn unfinished_senders(bucket: i32, patient: &str) -> Shape {
+    Shape::new(
+        "senders of a patient's unfinished events",
+        Collection::Queued,
+        doc! {
+            "status": EventStatus::Queued.as_str(),
+            "bucket": bucket,
+            "patientId": patient,
+        },
+    )
+    .projection(doc! { "client": 1, "_id": 0 })
+}
+
 /// Everything waiting in some buckets (start-up, takeover, the backstop
 /// sweep, the backlog gauges). No sort: the caller streams it.
 pub fn waiting_in(buckets: &[i32]) -> Shape {
@@ -281,6 +307,8 @@ pub fn hot_for_explain() -> Vec<Shape> {
         event(&ids[0]),
         events(&ids),
         next_unfinished(3, "patient-1"),
+        oldest_unfinished(3, "patient-1"),
+        unfinished_senders(3, "patient-1"),
         waiting_in(&[1, 2, 3]),
         fenced(&ids[0]),
         outcome(&ids[0]),

@@ -207,6 +207,7 @@ impl Answerer {
                 source,
                 fingerprint,
             }),
+            bounded_share: false,
         };
         let (outcome, request) = self.intake.submit(request, None).await?;
         let control_id = request
@@ -236,6 +237,9 @@ impl Answerer {
             EnqueueOutcome::KeyReused => Err(Unconfirmed::Unexpected("a message key reused")),
             EnqueueOutcome::AlreadyStored => {
                 Err(Unconfirmed::Unexpected("a fresh eventId already stored"))
+            }
+            EnqueueOutcome::OverShare { .. } => {
+                Err(Unconfirmed::Unexpected("an MLLP sender's share bounded"))
             }
         }
     }
