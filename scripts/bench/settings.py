@@ -17,7 +17,7 @@ API_KEY = "bench-api-key-0123456789"
 PROCESSOR_TOKEN = "bench-processor-token-0123456789"
 
 ALL_SECTIONS = ["ingest", "end_to_end", "sleeping_lanes", "side_by_side", "fleet", "takeover",
-                "accept_to_start", "memory", "mllp", "slowloris", "k6", "burst", "soak"]
+                "accept_to_start", "memory", "mllp", "slowloris", "processing", "k6", "burst", "soak"]
 
 
 def _list(env, name, default):
@@ -64,6 +64,8 @@ class Settings:
     # (None: the script's own default, 1m).
     k6_runs: list[str] = field(default_factory=lambda: ["100-200", "real"])
     k6_hold: str | None = None
+    # processing: seconds of intake alone (wrk c=64) before the drain
+    processing_fill_seconds: int = 20
     # burst and soak
     burst_rate: float = 10000.0
     burst_seconds: int = 30
@@ -109,6 +111,7 @@ class Settings:
             mllp_e2e_messages=int(get("BENCH_MLLP_E2E_MESSAGES", "5")),
             k6_runs=_list(env, "BENCH_K6_PROCESSING", "100-200,real"),
             k6_hold=get("BENCH_K6_HOLD"),
+            processing_fill_seconds=int(get("BENCH_PROCESSING_FILL_SECONDS", "20")),
             burst_rate=float(get("BENCH_BURST_RATE", "10000")),
             burst_seconds=int(get("BENCH_BURST_SECONDS", "30")),
             soak_rate=float(get("BENCH_SOAK_RATE", "1000")),

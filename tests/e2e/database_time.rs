@@ -16,14 +16,19 @@ use futures_util::stream;
 const PATIENTS: usize = 1_000;
 const SENDERS: usize = 64;
 
-/// Seconds the service spent waiting on the database, all operations together.
-async fn database_seconds(metrics_url: &str) -> f64 {
+/// The sum of a metric's series, all operations together.
+async fn metric_sum(metrics_url: &str, series: &str) -> f64 {
     crate::support::scrape(metrics_url)
         .await
         .lines()
-        .filter(|line| line.starts_with("store_operation_seconds_sum{"))
+        .filter(|line| line.starts_with(series))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Seconds the service spent waiting on the database.
+async fn database_seconds(metrics_url: &str) -> f64 {
+    metric_sum(metrics_url, "store_operation_seconds_sum{").await
 }
 
 /// Sends events `from..to` (event n goes to patient n % PATIENTS, so each
@@ -100,5 +105,61 @@ async fn per_event_database_time_stays_flat_over_10000_events() {
         "per-event database time grew from {:.2} ms to {:.2} ms",
         first * 1000.0,
         last * 1000.0
+    );
+}
+
+/// The processor's round trips to the database, all operations together
+/// (`store_operation_seconds_count`: one per command sent, a batch of many
+/// events' writes being one, a cursor's documents counted per batch).
+async fn round_trips(metrics_url: &str) -> f64 {
+    metric_sum(metrics_url, "store_operation_seconds_count{").await
+}
+
+/// Issue 17: lanes share round trips. 2,000 events of 500 patients wait;
+/// a processor with zero-length work drains them. Its round trips per
+/// processed event stay under 3: the claims, records, outcomes and closes
+/// of many lanes go in one command each, a lane whose read saw nothing more
+/// does not read again to learn it, and the start-up scan counts batches,
+/// not documents. (On main: five operations per event, one more read per
+/// lane at its end, and one count per scanned document: over 6.)
+#[tokio::test]
+async fn lanes_share_database_round_trips() {
+    const EVENTS: usize = 2_000;
+    let uri = fresh_database_uri();
+    let db = Db::connect(&uri).await;
+    let mut env = ingest_env(&uri, "http://127.0.0.1:9");
+    env.push(("RATE_LIMIT_PER_SEC", "100000".to_owned()));
+    env.push(("RATE_LIMIT_BURST", "100000".to_owned()));
+    let ingest = Service::start("ingest", &env).await;
+    stream::iter(0..EVENTS)
+        .for_each_concurrent(SENDERS, |n| {
+            let client = crate::support::client();
+            let url = ingest.url();
+            async move {
+                let body = event_body(&format!("trips-{}", n % 500), n);
+                crate::support::post_until_accepted(&client, &url, &body, &format!("t{n}")).await;
+            }
+        })
+        .await;
+    assert_eq!(
+        db.count("queued_events", mongodb::bson::doc! {}).await,
+        EVENTS as u64
+    );
+
+    let mut env = processor_env(&uri, 0, 0);
+    env.retain(|(name, _)| *name != "SWEEP_INTERVAL_MS");
+    let processor = Service::start("processor", &env).await;
+    wait_until(
+        Duration::from_secs(300),
+        &format!("{EVENTS} processed events"),
+        || async { db.processed_count().await >= EVENTS as u64 },
+    )
+    .await;
+    let per_event = round_trips(&processor.metrics_url()).await / EVENTS as f64;
+    eprintln!("processor round trips per processed event: {per_event:.2}");
+    assert_eq!(db.processed_count().await, EVENTS as u64);
+    assert!(
+        per_event < 3.0,
+        "{per_event:.2} round trips per processed event"
     );
 }

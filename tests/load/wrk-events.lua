@@ -10,7 +10,10 @@
 local counter = 0
 local api_key = os.getenv("API_KEY") or "dev-ingest-key-change-me"
 local run = tonumber(os.getenv("WRK_RUN") or "0") or 0
-local thread_id = 0
+-- A global, not a local: thread:set() in setup() sets this thread's global,
+-- which a local of the same name would hide (every thread then numbered its
+-- events alike, and half of what two threads sent were duplicates).
+thread_id = 0
 local threads = {}
 
 function setup(thread)

@@ -2,8 +2,8 @@
 some). Each module has `run(settings, harness)`, which measures and returns
 its entry of results.json, and `render(result)`, its lines of the table."""
 
-from . import (accept_to_start, burst, end_to_end, fleet, ingest, k6, memory, mllp, side_by_side,
-               sleeping_lanes, slowloris, soak, takeover)
+from . import (accept_to_start, burst, end_to_end, fleet, ingest, k6, memory, mllp, processing,
+               side_by_side, sleeping_lanes, slowloris, soak, takeover)
 
 SECTIONS = {
     "ingest": ingest,
@@ -16,6 +16,7 @@ SECTIONS = {
     "memory": memory,
     "mllp": mllp,
     "slowloris": slowloris,
+    "processing": processing,
     "k6": k6,
     "burst": burst,
     "soak": soak,

@@ -35,7 +35,8 @@ pub(crate) trait Bounded<T>: IntoFuture<Output = mongodb::error::Result<T>> + Si
 impl<T, F: IntoFuture<Output = mongodb::error::Result<T>>> Bounded<T> for F {}
 
 /// A bounded query whose whole answer is wanted: the query and the reading
-/// of its cursor each within `limit`.
+/// of its cursor each within `limit`, timed as one operation (one sample of
+/// `store_operation_seconds`: a small answer is one round trip).
 pub(crate) trait BoundedAll<T>:
     IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<T>>> + Sized
 where
@@ -43,12 +44,21 @@ where
 {
     async fn all(self, operation: &'static str, limit: Duration) -> Result<Vec<T>, StoreError> {
         use futures_util::TryStreamExt;
-        self.bounded(operation, limit)
-            .await?
-            .try_collect::<Vec<T>>()
-            .bounded_raw(operation, limit)
-            .await?
-            .map_err(StoreError::mongo(operation))
+        let started = std::time::Instant::now();
+        let result = async {
+            let cursor = tokio::time::timeout(limit, self)
+                .await
+                .map_err(|_| StoreError::Timeout { operation, limit })?
+                .map_err(StoreError::mongo(operation))?;
+            tokio::time::timeout(limit, cursor.try_collect::<Vec<T>>())
+                .await
+                .map_err(|_| StoreError::Timeout { operation, limit })?
+                .map_err(StoreError::mongo(operation))
+        }
+        .await;
+        metrics::histogram!("store_operation_seconds", "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 }
 
@@ -57,4 +67,35 @@ where
     T: serde::de::DeserializeOwned + Send + Sync + Unpin,
     F: IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<T>>>,
 {
+}
+
+/// Times a cursor walk as round trips: one sample of
+/// `store_operation_seconds` per `batch` documents read (the server sends
+/// that many per reply), not one per document.
+pub(crate) struct CursorTiming {
+    operation: &'static str,
+    batch: usize,
+    read: usize,
+    since: std::time::Instant,
+}
+
+impl CursorTiming {
+    pub(crate) fn new(operation: &'static str, batch: u32) -> Self {
+        Self {
+            operation,
+            batch: batch.max(1) as usize,
+            read: 0,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// After each document read.
+    pub(crate) fn tick(&mut self) {
+        self.read += 1;
+        if self.read % self.batch == 0 {
+            metrics::histogram!("store_operation_seconds", "operation" => self.operation)
+                .record(self.since.elapsed().as_secs_f64());
+            self.since = std::time::Instant::now();
+        }
+    }
 }

@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use mongodb::options::UpdateOptions;
 
 use super::deadline::Bounded;
 use super::documents::{EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
-use super::error::{StoreError, is_duplicate_key};
+use super::error::StoreError;
+use super::update_batch::{Statement, Updated};
 use super::{Store, shapes};
 
 /// What a lane writes under: its bucket's lease epoch, its session, and the
@@ -47,6 +47,9 @@ pub struct Claimed {
     pub event: QueuedEvent,
     pub token: String,
     pub epoch: i64,
+    /// Whether the patient had another unfinished event when this one was
+    /// found (else the lane looks again only if woken meanwhile).
+    pub more_waiting: bool,
 }
 
 #[derive(Debug)]
@@ -128,12 +131,14 @@ impl Store {
     ) -> Result<NextEvent, StoreError> {
         for _ in 0..3 {
             let shape = shapes::next_unfinished(bucket, patient);
-            let Some(mut event) = self
-                .find_one(&self.queued, shape, "finding a patient's next event")
+            let mut found = self
+                .find_all(&self.queued, shape, "finding a patient's next event")
                 .await?
-            else {
+                .into_iter();
+            let Some(mut event) = found.next() else {
                 return Ok(NextEvent::Idle);
             };
+            let more_waiting = found.next().is_some();
             if event.parked {
                 return Ok(NextEvent::Parked(Box::new(event)));
             }
@@ -165,6 +170,7 @@ impl Store {
                 event,
                 token,
                 epoch: fence.epoch,
+                more_waiting,
             });
             return Ok(if recorded {
                 NextEvent::Recorded(claimed)
@@ -186,20 +192,22 @@ impl Store {
         token: &str,
         give_up_at: Instant,
     ) -> Result<ClaimFate, StoreError> {
-        let operation = "claiming an event";
         let filter = doc! { "_id": &event.id };
         loop {
-            match self
-                .queued
-                .update_one(filter.clone(), claim.clone())
-                .bounded(operation, self.op_timeout)
-                .await
-            {
-                Ok(result) if result.modified_count > 0 => return Ok(ClaimFate::Ours),
-                // Refused now, so no copy of it can apply any more (the
+            let statement = Statement {
+                filter: filter.clone(),
+                update: Bson::Array(claim.iter().cloned().map(Bson::Document).collect()),
+                upsert: false,
+            };
+            match self.event_updates.update(statement).await {
+                Ok(Updated::Modified) => return Ok(ClaimFate::Ours),
+                // Refused now (or possibly, in a batch where some statement
+                // changed nothing), so no copy of it can apply any more (the
                 // revision moved on, or the database's clock passed our
-                // bound): the event tells whether an earlier copy applied.
-                Ok(_) => return self.claim_read_back(event, token, give_up_at).await,
+                // bound): the event tells whether this or an earlier copy applied.
+                Ok(Updated::Unknown | Updated::Duplicate) => {
+                    return self.claim_read_back(event, token, give_up_at).await;
+                }
                 Err(error) if error.is_ambiguous() && Instant::now() < give_up_at => {
                     tokio::time::sleep(CLAIM_RETRY_PAUSE).await;
                 }
@@ -296,22 +304,17 @@ impl Store {
         let mut set = mongodb::bson::to_document(outcome)?;
         set.remove("createdAt");
         set.remove("history");
-        let result = self
-            .processed
-            .update_one(
-                doc! { "eventId": &outcome.event_id, "run": { "$lt": outcome.run } },
+        let statement = Statement {
+            filter: doc! { "eventId": &outcome.event_id, "run": { "$lt": outcome.run } },
+            update: Bson::Document(
                 doc! { "$set": set, "$setOnInsert": { "createdAt": outcome.created_at } },
-            )
-            .with_options(UpdateOptions::builder().upsert(true).build())
-            .into_future()
-            .bounded_raw("writing an outcome", self.op_timeout)
-            .await?;
-        match result {
-            Ok(_) => Ok(()),
-            // This run's (or a later run's) outcome is already there.
-            Err(e) if is_duplicate_key(&e) => Ok(()),
-            Err(e) => Err(StoreError::mongo("writing an outcome")(e)),
-        }
+            ),
+            upsert: true,
+        };
+        // Modified: written. Duplicate: this run's (or a later run's)
+        // outcome is already there. Unknown: not refused, so written or
+        // already there with this content.
+        self.outcome_updates.update(statement).await.map(|_| ())
     }
 
     /// Gives the event its final state for this run.
@@ -382,12 +385,12 @@ impl Store {
         ];
         let operation = write.operation();
         let filter = shapes::fenced(&claimed.event.id).filter;
-        let result = self
-            .queued
-            .update_one(filter.clone(), pipeline)
-            .bounded(operation, self.op_timeout)
-            .await?;
-        if result.modified_count > 0 {
+        let statement = Statement {
+            filter: filter.clone(),
+            update: Bson::Array(pipeline.into_iter().map(Bson::Document).collect()),
+            upsert: false,
+        };
+        if self.event_updates.update(statement).await? == Updated::Modified {
             return Ok(Applied::Yes);
         }
         let now = self

@@ -16,6 +16,7 @@ mod retention;
 mod schema;
 pub mod shapes;
 mod sweep;
+mod update_batch;
 
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ use mongodb::{Client, Collection, Database};
 use deadline::{Bounded, BoundedAll};
 use group_commit::InsertBatcher;
 use shapes::Shape;
+use update_batch::UpdateBatcher;
 
 /// Database used when `MONGO_URI` names none.
 pub const DEFAULT_DATABASE: &str = "medical_events";
@@ -62,6 +64,10 @@ pub struct Store {
     queued: Collection<QueuedEvent>,
     processed: Collection<ProcessedEvent>,
     inserts: InsertBatcher,
+    /// The processor's single-event writes to `queued_events` (claims and
+    /// fenced writes) and `processed_events` (outcomes), group-committed.
+    event_updates: UpdateBatcher,
+    outcome_updates: UpdateBatcher,
 }
 
 impl Store {
@@ -92,6 +98,20 @@ impl Store {
             uri: uri.to_owned(),
             timeout,
             inserts: InsertBatcher::spawn(queued.clone(), op_timeout),
+            event_updates: UpdateBatcher::spawn(
+                db.clone(),
+                QUEUED_EVENTS,
+                durable_command(),
+                op_timeout,
+                "updating events",
+            ),
+            outcome_updates: UpdateBatcher::spawn(
+                db.clone(),
+                PROCESSED_EVENTS,
+                durable_command(),
+                op_timeout,
+                "writing outcomes",
+            ),
 
             op_timeout,
             processed: db.collection_with_options(PROCESSED_EVENTS, durable),
@@ -311,6 +331,11 @@ fn durable() -> WriteConcern {
         .w(Acknowledgment::Majority)
         .journal(true)
         .build()
+}
+
+/// [`durable`] as a command's `writeConcern` field.
+fn durable_command() -> Document {
+    doc! { "w": "majority", "j": true }
 }
 
 fn find_options(

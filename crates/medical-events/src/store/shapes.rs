@@ -129,8 +129,8 @@ pub fn events(event_ids: &[String]) -> Shape {
 }
 
 /// The patient's next event to work on: its lowest-`seq` queued event (a
-/// parked one is queued too, and stops the lane). Used as the filter and
-/// sort of the claim (`findOneAndUpdate`).
+/// parked one is queued too, and stops the lane), and the one after it if
+/// any (so the lane knows whether to look again after this one).
 pub fn next_unfinished(bucket: i32, patient: &str) -> Shape {
     Shape::new(
         "next unfinished event of a patient",
@@ -142,7 +142,7 @@ pub fn next_unfinished(bucket: i32, patient: &str) -> Shape {
         },
     )
     .sorted_within_patient(doc! { "seq": 1 })
-    .limit(1)
+    .limit(2)
 }
 
 /// The sequence number of the patient's oldest unfinished event (the

@@ -7,7 +7,7 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{DateTime, Document};
 use mongodb::options::FindOptions;
 
-use super::deadline::Bounded;
+use super::deadline::{Bounded, CursorTiming};
 use super::error::StoreError;
 use super::{Store, shapes};
 
@@ -52,12 +52,17 @@ impl Store {
                 )
                 .bounded(operation, self.op_timeout)
                 .await?;
-            while let Some(event) = cursor
-                .try_next()
-                .bounded_raw(operation, self.op_timeout)
-                .await?
+            // The find above is the first round trip; each later batch one more.
+            let mut timing = CursorTiming::new(operation, BATCH);
+            while let Some(event) = tokio::time::timeout(self.op_timeout, cursor.try_next())
+                .await
+                .map_err(|_| StoreError::Timeout {
+                    operation,
+                    limit: self.op_timeout,
+                })?
                 .map_err(StoreError::mongo(operation))?
             {
+                timing.tick();
                 if event.get_bool("parked").unwrap_or(false) {
                     seen.parked += 1;
                     continue;

@@ -18,13 +18,23 @@ use crate::trace_context::TraceContext;
 
 /// What a lane does after one step.
 enum Step {
+    /// Read the patient's queue again (the event is still unfinished).
     Continue,
+    /// The event is closed: look again if more was waiting or a wake came.
+    Finished,
     Stop,
 }
 
 impl<H: EventHandler> Inner<H> {
     pub(super) async fn run_lane(self: Arc<Self>, patient: String, lease: Arc<BucketLease>) {
         let mut failures = 0;
+        // Whether the queue must be read: at the start, after a failed
+        // attempt, and after a close when the read saw more waiting. Else
+        // only a wake since the last read (`look_again`) brings it back:
+        // every insert after that read wakes the lane (change stream,
+        // nudge, or the sweep as a backstop), so a lane that saw nothing
+        // more does not spend a read to learn it again.
+        let mut look = true;
         loop {
             // Counted busy before looking at the lease: a hand-over marks the
             // lease releasing, then waits for the busy count to drop, so it
@@ -32,6 +42,17 @@ impl<H: EventHandler> Inner<H> {
             let _busy = lease.executing();
             if self.draining.is_cancelled() || !lease.usable() {
                 break;
+            }
+            {
+                let mut lanes = self.lanes.lock().expect("lane map poisoned");
+                match lanes.get_mut(&patient) {
+                    // A wake from now on asks for another read after this one.
+                    Some(look_again) if look || *look_again => *look_again = false,
+                    _ => {
+                        lanes.remove(&patient);
+                        return;
+                    }
+                }
             }
             // Store futures are large; boxing them keeps a sleeping lane small.
             let next = {
@@ -44,20 +65,14 @@ impl<H: EventHandler> Inner<H> {
                 )
                 .await
             };
-            let step = match next {
-                Ok(NextEvent::Idle) => {
-                    let mut lanes = self.lanes.lock().expect("lane map poisoned");
-                    match lanes.get_mut(&patient) {
-                        Some(look_again) if *look_again => {
-                            *look_again = false;
-                            Step::Continue
-                        }
-                        _ => {
-                            lanes.remove(&patient);
-                            return;
-                        }
-                    }
+            let more_waiting = match &next {
+                Ok(NextEvent::Claimed(claimed) | NextEvent::Recorded(claimed)) => {
+                    claimed.more_waiting
                 }
+                _ => false,
+            };
+            let step = match next {
+                Ok(NextEvent::Idle) => Step::Finished,
                 Ok(NextEvent::Parked(event)) => {
                     info!(patient = %crate::privacy::patient(&patient), seq = event.seq, "patient parked behind a failed event");
                     Step::Stop
@@ -88,8 +103,10 @@ impl<H: EventHandler> Inner<H> {
                     }
                 }
             };
-            if matches!(step, Step::Stop) {
-                break;
+            match step {
+                Step::Stop => break,
+                Step::Continue => look = true,
+                Step::Finished => look = more_waiting,
             }
         }
         self.lanes
@@ -294,7 +311,7 @@ impl<H: EventHandler> Inner<H> {
         if end == RunEnd::Parked {
             Step::Stop
         } else {
-            Step::Continue
+            Step::Finished
         }
     }
 
