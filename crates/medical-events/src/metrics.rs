@@ -46,7 +46,7 @@ pub fn handle() -> &'static PrometheusHandle {
                 )
             })
             .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full("intake_batch_size".into()), BATCH_BUCKETS)
+                b.set_buckets_for_metric(Matcher::Suffix("batch_size".into()), BATCH_BUCKETS)
             })
             .and_then(|b| {
                 b.set_buckets_for_metric(

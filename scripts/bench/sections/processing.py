@@ -50,6 +50,7 @@ def run(settings, harness):
     with harness.measurement("processing: drain with zero-length work") as m2:
         drain = harness.stack(db, name, processors=1, processing=(0, 0))
         before = processor_ops(drain)
+        cpu_before = (db.proc.cpu(), drain.processor.cpu())
         started = time.monotonic()
         marks = []  # (seconds, processed)
         deadline = started + 1800
@@ -62,6 +63,8 @@ def run(settings, harness):
             time.sleep(0.5)
         took = time.monotonic() - started
         after = processor_ops(drain)
+        cpu = {"database": (db.proc.cpu() - cpu_before[0]) / took * 100,
+               "processor": (drain.processor.cpu() - cpu_before[1]) / took * 100}
         drain.stop()
     lo = next((t, n) for t, n in marks if n >= accepted * 0.1)
     hi = next((t, n) for t, n in marks if n >= accepted * 0.9)
@@ -77,6 +80,7 @@ def run(settings, harness):
               "round_trips_per_processed_event": trips,
               "store_commits_per_processed_event": commits,
               "operations_per_event": {op: n / max(done, 1) for op, n in sorted(ops.items())},
+              "drain_cpu_pct": cpu,
               "load": [m1.entry, m2.entry]}
     for line in render(result):
         print("  " + line, flush=True)
@@ -92,5 +96,6 @@ def render(m):
              f"  database round trips per processed event {m['round_trips_per_processed_event']:.2f} "
              f"({'met' if m['round_trips_per_processed_event'] <= 2 else 'MISSED'}: target at most 2), "
              f"store_commits_per_processed_event {m['store_commits_per_processed_event']:.2f}",
-             "  by operation: " + ", ".join(f"{op} {n:.2f}" for op, n in m["operations_per_event"].items())]
+             "  by operation: " + ", ".join(f"{op} {n:.2f}" for op, n in m["operations_per_event"].items()),
+             "  CPU during the drain (of 200%): " + ", ".join(f"{k} {v:.0f}%" for k, v in m["drain_cpu_pct"].items())]
     return lines

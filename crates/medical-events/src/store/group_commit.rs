@@ -1,6 +1,7 @@
-//! Group commit of intake inserts: concurrent requests' events go to the
-//! database together in one unordered `insertMany`, so a busy ingest pays
-//! one round trip and one journal flush for many events. Nothing waits for a
+//! Group commit of inserts: concurrent requests' events go to the database
+//! together in one unordered `insertMany`, so a busy ingest pays one round
+//! trip and one journal flush for many events (and a busy processor the
+//! same for the outcome documents of events' first runs). Nothing waits for a
 //! batch to fill: a batch is whatever queued up while earlier batches were
 //! in flight, so a lone request is sent at once.
 //!
@@ -18,7 +19,6 @@ use mongodb::options::InsertManyOptions;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::deadline::Bounded;
-use super::documents::QueuedEvent;
 use super::error::{DUPLICATE_KEY, StoreError};
 use super::indexes::UniqueIndex;
 
@@ -39,8 +39,8 @@ pub(crate) enum Insert {
     Duplicate(UniqueIndex),
 }
 
-struct Pending {
-    event: QueuedEvent,
+struct Pending<T> {
+    event: T,
     bytes: usize,
     /// Not sent at all after this instant (its request's time would not
     /// cover the insert any more): answered "not sent" instead.
@@ -55,14 +55,22 @@ fn not_sent() -> StoreError {
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct InsertBatcher {
-    sender: mpsc::Sender<Pending>,
+pub(crate) struct InsertBatcher<T> {
+    sender: mpsc::Sender<Pending<T>>,
     op_timeout: Duration,
 }
 
-impl InsertBatcher {
-    pub(crate) fn spawn(collection: Collection<QueuedEvent>, op_timeout: Duration) -> Self {
+impl<T> Clone for InsertBatcher<T> {
+    fn clone(&self) -> Self {
+        Self {
+            sender: self.sender.clone(),
+            op_timeout: self.op_timeout,
+        }
+    }
+}
+
+impl<T: serde::Serialize + Send + Sync + 'static> InsertBatcher<T> {
+    pub(crate) fn spawn(collection: Collection<T>, op_timeout: Duration) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
         tokio::spawn(run(collection, op_timeout, receiver));
         Self { sender, op_timeout }
@@ -72,7 +80,7 @@ impl InsertBatcher {
     /// that batch would leave after `send_by`.
     pub(crate) async fn insert(
         &self,
-        event: QueuedEvent,
+        event: T,
         bytes: usize,
         send_by: Option<Instant>,
     ) -> Result<Insert, StoreError> {
@@ -100,10 +108,10 @@ impl InsertBatcher {
     }
 }
 
-async fn run(
-    collection: Collection<QueuedEvent>,
+async fn run<T: serde::Serialize + Send + Sync + 'static>(
+    collection: Collection<T>,
     op_timeout: Duration,
-    mut receiver: mpsc::Receiver<Pending>,
+    mut receiver: mpsc::Receiver<Pending<T>>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = receiver.recv().await {
@@ -138,13 +146,18 @@ async fn run(
     }
 }
 
-async fn insert_batch(
-    collection: &Collection<QueuedEvent>,
+async fn insert_batch<T: serde::Serialize + Send + Sync>(
+    collection: &Collection<T>,
     op_timeout: Duration,
-    batch: Vec<Pending>,
+    batch: Vec<Pending<T>>,
 ) {
-    metrics::histogram!("intake_batch_size").record(batch.len() as f64);
-    let events: Vec<&QueuedEvent> = batch.iter().map(|p| &p.event).collect();
+    let metric = if collection.name() == super::QUEUED_EVENTS {
+        "intake_batch_size"
+    } else {
+        "outcome_insert_batch_size"
+    };
+    metrics::histogram!(metric).record(batch.len() as f64);
+    let events: Vec<&T> = batch.iter().map(|p| &p.event).collect();
     let result = collection
         .insert_many(events)
         .with_options(InsertManyOptions::builder().ordered(false).build())
@@ -190,7 +203,10 @@ async fn insert_batch(
     });
 }
 
-fn answer_all(batch: Vec<Pending>, mut outcome: impl FnMut(usize) -> Result<Insert, StoreError>) {
+fn answer_all<T>(
+    batch: Vec<Pending<T>>,
+    mut outcome: impl FnMut(usize) -> Result<Insert, StoreError>,
+) {
     for (index, pending) in batch.into_iter().enumerate() {
         // The requester may have given up (request timeout); nothing to do then.
         let _ = pending.reply.send(outcome(index));

@@ -15,7 +15,9 @@
 //!
 //! Per event: find the next event, claim it, record the outcome, write
 //! `processed_events`, close it: five operations, each a single-document
-//! write or an index walk (ARCHITECTURE.md, "Cost per event").
+//! write or an index walk; the writes travel with other lanes' in batched
+//! commands (`update_batch.rs`, `group_commit.rs`; ARCHITECTURE.md, "Cost
+//! per event").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +27,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 use super::deadline::Bounded;
 use super::documents::{EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
 use super::error::StoreError;
+use super::group_commit::Insert;
 use super::update_batch::{Statement, Updated};
 use super::{Store, shapes};
 
@@ -300,7 +303,23 @@ impl Store {
     /// retry or skip), and left alone if this run's document is already
     /// there. Its content is a function of the run's one record, so any
     /// instance may write it, any number of times.
+    ///
+    /// A first run's document is inserted, group-committed with other
+    /// lanes' (one journal flush for many, where updates are committed one
+    /// by one on some servers); a unique-index refusal means it is there
+    /// already, since any document of the event is of this run or a later.
     pub async fn write_outcome(&self, outcome: &ProcessedEvent) -> Result<(), StoreError> {
+        if outcome.run == 1 {
+            // About its size, for the batch's byte bound.
+            let bytes = mongodb::bson::to_vec(&outcome.data).map_or(1024, |data| data.len()) + 512;
+            return match self
+                .outcome_inserts
+                .insert(outcome.clone(), bytes, None)
+                .await?
+            {
+                Insert::Stored | Insert::Duplicate(_) => Ok(()),
+            };
+        }
         let mut set = mongodb::bson::to_document(outcome)?;
         set.remove("createdAt");
         set.remove("history");

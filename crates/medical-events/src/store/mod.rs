@@ -63,7 +63,9 @@ pub struct Store {
     op_timeout: Duration,
     queued: Collection<QueuedEvent>,
     processed: Collection<ProcessedEvent>,
-    inserts: InsertBatcher,
+    inserts: InsertBatcher<QueuedEvent>,
+    /// First runs' outcome documents, group-committed as inserts.
+    outcome_inserts: InsertBatcher<ProcessedEvent>,
     /// The processor's single-event writes to `queued_events` (claims and
     /// fenced writes) and `processed_events` (outcomes), group-committed.
     event_updates: UpdateBatcher,
@@ -93,6 +95,8 @@ impl Store {
             .build();
         let queued: Collection<QueuedEvent> =
             db.collection_with_options(QUEUED_EVENTS, durable.clone());
+        let processed: Collection<ProcessedEvent> =
+            db.collection_with_options(PROCESSED_EVENTS, durable);
         let op_timeout = operation_bound(timeout);
         Ok(Self {
             uri: uri.to_owned(),
@@ -114,7 +118,8 @@ impl Store {
             ),
 
             op_timeout,
-            processed: db.collection_with_options(PROCESSED_EVENTS, durable),
+            outcome_inserts: InsertBatcher::spawn(processed.clone(), op_timeout),
+            processed,
             queued,
             client,
             db,

@@ -31,7 +31,7 @@ pub struct Waiting {
 
 impl Store {
     /// Streams every waiting event of `buckets`, calling `visit(patientId)`
-    /// for each (a patient with several events is visited several times).
+    /// once per patient with waiting events.
     pub async fn scan_waiting(
         &self,
         buckets: &[i32],
@@ -54,6 +54,7 @@ impl Store {
                 .await?;
             // The find above is the first round trip; each later batch one more.
             let mut timing = CursorTiming::new(operation, BATCH);
+            let mut last_visited: Option<String> = None;
             while let Some(event) = tokio::time::timeout(self.op_timeout, cursor.try_next())
                 .await
                 .map_err(|_| StoreError::Timeout {
@@ -74,8 +75,13 @@ impl Store {
                 if let Ok(at) = event.get_datetime("acceptedAt") {
                     seen.oldest = Some(seen.oldest.map_or(*at, |oldest| oldest.min(*at)));
                 }
+                // A patient's events are adjacent in the index: one visit
+                // each (another would only make its lane read again).
                 if let Ok(patient) = event.get_str("patientId") {
-                    visit(patient);
+                    if last_visited.as_deref() != Some(patient) {
+                        visit(patient);
+                        last_visited = Some(patient.to_owned());
+                    }
                 }
             }
         }
