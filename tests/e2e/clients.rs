@@ -246,9 +246,13 @@ async fn one_client_cannot_queue_more_than_its_share_of_a_patients_lane() {
         "{detail}"
     );
     assert!(detail.contains('3'), "{detail}");
-    // Refused again at once (remembered, no store read), still not stored.
+    // Refused again at once (remembered: no walk), still not stored; but a
+    // retry of a stored event right after a refusal is still answered.
     let again = post_event(&a, &ingest.url, &event("p-share", 4.0), Some("a-4")).await;
     assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry = post_event(&a, &ingest.url, &event("p-share", 2.0), Some("a-2")).await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.body);
+    assert!(retry.replayed);
 
     let other = post_event(&b, &ingest.url, &event("p-share", 9.0), Some("b-1")).await;
     assert_eq!(

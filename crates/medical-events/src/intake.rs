@@ -60,6 +60,11 @@ struct Memo {
     floor: i64,
     /// The client last refused its share of this patient, and until when.
     refused: Option<(Arc<str>, Instant)>,
+    /// The client last counted under its bound: its unfinished events of
+    /// the patient then, and the next number then. Its count now is at most
+    /// that plus the numbers used since, so it need not be walked again
+    /// while that stays under the bound.
+    counted: Option<(Arc<str>, usize, i64)>,
 }
 
 impl Memo {
@@ -215,16 +220,30 @@ impl Intake {
     ) -> Result<bool, StoreError> {
         let limit = self.policy.max_unfinished_per_client_patient;
         let crowded = |floor: i64| next_seq.saturating_sub(floor) >= limit as i64;
-        if let Some((client, until)) = &memo.refused {
-            if *client == request.client && Instant::now() < *until {
-                return Ok(true);
-            }
-        }
         if !crowded(memo.floor) {
             return Ok(false);
         }
+        if let Some((client, own, at)) = &memo.counted {
+            let since = usize::try_from(next_seq.saturating_sub(*at)).unwrap_or(usize::MAX);
+            if *client == request.client && own.saturating_add(since) < limit {
+                return Ok(false);
+            }
+        }
+        let recently_refused = memo
+            .refused
+            .as_ref()
+            .is_some_and(|(client, until)| *client == request.client && Instant::now() < *until);
         let patient = request.event.patient_id.as_str();
         let bucket = crate::bucket::of(patient);
+        if recently_refused {
+            // Refused a moment ago: no walk again, only the key's holder
+            // (a retry of a stored event is answered, not refused).
+            self.store.room_for(deadline, 3, "the event")?;
+            return Ok(!self
+                .store
+                .intake_key_held(&request.submission(), &self.policy)
+                .await?);
+        }
         // Each read leaves room for the insert and the read settling it.
         self.store.room_for(deadline, 3, "the event")?;
         let oldest = self.store.oldest_unfinished_seq(bucket, patient).await?;
@@ -238,6 +257,7 @@ impl Intake {
             .unfinished_of_client(bucket, patient, &request.client, limit)
             .await?;
         if own < limit {
+            memo.counted = Some((Arc::clone(&request.client), own, next_seq));
             return Ok(false);
         }
         self.store.room_for(deadline, 3, "the event")?;
@@ -271,5 +291,6 @@ fn remember<'a>(memos: &'a mut LastSeqs, patient: &str) -> &'a mut Memo {
         last: None,
         floor: 1,
         refused: None,
+        counted: None,
     })
 }

@@ -4,11 +4,11 @@
 //! is filtered here, not in the query, so every server keeps that plan.
 
 use futures_util::TryStreamExt;
-use mongodb::bson::Document;
+use mongodb::bson::{DateTime, Document};
 use mongodb::options::FindOptions;
 
 use super::deadline::Bounded;
-use super::enqueue::{IntakePolicy, Submission, intake_key};
+use super::enqueue::{IntakePolicy, KeyKind, Submission, intake_key};
 use super::error::StoreError;
 use super::{Store, shapes};
 
@@ -62,24 +62,33 @@ impl Store {
         walk.bounded(operation, self.op_timeout).await
     }
 
-    /// Whether the submission's intake key is held by a stored event (then
-    /// storing it again answers with that event, whatever its bound).
+    /// Whether the submission's intake key is held by a stored event within
+    /// its window (then storing it again answers with that event, whatever
+    /// its bound; an expired key would be freed and a new event stored).
     pub async fn intake_key_held(
         &self,
         submission: &Submission<'_>,
         policy: &IntakePolicy,
     ) -> Result<bool, StoreError> {
-        let (key, _) = intake_key(submission, policy);
+        let (key, kind) = intake_key(submission, policy);
+        let window = match kind {
+            KeyKind::Idempotency { .. } => policy.idempotency_ttl,
+            KeyKind::Content => policy.dedup_window,
+            KeyKind::None => return Ok(false),
+        };
         let patient = submission.event.patient_id.as_str();
         let shape = shapes::intake_key(crate::bucket::of(patient), patient, &key);
         let holder = self
             .queued
             .clone_with_type::<Document>()
             .find_one(shape.filter)
-            .projection(mongodb::bson::doc! { "_id": 1 })
+            .projection(mongodb::bson::doc! { "acceptedAt": 1 })
             .max_time(self.op_timeout)
             .bounded("reading an intake key", self.op_timeout)
             .await?;
-        Ok(holder.is_some())
+        let now = DateTime::now().timestamp_millis();
+        Ok(holder
+            .and_then(|holder| holder.get_datetime("acceptedAt").ok().copied())
+            .is_some_and(|at| now - at.timestamp_millis() <= window.as_millis() as i64))
     }
 }

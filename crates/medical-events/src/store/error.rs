@@ -37,6 +37,13 @@ pub enum StoreError {
     /// stored by it (the answer may say so).
     #[error("no time was left to send {operation} within the request's time limit")]
     NoTimeLeft { operation: &'static str },
+    /// Applied on the primary, not confirmed by a majority (a failover
+    /// may roll it back): as ambiguous as a lost reply.
+    #[error("MongoDB {operation} was not confirmed by a majority: {message}")]
+    WriteConcern {
+        operation: &'static str,
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -49,7 +56,7 @@ impl StoreError {
     /// server, or no server to send to, is not ambiguous.
     pub(crate) fn is_ambiguous(&self) -> bool {
         match self {
-            Self::Timeout { .. } => true,
+            Self::Timeout { .. } | Self::WriteConcern { .. } => true,
             Self::Mongo { source, .. } => is_ambiguous(source),
             _ => false,
         }

@@ -2,7 +2,9 @@
 //! claims, records, closes and outcomes at the same moments, and each of
 //! those updates that queued up while earlier batches were in flight goes
 //! to the database in one unordered `update` command, so a busy processor
-//! pays one round trip and one journal flush for many events. As for
+//! pays one round trip for many events (and on MongoDB one journal flush;
+//! SecantusDB's compiled server with `--sync-on-commit` still syncs each
+//! statement). As for
 //! intake's inserts (`group_commit.rs`), nothing waits for a batch to fill:
 //! a lone update is sent at once.
 //!
@@ -13,7 +15,9 @@
 //! `update` command reports how many statements modified their document,
 //! not which: when every statement did, each caller learns "modified";
 //! otherwise each learns "not known" and reads its document back, which
-//! it does anyway after a write whose reply was lost.
+//! it does anyway after a write whose reply was lost. A write concern
+//! error is, for every statement, what it is for a single write: an
+//! ambiguous error, retried.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +36,9 @@ const MAX_STATEMENTS: usize = 500;
 const IN_FLIGHT: usize = 4;
 /// Updates waiting for a batch at most; past it callers wait (backpressure).
 const QUEUE: usize = 8192;
+/// Bytes of statements per command at most, well inside MongoDB's 16 MiB
+/// command limit (a later run's outcome carries the event's data).
+const MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// One update statement: filter, update (document or pipeline), upsert.
 #[derive(Debug, Clone)]
@@ -39,6 +46,14 @@ pub(crate) struct Statement {
     pub filter: Document,
     pub update: Bson,
     pub upsert: bool,
+}
+
+impl Statement {
+    /// About how large it is on the wire.
+    fn bytes(&self) -> usize {
+        let update = doc! { "u": self.update.clone() };
+        mongodb::bson::to_vec(&update).map_or(1024, |b| b.len()) + 256
+    }
 }
 
 /// What became of one statement, as far as the reply tells.
@@ -119,10 +134,14 @@ async fn run(target: Target, mut receiver: mpsc::Receiver<Pending>) {
             return;
         };
         // Everything that queued up while the slots were busy joins.
+        let mut bytes = first.statement.bytes();
         let mut batch = vec![first];
-        while batch.len() < MAX_STATEMENTS {
+        while batch.len() < MAX_STATEMENTS && bytes < MAX_BYTES {
             match receiver.try_recv() {
-                Ok(pending) => batch.push(pending),
+                Ok(pending) => {
+                    bytes += pending.statement.bytes();
+                    batch.push(pending);
+                }
                 Err(_) => break,
             }
         }
@@ -179,16 +198,27 @@ async fn send(target: &Target, batch: Vec<Pending>) {
             return;
         }
     };
+    if let Ok(concern) = reply.get_document("writeConcernError") {
+        // Applied on the primary, maybe not durable: each caller retries
+        // as after a lost reply (its write is idempotent by its fence).
+        let message = concern.get_str("errmsg").unwrap_or("no message").to_owned();
+        for pending in batch {
+            let _ = pending.reply.send(Err(StoreError::WriteConcern {
+                operation: target.operation,
+                message: message.clone(),
+            }));
+        }
+        return;
+    }
     let fates = fates(&reply, batch.len());
     for (pending, fate) in batch.into_iter().zip(fates) {
         let _ = pending.reply.send(fate.map_err(StoreError::Incompatible));
     }
 }
 
-/// Each statement's fate from an `update` reply: `Err` with the server's
-/// message for a statement it refused other than by a unique index, and for
-/// every statement when the write concern failed (the writes may or may not
-/// be durable: callers read back as after a lost reply).
+/// Each statement's fate from an `update` reply (without a write concern
+/// error): `Err` with the server's message for a statement it refused
+/// other than by a unique index.
 fn fates(reply: &Document, statements: usize) -> Vec<Result<Updated, String>> {
     let count = |key: &str| match reply.get(key) {
         Some(Bson::Int32(n)) => *n as usize,
@@ -196,9 +226,6 @@ fn fates(reply: &Document, statements: usize) -> Vec<Result<Updated, String>> {
         Some(Bson::Double(n)) => *n as usize,
         _ => 0,
     };
-    if reply.get_document("writeConcernError").is_ok() {
-        return vec![Ok(Updated::Unknown); statements];
-    }
     let upserted = reply.get_array("upserted").map_or(0, Vec::len);
     let mut fates = vec![Ok(Updated::Modified); statements];
     let mut refused = 0;
@@ -265,11 +292,5 @@ mod tests {
                 Ok(Updated::Modified)
             ]
         );
-    }
-
-    #[test]
-    fn a_write_concern_error_leaves_every_statement_unknown() {
-        let reply = doc! { "ok": 1, "n": 1, "nModified": 1, "writeConcernError": { "code": 64 } };
-        assert_eq!(fates(&reply, 1), vec![Ok(Updated::Unknown)]);
     }
 }
