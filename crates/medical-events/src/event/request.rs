@@ -141,31 +141,24 @@ pub(super) struct Validated<T>(T);
 impl<T: Validate + for<'de> Deserialize<'de>> Validated<T> {
     /// Reads and validates a body, reporting every broken rule at once.
     pub(super) fn read(body: &Value) -> Result<Self, Vec<FieldError>> {
-        if !body.is_object() {
+        Self::from_json(body.is_object(), body)
+    }
+
+    /// [`Validated::read`] of a body it takes over: its values are moved,
+    /// not copied.
+    pub(super) fn read_owned(body: Value) -> Result<Self, Vec<FieldError>> {
+        Self::from_json(body.is_object(), body)
+    }
+
+    fn from_json<'de>(
+        is_object: bool,
+        body: impl serde::Deserializer<'de, Error = serde_json::Error>,
+    ) -> Result<Self, Vec<FieldError>> {
+        if !is_object {
             return Err(vec![FieldError::new("$", "the body must be a JSON object")]);
         }
         // Every field takes any JSON value, so reading an object cannot fail
         // on its content; say why if it ever does.
-        let request = T::deserialize(body).map_err(|error| {
-            vec![FieldError::new(
-                "$",
-                format!("the body could not be read: {error}"),
-            )]
-        })?;
-        request
-            .validate()
-            .map_err(|errors| field_errors(&errors, FIELD_NAMES))?;
-        Ok(Self(request))
-    }
-}
-
-impl<T: Validate + for<'de> Deserialize<'de>> Validated<T> {
-    /// [`Validated::read`] of a body it takes over: its values are moved,
-    /// not copied.
-    pub(super) fn read_owned(body: Value) -> Result<Self, Vec<FieldError>> {
-        if !body.is_object() {
-            return Err(vec![FieldError::new("$", "the body must be a JSON object")]);
-        }
         let request = T::deserialize(body).map_err(|error| {
             vec![FieldError::new(
                 "$",
