@@ -37,7 +37,7 @@ pub struct BucketLease {
     /// The session it was acquired under (the owner name in the database).
     pub session: Arc<str>,
     /// No new work starts under the lease past this instant (local view,
-    /// 0.9 of the lease after the last renewal was sent).
+    /// 0.8 of the lease after the last renewal was sent).
     valid_until: Mutex<Instant>,
     /// Work in hand stops past this instant (0.9 of the lease after the
     /// last renewal was sent), unless a renewal comes first.
@@ -90,8 +90,10 @@ impl BucketLease {
     }
 
     /// Whether a new event may be started under this lease now.
+    /// New work stops a tenth of the lease before work in hand must, so an
+    /// event started at the last moment still has time to finish.
     pub fn usable(&self) -> bool {
-        !self.releasing.is_cancelled() && self.valid()
+        !self.releasing.is_cancelled() && self.valid() && Instant::now() < self.valid_until()
     }
 
     /// Whether work in hand may go on (also while releasing, and a little
@@ -367,5 +369,22 @@ mod tests {
         assert!(validity.new_work <= sent + Duration::from_secs(8));
         assert!(validity.in_hand <= sent + Duration::from_secs(9));
         assert!(validity.new_work < validity.in_hand);
+    }
+
+    /// Between the new-work share and the in-hand share, work in hand goes
+    /// on but nothing new starts.
+    #[test]
+    fn no_new_work_starts_past_the_new_work_share() {
+        let lease = Duration::from_secs(10);
+        // Sent 8.5 s ago: past 0.8 of the lease, before 0.9.
+        let sent = Instant::now() - Duration::from_millis(8500);
+        let held = BucketLease::new(
+            3,
+            1,
+            Arc::from("s"),
+            Ownership::validity(sent, lease, DateTime::now()),
+        );
+        assert!(held.valid(), "work in hand goes on until 0.9");
+        assert!(!held.usable(), "new work stops at 0.8");
     }
 }
