@@ -21,7 +21,8 @@ Sections (BENCH_SECTIONS, comma-separated; default: all, in this order):
   end_to_end      P patients x E events at the real 5-6 s processing
   sleeping_lanes  processor CPU while 10,000 patients' events sleep
   side_by_side    5,000 patients x 1 event, 64 senders, on the compiled and
-                  the Python server, next to the original NestJS service
+                  the Python server, alternating with the original NestJS
+                  service (BENCH_ORIGINAL_DIR: a checkout of it), medians of 3
   fleet           1,000 x 5 at real timing with 1 and 3 processors; store
                   operations per processed event (from /metrics)
   takeover        SIGKILL one of three processors while events flow: time

@@ -38,7 +38,12 @@ class Settings:
     scale_patients: list[int] = field(default_factory=lambda: [100, 1000, 10000])
     events_per_patient: int = 5
     # side_by_side
-    side_by_side_runs: int = 2
+    side_by_side_runs: int = 3
+    # A checkout of the original NestJS service (github.com/gustavodsf/
+    # medical-integration); built with npm if it is not yet. Unset: the
+    # section measures this system alone and says the original was not run.
+    original_dir: str | None = None
+    side_by_side_timeout: int = 900
     side_by_side_servers: list[str] = field(default_factory=lambda: ["compiled", "python"])
     side_by_side_patients: int = 5000
     # fleet, takeover, accept_to_start
@@ -91,7 +96,9 @@ class Settings:
             wrk_seconds=int(get("BENCH_WRK_SECONDS", "10")),
             scale_patients=_ints(env, "BENCH_PATIENTS", "100,1000,10000"),
             events_per_patient=int(get("BENCH_EVENTS", "5")),
-            side_by_side_runs=int(get("BENCH_SIDE_BY_SIDE_RUNS", "2")),
+            side_by_side_runs=int(get("BENCH_SIDE_BY_SIDE_RUNS", "3")),
+            original_dir=get("BENCH_ORIGINAL_DIR") or None,
+            side_by_side_timeout=int(get("BENCH_SIDE_BY_SIDE_TIMEOUT", "900")),
             side_by_side_servers=_list(env, "BENCH_SIDE_BY_SIDE_SERVERS", "compiled,python"),
             side_by_side_patients=int(get("BENCH_SIDE_BY_SIDE_PATIENTS", "5000")),
             fleet_sizes=_ints(env, "BENCH_FLEET_SIZES", "1,3"),

@@ -1,64 +1,103 @@
-"""side_by_side: this system in the mode the original NestJS service was
-measured in (5,000 patients x 1 event, 64 senders, real 5-6 s processing),
-on a fresh store of each SecantusDB server, printed next to the original's
-figures."""
+"""side_by_side: this system and the original NestJS service in the mode the
+original was built for (5,000 patients x 1 event, 64 senders, real 5-6 s
+processing), in the same run, on a fresh store of each SecantusDB server,
+runs alternating between the two (which goes first alternates too), and the
+medians printed next to each other. The original is started from the
+checkout BENCH_ORIGINAL_DIR names (see bench/original.py); without it, this
+system is measured alone and the table says so."""
 
+import statistics
 import time
 
+from .. import original
 from ..harness import stamp
 from .end_to_end import loadgen_run
 
-# The original NestJS service, measured earlier on this same machine (2 cores)
-# in the same mode as this section, once on each SecantusDB server. That
-# service is not in this repository, so its figures are kept here as
-# constants: accepted events/s, POST p99 and the time from the first request
-# until every event was processed.
-ORIGINAL_NESTJS = [
-    {"service": "original (NestJS)", "server": "compiled", "db": "SecantusDB compiled (secantusd-rs)",
-     "accept_rate_per_sec": 267, "post_p99_ms": 912, "end_to_end_secs": 26.0},
-    {"service": "original (NestJS)", "server": "python", "db": "SecantusDB Python (secantusd-py)",
-     "accept_rate_per_sec": 227, "post_p99_ms": 812, "end_to_end_secs": 44.3},
-]
 SERVER_NAMES = {"compiled": "SecantusDB compiled (secantusd-rs)", "python": "SecantusDB Python (secantusd-py)"}
+SYSTEMS = {"this": "this (Rust)", "original": "original (NestJS)"}
+
+
+def _one(settings, harness, system, server, n, mode):
+    db = harness.database(f"sbs-{system}-{server}-{n}", kind=server)
+    database = f"bench_sbs_{system}_{server}_{n}_{stamp()}"
+    if system == "this":
+        stack = harness.stack(db, database)
+    else:
+        stack = harness.open(original.OriginalStack(settings, db, database))
+    time.sleep(1)
+    with harness.measurement(f"side by side {system} on {server} run {n}") as m:
+        result = loadgen_run(harness, stack, mode["patients"], mode["events"], concurrency=mode["concurrency"],
+                             timeout=settings.side_by_side_timeout)
+    result.update(system=system, server=server, run=n, load=m.entry,
+                  all_processed=result["processed"] >= result["accepted"] and result["lost"] == 0)
+    stack.stop()
+    db.stop()
+    done = (f"all processed after {result['end_to_end_secs']:.1f} s" if result["all_processed"] else
+            f"{result['processed']:,} of {result['accepted']:,} processed after "
+            f"{settings.side_by_side_timeout} s")
+    print(f"  {SYSTEMS[system]} on {server}, run {n}: {result['accept_rate_per_sec']:.0f} accepted/s, "
+          f"POST p50 {result['post_p50_ms']:.1f} ms p99 {result['post_p99_ms']:.1f} ms, {done}, "
+          f"lost {result['lost']}, duplicates {result['duplicates']}", flush=True)
+    return result
+
+
+def _median(runs, key):
+    return statistics.median(r[key] for r in runs)
 
 
 def run(settings, harness):
     print("side by side with the original", flush=True)
     mode = {"patients": settings.side_by_side_patients, "events": 1, "concurrency": 64}
-    p, e, c = mode["patients"], mode["events"], mode["concurrency"]
+    systems = ["this"]
+    if settings.original_dir:
+        original.build(settings.original_dir)
+        systems.append("original")
+    else:
+        print("  BENCH_ORIGINAL_DIR is not set: the original is not measured", flush=True)
     runs = []
     for server in settings.side_by_side_servers:
         for n in range(1, settings.side_by_side_runs + 1):
-            db = harness.database(f"sbs-{server}-{n}", kind=server)
-            stack = harness.stack(db, f"bench_sbs_{server}_{n}_{stamp()}")
-            time.sleep(1)
-            with harness.measurement(f"side by side {server} run {n}") as m:
-                ours = loadgen_run(harness, stack, p, e, concurrency=c, timeout=1800)
-            ours.update(server=server, run=n, load=m.entry)
-            stack.stop()
-            db.stop()
-            runs.append(ours)
-            print(f"  side by side on {server}, run {n}: {ours['accept_rate_per_sec']:.0f} accepted/s, "
-                  f"POST p50 {ours['post_p50_ms']:.1f} ms p99 {ours['post_p99_ms']:.1f} ms "
-                  f"max {ours['post_max_ms']:.0f} ms, all processed after {ours['end_to_end_secs']:.1f} s, "
-                  f"lost {ours['lost']}, duplicates {ours['duplicates']}", flush=True)
-    return {"settings": mode, "runs": runs, "original": ORIGINAL_NESTJS}
+            # Alternate who goes first, so that neither always meets the
+            # machine in the same state.
+            for system in (systems if n % 2 else list(reversed(systems))):
+                runs.append(_one(settings, harness, system, server, n, mode))
+    medians = []
+    for server in settings.side_by_side_servers:
+        for system in systems:
+            mine = [r for r in runs if r["system"] == system and r["server"] == server]
+            medians.append({
+                "system": system, "server": server, "runs": len(mine),
+                "accept_rate_per_sec": _median(mine, "accept_rate_per_sec"),
+                "post_p99_ms": _median(mine, "post_p99_ms"),
+                "end_to_end_secs": _median(mine, "end_to_end_secs"),
+                "processed": _median(mine, "processed"),
+                "accepted": _median(mine, "accepted"),
+                "all_processed_runs": sum(r["all_processed"] for r in mine),
+                "lost": sum(r["lost"] for r in mine),
+                "duplicates": sum(r["duplicates"] for r in mine),
+            })
+    return {"settings": mode, "timeout_secs": settings.side_by_side_timeout, "runs": runs, "medians": medians,
+            "original_measured": "original" in systems}
 
 
 def render(sbs):
     st = sbs["settings"]
     lines = [f"Side by side with the original ({st['patients']:,} patients x {st['events']} event, "
-             f"{st['concurrency']} concurrent senders, real 5-6 s processing, fresh store each run)",
-             f"{'service':<22}{'database':<36}{'accepted/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-             f"{'all processed after':>21}{'lost/dup':>9}"]
-    for o in sbs["runs"]:
-        lines.append(f"{'this (Rust), run ' + str(o['run']):<22}{SERVER_NAMES[o['server']]:<36}"
-                     f"{o['accept_rate_per_sec']:>11.0f}{o['post_p50_ms']:>8.1f}{o['post_p99_ms']:>8.1f}"
-                     f"{o['post_max_ms']:>8.0f}{o['end_to_end_secs']:>19.1f} s{o['lost']:>5}/{o['duplicates']}")
-    for r in sbs["original"]:
-        lines.append(f"{r['service']:<22}{r['db']:<36}{r['accept_rate_per_sec']:>11.0f}{'-':>8}"
-                     f"{r['post_p99_ms']:>8.0f}{'-':>8}{r['end_to_end_secs']:>19.1f} s{'-':>9}")
-    errors = sum(o["post_errors"] for o in sbs["runs"])
-    lines.append(f"  POST errors over all runs: {errors}; order violations: "
-                 f"{sum(o['order_violations'] + o['overlap_violations'] for o in sbs['runs'])}")
+             f"{st['concurrency']} concurrent senders, real 5-6 s processing, fresh store each run, "
+             f"medians of the runs, in one run of the benchmark)",
+             f"{'service':<20}{'database':<36}{'runs':>5}{'accepted/s':>11}{'p99 ms':>8}"
+             f"{'all processed after':>22}{'lost/dup':>9}"]
+    for m in sbs["medians"]:
+        if m["all_processed_runs"] == m["runs"]:
+            done = f"{m['end_to_end_secs']:>20.1f} s"
+        else:
+            done = f"{m['all_processed_runs']}/{m['runs']} runs; {m['processed']:,.0f} done".rjust(22)
+        lines.append(f"{SYSTEMS[m['system']]:<20}{SERVER_NAMES[m['server']]:<36}{m['runs']:>5}"
+                     f"{m['accept_rate_per_sec']:>11.0f}{m['post_p99_ms']:>8.0f}{done}"
+                     f"{m['lost']:>5}/{m['duplicates']}")
+    if not sbs["original_measured"]:
+        lines.append("  the original was not measured in this run (set BENCH_ORIGINAL_DIR)")
+    ours = [r for r in sbs["runs"] if r["system"] == "this"]
+    lines.append(f"  this system, all runs: POST errors {sum(r['post_errors'] for r in ours)}; order violations "
+                 f"{sum(r['order_violations'] + r['overlap_violations'] for r in ours)}")
     return lines
