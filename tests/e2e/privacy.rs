@@ -252,7 +252,8 @@ async fn no_redirect_is_followed_clients_see_no_internal_text_and_no_uri_is_logg
     let target = Sink::start(Duration::from_millis(5)).await;
     // The redirecting downstream.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let redirector = format!("http://{}/deliver", listener.local_addr().unwrap());
+    let redirect_base = format!("http://{}", listener.local_addr().unwrap());
+    let redirector = format!("{redirect_base}/deliver");
     let location = target.url.clone();
     tokio::spawn(async move {
         let app = axum::Router::new().fallback(move || {
@@ -333,6 +334,55 @@ async fn no_redirect_is_followed_clients_see_no_internal_text_and_no_uri_is_logg
         .await
         .unwrap();
     assert_eq!(timeline.headers()["cache-control"], "no-store");
-    let leaked = lines_with(&[&processor, &ingest], &[patient, "downstream-secret"]);
+    // A patient id in the query string stays out of the logs as well.
+    let listed = crate::support::admin_client()
+        .get(format!(
+            "{}/admin/events?status=failed&patientId={patient}",
+            ingest.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+
+    // Ingest's nudge to a PROCESSOR_URL that redirects: not followed either
+    // (it carries the event and the processor's token).
+    let mut env = ingest_env(&uri, &redirect_base);
+    env.push(("RUST_LOG", "debug".to_owned()));
+    let nudging = Service::start("ingest", &env).await;
+    let second = "MRN-URI-4712";
+    let id = crate::support::post_until_accepted(
+        &crate::support::client(),
+        &nudging.url(),
+        &clinical_event(second, 1),
+        "redirect-2",
+    )
+    .await;
+    let event_url = format!("{}/events/{id}", nudging.url());
+    wait_until(
+        Duration::from_secs(30),
+        "the second event fails",
+        || async {
+            let view: Value = crate::support::admin_client()
+                .get(&event_url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            view["status"] == "failed"
+        },
+    )
+    .await;
+    assert!(
+        target.all().is_empty(),
+        "a redirect was followed: {:?}",
+        target.all()
+    );
+    let leaked = lines_with(
+        &[&processor, &ingest, &nudging],
+        &[patient, second, "downstream-secret"],
+    );
     assert!(leaked.is_empty(), "{leaked:#?}");
 }

@@ -839,6 +839,22 @@ async fn development_credentials_and_ambiguous_keys_are_refused_at_start_up() {
     )
     .await;
     assert!(processor.read_log().contains("DEV_MODE=true"));
+    let mut ingest = Service::start(
+        "ingest",
+        &[
+            ("MONGO_URI", uri.clone()),
+            ("PROCESSOR_URL", processor.url()),
+            (
+                "PROCESSOR_TOKEN",
+                "dev-processor-token-change-me".to_owned(),
+            ),
+            ("INGEST_API_KEYS", "dev:dev-ingest-key-change-me".to_owned()),
+            ("DEV_MODE", "true".to_owned()),
+        ],
+    )
+    .await;
+    assert!(ingest.read_log().contains("DEV_MODE=true"));
+    ingest.kill9();
     processor.kill9();
 }
 
@@ -908,7 +924,17 @@ async fn failed_authentication_is_logged_counted_and_limited_per_source() {
     let elsewhere = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()
-        .unwrap()
+        .unwrap();
+    // A client key on an operator route: 403, logged with the client's name
+    // and counted, and its address is not held back for it.
+    let forbidden = elsewhere
+        .get(format!("{}/admin/stats", ingest.url()))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    let elsewhere = elsewhere
         .post(&url)
         .bearer_auth(API_KEY)
         .json(&event_body("p-guess", 301))
@@ -924,9 +950,20 @@ async fn failed_authentication_is_logged_counted_and_limited_per_source() {
     let log = ingest.read_log();
     assert!(log.contains("authentication failed"), "{log}");
     assert!(!log.contains(wrong), "the presented key was logged");
+    assert!(
+        log.lines().any(
+            |line| line.contains("operator route refused to a client credential")
+                && line.contains(crate::support::CLIENT)
+        ),
+        "{log}"
+    );
     let metrics = crate::support::scrape(&ingest.metrics_url()).await;
     assert!(
         metrics.contains("auth_failures_total{reason=\"invalid\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("auth_failures_total{reason=\"forbidden\"}"),
         "{metrics}"
     );
     assert_eq!(

@@ -319,12 +319,23 @@ pub async fn require_bearer(
     }
 }
 
-/// Middleware for operator routes, after [`require_bearer`]: a client key is 403.
+/// Middleware for operator routes, after [`require_bearer`]: a client key is
+/// 403, logged with the client's name and counted. The source is not held
+/// back for it: the key is valid, and its own routes stay open to it.
 pub async fn require_admin(request: Request, next: Next) -> Response {
     match request.extensions().get::<Caller>() {
         Some(caller) if caller.is_admin() => next.run(request).await,
-        _ => ApiError::Forbidden("this route needs an operator credential (ADMIN_API_KEYS)")
-            .into_response(),
+        caller => {
+            metrics::counter!("auth_failures_total", "reason" => "forbidden").increment(1);
+            tracing::warn!(
+                client = caller.map(|c| &*c.client).unwrap_or_default(),
+                route = request.uri().path().split('/').nth(1).unwrap_or_default(),
+                reason = "forbidden",
+                "operator route refused to a client credential"
+            );
+            ApiError::Forbidden("this route needs an operator credential (ADMIN_API_KEYS)")
+                .into_response()
+        }
     }
 }
 
