@@ -288,14 +288,7 @@ async fn no_redirect_is_followed_clients_see_no_internal_text_and_no_uri_is_logg
     .await;
     let event_url = format!("{}/events/{id}", ingest.url());
     wait_until(Duration::from_secs(30), "the delivery fails", || async {
-        let view: Value = crate::support::client()
-            .get(&event_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view = crate::support::json_of(crate::support::client().get(&event_url)).await;
         view["status"] == "failed"
     })
     .await;
@@ -363,14 +356,8 @@ async fn no_redirect_is_followed_clients_see_no_internal_text_and_no_uri_is_logg
         Duration::from_secs(30),
         "the second event fails",
         || async {
-            let view: Value = crate::support::admin_client()
-                .get(&event_url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let view =
+                crate::support::json_of(crate::support::admin_client().get(&event_url)).await;
             view["status"] == "failed"
         },
     )

@@ -227,6 +227,11 @@ pub async fn post_event(
     }
 }
 
+/// The JSON body of a request that must succeed at the transport level.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// Posts one event, retrying (same Idempotency-Key) through connection
 /// errors and 503s, as a well-behaved client would. Returns the eventId.
 pub async fn post_until_accepted(
