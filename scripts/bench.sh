@@ -37,7 +37,7 @@ fi
 scripts/install-k6.sh >/dev/null
 # The side-by-side section builds and starts the original NestJS service from
 # the checkout BENCH_ORIGINAL_DIR names (NestJS 11 wants Node.js 20 or later).
-if [[ -n ${BENCH_ORIGINAL_DIR:-} ]] && ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' 2>/dev/null; then
+if [[ -n ${BENCH_ORIGINAL_DIR:-} ]] && ! { command -v npm >/dev/null && node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' 2>/dev/null; }; then
     echo "BENCH_ORIGINAL_DIR is set: the original needs Node.js 20 or later with npm on PATH" >&2
     exit 1
 fi

@@ -3,9 +3,11 @@ started from a checkout that BENCH_ORIGINAL_DIR names, on a database of one
 of the benchmark's SecantusDB servers, so that it is measured in the same
 run, on the same machine, as this system.
 
-It is started as its own Dockerfiles start it (`node dist/src/main` in each
-service, MONGO_URI, PROCESSOR_URL, PORT), on free ports; `npm install` and
-`npm run build` run first if a service has not been built yet.
+It is started as its own Dockerfiles start it (`npm run start:prod`, which is
+`node dist/src/main`, in each service; MONGO_URI, PROCESSOR_URL, PORT), on
+free ports; `npm install` and `npm run build` run first if a service has not
+been built yet (its repository has no lock file, so `npm ci`, which its
+Dockerfiles use, cannot run: the declared version ranges are installed).
 """
 
 import os
@@ -89,7 +91,7 @@ class OriginalStack:
         log_path = settings.out / f"original-{service}-{self.database}.log"
         log = open(log_path, "w")
         self._logs.append(log)
-        env = dict(os.environ, MONGO_URI=self.uri, PORT=str(port), NODE_ENV="production", **extra)
+        env = dict(os.environ, MONGO_URI=self.uri, PORT=str(port), **extra)
         proc = subprocess.Popen(["node", "dist/src/main"], cwd=_app(settings.original_dir, service), env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._procs.append(proc)

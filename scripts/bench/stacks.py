@@ -1,7 +1,9 @@
 """Stacks of real processes, started through `loadgen stack` (the `stack`
 crate, the same code the black-box tests start services with): this module
 manages one child per stack, reads the JSON line that says where everything
-is, and closes the child's stdin to stop it. Python starts no service itself.
+is, and closes the child's stdin to stop it. Python starts none of this
+system's services itself (it starts the original NestJS service, for the
+side-by-side section: bench/original.py).
 
 Every stack is started as `make run` starts it: SecantusDB's compiled server
 (secantusd-rs, `--sync-on-commit`, `--cache-size`; the Python server for one

@@ -362,6 +362,14 @@ async fn no_redirect_is_followed_clients_see_no_internal_text_and_no_uri_is_logg
         },
     )
     .await;
+    // The nudge was answered (307) and not followed.
+    wait_until(Duration::from_secs(30), "the nudge's answer", || async {
+        nudging
+            .read_log()
+            .lines()
+            .any(|line| line.contains("processor refused the notification") && line.contains("307"))
+    })
+    .await;
     assert!(
         target.all().is_empty(),
         "a redirect was followed: {:?}",

@@ -225,7 +225,9 @@ pub async fn main(args: RunArgs) -> Result<(), String> {
         duplicates += outcomes.len().saturating_sub(ids.len());
         let Some(ids) = ids.iter().cloned().collect::<Option<Vec<String>>>() else {
             // No ids to match (the original): what is missing is lost; order
-            // cannot be told from the outcomes alone.
+            // cannot be told from the outcomes alone, and with more than one
+            // event per patient a loss and a duplicate would cancel out (the
+            // side-by-side mode sends one).
             unmatched += ids.len();
             lost += ids.len().saturating_sub(outcomes.len());
             overlaps += overlapping(&outcomes);

@@ -28,6 +28,8 @@ def _one(settings, harness, system, server, n, mode):
     with harness.measurement(f"side by side {system} on {server} run {n}") as m:
         result = loadgen_run(harness, stack, mode["patients"], mode["events"], concurrency=mode["concurrency"],
                              timeout=settings.side_by_side_timeout)
+    if system == "this" and result["accepted_without_event_id"]:
+        raise RuntimeError(f"{result['accepted_without_event_id']} of this system's 202s named no eventId")
     result.update(system=system, server=server, run=n, load=m.entry,
                   all_processed=result["processed"] >= result["accepted"] and result["lost"] == 0)
     stack.stop()

@@ -90,8 +90,9 @@ impl BucketLease {
     }
 
     /// Whether a new event may be started under this lease now.
-    /// New work stops a tenth of the lease before work in hand must, so an
-    /// event started at the last moment still has time to finish.
+    /// New work stops a tenth of the lease before work in hand must: a
+    /// margin, so that an event is not started only to be abandoned at once
+    /// when renewals stop.
     pub fn usable(&self) -> bool {
         !self.releasing.is_cancelled() && self.valid() && Instant::now() < self.valid_until()
     }
@@ -375,14 +376,16 @@ mod tests {
     /// on but nothing new starts.
     #[test]
     fn no_new_work_starts_past_the_new_work_share() {
-        let lease = Duration::from_secs(10);
-        // Sent 8.5 s ago: past 0.8 of the lease, before 0.9.
-        let sent = Instant::now() - Duration::from_millis(8500);
+        let now = Instant::now();
         let held = BucketLease::new(
             3,
             1,
             Arc::from("s"),
-            Ownership::validity(sent, lease, DateTime::now()),
+            Validity {
+                new_work: now - Duration::from_secs(1),
+                in_hand: now + Duration::from_secs(60),
+                db_until: DateTime::now(),
+            },
         );
         assert!(held.valid(), "work in hand goes on until 0.9");
         assert!(!held.usable(), "new work stops at 0.8");
