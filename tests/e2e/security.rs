@@ -977,3 +977,87 @@ async fn failed_authentication_is_logged_counted_and_limited_per_source() {
         1
     );
 }
+
+/// Issue 16, finding 6: every query a client's request makes the database
+/// run carries a server-side time limit (`maxTimeMS`), so no request can
+/// leave a scan running after it gave up.
+#[tokio::test]
+async fn every_read_a_client_triggers_carries_a_server_side_time_limit() {
+    use crate::support::fault_proxy::{Command, Fault, Predicate};
+    let proxy = FaultProxy::start_for_shared().await;
+    let database = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let ingest = InProcessIngest::start(&proxy.uri(&database), "http://127.0.0.1:9").await;
+    // Pass-through rules that only count: reads with and without a limit.
+    // The live stream's change stream is not one of them: one per ingest,
+    // shared by every listener, reading the oplog from now on, and the
+    // driver offers no maxTimeMS for it (its waits are maxAwaitTimeMS).
+    let limited: Predicate = std::sync::Arc::new(|c: &Command| c.body.contains_key("maxTimeMS"));
+    let unlimited: Predicate = std::sync::Arc::new(|c: &Command| {
+        !c.body.contains_key("maxTimeMS") && !format!("{:?}", c.body).contains("$changeStream")
+    });
+    let mut with_limit = Vec::new();
+    let mut without_limit = Vec::new();
+    for command in ["find", "aggregate", "count"] {
+        for collection in ["queued_events", "processed_events"] {
+            let pass = Fault::DelayRequest(Duration::ZERO);
+            with_limit.push(proxy.on(command, collection, pass, usize::MAX, Some(limited.clone())));
+            without_limit.push((
+                command,
+                collection,
+                proxy.on(
+                    command,
+                    collection,
+                    pass,
+                    usize::MAX,
+                    Some(unlimited.clone()),
+                ),
+            ));
+        }
+    }
+
+    let client = crate::support::client();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let response = client
+            .post(format!("{}/events", ingest.url))
+            .json(&event_body("p-limits", n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["eventId"].as_str().unwrap().to_owned());
+    }
+    for path in [
+        format!("/events/{}", ids[0]),
+        "/patients/p-limits/events?limit=2".to_owned(),
+        format!("/patients/p-limits/events?limit=2&after={}", ids[1]),
+    ] {
+        let response = client
+            .get(format!("{}{path}", ingest.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    // The stream's replay from an old id: the first message is enough.
+    let mut stream = client
+        .get(format!("{}/events/stream", ingest.url))
+        .header("Last-Event-ID", format!("0-{}", ids[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.chunk()).await;
+    drop(stream);
+
+    let counted: usize = with_limit.iter().map(|rule| proxy.hits(*rule)).sum();
+    assert!(counted > 0, "no read was seen through the proxy");
+    for (command, collection, rule) in without_limit {
+        assert_eq!(
+            proxy.hits(rule),
+            0,
+            "a {command} on {collection} without maxTimeMS"
+        );
+    }
+}
