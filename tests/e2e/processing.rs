@@ -90,9 +90,12 @@ async fn store(uri: &str) -> Store {
 }
 
 async fn enqueue(store: &Store, patient: &str, n: usize) -> String {
-    let event = NewEvent::parse(&event_body(patient, n)).unwrap();
+    enqueue_event(store, &NewEvent::parse(&event_body(patient, n)).unwrap()).await
+}
+
+async fn enqueue_event(store: &Store, event: &NewEvent) -> String {
     let submission = Submission {
-        event: &event,
+        event,
         event_id: EventId::new_time_ordered(),
         client: crate::support::CLIENT,
         key: None,
@@ -695,4 +698,159 @@ async fn nothing_lands_from_a_session_the_databases_clock_says_is_over() {
     let untouched = store.find_event(&untouched).await.unwrap().unwrap();
     assert!(untouched.claim.is_none(), "the claim landed");
     assert_eq!(untouched.attempts, 0);
+}
+
+/// A `find` of a patient's queue (not a read-back by id, not the sweep).
+fn queue_read() -> Option<crate::support::fault_proxy::Predicate> {
+    Some(Arc::new(
+        |command: &crate::support::fault_proxy::Command| {
+            command
+                .body
+                .get_document("filter")
+                .is_ok_and(|filter| filter.contains_key("patientId") && !filter.contains_key("_id"))
+        },
+    ))
+}
+
+/// Issue 17: a lane's read of its patient's queue returns the next event
+/// too, and once the first is closed the lane claims that one at the
+/// revision read, without reading the queue again. Twenty events of one
+/// patient cost about half as many queue reads, and run in order. (On main:
+/// one read per event, 20.)
+#[tokio::test]
+async fn a_lane_claims_the_event_its_last_read_found_without_reading_again() {
+    const EVENTS: usize = 20;
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let mut ids = Vec::new();
+    for n in 0..EVENTS {
+        ids.push(enqueue(&store, "p", n).await);
+    }
+    let proxy = FaultProxy::start_for_shared().await;
+    let through = store_through(&proxy, &uri).await;
+    let reads = proxy.on(
+        "find",
+        "queued_events",
+        Fault::DelayRequest(Duration::ZERO),
+        usize::MAX,
+        queue_read(),
+    );
+    let handler = ScriptedHandler::default();
+    let worker = Worker::start(&through, handler.clone(), config(3))
+        .await
+        .unwrap();
+    let db = Db::connect(&uri).await;
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{EVENTS} processed events"),
+        || async { db.processed_count().await == EVENTS as u64 },
+    )
+    .await;
+    worker.shutdown(Duration::from_secs(1)).await;
+
+    db.assert_processed_in_order("p", &ids).await;
+    let runs: Vec<i64> = handler.calls().iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        runs,
+        (0..EVENTS as i64).collect::<Vec<_>>(),
+        "each event ran once, in order"
+    );
+    // Ten reads for twenty events, one finding the queue empty, and a few
+    // the sweep's wake-ups may add.
+    let reads = proxy.hits(reads);
+    eprintln!("{reads} queue reads for {EVENTS} events");
+    assert!(
+        reads <= EVENTS / 2 + 4,
+        "{reads} queue reads for {EVENTS} events of one patient"
+    );
+}
+
+/// Claims the patient's next event, which must be there and claimable.
+async fn claim(store: &Store, patient: &str, fence: &Fence) -> Box<Claimed> {
+    match store
+        .claim_next(bucket(patient), patient, fence, soon())
+        .await
+        .unwrap()
+    {
+        NextEvent::Claimed(claimed) => claimed,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+/// The event kept from the last read is claimed only at the revision read:
+/// once anything wrote to it since, the claim changes nothing and the lane
+/// reads the queue again, getting the event as it is now. An event too
+/// large to keep is not kept, only known to be there.
+#[tokio::test]
+async fn a_kept_next_event_that_changed_since_the_read_is_read_again() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let first = enqueue(&store, "p", 0).await;
+    let second = enqueue(&store, "p", 1).await;
+    let owner = fence(1, "owner");
+    let claimed = claim(&store, "p", &owner).await;
+    assert_eq!(claimed.event.event_id, first);
+    assert!(claimed.more_waiting);
+    let kept = *claimed.prefetched.clone().expect("the next event kept");
+    assert_eq!(kept.event_id, second);
+
+    // Another writer moves the kept event on (every write moves `rev`).
+    let db = Db::connect(&uri).await;
+    db.update_many(
+        "queued_events",
+        doc! { "_id": &second },
+        doc! { "$set": { "lastError": "noted by an operator" }, "$inc": { "rev": 1_i64 } },
+    )
+    .await;
+    let success = ProcessingResult::success();
+    assert_eq!(
+        store
+            .record(&claimed, &owner, &success, DateTime::now(), 5)
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(
+        store
+            .close(&claimed, &owner, medical_events::store::RunEnd::Processed)
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+    assert!(
+        store
+            .claim_prefetched(kept, &owner, soon())
+            .await
+            .unwrap()
+            .is_none(),
+        "a claim at a stale revision applied"
+    );
+    let stored = store.find_event(&second).await.unwrap().unwrap();
+    assert_eq!(stored.attempts, 0, "the stale claim counted an attempt");
+    assert!(stored.claim.is_none());
+    let again = claim(&store, "p", &owner).await;
+    assert_eq!(again.event.event_id, second);
+    assert_eq!(
+        again.event.last_error.as_deref(),
+        Some("noted by an operator")
+    );
+    assert!(!again.more_waiting);
+    assert!(again.prefetched.is_none());
+
+    // Too large to keep: known to be there, read again when its turn comes.
+    let big = NewEvent::parse(&serde_json::json!({
+        "patientId": "q",
+        "type": "lab_result",
+        "data": { "n": 1, "report": "x".repeat(20_000) },
+        "ts": "2025-10-01T12:00:00Z",
+    }))
+    .unwrap();
+    enqueue(&store, "q", 0).await;
+    enqueue_event(&store, &big).await;
+    let first_of_q = claim(&store, "q", &owner).await;
+    assert!(first_of_q.more_waiting);
+    assert!(
+        first_of_q.prefetched.is_none(),
+        "a 20 KB event was kept ahead"
+    );
 }

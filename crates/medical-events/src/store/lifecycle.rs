@@ -16,8 +16,9 @@
 //! Per event: find the next event, claim it, record the outcome, write
 //! `processed_events`, close it: five operations, each a single-document
 //! write or an index walk; the writes travel with other lanes' in batched
-//! commands (`update_batch.rs`, `group_commit.rs`; ARCHITECTURE.md, "Cost
-//! per event").
+//! commands (`update_batch.rs`, `group_commit.rs`), and one find serves two
+//! events of a patient when the second is small (`claim_prefetched`;
+//! ARCHITECTURE.md, "Cost per event").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,8 +52,28 @@ pub struct Claimed {
     pub token: String,
     pub epoch: i64,
     /// Whether the patient had another unfinished event when this one was
-    /// found (else the lane looks again only if woken meanwhile).
+    /// found, or may have (else the lane looks again only if woken meanwhile).
     pub more_waiting: bool,
+    /// That next event as the same read found it, kept when small: once this
+    /// one is closed, the lane claims it at that revision without reading
+    /// the queue again ([`Store::claim_prefetched`]).
+    pub prefetched: Option<Box<QueuedEvent>>,
+}
+
+/// What the read that found an event says about the patient's next one.
+enum After {
+    Nothing,
+    /// There is one, not kept (or not read).
+    Unknown,
+    Known(Box<QueuedEvent>),
+}
+
+/// Events above this size are read again when their turn comes rather than
+/// held by their lane meanwhile: a lane keeps at most one small event ahead.
+const PREFETCH_MAX_BYTES: usize = 16 * 1024;
+
+fn small_enough_to_keep(event: &QueuedEvent) -> bool {
+    mongodb::bson::to_vec(&event.data).is_ok_and(|data| data.len() <= PREFETCH_MAX_BYTES)
 }
 
 #[derive(Debug)]
@@ -138,53 +159,97 @@ impl Store {
                 .find_all(&self.queued, shape, "finding a patient's next event")
                 .await?
                 .into_iter();
-            let Some(mut event) = found.next() else {
+            let Some(event) = found.next() else {
                 return Ok(NextEvent::Idle);
             };
-            let more_waiting = found.next().is_some();
             if event.parked {
                 return Ok(NextEvent::Parked(Box::new(event)));
             }
-            if event.epoch > fence.epoch {
-                return Ok(NextEvent::Fenced);
+            let after = match found.next() {
+                Some(next) if small_enough_to_keep(&next) => After::Known(Box::new(next)),
+                Some(_) => After::Unknown,
+                None => After::Nothing,
+            };
+            if let Some(next) = self.claim_read(event, after, fence, give_up_at).await? {
+                return Ok(next);
             }
-            let token = uuid::Uuid::new_v4().simple().to_string();
-            let at = DateTime::now();
-            let claim = claim_pipeline(fence, &token, at, event.rev);
-            match self.settle_claim(&event, claim, &token, give_up_at).await? {
-                ClaimFate::Ours => {}
-                ClaimFate::Changed => continue,
-                ClaimFate::OutOfTime => return Ok(NextEvent::Expired),
-            }
-            // Nothing changed between the read and the claim (same revision):
-            // what the read said about a recorded outcome still holds.
-            let recorded = event.result.is_some();
-            if !recorded {
-                event.attempts += 1;
-            }
-            event.rev += 1;
-            event.epoch = fence.epoch;
-            event.claim = Some(super::documents::Claim {
-                token: token.clone(),
-                owner: fence.owner.to_string(),
-                at,
-            });
-            let claimed = Box::new(Claimed {
-                event,
-                token,
-                epoch: fence.epoch,
-                more_waiting,
-            });
-            return Ok(if recorded {
-                NextEvent::Recorded(claimed)
-            } else {
-                NextEvent::Claimed(claimed)
-            });
         }
         Err(StoreError::Contention {
             operation: "claiming an event",
             attempts: 3,
         })
+    }
+
+    /// Claims the event an earlier [`Store::claim_next`] found after the one
+    /// it claimed ([`Claimed::prefetched`]), without reading the patient's
+    /// queue again: the claim applies only to the revision read, so it lands
+    /// only if nothing wrote to the event since. `None`: it changed; read
+    /// the queue ([`Store::claim_next`]).
+    ///
+    /// Intake only adds higher numbers and the lane closed the one before,
+    /// so this is the patient's lowest unfinished event unless an operator
+    /// re-queued a lower, failed one since the read: that one then runs
+    /// after this one instead of before it (ARCHITECTURE.md, "Cost per
+    /// event").
+    pub async fn claim_prefetched(
+        &self,
+        event: QueuedEvent,
+        fence: &Fence,
+        give_up_at: Instant,
+    ) -> Result<Option<NextEvent>, StoreError> {
+        self.claim_read(event, After::Unknown, fence, give_up_at)
+            .await
+    }
+
+    /// Claims `event` at the revision read; `None` when it changed since.
+    async fn claim_read(
+        &self,
+        mut event: QueuedEvent,
+        after: After,
+        fence: &Fence,
+        give_up_at: Instant,
+    ) -> Result<Option<NextEvent>, StoreError> {
+        if event.epoch > fence.epoch {
+            return Ok(Some(NextEvent::Fenced));
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let at = DateTime::now();
+        let claim = claim_pipeline(fence, &token, at, event.rev);
+        match self.settle_claim(&event, claim, &token, give_up_at).await? {
+            ClaimFate::Ours => {}
+            ClaimFate::Changed => return Ok(None),
+            ClaimFate::OutOfTime => return Ok(Some(NextEvent::Expired)),
+        }
+        // Nothing changed between the read and the claim (same revision):
+        // what the read said about a recorded outcome still holds.
+        let recorded = event.result.is_some();
+        if !recorded {
+            event.attempts += 1;
+        }
+        event.rev += 1;
+        event.epoch = fence.epoch;
+        event.claim = Some(super::documents::Claim {
+            token: token.clone(),
+            owner: fence.owner.to_string(),
+            at,
+        });
+        let (more_waiting, prefetched) = match after {
+            After::Nothing => (false, None),
+            After::Unknown => (true, None),
+            After::Known(next) => (true, Some(next)),
+        };
+        let claimed = Box::new(Claimed {
+            event,
+            token,
+            epoch: fence.epoch,
+            more_waiting,
+            prefetched,
+        });
+        Ok(Some(if recorded {
+            NextEvent::Recorded(claimed)
+        } else {
+            NextEvent::Claimed(claimed)
+        }))
     }
 
     /// Sends the claim until its fate is certain.

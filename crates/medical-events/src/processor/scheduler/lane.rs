@@ -12,7 +12,7 @@ use super::{FailurePolicy, Inner};
 use crate::processor::fleet::BucketLease;
 use crate::processor::processing::{EventHandler, HandlerError};
 use crate::store::{
-    Applied, Claimed, NextEvent, ProcessedEvent, ProcessingResult, RunEnd, StoreError,
+    Applied, Claimed, NextEvent, ProcessedEvent, ProcessingResult, QueuedEvent, RunEnd, StoreError,
 };
 use crate::trace_context::TraceContext;
 
@@ -35,6 +35,8 @@ impl<H: EventHandler> Inner<H> {
         // nudge, or the sweep as a backstop), so a lane that saw nothing
         // more does not spend a read to learn it again.
         let mut look = true;
+        // The event after the one just closed, as the last read found it.
+        let mut ahead: Option<Box<QueuedEvent>> = None;
         loop {
             // Counted busy before looking at the lease: a hand-over marks the
             // lease releasing, then waits for the busy count to drop, so it
@@ -55,21 +57,34 @@ impl<H: EventHandler> Inner<H> {
                 }
             }
             // Store futures are large; boxing them keeps a sleeping lane small.
-            let next = {
+            let mut next = {
                 let _slot = self.store_slots.acquire().await.expect("never closed");
                 let fence = lease.fence();
                 let give_up_at = lease.in_hand_until();
-                Box::pin(
-                    self.store
-                        .claim_next(lease.bucket, &patient, &fence, give_up_at),
-                )
-                .await
-            };
-            let more_waiting = match &next {
-                Ok(NextEvent::Claimed(claimed) | NextEvent::Recorded(claimed)) => {
-                    claimed.more_waiting
+                let prefetched = match ahead.take() {
+                    Some(event) => {
+                        Box::pin(self.store.claim_prefetched(*event, &fence, give_up_at)).await
+                    }
+                    None => Ok(None),
+                };
+                match prefetched {
+                    Ok(Some(next)) => Ok(next),
+                    // Nothing kept, or it changed since it was read.
+                    Ok(None) => {
+                        Box::pin(
+                            self.store
+                                .claim_next(lease.bucket, &patient, &fence, give_up_at),
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
                 }
-                _ => false,
+            };
+            let (more_waiting, next_ahead) = match &mut next {
+                Ok(NextEvent::Claimed(claimed) | NextEvent::Recorded(claimed)) => {
+                    (claimed.more_waiting, claimed.prefetched.take())
+                }
+                _ => (false, None),
             };
             let step = match next {
                 Ok(NextEvent::Idle) => Step::Finished,
@@ -106,7 +121,10 @@ impl<H: EventHandler> Inner<H> {
             match step {
                 Step::Stop => break,
                 Step::Continue => look = true,
-                Step::Finished => look = more_waiting,
+                Step::Finished => {
+                    look = more_waiting;
+                    ahead = next_ahead;
+                }
             }
         }
         self.lanes
