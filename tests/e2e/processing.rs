@@ -777,6 +777,15 @@ async fn claim(store: &Store, patient: &str, fence: &Fence) -> Box<Claimed> {
     }
 }
 
+/// Records a success for `claimed` and closes it, both applied.
+async fn finish_processed(store: &Store, claimed: &Claimed, fence: &Fence) {
+    let success = ProcessingResult::success();
+    let recorded = store.record(claimed, fence, &success, DateTime::now(), 5);
+    assert_eq!(recorded.await.unwrap(), Applied::Yes);
+    let closed = store.close(claimed, fence, medical_events::store::RunEnd::Processed);
+    assert_eq!(closed.await.unwrap(), Applied::Yes);
+}
+
 /// The event kept from the last read is claimed only at the revision read:
 /// once anything wrote to it since, the claim changes nothing and the lane
 /// reads the queue again, getting the event as it is now. An event too
@@ -802,21 +811,7 @@ async fn a_kept_next_event_that_changed_since_the_read_is_read_again() {
         doc! { "$set": { "lastError": "noted by an operator" }, "$inc": { "rev": 1_i64 } },
     )
     .await;
-    let success = ProcessingResult::success();
-    assert_eq!(
-        store
-            .record(&claimed, &owner, &success, DateTime::now(), 5)
-            .await
-            .unwrap(),
-        Applied::Yes
-    );
-    assert_eq!(
-        store
-            .close(&claimed, &owner, medical_events::store::RunEnd::Processed)
-            .await
-            .unwrap(),
-        Applied::Yes
-    );
+    finish_processed(&store, &claimed, &owner).await;
     assert!(
         store
             .claim_prefetched(kept, &owner, soon())
@@ -853,4 +848,69 @@ async fn a_kept_next_event_that_changed_since_the_read_is_read_again() {
         first_of_q.prefetched.is_none(),
         "a 20 KB event was kept ahead"
     );
+
+    // Parked: not kept (a read finds it and stops the lane there).
+    enqueue(&store, "s", 0).await;
+    let parked = enqueue(&store, "s", 1).await;
+    db.update_many(
+        "queued_events",
+        doc! { "_id": &parked },
+        doc! { "$set": { "parked": true }, "$inc": { "rev": 1_i64 } },
+    )
+    .await;
+    let first_of_s = claim(&store, "s", &owner).await;
+    assert!(first_of_s.more_waiting);
+    assert!(
+        first_of_s.prefetched.is_none(),
+        "a parked event was kept ahead"
+    );
+}
+
+/// Unchanged since the read, the kept event is claimed as a fresh read's
+/// claim would: one attempt counted, in memory and in the store, under this
+/// claim's token; and one whose outcome an earlier run recorded is only
+/// finished, with no attempt counted.
+#[tokio::test]
+async fn a_kept_next_event_unchanged_since_the_read_is_claimed_once() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    enqueue(&store, "p", 0).await;
+    let second = enqueue(&store, "p", 1).await;
+    let third = enqueue(&store, "p", 2).await;
+    let owner = fence(1, "owner");
+    let success = ProcessingResult::success();
+    let first = claim(&store, "p", &owner).await;
+    let kept = *first.prefetched.clone().expect("the next event kept");
+    finish_processed(&store, &first, &owner).await;
+    let Some(NextEvent::Claimed(claimed)) =
+        store.claim_prefetched(kept, &owner, soon()).await.unwrap()
+    else {
+        panic!("the kept event, unchanged, was not claimed");
+    };
+    assert_eq!(claimed.event.event_id, second);
+    assert_eq!(claimed.event.attempts, 1);
+    assert!(claimed.more_waiting, "after a kept event the lane reads");
+    let stored = store.find_event(&second).await.unwrap().unwrap();
+    assert_eq!(stored.attempts, 1);
+    assert_eq!(stored.claim.unwrap().token, claimed.token);
+
+    // The third, kept by a read while its outcome was recorded by an
+    // earlier run that stopped before closing it.
+    finish_processed(&store, &claimed, &owner).await;
+    let earlier = claim(&store, "p", &fence(1, "earlier-run")).await;
+    assert_eq!(earlier.event.event_id, third);
+    store
+        .record(&earlier, &owner, &success, DateTime::now(), 5)
+        .await
+        .unwrap();
+    let as_read = store.find_event(&third).await.unwrap().unwrap();
+    let Some(NextEvent::Recorded(finishing)) = store
+        .claim_prefetched(as_read, &owner, soon())
+        .await
+        .unwrap()
+    else {
+        panic!("a recorded event was not only finished");
+    };
+    assert_eq!(finishing.event.attempts, 1, "an attempt counted again");
+    assert_eq!(store.find_event(&third).await.unwrap().unwrap().attempts, 1);
 }

@@ -166,7 +166,10 @@ impl Store {
                 return Ok(NextEvent::Parked(Box::new(event)));
             }
             let after = match found.next() {
-                Some(next) if small_enough_to_keep(&next) => After::Known(Box::new(next)),
+                // A parked one is left to a read: it stops the lane there.
+                Some(next) if !next.parked && small_enough_to_keep(&next) => {
+                    After::Known(Box::new(next))
+                }
                 Some(_) => After::Unknown,
                 None => After::Nothing,
             };
@@ -197,6 +200,10 @@ impl Store {
         fence: &Fence,
         give_up_at: Instant,
     ) -> Result<Option<NextEvent>, StoreError> {
+        if event.parked {
+            // Never kept; a claim would be refused and read as out of time.
+            return Ok(None);
+        }
         self.claim_read(event, After::Unknown, fence, give_up_at)
             .await
     }

@@ -130,7 +130,8 @@ pub fn events(event_ids: &[String]) -> Shape {
 
 /// The patient's next event to work on: its lowest-`seq` queued event (a
 /// parked one is queued too, and stops the lane), and the one after it if
-/// any (so the lane knows whether to look again after this one).
+/// any (so the lane knows whether to look again after this one, and may
+/// claim it next without another read).
 pub fn next_unfinished(bucket: i32, patient: &str) -> Shape {
     Shape::new(
         "next unfinished event of a patient",

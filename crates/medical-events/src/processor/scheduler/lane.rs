@@ -20,7 +20,8 @@ use crate::trace_context::TraceContext;
 enum Step {
     /// Read the patient's queue again (the event is still unfinished).
     Continue,
-    /// The event is closed: look again if more was waiting or a wake came.
+    /// The event is closed: claim the event kept from the read, or look
+    /// again if more was waiting or a wake came.
     Finished,
     Stop,
 }
@@ -28,8 +29,9 @@ enum Step {
 impl<H: EventHandler> Inner<H> {
     pub(super) async fn run_lane(self: Arc<Self>, patient: String, lease: Arc<BucketLease>) {
         let mut failures = 0;
-        // Whether the queue must be read: at the start, after a failed
-        // attempt, and after a close when the read saw more waiting. Else
+        // Whether the queue must be read (or the kept event claimed): at the
+        // start, after a failed attempt, and after a close when the read saw
+        // more waiting. Else
         // only a wake since the last read (`look_again`) brings it back:
         // every insert after that read wakes the lane (change stream,
         // nudge, or the sweep as a backstop), so a lane that saw nothing
