@@ -531,12 +531,16 @@ async fn store_through(proxy: &FaultProxy, uri: &str) -> Store {
 
 /// A `find` of one event by its id (a read-back), not a queue scan.
 fn find_by_id() -> Option<crate::support::fault_proxy::Predicate> {
+    filter_where(|filter| filter.contains_key("_id"))
+}
+
+/// A command whose `filter` satisfies `holds`.
+fn filter_where(
+    holds: fn(&mongodb::bson::Document) -> bool,
+) -> Option<crate::support::fault_proxy::Predicate> {
     Some(Arc::new(
-        |command: &crate::support::fault_proxy::Command| {
-            command
-                .body
-                .get_document("filter")
-                .is_ok_and(|filter| filter.contains_key("_id"))
+        move |command: &crate::support::fault_proxy::Command| {
+            command.body.get_document("filter").is_ok_and(holds)
         },
     ))
 }
@@ -702,14 +706,7 @@ async fn nothing_lands_from_a_session_the_databases_clock_says_is_over() {
 
 /// A `find` of a patient's queue (not a read-back by id, not the sweep).
 fn queue_read() -> Option<crate::support::fault_proxy::Predicate> {
-    Some(Arc::new(
-        |command: &crate::support::fault_proxy::Command| {
-            command
-                .body
-                .get_document("filter")
-                .is_ok_and(|filter| filter.contains_key("patientId") && !filter.contains_key("_id"))
-        },
-    ))
+    filter_where(|filter| filter.contains_key("patientId") && !filter.contains_key("_id"))
 }
 
 /// Issue 17: a lane's read of its patient's queue returns the next event
