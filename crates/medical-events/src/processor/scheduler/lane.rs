@@ -31,11 +31,10 @@ impl<H: EventHandler> Inner<H> {
         let mut failures = 0;
         // Whether the queue must be read (or the kept event claimed): at the
         // start, after a failed attempt, and after a close when the read saw
-        // more waiting. Else
-        // only a wake since the last read (`look_again`) brings it back:
-        // every insert after that read wakes the lane (change stream,
-        // nudge, or the sweep as a backstop), so a lane that saw nothing
-        // more does not spend a read to learn it again.
+        // more waiting. Else only a wake since the last read (`look_again`)
+        // brings it back: every insert after that read wakes the lane
+        // (change stream, nudge, or the sweep as a backstop), so a lane that
+        // saw nothing more does not spend a read to learn it again.
         let mut look = true;
         // The event after the one just closed, as the last read found it.
         let mut ahead: Option<Box<QueuedEvent>> = None;
