@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use crate::support::checks::Db;
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::{event_body, fresh_database_uri, wait_until};
+use futures_util::future::join_all;
 use medical_events::event::{EventId, NewEvent};
 use medical_events::processor::processing::{EventHandler, HandlerError};
 use medical_events::processor::scheduler::LaneConfig;
 use medical_events::processor::worker::{Worker, WorkerConfig};
 use medical_events::retry::RetryPolicy;
 use medical_events::store::{
-    Applied, Claimed, EnqueueOutcome, Fence, IntakePolicy, NextEvent, ProcessingResult,
-    QueuedEvent, Store, Submission,
+    Applied, Claimed, EnqueueOutcome, EventStatus, Fence, IntakePolicy, NextEvent,
+    ProcessingResult, QueuedEvent, RunEnd, Store, Submission,
 };
 use mongodb::bson::{DateTime, doc};
 
@@ -347,11 +348,7 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
     );
     assert_eq!(
         store
-            .close(
-                &old,
-                &fence_of(&old),
-                medical_events::store::RunEnd::Processed
-            )
+            .close(&old, &fence_of(&old), RunEnd::Processed)
             .await
             .unwrap(),
         Applied::Fenced
@@ -378,6 +375,98 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
             .unwrap(),
         Applied::Yes
     );
+}
+
+/// Fenced writes of many events sent at once travel merged, many events to
+/// one multi-document statement (`store/update_batch.rs`); the database
+/// still decides each event alone: a superseded claim's write is refused
+/// for its own event only, and each event gets its own changes, a release's
+/// removal of the claim included.
+#[tokio::test]
+async fn fenced_writes_sent_together_are_decided_event_by_event() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let patients: Vec<String> = (0..40).map(|i| format!("merged-{i}")).collect();
+    let mut ids = Vec::new();
+    for patient in &patients {
+        ids.push(enqueue(&store, patient, 0).await);
+    }
+    let claim_all = |patients: Vec<String>, fence: Fence| {
+        let store = &store;
+        join_all(patients.into_iter().map(move |patient| {
+            let fence = fence.clone();
+            async move {
+                match (store.claim_next(bucket(&patient), &patient, &fence, soon()))
+                    .await
+                    .unwrap()
+                {
+                    NextEvent::Claimed(claimed) => claimed,
+                    other => panic!("{patient}: expected a claim, got {other:?}"),
+                }
+            }
+        }))
+    };
+    let old = claim_all(patients.clone(), fence(1, "old-owner")).await;
+    // A new owner takes every fourth event over.
+    let taken = |i: usize| i % 4 == 0;
+    let superseded: Vec<String> = (patients.iter().enumerate())
+        .filter(|(i, _)| taken(*i))
+        .map(|(_, p)| p.clone())
+        .collect();
+    claim_all(superseded, fence(2, "new-owner")).await;
+
+    let result = ProcessingResult::success();
+    let store = &store;
+    let result = &result;
+    let recorded =
+        join_all(old.iter().map(|c| async move {
+            (store.record(c, &fence_of(c), result, DateTime::now(), 1)).await
+        }))
+        .await;
+    for (i, applied) in recorded.into_iter().enumerate() {
+        let expected = if taken(i) {
+            Applied::Fenced
+        } else {
+            Applied::Yes
+        };
+        assert_eq!(applied.unwrap(), expected, "record of event {i}");
+    }
+    // Of the old owner's others, half released for a retry, half closed,
+    // all at once.
+    let ends = join_all(old.iter().enumerate().filter(|(i, _)| !taken(*i)).map(
+        |(i, c)| async move {
+            if i % 2 == 0 {
+                store.release_for_retry(c, &fence_of(c), "lab down").await
+            } else {
+                (store.close(c, &fence_of(c), RunEnd::Processed)).await
+            }
+        },
+    ))
+    .await;
+    assert!(ends.into_iter().all(|end| end.unwrap() == Applied::Yes));
+
+    for (i, id) in ids.iter().enumerate() {
+        let stored = store.find_event(id).await.unwrap().unwrap();
+        if taken(i) {
+            assert_eq!(stored.epoch, 2, "event {i}");
+            assert_eq!(stored.claim.unwrap().owner, "new-owner", "event {i}");
+            assert!(
+                stored.result.is_none(),
+                "event {i}: old owner's record landed"
+            );
+        } else if i % 2 == 0 {
+            assert_eq!(stored.status, EventStatus::Queued, "event {i}");
+            assert!(
+                stored.claim.is_none(),
+                "event {i}: claim kept after release"
+            );
+            assert_eq!(stored.last_error.as_deref(), Some("lab down"), "event {i}");
+            assert!(stored.result.is_some(), "event {i}");
+        } else {
+            assert_eq!(stored.status, EventStatus::Processed, "event {i}");
+            assert!(stored.result.is_some(), "event {i}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -779,7 +868,7 @@ async fn finish_processed(store: &Store, claimed: &Claimed, fence: &Fence) {
     let success = ProcessingResult::success();
     let recorded = store.record(claimed, fence, &success, DateTime::now(), 5);
     assert_eq!(recorded.await.unwrap(), Applied::Yes);
-    let closed = store.close(claimed, fence, medical_events::store::RunEnd::Processed);
+    let closed = store.close(claimed, fence, RunEnd::Processed);
     assert_eq!(closed.await.unwrap(), Applied::Yes);
 }
 

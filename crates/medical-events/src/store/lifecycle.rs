@@ -29,7 +29,7 @@ use super::deadline::Bounded;
 use super::documents::{EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
 use super::error::StoreError;
 use super::group_commit::Insert;
-use super::update_batch::{Statement, Updated};
+use super::update_batch::{Guarded, Statement, Updated};
 use super::{Store, shapes};
 
 /// What a lane writes under: its bucket's lease epoch, its session, and the
@@ -221,7 +221,7 @@ impl Store {
         }
         let token = uuid::Uuid::new_v4().simple().to_string();
         let at = DateTime::now();
-        let claim = claim_pipeline(fence, &token, at, event.rev);
+        let claim = claim_update(&event.id, fence, &token, at, event.rev);
         match self.settle_claim(&event, claim, &token, give_up_at).await? {
             ClaimFate::Ours => {}
             ClaimFate::Changed => return Ok(None),
@@ -263,18 +263,12 @@ impl Store {
     async fn settle_claim(
         &self,
         event: &QueuedEvent,
-        claim: Vec<Document>,
+        claim: Guarded,
         token: &str,
         give_up_at: Instant,
     ) -> Result<ClaimFate, StoreError> {
-        let filter = doc! { "_id": &event.id };
         loop {
-            let statement = Statement {
-                filter: filter.clone(),
-                update: Bson::Array(claim.iter().cloned().map(Bson::Document).collect()),
-                upsert: false,
-            };
-            match self.event_updates.update(statement).await {
+            match self.event_updates.update_guarded(claim.clone()).await {
                 Ok(Updated::Modified) => return Ok(ClaimFate::Ours),
                 // Refused now (or possibly, in a batch where some statement
                 // changed nothing), so no copy of it can apply any more (the
@@ -469,19 +463,15 @@ impl Store {
             doc! { "$cond": ["$_fenced", literal(label.as_str()), "$fencedBy"] },
         );
         changes.insert("rev", next_rev("$_fenced"));
-        let pipeline = vec![
-            doc! { "$set": { "_fenced": condition } },
-            doc! { "$set": changes },
-            doc! { "$unset": "_fenced" },
-        ];
         let operation = write.operation();
         let filter = shapes::fenced(&claimed.event.id).filter;
-        let statement = Statement {
-            filter: filter.clone(),
-            update: Bson::Array(pipeline.into_iter().map(Bson::Document).collect()),
-            upsert: false,
+        let guarded = Guarded {
+            id: claimed.event.id.clone(),
+            flag: "_fenced",
+            condition,
+            changes,
         };
-        if self.event_updates.update(statement).await? == Updated::Modified {
+        if self.event_updates.update_guarded(guarded).await? == Updated::Modified {
             return Ok(Applied::Yes);
         }
         let now = self
@@ -571,7 +561,7 @@ fn next_rev(applies: &str) -> Document {
 
 /// The claim as an update pipeline: the conditions are evaluated by the
 /// database on the document, at the moment of the write.
-fn claim_pipeline(fence: &Fence, token: &str, at: DateTime, rev: i64) -> Vec<Document> {
+fn claim_update(event_id: &str, fence: &Fence, token: &str, at: DateTime, rev: i64) -> Guarded {
     let claimable = doc! {
         "$and": [
             { "$eq": ["$status", EventStatus::Queued.as_str()] },
@@ -582,9 +572,11 @@ fn claim_pipeline(fence: &Fence, token: &str, at: DateTime, rev: i64) -> Vec<Doc
         ]
     };
     let unrecorded = doc! { "$eq": [{ "$type": "$result" }, "missing"] };
-    vec![
-        doc! { "$set": { "_claimable": claimable } },
-        doc! { "$set": {
+    Guarded {
+        id: event_id.to_owned(),
+        flag: "_claimable",
+        condition: claimable,
+        changes: doc! {
             "attempts": { "$cond": [
                 { "$and": ["$_claimable", unrecorded] },
                 { "$add": ["$attempts", 1] },
@@ -602,9 +594,8 @@ fn claim_pipeline(fence: &Fence, token: &str, at: DateTime, rev: i64) -> Vec<Doc
             ] },
             "updatedAt": { "$cond": ["$_claimable", { "$literal": at }, "$updatedAt"] },
             "rev": next_rev("$_claimable"),
-        } },
-        doc! { "$unset": "_claimable" },
-    ]
+        },
+    }
 }
 
 /// `$inc` of the revision, for the plain (non-pipeline) updates of other

@@ -196,6 +196,16 @@ pub fn fenced(event_id: &str) -> Shape {
     )
 }
 
+/// The events of fenced writes merged into one statement
+/// (`store/update_batch.rs`): a bounded `$in` on the primary key.
+pub fn fenced_batch(event_ids: &[String]) -> Shape {
+    Shape::new(
+        "events of merged fenced writes",
+        Collection::Queued,
+        doc! { "_id": { "$in": event_ids } },
+    )
+}
+
 /// The outcome document of an event.
 pub fn outcome(event_id: &str) -> Shape {
     Shape::new(
@@ -312,6 +322,10 @@ pub fn hot_for_explain() -> Vec<Shape> {
         unfinished_senders(3, "patient-1"),
         waiting_in(&[1, 2, 3]),
         fenced(&ids[0]),
+        fenced_batch(&[
+            ids[0].clone(),
+            "00000000-0000-7000-8000-000000000002".to_owned(),
+        ]),
         outcome(&ids[0]),
         timeline(3, "patient-1", 10, 50),
         outcomes_within(DateTime::from_millis(1_000), &ids[0], Some("client"), 500),

@@ -19,6 +19,7 @@
 //! error is, for every statement, what it is for a single write: an
 //! ambiguous error, retried.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +29,16 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::deadline::Bounded;
 use super::error::{DUPLICATE_KEY, StoreError};
+use super::shapes;
 
 /// Statements per command at most (MongoDB takes up to 100,000; a bound
 /// keeps a batch's reply time near a single write's).
 const MAX_STATEMENTS: usize = 500;
+/// Guarded updates per merged statement at most: each document's pipeline
+/// looks its position up in the id list and walks a `$switch` to it, so
+/// the cost per document grows with the list (250 a statement was slower
+/// than 100 on the compiled server).
+const MAX_MERGED: usize = 64;
 /// Commands in flight at once per collection.
 const IN_FLIGHT: usize = 4;
 /// Updates waiting for a batch at most; past it callers wait (backpressure).
@@ -39,6 +46,8 @@ const QUEUE: usize = 8192;
 /// Bytes of statements per command at most, well inside MongoDB's 16 MiB
 /// command limit (a later run's outcome carries the event's data).
 const MAX_BYTES: usize = 8 * 1024 * 1024;
+/// The merged pipeline's field holding a document's position in the id list.
+const POSITION: &str = "_batchPosition";
 
 /// One update statement: filter, update (document or pipeline), upsert.
 #[derive(Debug, Clone)]
@@ -48,10 +57,111 @@ pub(crate) struct Statement {
     pub upsert: bool,
 }
 
-impl Statement {
+/// An update of one event (by `_id`) decided by one condition the database
+/// evaluates on the document at the moment of the write: the pipeline sets
+/// `flag` to `condition`, then each field of `changes` (expressions that
+/// read `$<flag>` and keep the field as it is when it is false), then drops
+/// the flag.
+#[derive(Debug, Clone)]
+pub(crate) struct Guarded {
+    pub id: String,
+    pub flag: &'static str,
+    pub condition: Document,
+    pub changes: Document,
+}
+
+impl Guarded {
+    /// The update alone, as one statement.
+    pub(crate) fn statement(&self) -> Statement {
+        let pipeline = [
+            doc! { "$set": { self.flag: self.condition.clone() } },
+            doc! { "$set": self.changes.clone() },
+            doc! { "$unset": self.flag },
+        ];
+        Statement {
+            filter: shapes::fenced(&self.id).filter,
+            update: Bson::Array(pipeline.into_iter().map(Bson::Document).collect()),
+            upsert: false,
+        }
+    }
+}
+
+/// One multi-document statement carrying `members` (distinct ids): each
+/// document takes the condition and changes of the member at its position.
+fn merged(members: &[&Guarded]) -> Document {
+    let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+    let at = |position: usize| doc! { "$eq": [format!("${POSITION}"), position as i32] };
+    let mut flags = Document::new();
+    for flag in unique(members.iter().map(|m| m.flag)) {
+        let branches: Vec<Document> = (members.iter().enumerate())
+            .filter(|(_, m)| m.flag == flag)
+            .map(|(k, m)| doc! { "case": at(k), "then": m.condition.clone() })
+            .collect();
+        flags.insert(
+            flag,
+            doc! { "$switch": { "branches": branches, "default": false } },
+        );
+    }
+    let mut changes = Document::new();
+    for field in unique(
+        members
+            .iter()
+            .flat_map(|m| m.changes.keys().map(String::as_str)),
+    ) {
+        let branches: Vec<Document> = (members.iter().enumerate())
+            .filter_map(|(k, m)| m.changes.get(field).map(|v| (k, v)))
+            .map(|(k, value)| doc! { "case": at(k), "then": value.clone() })
+            .collect();
+        changes.insert(
+            field,
+            doc! { "$switch": { "branches": branches, "default": format!("${field}") } },
+        );
+    }
+    let mut scratch: Vec<&str> = unique(members.iter().map(|m| m.flag));
+    scratch.push(POSITION);
+    let pipeline = [
+        doc! { "$set": { POSITION: { "$indexOfArray": [{ "$literal": &ids }, "$_id"] } } },
+        doc! { "$set": flags },
+        doc! { "$set": changes },
+        doc! { "$unset": scratch },
+    ];
+    doc! {
+        "q": shapes::fenced_batch(&ids).filter,
+        "u": pipeline.into_iter().map(Bson::Document).collect::<Vec<_>>(),
+        "upsert": false,
+        "multi": true,
+    }
+}
+
+/// Each distinct item once, in first-seen order.
+fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    items.filter(|item| seen.insert(*item)).collect()
+}
+
+/// What a caller hands the batcher.
+#[derive(Debug, Clone)]
+enum Write {
+    Plain(Statement),
+    Guarded(Guarded),
+}
+
+impl Write {
+    fn statement(&self) -> Statement {
+        match self {
+            Self::Plain(statement) => statement.clone(),
+            Self::Guarded(guarded) => guarded.statement(),
+        }
+    }
+
     /// About how large it is on the wire.
     fn bytes(&self) -> usize {
-        let update = doc! { "u": self.update.clone() };
+        let update = match self {
+            Self::Plain(statement) => doc! { "u": statement.update.clone() },
+            Self::Guarded(guarded) => {
+                doc! { "c": guarded.condition.clone(), "u": guarded.changes.clone() }
+            }
+        };
         mongodb::bson::to_vec(&update).map_or(1024, |b| b.len()) + 256
     }
 }
@@ -69,7 +179,7 @@ pub(crate) enum Updated {
 }
 
 struct Pending {
-    statement: Statement,
+    write: Write,
     reply: oneshot::Sender<Result<Updated, StoreError>>,
 }
 
@@ -105,13 +215,23 @@ impl UpdateBatcher {
     /// error concerns the whole batch (the caller treats it as it would a
     /// single write's: ambiguous if the reply was lost).
     pub(crate) async fn update(&self, statement: Statement) -> Result<Updated, StoreError> {
+        self.submit(Write::Plain(statement)).await
+    }
+
+    /// As `update`, for a guarded update, which may travel merged with
+    /// other events' guarded updates.
+    pub(crate) async fn update_guarded(&self, guarded: Guarded) -> Result<Updated, StoreError> {
+        self.submit(Write::Guarded(guarded)).await
+    }
+
+    async fn submit(&self, write: Write) -> Result<Updated, StoreError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Timeout {
             operation: "an update (the batcher stopped)",
             limit: self.op_timeout,
         };
         self.sender
-            .send(Pending { statement, reply })
+            .send(Pending { write, reply })
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -134,12 +254,12 @@ async fn run(target: Target, mut receiver: mpsc::Receiver<Pending>) {
             return;
         };
         // Everything that queued up while the slots were busy joins.
-        let mut bytes = first.statement.bytes();
+        let mut bytes = first.write.bytes();
         let mut batch = vec![first];
         while batch.len() < MAX_STATEMENTS && bytes < MAX_BYTES {
             match receiver.try_recv() {
                 Ok(pending) => {
-                    bytes += pending.statement.bytes();
+                    bytes += pending.write.bytes();
                     batch.push(pending);
                 }
                 Err(_) => break,
@@ -153,73 +273,170 @@ async fn run(target: Target, mut receiver: mpsc::Receiver<Pending>) {
     }
 }
 
+/// One statement of a command and the writes (by position in the batch) it
+/// carries: one, or several merged guarded updates.
+struct Wire {
+    statement: Document,
+    members: Vec<usize>,
+}
+
+/// The statements for `writes`: guarded updates of distinct events merged
+/// (when `merge`), everything else one statement each.
+fn plan(writes: &[&Write], merge: bool) -> Vec<Wire> {
+    let mut wires = Vec::new();
+    let mut group: Vec<usize> = Vec::new();
+    let mut ids = HashSet::new();
+    for (index, write) in writes.iter().enumerate() {
+        match write {
+            Write::Guarded(guarded) if merge && ids.insert(guarded.id.as_str()) => {
+                group.push(index);
+            }
+            // A second write to one event in a batch (rare: a lane has one
+            // write in flight) goes alone; the database orders nothing
+            // between the statements of an unordered command, as before.
+            _ => wires.push(single(write, index)),
+        }
+    }
+    for chunk in group.chunks(MAX_MERGED) {
+        if let [index] = chunk {
+            wires.push(single(writes[*index], *index));
+            continue;
+        }
+        let members: Vec<&Guarded> = (chunk.iter())
+            .filter_map(|&i| match writes[i] {
+                Write::Guarded(guarded) => Some(guarded),
+                Write::Plain(_) => None,
+            })
+            .collect();
+        wires.push(Wire {
+            statement: merged(&members),
+            members: chunk.to_vec(),
+        });
+    }
+    wires
+}
+
+fn single(write: &Write, index: usize) -> Wire {
+    let statement = write.statement();
+    Wire {
+        statement: doc! {
+            "q": statement.filter,
+            "u": statement.update,
+            "upsert": statement.upsert,
+            "multi": false,
+        },
+        members: vec![index],
+    }
+}
+
+/// Why a command told nothing about its statements.
+#[derive(Debug, Clone)]
+enum Failure {
+    Mongo(mongodb::error::Error),
+    Timeout,
+    /// Applied on the primary, maybe not durable.
+    WriteConcern(String),
+}
+
+impl Failure {
+    fn error(&self, target: &Target) -> StoreError {
+        match self {
+            Self::Mongo(error) => StoreError::mongo(target.operation)(error.clone()),
+            Self::Timeout => StoreError::Timeout {
+                operation: target.operation,
+                limit: target.op_timeout,
+            },
+            // Each caller retries as after a lost reply (its write is
+            // idempotent by its fence).
+            Self::WriteConcern(message) => StoreError::WriteConcern {
+                operation: target.operation,
+                message: message.clone(),
+            },
+        }
+    }
+}
+
+/// A write's fate: `None` while unknown (a refused merged statement).
+type Fate = Option<Result<Updated, String>>;
+
 async fn send(target: &Target, batch: Vec<Pending>) {
     metrics::histogram!("update_batch_size", "collection" => target.collection)
         .record(batch.len() as f64);
-    let updates: Vec<Document> = batch
-        .iter()
-        .map(|p| {
-            doc! {
-                "q": p.statement.filter.clone(),
-                "u": p.statement.update.clone(),
-                "upsert": p.statement.upsert,
-                "multi": false,
+    let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
+    let fates = match execute(target, &writes, true).await {
+        Ok(mut fates) => {
+            // A merged statement the database refused outright (it stops a
+            // multi-document update at the first document it cannot
+            // update) says nothing about its members, some of which may
+            // have applied: each goes again alone, as after a lost reply
+            // (every write here is idempotent or refused by its own fence).
+            let again: Vec<usize> = (0..fates.len()).filter(|&i| fates[i].is_none()).collect();
+            if again.is_empty() {
+                Ok(fates)
+            } else {
+                let retry: Vec<&Write> = again.iter().map(|&i| writes[i]).collect();
+                execute(target, &retry, false).await.map(|retried| {
+                    for (&i, fate) in again.iter().zip(retried) {
+                        fates[i] = fate;
+                    }
+                    fates
+                })
             }
-        })
-        .collect();
+        }
+        Err(failure) => Err(failure),
+    };
+    match fates {
+        Ok(fates) => {
+            for (pending, fate) in batch.into_iter().zip(fates) {
+                let fate = fate.unwrap_or(Ok(Updated::Unknown));
+                let _ = pending.reply.send(fate.map_err(StoreError::Incompatible));
+            }
+        }
+        Err(failure) => {
+            for pending in batch {
+                let _ = pending.reply.send(Err(failure.error(target)));
+            }
+        }
+    }
+}
+
+/// Sends one command for `writes` and returns each write's fate.
+async fn execute(target: &Target, writes: &[&Write], merge: bool) -> Result<Vec<Fate>, Failure> {
+    let wires = plan(writes, merge);
+    let updates: Vec<Document> = wires.iter().map(|w| w.statement.clone()).collect();
     let command = doc! {
         "update": target.collection,
         "updates": updates,
         "ordered": false,
         "writeConcern": target.write_concern.clone(),
     };
-    let reply = target
-        .db
-        .run_command(command)
+    let reply = match (target.db.run_command(command))
         .bounded_raw(target.operation, target.op_timeout)
-        .await;
-    let reply = match reply {
+        .await
+    {
         Ok(Ok(reply)) => reply,
-        Ok(Err(error)) => {
-            for pending in batch {
-                let _ = pending
-                    .reply
-                    .send(Err(StoreError::mongo(target.operation)(error.clone())));
-            }
-            return;
-        }
-        Err(_) => {
-            for pending in batch {
-                let _ = pending.reply.send(Err(StoreError::Timeout {
-                    operation: target.operation,
-                    limit: target.op_timeout,
-                }));
-            }
-            return;
-        }
+        Ok(Err(error)) => return Err(Failure::Mongo(error)),
+        Err(_) => return Err(Failure::Timeout),
     };
     if let Ok(concern) = reply.get_document("writeConcernError") {
-        // Applied on the primary, maybe not durable: each caller retries
-        // as after a lost reply (its write is idempotent by its fence).
-        let message = concern.get_str("errmsg").unwrap_or("no message").to_owned();
-        for pending in batch {
-            let _ = pending.reply.send(Err(StoreError::WriteConcern {
-                operation: target.operation,
-                message: message.clone(),
-            }));
+        let message = concern.get_str("errmsg").unwrap_or("no message");
+        return Err(Failure::WriteConcern(message.to_owned()));
+    }
+    let members: Vec<usize> = wires.iter().map(|w| w.members.len()).collect();
+    let mut fates = vec![None; writes.len()];
+    for (wire, fate) in wires.iter().zip(statement_fates(&reply, &members)) {
+        for &member in &wire.members {
+            fates[member] = fate.clone();
         }
-        return;
     }
-    let fates = fates(&reply, batch.len());
-    for (pending, fate) in batch.into_iter().zip(fates) {
-        let _ = pending.reply.send(fate.map_err(StoreError::Incompatible));
-    }
+    Ok(fates)
 }
 
 /// Each statement's fate from an `update` reply (without a write concern
-/// error): `Err` with the server's message for a statement it refused
-/// other than by a unique index.
-fn fates(reply: &Document, statements: usize) -> Vec<Result<Updated, String>> {
+/// error), for statements carrying `members[i]` writes each: `Err` with the
+/// server's message for a single write it refused other than by a unique
+/// index, `None` for a merged statement it refused.
+fn statement_fates(reply: &Document, members: &[usize]) -> Vec<Fate> {
     let count = |key: &str| match reply.get(key) {
         Some(Bson::Int32(n)) => *n as usize,
         Some(Bson::Int64(n)) => *n as usize,
@@ -227,8 +444,9 @@ fn fates(reply: &Document, statements: usize) -> Vec<Result<Updated, String>> {
         _ => 0,
     };
     let upserted = reply.get_array("upserted").map_or(0, Vec::len);
-    let mut fates = vec![Ok(Updated::Modified); statements];
+    let mut fates = vec![Some(Ok(Updated::Modified)); members.len()];
     let mut refused = 0;
+    let mut merged_refused = false;
     if let Ok(errors) = reply.get_array("writeErrors") {
         for error in errors.iter().filter_map(Bson::as_document) {
             let index = match error.get("index") {
@@ -236,25 +454,33 @@ fn fates(reply: &Document, statements: usize) -> Vec<Result<Updated, String>> {
                 Some(Bson::Int64(i)) => *i as usize,
                 _ => continue,
             };
-            let Some(fate) = fates.get_mut(index) else {
+            let (Some(fate), Some(&carried)) = (fates.get_mut(index), members.get(index)) else {
                 continue;
             };
+            if carried > 1 {
+                merged_refused = true;
+                *fate = None;
+                continue;
+            }
             refused += 1;
-            *fate = match error.get_i32("code") {
+            *fate = Some(match error.get_i32("code") {
                 Ok(DUPLICATE_KEY) => Ok(Updated::Duplicate),
                 _ => Err(format!(
                     "update refused: {}",
                     error.get_str("errmsg").unwrap_or("no message")
                 )),
-            };
+            });
         }
     }
-    // Statements that neither errored nor changed their document exist
-    // unless modified + upserted covers every other statement.
-    if count("nModified") + upserted + refused < statements {
+    // Writes that neither errored nor changed their document exist unless
+    // modified + upserted covers every other write (a refused merged
+    // statement may have changed some of its documents first: no count
+    // can be trusted then).
+    let writes: usize = members.iter().sum();
+    if merged_refused || count("nModified") + upserted + refused < writes {
         for fate in &mut fates {
-            if *fate == Ok(Updated::Modified) {
-                *fate = Ok(Updated::Unknown);
+            if *fate == Some(Ok(Updated::Modified)) {
+                *fate = Some(Ok(Updated::Unknown));
             }
         }
     }
@@ -268,13 +494,19 @@ mod tests {
     #[test]
     fn every_statement_modified_is_modified() {
         let reply = doc! { "ok": 1, "n": 3, "nModified": 3 };
-        assert_eq!(fates(&reply, 3), vec![Ok(Updated::Modified); 3]);
+        assert_eq!(
+            statement_fates(&reply, &[1, 1, 1]),
+            vec![Some(Ok(Updated::Modified)); 3]
+        );
     }
 
     #[test]
     fn one_unchanged_statement_makes_every_other_unknown() {
         let reply = doc! { "ok": 1, "n": 3, "nModified": 2 };
-        assert_eq!(fates(&reply, 3), vec![Ok(Updated::Unknown); 3]);
+        assert_eq!(
+            statement_fates(&reply, &[1, 1, 1]),
+            vec![Some(Ok(Updated::Unknown)); 3]
+        );
     }
 
     #[test]
@@ -285,12 +517,93 @@ mod tests {
             "writeErrors": [{ "index": 1, "code": 11000, "errmsg": "dup" }],
         };
         assert_eq!(
-            fates(&reply, 3),
+            statement_fates(&reply, &[1, 1, 1]),
             vec![
-                Ok(Updated::Modified),
-                Ok(Updated::Duplicate),
-                Ok(Updated::Modified)
+                Some(Ok(Updated::Modified)),
+                Some(Ok(Updated::Duplicate)),
+                Some(Ok(Updated::Modified))
             ]
+        );
+    }
+
+    #[test]
+    fn a_merged_statement_counts_each_document() {
+        let reply = doc! { "ok": 1, "n": 4, "nModified": 4 };
+        assert_eq!(
+            statement_fates(&reply, &[3, 1]),
+            vec![Some(Ok(Updated::Modified)); 2]
+        );
+        let reply = doc! { "ok": 1, "n": 4, "nModified": 3 };
+        assert_eq!(
+            statement_fates(&reply, &[3, 1]),
+            vec![Some(Ok(Updated::Unknown)); 2]
+        );
+    }
+
+    #[test]
+    fn a_refused_merged_statement_is_sent_again_and_trusts_no_count() {
+        let reply = doc! {
+            "ok": 1, "n": 3, "nModified": 3,
+            "writeErrors": [{ "index": 0, "code": 2, "errmsg": "bad" }],
+        };
+        assert_eq!(
+            statement_fates(&reply, &[2, 1]),
+            vec![None, Some(Ok(Updated::Unknown))]
+        );
+    }
+
+    fn guarded(id: &str, flag: &'static str, field: &str) -> Write {
+        Write::Guarded(Guarded {
+            id: id.to_owned(),
+            flag,
+            condition: doc! { "$eq": ["$status", "queued"] },
+            changes: doc! { field: { "$cond": [format!("${flag}"), 1, format!("${field}")] } },
+        })
+    }
+
+    #[test]
+    fn distinct_events_merge_and_a_second_write_to_one_goes_alone() {
+        let writes = [
+            guarded("a", "_fenced", "x"),
+            guarded("b", "_claimable", "y"),
+            Write::Plain(Statement {
+                filter: doc! { "eventId": "c" },
+                update: Bson::Document(doc! { "$set": { "z": 1 } }),
+                upsert: true,
+            }),
+            guarded("a", "_fenced", "x"),
+        ];
+        let refs: Vec<&Write> = writes.iter().collect();
+        let wires = plan(&refs, true);
+        let members: Vec<Vec<usize>> = wires.iter().map(|w| w.members.clone()).collect();
+        assert_eq!(members, vec![vec![2], vec![3], vec![0, 1]]);
+        let merged = &wires[2].statement;
+        assert_eq!(merged.get_bool("multi"), Ok(true));
+        assert_eq!(
+            merged.get_document("q").unwrap(),
+            &doc! { "_id": { "$in": ["a", "b"] } }
+        );
+        let stages = merged.get_array("u").unwrap();
+        assert_eq!(stages.len(), 4);
+        // Each flag and each field is chosen by the document's position.
+        let flags = stages[1]
+            .as_document()
+            .unwrap()
+            .get_document("$set")
+            .unwrap();
+        assert_eq!(flags.keys().collect::<Vec<_>>(), ["_fenced", "_claimable"]);
+        let unset = stages[3]
+            .as_document()
+            .unwrap()
+            .get_array("$unset")
+            .unwrap();
+        assert_eq!(unset.len(), 3);
+        let alone = plan(&refs, false);
+        assert_eq!(alone.len(), 4);
+        assert!(
+            alone
+                .iter()
+                .all(|w| w.statement.get_bool("multi") == Ok(false))
         );
     }
 }
