@@ -58,8 +58,11 @@ const TYPES = ['admission', 'lab_result', 'vitals', 'medication', 'discharge'];
 
 export default function () {
   const n = exec.scenario.iterationInTest;
-  // One event in ten goes to a hot patient; the rest spread over many.
-  const patientId = n % 10 === 0 ? `hot-${n % HOT_PATIENTS}` : `patient-${n % 5000}`;
+  // One event in ten goes to a hot patient, in turn (n % HOT_PATIENTS alone
+  // would always be 0 here: every hot event went to one patient, whose
+  // backlog passed MAX_UNFINISHED_PER_CLIENT_PATIENT and got 429s); the rest
+  // spread over many.
+  const patientId = n % 10 === 0 ? `hot-${(n / 10) % HOT_PATIENTS}` : `patient-${n % 5000}`;
   const body = JSON.stringify({
     patientId,
     type: TYPES[n % TYPES.length],
