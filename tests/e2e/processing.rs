@@ -793,6 +793,39 @@ async fn nothing_lands_from_a_session_the_databases_clock_says_is_over() {
     assert_eq!(untouched.attempts, 0);
 }
 
+/// An event stored before revisions existed (no `rev`): a claim the
+/// database refuses must leave it unchanged, or the refusal would count as
+/// a modified document and the lane would take a claim it does not hold.
+#[tokio::test]
+async fn a_refused_claim_leaves_an_event_without_a_revision_unchanged() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let id = enqueue(&store, "p", 0).await;
+    let db = Db::connect(&uri).await;
+    db.update_many(
+        "queued_events",
+        doc! { "_id": &id },
+        doc! { "$unset": { "rev": "" } },
+    )
+    .await;
+    let over = Fence {
+        until: DateTime::from_millis(DateTime::now().timestamp_millis() - 1_000),
+        ..fence(1, "old-owner")
+    };
+    let next = store
+        .claim_next(bucket("p"), "p", &over, soon())
+        .await
+        .unwrap();
+    assert!(matches!(next, NextEvent::Expired), "got {next:?}");
+    let stored = db.find("queued_events", doc! { "_id": &id }, doc! {}).await;
+    assert!(
+        !stored[0].contains_key("rev"),
+        "the refused claim wrote {:?}",
+        stored[0]
+    );
+    assert!(!stored[0].contains_key("claim"));
+}
+
 /// A `find` of a patient's queue (not a read-back by id, not the sweep).
 fn queue_read() -> Option<crate::support::fault_proxy::Predicate> {
     filter_where(|filter| filter.contains_key("patientId") && !filter.contains_key("_id"))

@@ -16,7 +16,9 @@
 //! Per event: find the next event, claim it, record the outcome, write
 //! `processed_events`, close it: five operations, each a single-document
 //! write or an index walk; the writes travel with other lanes' in batched
-//! commands (`update_batch.rs`, `group_commit.rs`), and one find serves two
+//! commands (`update_batch.rs`, `group_commit.rs`; the fenced ones merged
+//! into multi-document statements, each document still deciding its own
+//! write), and one find serves two
 //! events of a patient when the second is small (`claim_prefetched`;
 //! ARCHITECTURE.md, "Cost per event").
 
@@ -556,7 +558,9 @@ fn within(until: DateTime) -> Document {
 /// boolean) holds; documents written before revisions existed count from 0.
 fn next_rev(applies: &str) -> Document {
     let rev = doc! { "$ifNull": ["$rev", 0i64] };
-    doc! { "$cond": [applies, { "$add": [rev.clone(), 1i64] }, rev] }
+    // A refused write leaves even a missing revision missing: adding one
+    // would count as a modified document, read as "applied".
+    doc! { "$cond": [applies, { "$add": [rev, 1i64] }, "$rev"] }
 }
 
 /// The claim as an update pipeline: the conditions are evaluated by the
