@@ -8,12 +8,12 @@
 //! intake's inserts (`group_commit.rs`), nothing waits for a batch to fill:
 //! a lone update is sent at once.
 //!
-//! Each update keeps its own filter and its own conditions (the fence is in
-//! every statement's pipeline), and the command is unordered, so one
-//! statement's refusal changes nothing for the others: batching changes
-//! the transport, not what the database decides for each event. The
-//! `update` command reports how many statements modified their document,
-//! not which: when every statement did, each caller learns "modified";
+//! Each update keeps its own conditions (the fence is in its pipeline,
+//! evaluated on its own document), and the command is unordered, so one
+//! write's refusal changes nothing for the others: batching changes the
+//! transport, not what the database decides for each event. The `update`
+//! command reports how many documents were modified, not which: when every
+//! write modified its document, each caller learns "modified";
 //! otherwise each learns "not known" and reads its document back, which
 //! it does anyway after a write whose reply was lost. A write concern
 //! error is, for every statement, what it is for a single write: an
@@ -61,7 +61,9 @@ pub(crate) struct Statement {
 /// evaluates on the document at the moment of the write: the pipeline sets
 /// `flag` to `condition`, then each field of `changes` (expressions that
 /// read `$<flag>` and keep the field as it is when it is false), then drops
-/// the flag.
+/// the flag. The fields of `changes` are top-level names (no dots): merged,
+/// they are set side by side with other writes' fields, where a path and
+/// its parent would conflict.
 #[derive(Debug, Clone)]
 pub(crate) struct Guarded {
     pub id: String,
@@ -102,6 +104,10 @@ fn merged(members: &[&Guarded]) -> Document {
             doc! { "$switch": { "branches": branches, "default": false } },
         );
     }
+    debug_assert!(
+        (members.iter()).all(|m| m.changes.keys().all(|field| !field.contains('.'))),
+        "guarded updates set top-level fields"
+    );
     let mut changes = Document::new();
     for field in unique(
         members
@@ -363,40 +369,45 @@ async fn send(target: &Target, batch: Vec<Pending>) {
     metrics::histogram!("update_batch_size", "collection" => target.collection)
         .record(batch.len() as f64);
     let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
-    let fates = match execute(target, &writes, true).await {
+    let fates: Vec<Result<Updated, StoreError>> = match execute(target, &writes, true).await {
         Ok(mut fates) => {
             // A merged statement the database refused outright (it stops a
             // multi-document update at the first document it cannot
             // update) says nothing about its members, some of which may
-            // have applied: each goes again alone, as after a lost reply
-            // (every write here is idempotent or refused by its own fence).
+            // have applied: each goes again alone, as after a lost reply.
+            // Each is then refused by its own fence (a claim by the
+            // revision, a release or hand-back by the claim it removed, a
+            // close by the status) or applies once more with the same
+            // values (a record, a parked close: the revision moves again).
             let again: Vec<usize> = (0..fates.len()).filter(|&i| fates[i].is_none()).collect();
-            if again.is_empty() {
-                Ok(fates)
-            } else {
+            let mut failed = None;
+            if !again.is_empty() {
                 let retry: Vec<&Write> = again.iter().map(|&i| writes[i]).collect();
-                execute(target, &retry, false).await.map(|retried| {
-                    for (&i, fate) in again.iter().zip(retried) {
-                        fates[i] = fate;
+                match execute(target, &retry, false).await {
+                    Ok(retried) => {
+                        for (&i, fate) in again.iter().zip(retried) {
+                            fates[i] = fate;
+                        }
                     }
-                    fates
+                    // Only the writes sent again are in doubt; the others
+                    // keep what the first reply said of them.
+                    Err(failure) => failed = Some(failure),
+                }
+            }
+            (fates.into_iter())
+                .map(|fate| match (fate, &failed) {
+                    (Some(fate), _) => fate.map_err(StoreError::Incompatible),
+                    (None, Some(failure)) => Err(failure.error(target)),
+                    (None, None) => Ok(Updated::Unknown),
                 })
-            }
+                .collect()
         }
-        Err(failure) => Err(failure),
+        Err(failure) => (0..batch.len())
+            .map(|_| Err(failure.error(target)))
+            .collect(),
     };
-    match fates {
-        Ok(fates) => {
-            for (pending, fate) in batch.into_iter().zip(fates) {
-                let fate = fate.unwrap_or(Ok(Updated::Unknown));
-                let _ = pending.reply.send(fate.map_err(StoreError::Incompatible));
-            }
-        }
-        Err(failure) => {
-            for pending in batch {
-                let _ = pending.reply.send(Err(failure.error(target)));
-            }
-        }
+    for (pending, fate) in batch.into_iter().zip(fates) {
+        let _ = pending.reply.send(fate);
     }
 }
 
