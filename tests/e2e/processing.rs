@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::checks::Db;
-use crate::support::fault_proxy::{Fault, FaultProxy};
+use crate::support::fault_proxy::{Command, Fault, FaultProxy, mentions};
 use crate::support::{event_body, fresh_database_uri, wait_until};
 use futures_util::future::join_all;
 use medical_events::event::{EventId, NewEvent};
@@ -385,14 +385,46 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
 #[tokio::test]
 async fn fenced_writes_sent_together_are_decided_event_by_event() {
     let uri = fresh_database_uri();
-    let store = store(&uri).await;
+    let direct = store(&uri).await;
+    // Through a proxy that lets every command pass and counts the merged
+    // ones, and those merging claims with fenced writes.
+    let proxy = FaultProxy::start_for_shared().await;
+    let database = uri.rsplit('/').next().unwrap();
+    let store = Store::connect(&proxy.uri(database), Duration::from_secs(5), "test")
+        .await
+        .unwrap();
+    // The first rule a command matches counts it.
+    let mixed = proxy.on(
+        "update",
+        "queued_events",
+        Fault::DelayRequest(Duration::ZERO),
+        usize::MAX,
+        Some(Arc::new(|command: &Command| {
+            let body = format!("{:?}", command.body);
+            ["_batchPosition", "_claimable", "_fenced"]
+                .iter()
+                .all(|field| body.contains(field))
+        })),
+    );
+    let merged = proxy.on(
+        "update",
+        "queued_events",
+        Fault::DelayRequest(Duration::ZERO),
+        usize::MAX,
+        Some(mentions("_batchPosition")),
+    );
     let patients: Vec<String> = (0..40).map(|i| format!("merged-{i}")).collect();
     let mut ids = Vec::new();
     for patient in &patients {
-        ids.push(enqueue(&store, patient, 0).await);
+        ids.push(enqueue(&direct, patient, 0).await);
     }
+    let mut late = Vec::new();
+    for i in 0..10 {
+        let id = enqueue(&direct, &format!("late-{i}"), 0).await;
+        late.push(direct.find_event(&id).await.unwrap().unwrap());
+    }
+    let store = &store;
     let claim_all = |patients: Vec<String>, fence: Fence| {
-        let store = &store;
         join_all(patients.into_iter().map(move |patient| {
             let fence = fence.clone();
             async move {
@@ -416,8 +448,8 @@ async fn fenced_writes_sent_together_are_decided_event_by_event() {
     claim_all(superseded, fence(2, "new-owner")).await;
 
     let result = ProcessingResult::success();
-    let store = &store;
     let result = &result;
+    let before = proxy.hits(merged);
     let recorded =
         join_all(old.iter().map(|c| async move {
             (store.record(c, &fence_of(c), result, DateTime::now(), 1)).await
@@ -431,8 +463,9 @@ async fn fenced_writes_sent_together_are_decided_event_by_event() {
         };
         assert_eq!(applied.unwrap(), expected, "record of event {i}");
     }
+    assert!(proxy.hits(merged) > before, "the records went unmerged");
     // Of the old owner's others, half released for a retry, half closed,
-    // all at once.
+    // while other events are claimed (claims and fenced writes merged).
     let ends = join_all(old.iter().enumerate().filter(|(i, _)| !taken(*i)).map(
         |(i, c)| async move {
             if i % 2 == 0 {
@@ -441,12 +474,27 @@ async fn fenced_writes_sent_together_are_decided_event_by_event() {
                 (store.close(c, &fence_of(c), RunEnd::Processed)).await
             }
         },
-    ))
-    .await;
+    ));
+    let claims = join_all(late.iter().cloned().map(|event| async move {
+        (store.claim_prefetched(event, &fence(1, "old-owner"), soon())).await
+    }));
+    let (ends, claims) = tokio::join!(ends, claims);
     assert!(ends.into_iter().all(|end| end.unwrap() == Applied::Yes));
+    for claim in claims {
+        let claim = claim.unwrap();
+        assert!(
+            matches!(claim, Some(NextEvent::Claimed(_))),
+            "got {claim:?}"
+        );
+    }
+    assert!(
+        proxy.hits(mixed) > 0,
+        "no claim travelled with a fenced write"
+    );
 
     for (i, id) in ids.iter().enumerate() {
-        let stored = store.find_event(id).await.unwrap().unwrap();
+        let stored = direct.find_event(id).await.unwrap().unwrap();
+        let label = |write: &str| Some(format!("{}/{write}", old[i].token));
         if taken(i) {
             assert_eq!(stored.epoch, 2, "event {i}");
             assert_eq!(stored.claim.unwrap().owner, "new-owner", "event {i}");
@@ -454,6 +502,7 @@ async fn fenced_writes_sent_together_are_decided_event_by_event() {
                 stored.result.is_none(),
                 "event {i}: old owner's record landed"
             );
+            assert_eq!(stored.fenced_by, None, "event {i}");
         } else if i % 2 == 0 {
             assert_eq!(stored.status, EventStatus::Queued, "event {i}");
             assert!(
@@ -462,10 +511,18 @@ async fn fenced_writes_sent_together_are_decided_event_by_event() {
             );
             assert_eq!(stored.last_error.as_deref(), Some("lab down"), "event {i}");
             assert!(stored.result.is_some(), "event {i}");
+            assert_eq!(stored.fenced_by, label("release"), "event {i}");
         } else {
             assert_eq!(stored.status, EventStatus::Processed, "event {i}");
             assert!(stored.result.is_some(), "event {i}");
+            assert_eq!(stored.fenced_by, label("close"), "event {i}");
         }
+    }
+    for event in &late {
+        let stored = direct.find_event(&event.id).await.unwrap().unwrap();
+        assert_eq!(stored.claim.unwrap().owner, "old-owner");
+        assert_eq!((stored.attempts, stored.rev), (1, event.rev + 1));
+        assert_eq!(stored.fenced_by, None);
     }
 }
 
