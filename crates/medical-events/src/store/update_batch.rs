@@ -290,12 +290,12 @@ struct Wire {
 /// (when `merge`), everything else one statement each.
 fn plan(writes: &[&Write], merge: bool) -> Vec<Wire> {
     let mut wires = Vec::new();
-    let mut group: Vec<usize> = Vec::new();
+    let mut group: Vec<(usize, &Guarded)> = Vec::new();
     let mut ids = HashSet::new();
     for (index, write) in writes.iter().enumerate() {
         match write {
             Write::Guarded(guarded) if merge && ids.insert(guarded.id.as_str()) => {
-                group.push(index);
+                group.push((index, guarded));
             }
             // A second write to one event in a batch (rare: a lane has one
             // write in flight) goes alone; the database orders nothing
@@ -304,19 +304,14 @@ fn plan(writes: &[&Write], merge: bool) -> Vec<Wire> {
         }
     }
     for chunk in group.chunks(MAX_MERGED) {
-        if let [index] = chunk {
+        if let [(index, _)] = chunk {
             wires.push(single(writes[*index], *index));
             continue;
         }
-        let members: Vec<&Guarded> = (chunk.iter())
-            .filter_map(|&i| match writes[i] {
-                Write::Guarded(guarded) => Some(guarded),
-                Write::Plain(_) => None,
-            })
-            .collect();
+        let members: Vec<&Guarded> = chunk.iter().map(|&(_, guarded)| guarded).collect();
         wires.push(Wire {
             statement: merged(&members),
-            members: chunk.to_vec(),
+            members: chunk.iter().map(|&(index, _)| index).collect(),
         });
     }
     wires
