@@ -18,7 +18,7 @@ use medical_events::processor::worker::{Worker, WorkerConfig};
 use medical_events::retry::RetryPolicy;
 use medical_events::store::{
     Applied, Claimed, EnqueueOutcome, EventStatus, Fence, IntakePolicy, NextEvent,
-    ProcessingResult, QueuedEvent, RunEnd, Store, Submission,
+    ProcessingResult, QueuedEvent, READ_AHEAD, RunEnd, Store, Submission,
 };
 use mongodb::bson::{DateTime, doc};
 
@@ -883,16 +883,26 @@ async fn a_refused_claim_leaves_an_event_without_a_revision_unchanged() {
     assert!(!stored[0].contains_key("claim"));
 }
 
-/// A `find` of a patient's queue (not a read-back by id, not the sweep).
+/// A read of a patient's queue (an `aggregate` whose `$match` names the
+/// patient; not a read-back by id, not the sweep).
 fn queue_read() -> Option<crate::support::fault_proxy::Predicate> {
-    filter_where(|filter| filter.contains_key("patientId") && !filter.contains_key("_id"))
+    Some(Arc::new(
+        |command: &crate::support::fault_proxy::Command| {
+            let matched = command
+                .body
+                .get_array("pipeline")
+                .ok()
+                .and_then(|stages| stages.first()?.as_document()?.get_document("$match").ok());
+            matched.is_some_and(|filter| filter.contains_key("patientId"))
+        },
+    ))
 }
 
-/// Issue 17: a lane's read of its patient's queue returns the next event
-/// too, and once the first is closed the lane claims that one at the
-/// revision read, without reading the queue again. Twenty events of one
-/// patient cost about half as many queue reads, and run in order. (On main:
-/// one read per event, 20.)
+/// Issue 17: a lane's read of its patient's queue returns the next events
+/// too (up to `READ_AHEAD` in all), and once one is closed the lane claims
+/// the next at the revision read, without reading the queue again. Twenty
+/// events of one patient cost three queue reads, and run in order. (Before:
+/// one read per event, 20; then one per two, 10.)
 #[tokio::test]
 async fn a_lane_claims_the_event_its_last_read_found_without_reading_again() {
     const EVENTS: usize = 20;
@@ -905,7 +915,7 @@ async fn a_lane_claims_the_event_its_last_read_found_without_reading_again() {
     let proxy = FaultProxy::start_for_shared().await;
     let through = store_through(&proxy, &uri).await;
     let reads = proxy.on(
-        "find",
+        "aggregate",
         "queued_events",
         Fault::DelayRequest(Duration::ZERO),
         usize::MAX,
@@ -931,14 +941,79 @@ async fn a_lane_claims_the_event_its_last_read_found_without_reading_again() {
         (0..EVENTS as i64).collect::<Vec<_>>(),
         "each event ran once, in order"
     );
-    // Ten reads for twenty events, one finding the queue empty, and a few
-    // the sweep's wake-ups may add.
+    // Three reads for twenty events (8 + 8 + 4: the last saw the end, so
+    // none finds the queue empty), and a few the sweep's wake-ups may add.
     let reads = proxy.hits(reads);
     eprintln!("{reads} queue reads for {EVENTS} events");
     assert!(
-        reads <= EVENTS / 2 + 4,
+        reads >= 1,
+        "no queue read seen: the proxy's rule misses them"
+    );
+    assert!(
+        reads <= EVENTS.div_ceil(READ_AHEAD as usize) + 3,
         "{reads} queue reads for {EVENTS} events of one patient"
     );
+}
+
+/// Holds event 0 until the gate opens; records the events it ran.
+#[derive(Clone)]
+struct GatedHandler {
+    gate: Arc<tokio::sync::Semaphore>,
+    runs: Arc<Mutex<Vec<i64>>>,
+}
+
+impl EventHandler for GatedHandler {
+    async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
+        let n = event.data.get_i64("n").unwrap_or(-1);
+        self.runs.lock().unwrap().push(n);
+        if n == 0 {
+            let _open = self.gate.acquire().await;
+        }
+        Ok(())
+    }
+}
+
+/// A wake that comes while the lane works through the events its read kept
+/// is not used up by claiming them (they are no read): after the last kept
+/// one, the lane reads again and finds the new event, though its read saw
+/// the end of the queue. The sweep is a minute away, so only the wake can
+/// bring the lane back.
+#[tokio::test]
+async fn an_event_arriving_while_the_lane_claims_kept_events_is_not_left_behind() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(enqueue(&store, "p", n).await);
+    }
+    let handler = GatedHandler {
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        runs: Arc::default(),
+    };
+    let mut settings = config(3);
+    settings.sweep_interval = Duration::from_secs(60);
+    settings.lanes.attempt_timeout = Duration::from_secs(10);
+    let worker = Worker::start(&store, handler.clone(), settings)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "event 0 running", || async {
+        handler.runs.lock().unwrap().contains(&0)
+    })
+    .await;
+    // The lane's read found events 0-2 and the end of the queue.
+    ids.push(enqueue(&store, "p", 3).await);
+    worker.scheduler().wake("p");
+    // Any wake from the change stream arrives meanwhile too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handler.gate.add_permits(1);
+    let db = Db::connect(&uri).await;
+    wait_until(Duration::from_secs(10), "all four processed", || async {
+        db.processed_count().await == 4
+    })
+    .await;
+    worker.shutdown(Duration::from_secs(1)).await;
+    db.assert_processed_in_order("p", &ids).await;
+    assert_eq!(*handler.runs.lock().unwrap(), vec![0, 1, 2, 3]);
 }
 
 /// Claims the patient's next event, which must be there and claimable.
@@ -975,9 +1050,13 @@ async fn a_kept_next_event_that_changed_since_the_read_is_read_again() {
     let owner = fence(1, "owner");
     let claimed = claim(&store, "p", &owner).await;
     assert_eq!(claimed.event.event_id, first);
-    assert!(claimed.more_waiting);
-    let kept = *claimed.prefetched.clone().expect("the next event kept");
+    let [kept] = claimed
+        .ahead
+        .clone()
+        .try_into()
+        .expect("the next event kept");
     assert_eq!(kept.event_id, second);
+    assert!(!claimed.more_waiting, "the read saw the end of the queue");
 
     // Another writer moves the kept event on (every write moves `rev`).
     let db = Db::connect(&uri).await;
@@ -1006,7 +1085,7 @@ async fn a_kept_next_event_that_changed_since_the_read_is_read_again() {
         Some("noted by an operator")
     );
     assert!(!again.more_waiting);
-    assert!(again.prefetched.is_none());
+    assert!(again.ahead.is_empty());
 
     // Too large to keep: known to be there, read again when its turn comes.
     let big = NewEvent::parse(&serde_json::json!({
@@ -1020,10 +1099,7 @@ async fn a_kept_next_event_that_changed_since_the_read_is_read_again() {
     enqueue_event(&store, &big).await;
     let first_of_q = claim(&store, "q", &owner).await;
     assert!(first_of_q.more_waiting);
-    assert!(
-        first_of_q.prefetched.is_none(),
-        "a 20 KB event was kept ahead"
-    );
+    assert!(first_of_q.ahead.is_empty(), "a 20 KB event was kept ahead");
 
     // Parked: not kept (a read finds it and stops the lane there).
     enqueue(&store, "s", 0).await;
@@ -1036,10 +1112,63 @@ async fn a_kept_next_event_that_changed_since_the_read_is_read_again() {
     .await;
     let first_of_s = claim(&store, "s", &owner).await;
     assert!(first_of_s.more_waiting);
-    assert!(
-        first_of_s.prefetched.is_none(),
-        "a parked event was kept ahead"
+    assert!(first_of_s.ahead.is_empty(), "a parked event was kept ahead");
+}
+
+/// One read keeps a run of the patient's next events, in order, up to
+/// `READ_AHEAD` in all and 16 KiB of payload: a full read says more may
+/// wait, a short one that it saw the end; the run stops before the first
+/// event over the budget, which a later read finds.
+#[tokio::test]
+async fn one_read_keeps_a_bounded_run_of_the_next_events() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let owner = fence(1, "owner");
+    let mut ids = Vec::new();
+    for n in 0..READ_AHEAD as usize + 2 {
+        ids.push(enqueue(&store, "p", n).await);
+    }
+    let first = claim(&store, "p", &owner).await;
+    let kept: Vec<_> = first.ahead.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(kept, ids[1..READ_AHEAD as usize], "kept, in order");
+    assert!(first.more_waiting, "a full read may have missed more");
+
+    // Payloads of 6 KiB: two fit in 16 KiB, the third does not.
+    for n in 0..5 {
+        let event = NewEvent::parse(&serde_json::json!({
+            "patientId": "q",
+            "type": "lab_result",
+            "data": { "n": n, "report": "x".repeat(6_000) },
+            "ts": "2025-10-01T12:00:00Z",
+        }))
+        .unwrap();
+        enqueue_event(&store, &event).await;
+    }
+    let first_of_q = claim(&store, "q", &owner).await;
+    assert_eq!(first_of_q.ahead.len(), 2, "kept past 16 KiB");
+    assert!(first_of_q.more_waiting, "the rest is for a later read");
+
+    // A payload over 16 KiB is left out of the read (which so holds at most
+    // READ_AHEAD small payloads); when it is the one to claim, it is read
+    // whole and claimed with its payload.
+    let large = NewEvent::parse(&serde_json::json!({
+        "patientId": "r",
+        "type": "lab_result",
+        "data": { "n": 0, "report": "x".repeat(100_000) },
+        "ts": "2025-10-01T12:00:00Z",
+    }))
+    .unwrap();
+    enqueue_event(&store, &large).await;
+    enqueue(&store, "r", 1).await;
+    let first_of_r = claim(&store, "r", &owner).await;
+    assert!(!first_of_r.event.data_left_out);
+    assert_eq!(
+        first_of_r.event.data.get_str("report").map(str::len),
+        Ok(100_000),
+        "the claimed event lacks its payload"
     );
+    assert_eq!(first_of_r.event.attempts, 1);
+    assert_eq!(first_of_r.ahead.len(), 1, "the small one after it kept");
 }
 
 /// Unchanged since the read, the kept event is claimed as a fresh read's
@@ -1056,7 +1185,7 @@ async fn a_kept_next_event_unchanged_since_the_read_is_claimed_once() {
     let owner = fence(1, "owner");
     let success = ProcessingResult::success();
     let first = claim(&store, "p", &owner).await;
-    let kept = *first.prefetched.clone().expect("the next event kept");
+    let kept = first.ahead[0].clone();
     finish_processed(&store, &first, &owner).await;
     let Some(NextEvent::Claimed(claimed)) =
         store.claim_prefetched(kept, &owner, soon()).await.unwrap()

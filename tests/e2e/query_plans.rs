@@ -40,31 +40,64 @@ fn uses_index(stage: &str) -> bool {
 }
 
 async fn explain(store: &Store, shape: &Shape) -> Document {
-    let mut find = doc! {
-        "find": shape.collection.name(),
-        "filter": shape.filter.clone(),
+    let command = match shape.pipeline() {
+        // Run as an aggregation: its match, sort and limit are planned as
+        // the find's would be.
+        Some(pipeline) => {
+            let mut aggregate = doc! {
+                "aggregate": shape.collection.name(),
+                "pipeline": pipeline,
+                "cursor": {},
+            };
+            if let Some(hint) = shape.hint {
+                aggregate.insert("hint", hint);
+            }
+            aggregate
+        }
+        None => {
+            let mut find = doc! {
+                "find": shape.collection.name(),
+                "filter": shape.filter.clone(),
+            };
+            if let Some(sort) = &shape.sort {
+                find.insert("sort", sort.clone());
+            }
+            if let Some(projection) = &shape.projection {
+                find.insert("projection", projection.clone());
+            }
+            if let Some(limit) = shape.limit {
+                find.insert("limit", limit);
+            }
+            if let Some(hint) = shape.hint {
+                find.insert("hint", hint);
+            }
+            find
+        }
     };
-    if let Some(sort) = &shape.sort {
-        find.insert("sort", sort.clone());
-    }
-    if let Some(projection) = &shape.projection {
-        find.insert("projection", projection.clone());
-    }
-    if let Some(limit) = shape.limit {
-        find.insert("limit", limit);
-    }
-    if let Some(hint) = shape.hint {
-        find.insert("hint", hint);
-    }
     let explained = store
         .database()
-        .run_command(doc! { "explain": find, "verbosity": "queryPlanner" })
+        .run_command(doc! { "explain": command, "verbosity": "queryPlanner" })
         .await
         .unwrap_or_else(|e| panic!("{}: explain failed: {e}", shape.name));
+    // An aggregation's plan is its first stage's (`$cursor`) where the
+    // server does not lift it to the top.
+    let cursor_planner = || {
+        explained
+            .get_array("stages")
+            .ok()?
+            .first()?
+            .as_document()?
+            .get_document("$cursor")
+            .ok()?
+            .get_document("queryPlanner")
+            .ok()
+    };
     explained
         .get_document("queryPlanner")
-        .and_then(|p| p.get_document("winningPlan"))
-        .unwrap_or_else(|_| panic!("{}: no winning plan in {explained}", shape.name))
+        .ok()
+        .or_else(cursor_planner)
+        .and_then(|p| p.get_document("winningPlan").ok())
+        .unwrap_or_else(|| panic!("{}: no winning plan in {explained}", shape.name))
         .clone()
 }
 

@@ -122,6 +122,10 @@ pub struct QueuedEvent {
     pub pruned: bool,
     pub accepted_at: DateTime,
     pub updated_at: DateTime,
+    /// Set by a read that left the payload out, too large to read ahead
+    /// ([`super::shapes::next_unfinished`]); never stored.
+    #[serde(rename = "_dataLeftOut", default, skip_serializing)]
+    pub data_left_out: bool,
 }
 
 /// The origin of an event that arrived as an HL7 v2 message: the listener

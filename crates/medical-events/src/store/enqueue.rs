@@ -234,6 +234,7 @@ impl Store {
                 pruned: false,
                 accepted_at: now,
                 updated_at: now,
+                data_left_out: false,
             };
             room_for(2, "the event")?;
             // Sent by then, the insert and a settling read end by the deadline.

@@ -18,9 +18,8 @@
 //! write or an index walk; the writes travel with other lanes' in batched
 //! commands (`update_batch.rs`, `group_commit.rs`; the fenced ones merged
 //! into multi-document statements, each document still deciding its own
-//! write), and one find serves two
-//! events of a patient when the second is small (`claim_prefetched`;
-//! ARCHITECTURE.md, "Cost per event").
+//! write), and one find serves a run of a patient's small events
+//! (`claim_prefetched`; ARCHITECTURE.md, "Cost per event").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,30 +52,65 @@ pub struct Claimed {
     pub event: QueuedEvent,
     pub token: String,
     pub epoch: i64,
-    /// Whether the patient had another unfinished event when this one was
-    /// found, or may have (else the lane looks again only if woken meanwhile).
+    /// Whether the patient had, or may have, another unfinished event after
+    /// this one and the ones in `ahead` when they were found (else the lane
+    /// looks again only if woken meanwhile).
     pub more_waiting: bool,
-    /// That next event as the same read found it, kept when small: once this
-    /// one is closed, the lane claims it at that revision without reading
-    /// the queue again ([`Store::claim_prefetched`]).
-    pub prefetched: Option<Box<QueuedEvent>>,
+    /// The events after this one as the same read found them, in order,
+    /// kept while small: once this one is closed, the lane claims them one
+    /// by one at the revision read, without reading the queue again
+    /// ([`Store::claim_prefetched`]).
+    pub ahead: Vec<QueuedEvent>,
 }
 
-/// What the read that found an event says about the patient's next one.
-enum After {
-    Nothing,
-    /// There is one, not kept (or not read).
-    Unknown,
-    Known(Box<QueuedEvent>),
+/// What the read that found an event says about the patient's next ones.
+struct After {
+    /// The ones kept, in order.
+    kept: Vec<QueuedEvent>,
+    /// Whether there is, or may be, another after them.
+    more: bool,
 }
 
-/// Events above this size are read again when their turn comes rather than
-/// held by their lane meanwhile: a lane keeps at most one small event ahead.
-const PREFETCH_MAX_BYTES: usize = 16 * 1024;
+impl After {
+    /// Nothing kept, and more may wait.
+    fn unknown() -> Self {
+        Self {
+            kept: Vec::new(),
+            more: true,
+        }
+    }
 
-fn small_enough_to_keep(event: &QueuedEvent) -> bool {
-    mongodb::bson::to_vec(&event.data).is_ok_and(|data| data.len() <= PREFETCH_MAX_BYTES)
+    /// Keeps the events after the first, in order, while they are not parked
+    /// and fit in [`KEEP_MAX_BYTES`]; `full`: the read stopped at its limit.
+    fn from_read(rest: impl Iterator<Item = QueuedEvent>, full: bool) -> Self {
+        let mut kept = Vec::new();
+        let mut bytes = 0;
+        for next in rest {
+            // A parked one is left to a read: it stops the lane there.
+            let size = mongodb::bson::to_vec(&next.data).map_or(usize::MAX, |data| data.len());
+            if next.parked || next.data_left_out || size > KEEP_MAX_BYTES - bytes {
+                return Self { kept, more: true };
+            }
+            bytes += size;
+            kept.push(next);
+        }
+        Self { kept, more: full }
+    }
 }
+
+/// How many of a patient's unfinished events one read returns: the one to
+/// claim and those after it, kept for the claims that follow. One read then
+/// serves a run of a patient's events (the read's cost is mostly per command).
+pub const READ_AHEAD: i64 = 8;
+
+/// Payloads above this many bytes are left out of that read (the event is
+/// read again by id when its turn comes), so a read holds at most
+/// `READ_AHEAD` small payloads, whatever the patient sent.
+pub const READ_AHEAD_MAX_PAYLOAD: i32 = 16 * 1024;
+
+/// What a lane keeps of the events it read ahead, in payload bytes: beyond
+/// that the next read finds them.
+const KEEP_MAX_BYTES: usize = READ_AHEAD_MAX_PAYLOAD as usize;
 
 #[derive(Debug)]
 pub enum NextEvent {
@@ -157,24 +191,26 @@ impl Store {
     ) -> Result<NextEvent, StoreError> {
         for _ in 0..3 {
             let shape = shapes::next_unfinished(bucket, patient);
-            let mut found = self
+            let found = self
                 .find_all(&self.queued, shape, "finding a patient's next event")
-                .await?
-                .into_iter();
-            let Some(event) = found.next() else {
+                .await?;
+            let full = found.len() >= READ_AHEAD as usize;
+            let mut found = found.into_iter();
+            let Some(mut event) = found.next() else {
                 return Ok(NextEvent::Idle);
             };
+            if event.data_left_out {
+                // Too large for the read ahead: this one is read whole.
+                match self.find_event(&event.id).await? {
+                    Some(whole) if whole.status == EventStatus::Queued => event = whole,
+                    // Finished meanwhile (an operator's skip): read again.
+                    _ => continue,
+                }
+            }
             if event.parked {
                 return Ok(NextEvent::Parked(Box::new(event)));
             }
-            let after = match found.next() {
-                // A parked one is left to a read: it stops the lane there.
-                Some(next) if !next.parked && small_enough_to_keep(&next) => {
-                    After::Known(Box::new(next))
-                }
-                Some(_) => After::Unknown,
-                None => After::Nothing,
-            };
+            let after = After::from_read(found, full);
             if let Some(next) = self.claim_read(event, after, fence, give_up_at).await? {
                 return Ok(next);
             }
@@ -185,11 +221,13 @@ impl Store {
         })
     }
 
-    /// Claims the event an earlier [`Store::claim_next`] found after the one
-    /// it claimed ([`Claimed::prefetched`]), without reading the patient's
-    /// queue again: the claim applies only to the revision read, so it lands
-    /// only if nothing wrote to the event since. `None`: it changed; read
-    /// the queue ([`Store::claim_next`]).
+    /// Claims the next of the events an earlier [`Store::claim_next`] found
+    /// after the one it claimed ([`Claimed::ahead`]), without reading the
+    /// patient's queue again: the claim applies only to the revision read,
+    /// so it lands only if nothing wrote to the event since. `None`: it
+    /// changed; read the queue ([`Store::claim_next`]). What may follow it
+    /// is for the lane to say (the rest it keeps, and what that read saw
+    /// after them): its answer keeps nothing and says more may wait.
     ///
     /// Intake only adds higher numbers and the lane closed the one before,
     /// so this is the patient's lowest unfinished event unless an operator
@@ -206,7 +244,7 @@ impl Store {
             // Never kept; a claim would be refused and read as out of time.
             return Ok(None);
         }
-        self.claim_read(event, After::Unknown, fence, give_up_at)
+        self.claim_read(event, After::unknown(), fence, give_up_at)
             .await
     }
 
@@ -242,17 +280,12 @@ impl Store {
             owner: fence.owner.to_string(),
             at,
         });
-        let (more_waiting, prefetched) = match after {
-            After::Nothing => (false, None),
-            After::Unknown => (true, None),
-            After::Known(next) => (true, Some(next)),
-        };
         let claimed = Box::new(Claimed {
             event,
             token,
             epoch: fence.epoch,
-            more_waiting,
-            prefetched,
+            more_waiting: after.more,
+            ahead: after.kept,
         });
         Ok(Some(if recorded {
             NextEvent::Recorded(claimed)

@@ -25,7 +25,7 @@ pub use documents::{
 };
 pub use enqueue::{EnqueueOutcome, Hl7Origin, IdempotencyKey, IntakePolicy, Submission};
 pub use error::StoreError;
-pub use lifecycle::{Applied, Claimed, Fence, NextEvent, RunEnd};
+pub use lifecycle::{Applied, Claimed, Fence, NextEvent, READ_AHEAD, RunEnd};
 pub use messages::ControlIdQuery;
 pub use operator::{
     Action, ActionOutcome, AuditedRead, ClientStats, ListCursor, ListQuery, ListedState,
@@ -36,8 +36,8 @@ pub use sweep::Waiting;
 
 use mongodb::bson::{Document, doc};
 use mongodb::options::{
-    Acknowledgment, ClientOptions, CollectionOptions, FindOneOptions, FindOptions, Hint,
-    ReadConcern, WriteConcern,
+    Acknowledgment, AggregateOptions, ClientOptions, CollectionOptions, FindOneOptions,
+    FindOptions, Hint, ReadConcern, WriteConcern,
 };
 use mongodb::{Client, Collection, Database};
 
@@ -307,9 +307,21 @@ impl Store {
     where
         T: serde::de::DeserializeOwned + Send + Sync + Unpin,
     {
-        let mut options = find_options(shape.sort, shape.projection, shape.limit, shape.hint);
         // The server stops too, not only our wait: a query a client set off
         // cannot keep the database busy after its answer is given up.
+        if let Some(pipeline) = shape.pipeline() {
+            let options = AggregateOptions::builder()
+                .max_time(self.op_timeout)
+                .hint(shape.hint.map(|name| Hint::Name(name.to_owned())))
+                .build();
+            return collection
+                .aggregate(pipeline)
+                .with_options(options)
+                .with_type::<T>()
+                .all(operation, self.op_timeout)
+                .await;
+        }
+        let mut options = find_options(shape.sort, shape.projection, shape.limit, shape.hint);
         options.max_time = Some(self.op_timeout);
         collection
             .find(shape.filter)

@@ -50,6 +50,10 @@ pub struct Shape {
     /// The index the shape is designed for, when a server needs telling.
     pub hint: Option<&'static str>,
     pub sort_scope: SortScope,
+    /// Payloads (`data`) above this many bytes are left out of what the
+    /// shape returns, each such document marked `_dataLeftOut`: it then runs
+    /// as an aggregation ([`Shape::pipeline`]).
+    pub payload_up_to: Option<i32>,
 }
 
 impl Shape {
@@ -63,6 +67,7 @@ impl Shape {
             limit: None,
             hint: None,
             sort_scope: SortScope::None,
+            payload_up_to: None,
         }
     }
 
@@ -88,6 +93,35 @@ impl Shape {
     fn projection(mut self, projection: Document) -> Self {
         self.projection = Some(projection);
         self
+    }
+
+    fn payload_up_to(mut self, bytes: i32) -> Self {
+        self.payload_up_to = Some(bytes);
+        self
+    }
+
+    /// The shape as an aggregation, when it leaves large payloads out: the
+    /// match, sort and limit every server plans as the same `find` would
+    /// (an index walk that stops at the limit), then the payload's size
+    /// decides, per document, whether the payload is sent.
+    pub fn pipeline(&self) -> Option<Vec<Document>> {
+        let bytes = self.payload_up_to?;
+        let mut stages = vec![doc! { "$match": self.filter.clone() }];
+        if let Some(sort) = &self.sort {
+            stages.push(doc! { "$sort": sort.clone() });
+        }
+        if let Some(limit) = self.limit {
+            stages.push(doc! { "$limit": limit });
+        }
+        let large = doc! { "$gt": [{ "$bsonSize": "$data" }, bytes] };
+        stages.push(doc! { "$set": {
+            "data": { "$cond": [large.clone(), "$$REMOVE", "$data"] },
+            "_dataLeftOut": large,
+        } });
+        if let Some(projection) = &self.projection {
+            stages.push(doc! { "$project": projection.clone() });
+        }
+        Some(stages)
     }
 }
 
@@ -128,10 +162,10 @@ pub fn events(event_ids: &[String]) -> Shape {
     .projection(doc! { "_id": 1, "seq": 1 })
 }
 
-/// The patient's next event to work on: its lowest-`seq` queued event (a
-/// parked one is queued too, and stops the lane), and the one after it if
-/// any (so the lane knows whether to look again after this one, and may
-/// claim it next without another read).
+/// The patient's next events to work on: its lowest-`seq` queued event (a
+/// parked one is queued too, and stops the lane) and up to
+/// [`READ_AHEAD`](super::lifecycle::READ_AHEAD) - 1 after it (so the lane
+/// knows whether to look again, and may claim them next without another read).
 pub fn next_unfinished(bucket: i32, patient: &str) -> Shape {
     Shape::new(
         "next unfinished event of a patient",
@@ -143,7 +177,8 @@ pub fn next_unfinished(bucket: i32, patient: &str) -> Shape {
         },
     )
     .sorted_within_patient(doc! { "seq": 1 })
-    .limit(2)
+    .limit(super::lifecycle::READ_AHEAD)
+    .payload_up_to(super::lifecycle::READ_AHEAD_MAX_PAYLOAD)
 }
 
 /// The sequence number of the patient's oldest unfinished event (the
@@ -152,6 +187,7 @@ pub fn oldest_unfinished(bucket: i32, patient: &str) -> Shape {
     let mut shape = next_unfinished(bucket, patient)
         .projection(doc! { "seq": 1, "_id": 0 })
         .limit(1);
+    shape.payload_up_to = None;
     shape.name = "oldest unfinished event of a patient";
     shape
 }

@@ -2,6 +2,7 @@
 //! close it; again until the patient has nothing left, its next event is
 //! parked, or the bucket lease is gone.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,15 +30,17 @@ enum Step {
 impl<H: EventHandler> Inner<H> {
     pub(super) async fn run_lane(self: Arc<Self>, patient: String, lease: Arc<BucketLease>) {
         let mut failures = 0;
-        // Whether the queue must be read (or the kept event claimed): at the
+        // Whether the queue must be read (or a kept event claimed): at the
         // start, after a failed attempt, and after a close when the read saw
         // more waiting. Else only a wake since the last read (`look_again`)
         // brings it back: every insert after that read wakes the lane
         // (change stream, nudge, or the sweep as a backstop), so a lane that
         // saw nothing more does not spend a read to learn it again.
         let mut look = true;
-        // The event after the one just closed, as the last read found it.
-        let mut ahead: Option<Box<QueuedEvent>> = None;
+        // The events after the one in hand as the last read found them, and
+        // whether that read saw (or may have missed) more after them.
+        let mut ahead: VecDeque<QueuedEvent> = VecDeque::new();
+        let mut beyond = false;
         loop {
             // Counted busy before looking at the lease: a hand-over marks the
             // lease releasing, then waits for the busy count to drop, so it
@@ -49,8 +52,14 @@ impl<H: EventHandler> Inner<H> {
             {
                 let mut lanes = self.lanes.lock().expect("lane map poisoned");
                 match lanes.get_mut(&patient) {
-                    // A wake from now on asks for another read after this one.
-                    Some(look_again) if look || *look_again => *look_again = false,
+                    Some(look_again) if look || *look_again => {
+                        // A wake from now on asks for another read after
+                        // this one. Claiming a kept event is no read: a wake
+                        // since the read stays asked for.
+                        if ahead.is_empty() {
+                            *look_again = false;
+                        }
+                    }
                     _ => {
                         lanes.remove(&patient);
                         return;
@@ -62,31 +71,41 @@ impl<H: EventHandler> Inner<H> {
                 let _slot = self.store_slots.acquire().await.expect("never closed");
                 let fence = lease.fence();
                 let give_up_at = lease.in_hand_until();
-                let prefetched = match ahead.take() {
+                let kept = match ahead.pop_front() {
                     Some(event) => {
-                        Box::pin(self.store.claim_prefetched(*event, &fence, give_up_at)).await
+                        Box::pin(self.store.claim_prefetched(event, &fence, give_up_at)).await
                     }
                     None => Ok(None),
                 };
-                match prefetched {
+                match kept {
                     Ok(Some(next)) => Ok(next),
-                    // Nothing kept, or it changed since it was read.
+                    // Nothing kept, or it changed since it was read (and so
+                    // may the rest).
                     Ok(None) => {
+                        ahead.clear();
                         Box::pin(
                             self.store
                                 .claim_next(lease.bucket, &patient, &fence, give_up_at),
                         )
                         .await
+                        .inspect(|next| {
+                            if let NextEvent::Claimed(claimed) | NextEvent::Recorded(claimed) = next
+                            {
+                                // A fresh read: what it found after this one.
+                                beyond = claimed.more_waiting;
+                            }
+                        })
                     }
                     Err(e) => Err(e),
                 }
             };
-            let (more_waiting, next_ahead) = match &mut next {
-                Ok(NextEvent::Claimed(claimed) | NextEvent::Recorded(claimed)) => {
-                    (claimed.more_waiting, claimed.prefetched.take())
-                }
-                _ => (false, None),
-            };
+            if let Ok(NextEvent::Claimed(claimed) | NextEvent::Recorded(claimed)) = &mut next {
+                ahead.extend(claimed.ahead.drain(..));
+            } else {
+                // Idle (nothing more), or the lane stops or reads again.
+                ahead.clear();
+                beyond = false;
+            }
             let step = match next {
                 Ok(NextEvent::Idle) => Step::Finished,
                 Ok(NextEvent::Parked(event)) => {
@@ -121,11 +140,11 @@ impl<H: EventHandler> Inner<H> {
             };
             match step {
                 Step::Stop => break,
-                Step::Continue => look = true,
-                Step::Finished => {
-                    look = more_waiting;
-                    ahead = next_ahead;
+                Step::Continue => {
+                    ahead.clear();
+                    look = true;
                 }
+                Step::Finished => look = !ahead.is_empty() || beyond,
             }
         }
         self.lanes
