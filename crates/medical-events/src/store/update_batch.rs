@@ -160,15 +160,20 @@ impl Write {
         }
     }
 
-    /// About how large it is on the wire.
+    /// About how large it is on the wire (measured without copying it).
     fn bytes(&self) -> usize {
-        let update = match self {
-            Self::Plain(statement) => doc! { "u": statement.update.clone() },
+        let size = |value: Result<Vec<u8>, _>| value.map_or(1024, |bytes: Vec<u8>| bytes.len());
+        let parts = match self {
+            // Rare (a later run's outcome): copied to be measured.
+            Self::Plain(statement) => size(mongodb::bson::to_vec(&doc! {
+                "q": statement.filter.clone(), "u": statement.update.clone(),
+            })),
             Self::Guarded(guarded) => {
-                doc! { "c": guarded.condition.clone(), "u": guarded.changes.clone() }
+                size(mongodb::bson::to_vec(&guarded.condition))
+                    + size(mongodb::bson::to_vec(&guarded.changes))
             }
         };
-        mongodb::bson::to_vec(&update).map_or(1024, |b| b.len()) + 256
+        parts + 256
     }
 }
 
@@ -408,8 +413,10 @@ async fn send(target: &Target, batch: Vec<Pending>) {
 
 /// Sends one command for `writes` and returns each write's fate.
 async fn execute(target: &Target, writes: &[&Write], merge: bool) -> Result<Vec<Fate>, Failure> {
-    let wires = plan(writes, merge);
-    let updates: Vec<Document> = wires.iter().map(|w| w.statement.clone()).collect();
+    let (updates, carried): (Vec<Document>, Vec<Vec<usize>>) = plan(writes, merge)
+        .into_iter()
+        .map(|wire| (wire.statement, wire.members))
+        .unzip();
     let command = doc! {
         "update": target.collection,
         "updates": updates,
@@ -428,10 +435,10 @@ async fn execute(target: &Target, writes: &[&Write], merge: bool) -> Result<Vec<
         let message = concern.get_str("errmsg").unwrap_or("no message");
         return Err(Failure::WriteConcern(message.to_owned()));
     }
-    let members: Vec<usize> = wires.iter().map(|w| w.members.len()).collect();
+    let members: Vec<usize> = carried.iter().map(Vec::len).collect();
     let mut fates = vec![None; writes.len()];
-    for (wire, fate) in wires.iter().zip(statement_fates(&reply, &members)) {
-        for &member in &wire.members {
+    for (wire, fate) in carried.iter().zip(statement_fates(&reply, &members)) {
+        for &member in wire {
             fates[member] = fate.clone();
         }
     }

@@ -24,9 +24,13 @@ use crate::processor::processing::EventHandler;
 use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError, Waiting};
 
-/// At most this many store operations of the lanes at once (the driver's
-/// pool has 10 connections by default; a few more keep them busy).
-const STORE_CONCURRENCY: usize = 32;
+/// At most this many store operations of the lanes at once. Most of them are
+/// writes waiting in a batcher (`update_batch.rs`, `group_commit.rs`), which
+/// sends them in a few commands at a time: the more lanes can wait there,
+/// the larger each command, and the less the database spends per write
+/// (32: 614 events/s drained with zero-length work; 128: 720/s). The reads
+/// among them queue for the driver's pool (10 connections by default).
+const STORE_CONCURRENCY: usize = 128;
 
 /// What happens to a patient whose event failed `MAX_ATTEMPTS` times (`ON_FAILURE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
