@@ -28,8 +28,9 @@ use crate::store::{Store, StoreError, Waiting};
 /// writes waiting in a batcher (`update_batch.rs`, `group_commit.rs`), which
 /// sends them in a few commands at a time: the more lanes can wait there,
 /// the larger each command, and the less the database spends per write
-/// (32: 614 events/s drained with zero-length work; 128: 720/s). The reads
-/// among them queue for the driver's pool (10 connections by default).
+/// (32: 614 events/s drained with zero-length work; 128: 720/s; in the
+/// soak, 128 processes a third more while intake's latency rises: BENCHMARKS.md).
+/// The reads among them queue for the driver's pool (10 connections by default).
 const STORE_CONCURRENCY: usize = 128;
 
 /// What happens to a patient whose event failed `MAX_ATTEMPTS` times (`ON_FAILURE`).
