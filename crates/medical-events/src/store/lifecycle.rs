@@ -240,8 +240,9 @@ impl Store {
         fence: &Fence,
         give_up_at: Instant,
     ) -> Result<Option<NextEvent>, StoreError> {
-        if event.parked {
-            // Never kept; a claim would be refused and read as out of time.
+        if event.parked || event.data_left_out {
+            // Never kept: a parked one's claim would be refused and read as
+            // out of time; one read without its payload must be read whole.
             return Ok(None);
         }
         self.claim_read(event, After::unknown(), fence, give_up_at)

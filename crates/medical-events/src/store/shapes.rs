@@ -113,7 +113,12 @@ impl Shape {
         if let Some(limit) = self.limit {
             stages.push(doc! { "$limit": limit });
         }
-        let large = doc! { "$gt": [{ "$bsonSize": "$data" }, bytes] };
+        // `$bsonSize` fails on anything but a document or null: measured
+        // only when `data` is a document, so no stored value fails the read.
+        let size = doc! { "$cond": [
+            { "$eq": [{ "$type": "$data" }, "object"] }, { "$bsonSize": "$data" }, 0,
+        ] };
+        let large = doc! { "$gt": [size, bytes] };
         stages.push(doc! { "$set": {
             "data": { "$cond": [large.clone(), "$$REMOVE", "$data"] },
             "_dataLeftOut": large,

@@ -71,6 +71,7 @@ impl<H: EventHandler> Inner<H> {
                 let _slot = self.store_slots.acquire().await.expect("never closed");
                 let fence = lease.fence();
                 let give_up_at = lease.in_hand_until();
+                let kept_failed = !ahead.is_empty();
                 let kept = match ahead.pop_front() {
                     Some(event) => {
                         Box::pin(self.store.claim_prefetched(event, &fence, give_up_at)).await
@@ -82,6 +83,10 @@ impl<H: EventHandler> Inner<H> {
                     // Nothing kept, or it changed since it was read (and so
                     // may the rest).
                     Ok(None) => {
+                        if kept_failed {
+                            // A read after all: a wake until now asks for nothing more.
+                            self.clear_wake(&patient);
+                        }
                         ahead.clear();
                         Box::pin(
                             self.store
@@ -151,6 +156,18 @@ impl<H: EventHandler> Inner<H> {
             .lock()
             .expect("lane map poisoned")
             .remove(&patient);
+    }
+
+    /// Clears the patient's wake flag (right before a read).
+    fn clear_wake(&self, patient: &str) {
+        if let Some(look_again) = self
+            .lanes
+            .lock()
+            .expect("lane map poisoned")
+            .get_mut(patient)
+        {
+            *look_again = false;
+        }
     }
 
     /// Takes one claimed event to a recorded outcome, in its span.
