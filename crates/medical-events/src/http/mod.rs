@@ -16,7 +16,9 @@ pub mod problem;
 pub mod query_params;
 
 /// Sent with ingest's nudge to a processor (`POST /queue`): the event is
-/// already stored, so the processor only wakes the patient's lane.
+/// already stored, so the processor only wakes the patient's lane. `true`:
+/// newly inserted (the owner's change stream carries it too); `changed`: an
+/// operator's retry or skip, an update the change stream does not carry.
 pub const EVENT_STORED_HEADER: &str = "event-stored";
 
 use axum::Router;

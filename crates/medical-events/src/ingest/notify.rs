@@ -33,6 +33,8 @@ pub struct ProcessorNotifier {
 }
 
 struct Notification {
+    /// `Event-Stored`: `true` for an insert, `changed` for an operator's action.
+    stored: &'static str,
     traceparent: String,
     event_id: String,
     body: Vec<u8>,
@@ -71,49 +73,46 @@ impl ProcessorNotifier {
     }
 
     pub fn notify(&self, event_id: EventId, event: &NewEvent, trace: &TraceContext) {
+        let body = json!({
+            "eventId": event_id.to_string(),
+            "patientId": event.patient_id.as_str(),
+            "type": event.event_type.as_str(),
+            "data": event.data.as_map(),
+            "ts": event.ts.as_str(),
+        });
         self.send(
+            "true",
             trace.child().header_value(),
             event_id.to_string(),
-            event.patient_id.as_str(),
-            event.event_type.as_str(),
-            json!(event.data.as_map()),
-            event.ts.as_str(),
+            &body,
         );
     }
 
     /// Wakes the owner of a stored event's patient (after an operator's
     /// retry or skip), within the same budget as every notification.
     pub fn wake(&self, event: &crate::store::QueuedEvent) {
-        self.send(
-            TraceContext::new_root().header_value(),
-            event.event_id.clone(),
-            &event.patient_id,
-            &event.event_type,
-            mongodb::bson::Bson::Document(event.data.clone()).into_relaxed_extjson(),
-            &event.ts,
-        );
+        let body = json!({
+            "eventId": &event.event_id,
+            "patientId": &event.patient_id,
+            "type": &event.event_type,
+            "data": mongodb::bson::Bson::Document(event.data.clone()).into_relaxed_extjson(),
+            "ts": &event.ts,
+        });
+        let trace = TraceContext::new_root().header_value();
+        self.send("changed", trace, event.event_id.clone(), &body);
     }
 
     /// Queues the `POST /queue` body of an event for delivery.
     fn send(
         &self,
+        stored: &'static str,
         traceparent: String,
         event_id: String,
-        patient_id: &str,
-        event_type: &str,
-        data: serde_json::Value,
-        ts: &str,
+        body: &serde_json::Value,
     ) {
-        let body = json!({
-            "eventId": event_id,
-            "patientId": patient_id,
-            "type": event_type,
-            "data": data,
-            "ts": ts,
-        })
-        .to_string()
-        .into_bytes();
+        let body = body.to_string().into_bytes();
         let notification = Notification {
+            stored,
             traceparent,
             event_id,
             body,
@@ -150,7 +149,7 @@ async fn deliver(
         let mut request = client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(crate::http::EVENT_STORED_HEADER, "true")
+            .header(crate::http::EVENT_STORED_HEADER, notification.stored)
             .header(crate::trace_context::HEADER, notification.traceparent)
             .body(notification.body);
         if let Some(token) = &token {

@@ -136,12 +136,19 @@ pub(crate) async fn queue_event(
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let request = QueuedEventRequest::parse(&body).map_err(ApiError::Validation)?;
     // Ingest's nudge for an event it stored: a wake-up, nothing to store or check.
-    if headers
+    match headers
         .get(crate::http::EVENT_STORED_HEADER)
-        .is_some_and(|v| v.as_bytes() == b"true")
+        .map(|v| v.as_bytes())
     {
-        state.scheduler.wake(request.event.patient_id.as_str());
-        return Ok((StatusCode::ACCEPTED, Json(ACCEPTED)));
+        Some(b"true") => {
+            state.scheduler.nudge(request.event.patient_id.as_str());
+            return Ok((StatusCode::ACCEPTED, Json(ACCEPTED)));
+        }
+        Some(b"changed") => {
+            state.scheduler.wake(request.event.patient_id.as_str());
+            return Ok((StatusCode::ACCEPTED, Json(ACCEPTED)));
+        }
+        _ => {}
     }
     let event_id = request.event_id.to_string();
     let event = &request.event;

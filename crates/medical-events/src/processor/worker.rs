@@ -9,9 +9,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::processor::fleet::watch::Inserted;
 use crate::processor::fleet::{self, Keeper, KeeperConfig, Ownership};
 use crate::processor::processing::EventHandler;
-use crate::processor::scheduler::{LaneConfig, Scheduler};
+use crate::processor::scheduler::{LaneConfig, Scan, Scheduler};
 use crate::store::{Retention, Store, StoreError, Waiting};
 
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +69,11 @@ impl<H: EventHandler> Worker<H> {
         fleet::watch::spawn(
             store,
             ownership,
-            Arc::new(move |patient: &str| waker.wake(patient)),
+            Arc::new(move |inserted| match inserted {
+                Inserted::Event(event) => waker.offer(*event),
+                Inserted::Patient(patient) => waker.wake(&patient),
+            }),
+            scheduler.stream_live(),
             rescans,
             stop.clone(),
         );
@@ -126,7 +131,7 @@ fn spawn_sweeper<H: EventHandler>(
             tokio::select! {
                 Some(buckets) = requests.recv() => {
                     let started = Instant::now();
-                    match scheduler.scan(&buckets).await {
+                    match scheduler.scan(&buckets, Scan::Recover).await {
                         Ok(seen) => {
                             metrics::histogram!("takeover_scan_seconds").record(started.elapsed().as_secs_f64());
                             info!(buckets = buckets.len(), waiting = seen.events, "scanned newly owned buckets");
@@ -137,7 +142,7 @@ fn spawn_sweeper<H: EventHandler>(
                 () = tokio::time::sleep_until(next_full) => {
                     let started = tokio::time::Instant::now();
                     let buckets = scheduler.ownership().usable_buckets();
-                    match scheduler.scan(&buckets).await {
+                    match scheduler.scan(&buckets, Scan::Periodic).await {
                         Ok(seen) => publish(&seen, scheduler.active_lanes()),
                         Err(e) => warn!(error = %e, "sweep failed; will try again"),
                     }

@@ -25,7 +25,9 @@ pub use documents::{
 };
 pub use enqueue::{EnqueueOutcome, Hl7Origin, IdempotencyKey, IntakePolicy, Submission};
 pub use error::StoreError;
-pub use lifecycle::{Applied, Claimed, Fence, NextEvent, READ_AHEAD, RunEnd};
+pub use lifecycle::{
+    Applied, Claimed, Fence, NextEvent, READ_AHEAD, READ_AHEAD_MAX_PAYLOAD, RunEnd,
+};
 pub use messages::ControlIdQuery;
 pub use operator::{
     Action, ActionOutcome, AuditedRead, ClientStats, ListCursor, ListQuery, ListedState,

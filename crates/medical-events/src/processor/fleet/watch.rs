@@ -3,6 +3,9 @@
 //! wakes the patient's lane within milliseconds of the insert, whichever
 //! instance received the HTTP notification (or none).
 //!
+//! It carries the inserted event itself when it is small, so the lane that
+//! knows it is the patient's next can claim it without reading the queue.
+//!
 //! It is a hint, not the source of truth: when the owned set changes the
 //! stream is reopened from its last resume token with the new filter; when
 //! the token is lost (`ChangeStreamHistoryLost`) or streams are unavailable
@@ -10,16 +13,17 @@
 //! sweep carries on alone.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{RawDocumentBuf, doc};
 use mongodb::change_stream::event::ResumeToken;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::ownership::Ownership;
-use crate::store::{QUEUED_EVENTS, Store};
+use crate::store::{QUEUED_EVENTS, QueuedEvent, READ_AHEAD_MAX_PAYLOAD, Store};
 
 /// The server's "resume token no longer in the oplog" error.
 const HISTORY_LOST: i32 = 286;
@@ -29,21 +33,34 @@ const MAX_AWAIT: Duration = Duration::from_millis(500);
 /// Pause after an empty answer that came back sooner than this.
 const IDLE_PAUSE: Duration = Duration::from_millis(20);
 
-pub type Wake = Arc<dyn Fn(&str) + Send + Sync>;
+/// What the stream says about one insert.
+pub enum Inserted {
+    /// The event as inserted (at most [`READ_AHEAD_MAX_PAYLOAD`] bytes).
+    Event(Box<QueuedEvent>),
+    /// Only whose it is: the event is larger, or not readable as an event.
+    Patient(String),
+}
 
+pub type Wake = Arc<dyn Fn(Inserted) + Send + Sync>;
+
+/// Watches inserts into the owned buckets, handing each to `wake`; `live`
+/// says whether the stream is open on the owned set (else nudges and scans
+/// are the only wake-ups).
 pub fn spawn(
     store: &Store,
     ownership: Ownership,
     wake: Wake,
+    live: Arc<AtomicBool>,
     rescans: mpsc::UnboundedSender<Vec<i32>>,
     stop: CancellationToken,
 ) {
-    let collection = store.database().collection::<Document>(QUEUED_EVENTS);
+    let collection = store.database().collection::<RawDocumentBuf>(QUEUED_EVENTS);
     tokio::spawn(async move {
         let mut token: Option<ResumeToken> = None;
         let mut changes = ownership.subscribe();
         let mut warned = false;
         loop {
+            live.store(false, Ordering::Release);
             if stop.is_cancelled() {
                 return;
             }
@@ -60,7 +77,7 @@ pub fn spawn(
                     "operationType": "insert",
                     "fullDocument.bucket": { "$in": &buckets },
                 } },
-                doc! { "$project": { "operationType": 1, "fullDocument.patientId": 1 } },
+                doc! { "$project": { "operationType": 1, "fullDocument": 1 } },
             ];
             let mut watch = collection
                 .watch()
@@ -72,6 +89,7 @@ pub fn spawn(
             let mut stream = match watch.await {
                 Ok(stream) => {
                     warned = false;
+                    live.store(true, Ordering::Release);
                     stream
                 }
                 Err(e) => {
@@ -103,12 +121,8 @@ pub fn spawn(
                 let asked = Instant::now();
                 match stream.next_if_any().await {
                     Ok(Some(change)) => {
-                        if let Some(patient) = change
-                            .full_document
-                            .as_ref()
-                            .and_then(|d| d.get_str("patientId").ok())
-                        {
-                            wake(patient);
+                        if let Some(inserted) = change.full_document.as_ref().and_then(inserted) {
+                            wake(inserted);
                         }
                     }
                     Ok(None) => {
@@ -119,6 +133,7 @@ pub fn spawn(
                         }
                     }
                     Err(e) => {
+                        live.store(false, Ordering::Release);
                         warn!(error = %e, "change stream failed; rescanning owned buckets");
                         token = if e.code() == Some(HISTORY_LOST) {
                             None
@@ -133,6 +148,18 @@ pub fn spawn(
             }
         }
     });
+}
+
+/// The event of an insert, or at least its patient. A large one is not
+/// kept: a lane's memory holds small events only.
+fn inserted(document: &RawDocumentBuf) -> Option<Inserted> {
+    if document.as_bytes().len() <= READ_AHEAD_MAX_PAYLOAD as usize
+        && let Ok(event) = mongodb::bson::from_slice::<QueuedEvent>(document.as_bytes())
+    {
+        return Some(Inserted::Event(Box::new(event)));
+    }
+    let patient = document.get_str("patientId").ok()?;
+    Some(Inserted::Patient(patient.to_owned()))
 }
 
 /// Error code of a driver error, when the server sent one.

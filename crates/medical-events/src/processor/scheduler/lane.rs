@@ -17,6 +17,15 @@ use crate::store::{
 };
 use crate::trace_context::TraceContext;
 
+/// How a lane begins.
+pub(super) enum Start {
+    /// Read the patient's queue.
+    Read,
+    /// Claim this event (the change stream's copy of it) without reading:
+    /// its number is the patient's remembered next one.
+    Next(Box<QueuedEvent>),
+}
+
 /// What a lane does after one step.
 enum Step {
     /// Read the patient's queue again (the event is still unfinished).
@@ -28,19 +37,32 @@ enum Step {
 }
 
 impl<H: EventHandler> Inner<H> {
-    pub(super) async fn run_lane(self: Arc<Self>, patient: String, lease: Arc<BucketLease>) {
+    pub(super) async fn run_lane(
+        self: Arc<Self>,
+        patient: String,
+        lease: Arc<BucketLease>,
+        start: Start,
+    ) {
         let mut failures = 0;
         // Whether the queue must be read (or a kept event claimed): at the
         // start, after a failed attempt, and after a close when the read saw
         // more waiting. Else only a wake since the last read (`look_again`)
-        // brings it back: every insert after that read wakes the lane
-        // (change stream, nudge, or the sweep as a backstop), so a lane that
-        // saw nothing more does not spend a read to learn it again.
+        // or the change stream's copy of the next event brings it back:
+        // every insert after that read does one of them (change stream,
+        // nudge, or the sweep as a backstop), so a lane that saw nothing more
+        // does not spend a read to learn it again.
         let mut look = true;
         // The events after the one in hand as the last read found them, and
         // whether that read saw (or may have missed) more after them.
         let mut ahead: VecDeque<QueuedEvent> = VecDeque::new();
         let mut beyond = false;
+        // The number of the patient's next event, every lower one being
+        // finished: known after a close, or remembered from an earlier lane.
+        let mut next_seq = None;
+        if let Start::Next(event) = start {
+            next_seq = Some(event.seq);
+            ahead.push_back(*event);
+        }
         loop {
             // Counted busy before looking at the lease: a hand-over marks the
             // lease releasing, then waits for the busy count to drop, so it
@@ -51,19 +73,40 @@ impl<H: EventHandler> Inner<H> {
             }
             {
                 let mut lanes = self.lanes.lock().expect("lane map poisoned");
-                match lanes.get_mut(&patient) {
-                    Some(look_again) if look || *look_again => {
-                        // A wake from now on asks for another read after
-                        // this one. Claiming a kept event is no read: a wake
-                        // since the read stays asked for.
-                        if ahead.is_empty() {
-                            *look_again = false;
-                        }
+                let Some(wakes) = lanes.get_mut(&patient) else {
+                    return;
+                };
+                // A copy of an event this lane already passed says nothing.
+                if wakes
+                    .offered
+                    .as_ref()
+                    .zip(next_seq)
+                    .is_some_and(|(event, next)| event.seq < next)
+                {
+                    wakes.offered = None;
+                }
+                if !ahead.is_empty() {
+                    // Claiming a kept event is no read: a wake since the
+                    // read stays asked for.
+                } else if let Some(event) = wakes.offered.take() {
+                    if !look && !wakes.look_again && Some(event.seq) == next_seq {
+                        // The next event, as inserted: claimed like a kept one.
+                        ahead.push_back(*event);
+                    } else {
+                        // A wake from now on asks for another read after this one.
+                        wakes.look_again = false;
                     }
-                    _ => {
-                        lanes.remove(&patient);
-                        return;
+                } else if look || wakes.look_again {
+                    wakes.look_again = false;
+                } else {
+                    lanes.remove(&patient);
+                    if let Some(next) = next_seq {
+                        self.known
+                            .lock()
+                            .expect("known map poisoned")
+                            .remember(patient, next);
                     }
+                    return;
                 }
             }
             // Store futures are large; boxing them keeps a sleeping lane small.
@@ -127,11 +170,17 @@ impl<H: EventHandler> Inner<H> {
                 }
                 Ok(NextEvent::Recorded(claimed)) => {
                     failures = 0;
-                    Box::pin(self.finish(&lease, *claimed, None)).await
+                    let seq = claimed.event.seq;
+                    let step = Box::pin(self.finish(&lease, *claimed, None)).await;
+                    closed(&step, seq, &mut next_seq);
+                    step
                 }
                 Ok(NextEvent::Claimed(claimed)) => {
                     failures = 0;
-                    Box::pin(self.process(&lease, *claimed)).await
+                    let seq = claimed.event.seq;
+                    let step = Box::pin(self.process(&lease, *claimed)).await;
+                    closed(&step, seq, &mut next_seq);
+                    step
                 }
                 Err(e) => {
                     failures += 1;
@@ -158,15 +207,17 @@ impl<H: EventHandler> Inner<H> {
             .remove(&patient);
     }
 
-    /// Clears the patient's wake flag (right before a read).
+    /// Clears what was announced to the patient's lane (right before a
+    /// read, which finds all of it).
     fn clear_wake(&self, patient: &str) {
-        if let Some(look_again) = self
+        if let Some(wakes) = self
             .lanes
             .lock()
             .expect("lane map poisoned")
             .get_mut(patient)
         {
-            *look_again = false;
+            wakes.look_again = false;
+            wakes.offered = None;
         }
     }
 
@@ -447,6 +498,15 @@ impl<H: EventHandler> Inner<H> {
             () = self.abort.cancelled() => false,
             () = lease.invalidated() => false,
         }
+    }
+}
+
+/// After the event numbered `seq` was closed, the patient's next is `seq + 1`
+/// (intake numbers each patient's events without gaps, and this lane closed
+/// every lower one or learned they were finished).
+fn closed(step: &Step, seq: i64, next_seq: &mut Option<i64>) {
+    if matches!(step, Step::Finished) {
+        *next_seq = Some(seq + 1);
     }
 }
 

@@ -7,9 +7,11 @@
 //! notification, so order follows the sequence assigned at intake, and a lost
 //! notification only delays work until the next scan.
 
+mod known;
 mod lane;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,10 +21,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, Source, choice};
-use crate::processor::fleet::Ownership;
+use crate::processor::fleet::{BucketLease, Ownership};
 use crate::processor::processing::EventHandler;
 use crate::retry::RetryPolicy;
-use crate::store::{Store, StoreError, Waiting};
+use crate::store::{QueuedEvent, Store, StoreError, Waiting};
+use known::KnownNext;
 
 /// At most this many store operations of the lanes at once. Most of them are
 /// writes waiting in a batcher (`update_batch.rs`, `group_commit.rs`), which
@@ -32,6 +35,10 @@ use crate::store::{Store, StoreError, Waiting};
 /// soak, 128 processes a third more while intake's latency rises: BENCHMARKS.md).
 /// The reads among them queue for the driver's pool (10 connections by default).
 const STORE_CONCURRENCY: usize = 128;
+
+/// Patients whose next sequence number is remembered after their lane
+/// exited (about 100 bytes each).
+const KNOWN_PATIENTS: usize = 100_000;
 
 /// What happens to a patient whose event failed `MAX_ATTEMPTS` times (`ON_FAILURE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +56,25 @@ impl FailurePolicy {
             _ => Self::Continue,
         })
     }
+}
+
+/// Why the owned buckets are scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Newly owned buckets, or inserts the change stream may have missed:
+    /// every patient found reads its queue.
+    Recover,
+    /// The backstop sweep: starts lanes for patients without one.
+    Periodic,
+}
+
+/// What was announced to a running lane since its last read.
+#[derive(Default)]
+struct Wakes {
+    /// Read the queue again before exiting.
+    look_again: bool,
+    /// The change stream's copy of an event inserted since.
+    offered: Option<Box<QueuedEvent>>,
 }
 
 /// How the lanes work.
@@ -90,9 +116,14 @@ struct Inner<H> {
     handler: H,
     config: LaneConfig,
     ownership: Ownership,
-    /// Patients with a running lane; `true` asks the lane to look once more
-    /// before it exits, because new work was announced while it ran.
-    lanes: Mutex<HashMap<String, bool>>,
+    /// Patients with a running lane, and what was announced while it ran.
+    lanes: Mutex<HashMap<String, Wakes>>,
+    /// Lock order: `lanes`, then `known`.
+    known: Mutex<KnownNext>,
+    /// The change stream is open on the owned buckets: every insert in them
+    /// reaches [`Scheduler::offer`] (or a wake), so a nudge or a sweep that
+    /// names a patient the lanes already follow adds nothing.
+    stream_live: Arc<AtomicBool>,
     /// Store operations in flight across all lanes. Thousands of lanes waking
     /// together queue here, cheaply, instead of each holding a prepared
     /// driver request (memory) and piling onto the database (latency).
@@ -113,6 +144,8 @@ impl<H: EventHandler> Scheduler<H> {
                 config,
                 ownership,
                 lanes: Mutex::new(HashMap::new()),
+                known: Mutex::new(KnownNext::with_capacity(KNOWN_PATIENTS)),
+                stream_live: Arc::new(AtomicBool::new(false)),
                 store_slots: Semaphore::new(STORE_CONCURRENCY),
                 tracker: TaskTracker::new(),
                 draining: CancellationToken::new(),
@@ -128,34 +161,125 @@ impl<H: EventHandler> Scheduler<H> {
         lanes.contains_key(patient_id) || lanes.len() < self.inner.config.max_lanes
     }
 
-    /// Makes sure the patient's lane runs, if this instance owns its bucket;
-    /// cheap and safe to call repeatedly. At the lane bound a patient without
-    /// a lane is left to a later scan.
+    /// Makes sure the patient's lane runs, if this instance owns its bucket,
+    /// and reads the patient's queue before it exits; cheap and safe to call
+    /// repeatedly. At the lane bound a patient without a lane is left to a
+    /// later scan.
     pub fn wake(&self, patient_id: &str) {
-        if self.inner.draining.is_cancelled() {
-            return;
-        }
-        let Some(lease) = self.inner.ownership.get(crate::bucket::of(patient_id)) else {
+        let Some(lease) = self.usable_lease(patient_id) else {
             return;
         };
-        if !lease.usable() {
-            return;
-        }
         let mut lanes = self.inner.lanes.lock().expect("lane map poisoned");
-        if let Some(look_again) = lanes.get_mut(patient_id) {
-            *look_again = true;
+        if let Some(wakes) = lanes.get_mut(patient_id) {
+            wakes.look_again = true;
             return;
         }
+        self.start_lane(&mut lanes, patient_id, lease, None);
+    }
+
+    /// Ingest's nudge for an event it stored. While the change stream is
+    /// open, a patient whose lane runs or whose next number is remembered
+    /// hears of the insert from the stream, with the event (see
+    /// [`Self::offer`]); waking it here too would only cost a read.
+    pub fn nudge(&self, patient_id: &str) {
+        if self.inner.stream_live.load(Ordering::Acquire) {
+            let lanes = self.inner.lanes.lock().expect("lane map poisoned");
+            if lanes.contains_key(patient_id)
+                || self
+                    .inner
+                    .known
+                    .lock()
+                    .expect("known map poisoned")
+                    .contains(patient_id)
+            {
+                return;
+            }
+        }
+        self.wake(patient_id);
+    }
+
+    /// The change stream's copy of an inserted event. A lane that knows the
+    /// patient's next number claims it without reading the queue when it is
+    /// that number (and still at the revision inserted); anything else makes
+    /// the lane read, as a wake does. At most one such copy waits per lane.
+    pub fn offer(&self, event: QueuedEvent) {
+        let Some(lease) = self.usable_lease(&event.patient_id) else {
+            return;
+        };
+        let mut lanes = self.inner.lanes.lock().expect("lane map poisoned");
+        if let Some(wakes) = lanes.get_mut(&event.patient_id) {
+            if wakes.look_again || wakes.offered.is_some() {
+                // A read will come anyway, and it finds this event.
+                wakes.look_again = true;
+                wakes.offered = None;
+            } else {
+                wakes.offered = Some(Box::new(event));
+            }
+            return;
+        }
+        let patient = event.patient_id.clone();
+        self.start_lane(&mut lanes, &patient, lease, Some(event));
+    }
+
+    /// The periodic sweep's wake: a patient without a lane gets one; a
+    /// running lane is asked to read again only while the change stream is
+    /// not open, since otherwise every insert after its last read reaches it.
+    fn sweep_wake(&self, patient_id: &str) {
+        if self.inner.stream_live.load(Ordering::Acquire)
+            && self
+                .inner
+                .lanes
+                .lock()
+                .expect("lane map poisoned")
+                .contains_key(patient_id)
+        {
+            return;
+        }
+        self.wake(patient_id);
+    }
+
+    /// The flag the change stream's watcher keeps: whether it is open.
+    pub fn stream_live(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.inner.stream_live)
+    }
+
+    fn usable_lease(&self, patient_id: &str) -> Option<Arc<BucketLease>> {
+        if self.inner.draining.is_cancelled() {
+            return None;
+        }
+        let lease = self.inner.ownership.get(crate::bucket::of(patient_id))?;
+        lease.usable().then_some(lease)
+    }
+
+    /// Spawns a lane for a patient without one (under the lane map's lock).
+    /// It starts from `offered` only when that is the patient's remembered
+    /// next event; else it reads the queue first.
+    fn start_lane(
+        &self,
+        lanes: &mut HashMap<String, Wakes>,
+        patient_id: &str,
+        lease: Arc<BucketLease>,
+        offered: Option<QueuedEvent>,
+    ) {
         if lanes.len() >= self.inner.config.max_lanes {
             return;
         }
-        lanes.insert(patient_id.to_owned(), false);
-        drop(lanes);
+        let known = self
+            .inner
+            .known
+            .lock()
+            .expect("known map poisoned")
+            .take(patient_id);
+        let start = match offered {
+            Some(event) if known == Some(event.seq) => lane::Start::Next(Box::new(event)),
+            _ => lane::Start::Read,
+        };
+        lanes.insert(patient_id.to_owned(), Wakes::default());
         let inner = Arc::clone(&self.inner);
         let patient = patient_id.to_owned();
         self.inner
             .tracker
-            .spawn(async move { inner.run_lane(patient, lease).await });
+            .spawn(async move { inner.run_lane(patient, lease, start).await });
     }
 
     pub fn active_lanes(&self) -> usize {
@@ -172,7 +296,7 @@ impl<H: EventHandler> Scheduler<H> {
 
     /// Wakes every patient with waiting events in `buckets` (those this
     /// instance can work in); returns what the scan saw.
-    pub async fn scan(&self, buckets: &[i32]) -> Result<Waiting, StoreError> {
+    pub async fn scan(&self, buckets: &[i32], kind: Scan) -> Result<Waiting, StoreError> {
         let usable: Vec<i32> = buckets
             .iter()
             .copied()
@@ -183,7 +307,10 @@ impl<H: EventHandler> Scheduler<H> {
         }
         self.inner
             .store
-            .scan_waiting(&usable, |patient| self.wake(patient))
+            .scan_waiting(&usable, |patient| match kind {
+                Scan::Recover => self.wake(patient),
+                Scan::Periodic => self.sweep_wake(patient),
+            })
             .await
     }
 
