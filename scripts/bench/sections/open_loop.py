@@ -1,7 +1,8 @@
 """What burst and soak share (not a section): `loadgen soak|burst` on a
 fresh stack at the real processing time; at every interval line it prints,
 RSS and CPU of the database and both services are sampled and added to
-that interval's row."""
+that interval's row, with the events the processor finished in it and its
+database round trips (and writes among them) per finished event."""
 
 import json
 import subprocess
@@ -9,6 +10,8 @@ import time
 
 from ..harness import stamp
 from ..procstat import loadavg
+from ..stacks import scrape
+from .processing import READS, processor_ops
 
 PROCESS_NAMES = ("db", "ingest", "processor")
 
@@ -24,6 +27,7 @@ def measure(settings, harness, mode, rate, seconds, patients, interval):
     with harness.measurement(f"{mode} {rate:.0f}/s for {seconds} s") as m, open(out / f"{mode}-loadgen.log", "w") as log:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=harness.env())
         last_cpu = {name: p.cpu() for name, p in procs.items()}
+        last_work = processor_work(stack)
         last_at = time.monotonic()
         for line in proc.stdout:
             line = line.strip()
@@ -38,6 +42,9 @@ def measure(settings, harness, mode, rate, seconds, patients, interval):
                     row[f"{name}_rss_mb"] = p.rss_mb()
                     last_cpu[name] = cpu
                 row["loadavg"] = loadavg()[0]
+                work = processor_work(stack)
+                add_work(row, last_work, work, now - last_at)
+                last_work = work
                 last_at = now
                 rows.append(row)
                 print("  " + interval_line(row), flush=True)
@@ -60,6 +67,30 @@ def measure(settings, harness, mode, rate, seconds, patients, interval):
             "intervals": rows, "summary": summary, "load": m.entry}
 
 
+def processor_work(stack):
+    """(events finished, round trips, writes among them) so far, or None
+    when the processor's metrics cannot be read."""
+    try:
+        finished = sum(v for port in stack._processor_metrics for (name, _), v in scrape(port).items()
+                       if name == "events_processed_total")
+        ops = processor_ops(stack)
+    except OSError:
+        return None
+    trips = sum(ops.values())
+    return finished, trips, sum(n for op, n in ops.items() if not op.startswith(READS))
+
+
+def add_work(row, before, after, seconds):
+    row["processed_per_s"] = row["trips_per_event"] = row["writes_per_event"] = None
+    if before is None or after is None:
+        return
+    finished = after[0] - before[0]
+    row["processed_per_s"] = finished / max(seconds, 1e-9)
+    if finished:
+        row["trips_per_event"] = (after[1] - before[1]) / finished
+        row["writes_per_event"] = (after[2] - before[2]) / finished
+
+
 def lost_text(s):
     if s["lost"] is not None:
         return f"lost {s['lost']}"
@@ -74,12 +105,19 @@ def interval_line(r):
             f"{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['max_ms']:>8.0f}{r['accepted_so_far']:>9}"
             f"{backlog:>8}{r['driver_cpu_pct']:>6.0f}"
             f"{r['db_rss_mb']:>7.0f}/{r['ingest_rss_mb']:.0f}/{r['processor_rss_mb']:.0f}"
-            f"{r['db_cpu_pct']:>7.0f}/{r['ingest_cpu_pct']:.0f}/{r['processor_cpu_pct']:.0f}")
+            f"{r['db_cpu_pct']:>7.0f}/{r['ingest_cpu_pct']:.0f}/{r['processor_cpu_pct']:.0f}"
+            f"{optional(r.get('processed_per_s'), '.0f'):>7}{optional(r.get('trips_per_event'), '.2f'):>7}"
+            f"/{optional(r.get('writes_per_event'), '.2f')}")
+
+
+def optional(value, spec):
+    return "-" if value is None else format(value, spec)
 
 
 INTERVAL_HEADER = (f"{'t s':>7}{'sent':>8}{'202':>8}{'429':>6}{'503':>7}{'other':>6}{'transp':>7}"
                    f"{'dropped':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'accepted':>9}{'backlog':>8}"
-                   f"{'drv%':>6}{'RSS MB db/ing/proc':>20}{'CPU% db/ing/proc':>18}")
+                   f"{'drv%':>6}{'RSS MB db/ing/proc':>20}{'CPU% db/ing/proc':>18}{'done/s':>7}"
+                   f"{'trips/writes per event':>24}")
 
 
 def table(title, run):
