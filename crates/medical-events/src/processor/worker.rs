@@ -3,6 +3,7 @@
 //! change-stream watcher and the backstop sweep with the backlog gauges.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -125,6 +126,7 @@ fn spawn_sweeper<H: EventHandler>(
     interval: Duration,
     stop: CancellationToken,
 ) {
+    let live = scheduler.stream_live();
     tokio::spawn(async move {
         let mut next_full = tokio::time::Instant::now() + interval;
         loop {
@@ -146,11 +148,16 @@ fn spawn_sweeper<H: EventHandler>(
                         Ok(seen) => publish(&seen, scheduler.active_lanes()),
                         Err(e) => warn!(error = %e, "sweep failed; will try again"),
                     }
-                    // A huge backlog makes a scan long: keep sweeping at most a
-                    // third of the time, whatever the interval says.
+                    // A huge backlog makes a scan long, and it reads every
+                    // waiting event: keep sweeping at most a third of the
+                    // time, whatever the interval says, and a tenth while the
+                    // change stream is open (then the sweep only backs up a
+                    // lost wake of a patient without a lane, and its reads
+                    // would take the database from the lanes: issue 17's soak).
                     let took = started.elapsed();
                     metrics::histogram!("sweep_seconds").record(took.as_secs_f64());
-                    next_full = tokio::time::Instant::now() + interval.max(took * 2);
+                    let spacing = if live.load(Ordering::Acquire) { 9 } else { 2 };
+                    next_full = tokio::time::Instant::now() + interval.max(took * spacing);
                 }
                 () = stop.cancelled() => return,
             }
