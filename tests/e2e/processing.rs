@@ -16,6 +16,7 @@ use medical_events::processor::processing::{EventHandler, HandlerError};
 use medical_events::processor::scheduler::LaneConfig;
 use medical_events::processor::worker::{Worker, WorkerConfig};
 use medical_events::retry::RetryPolicy;
+use medical_events::store::Action;
 use medical_events::store::{
     Applied, Claimed, EnqueueOutcome, EventStatus, Fence, IntakePolicy, NextEvent,
     ProcessingResult, QueuedEvent, READ_AHEAD, RunEnd, Store, Submission,
@@ -652,7 +653,7 @@ async fn recovery_finds_100000_waiting_patients() {
     let mut patients = std::collections::HashSet::new();
     let all: Vec<i32> = medical_events::bucket::all().collect();
     let seen = store
-        .scan_waiting(&all, |p| {
+        .scan_waiting(&all, |p, _| {
             patients.insert(p.to_owned());
         })
         .await
@@ -962,6 +963,23 @@ async fn a_lane_claims_the_event_its_last_read_found_without_reading_again() {
     );
 }
 
+/// A worker whose change stream is open (inserts from now on reach it).
+async fn start_with_stream<H: EventHandler>(
+    store: &Store,
+    handler: H,
+    settings: WorkerConfig,
+) -> Worker<H> {
+    let worker = Worker::start(store, handler, settings).await.unwrap();
+    let live = worker.scheduler().stream_live();
+    wait_until(
+        Duration::from_secs(10),
+        "the change stream open",
+        || async { live.load(std::sync::atomic::Ordering::Acquire) },
+    )
+    .await;
+    worker
+}
+
 /// Issue 17: with real work a patient has one event at a time, so its lane
 /// exits after each close and every event used to cost a read of the queue
 /// (the soak's 1,000 events/s over 10,000 patients). The change stream
@@ -979,16 +997,7 @@ async fn an_event_inserted_after_its_patients_lane_exited_is_claimed_without_a_r
     let mut settings = config(3);
     // Only the change stream brings the lane back.
     settings.sweep_interval = Duration::from_secs(60);
-    let worker = Worker::start(&through, handler.clone(), settings)
-        .await
-        .unwrap();
-    let live = worker.scheduler().stream_live();
-    wait_until(
-        Duration::from_secs(10),
-        "the change stream open",
-        || async { live.load(std::sync::atomic::Ordering::Acquire) },
-    )
-    .await;
+    let worker = start_with_stream(&through, handler.clone(), settings).await;
     let db = Db::connect(&uri).await;
     let mut ids = Vec::new();
     for n in 0..EVENTS {
@@ -1016,6 +1025,85 @@ async fn an_event_inserted_after_its_patients_lane_exited_is_claimed_without_a_r
         reads, 1,
         "{reads} queue reads for {EVENTS} events inserted one at a time"
     );
+}
+
+/// Takes 100 ms an event; fails event 0's first attempt; records the runs.
+#[derive(Clone, Default)]
+struct SlowHandler {
+    runs: Arc<Mutex<Vec<i64>>>,
+}
+
+impl EventHandler for SlowHandler {
+    async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
+        let n = event.data.get_i64("n").unwrap_or(-1);
+        let first = {
+            let mut runs = self.runs.lock().unwrap();
+            runs.push(n);
+            !runs[..runs.len() - 1].contains(&n)
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if n == 0 && first {
+            return Err(HandlerError::Failed("lab system down".into()));
+        }
+        Ok(())
+    }
+}
+
+/// An operator's retry is an update, which the change stream does not
+/// carry, and a lane fed by the stream's copies of the next events never
+/// reads: the periodic sweep sees the retried event below the lane's next
+/// number and makes it read, so the retried event runs within a sweep, not
+/// after everything the patient receives meanwhile.
+#[tokio::test]
+async fn a_retried_event_is_not_overtaken_for_long_by_events_claimed_from_the_stream() {
+    const LAST: usize = 21;
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let handler = SlowHandler::default();
+    let mut settings = config(1);
+    settings.sweep_interval = Duration::from_millis(300);
+    let worker = start_with_stream(&store, handler.clone(), settings).await;
+    let db = Db::connect(&uri).await;
+    let failed = enqueue(&store, "p", 0).await;
+    enqueue(&store, "p", 1).await;
+    wait_until(
+        Duration::from_secs(10),
+        "event 0 failed, event 1 processed, the lane gone",
+        || async { db.processed_count().await == 2 && worker.scheduler().active_lanes() == 0 },
+    )
+    .await;
+    // No wake: as when the operator's nudge reaches another instance.
+    let retried = store.act(&failed, Action::Retry, "operator", "lab back up");
+    assert!(matches!(
+        retried.await.unwrap(),
+        medical_events::store::ActionOutcome::Done(_)
+    ));
+    // Each next event arrives while the one before runs: the lane claims it
+    // from the stream's copy, without reading the queue.
+    for n in 2..=LAST {
+        enqueue(&store, "p", n).await;
+        wait_until(
+            Duration::from_secs(10),
+            &format!("event {n} running"),
+            || async { handler.runs.lock().unwrap().contains(&(n as i64)) },
+        )
+        .await;
+    }
+    wait_until(Duration::from_secs(20), "every event done", || async {
+        db.count("queued_events", doc! { "status": "queued" }).await == 0
+    })
+    .await;
+    worker.shutdown(Duration::from_secs(1)).await;
+
+    let runs = handler.runs.lock().unwrap().clone();
+    let rerun = runs.iter().rposition(|n| *n == 0).unwrap();
+    let last = runs.iter().position(|n| *n == LAST as i64).unwrap();
+    assert!(
+        rerun < last,
+        "the retried event ran after all {} later ones: {runs:?}",
+        LAST - 1
+    );
+    assert_eq!(runs.iter().filter(|n| **n == 0).count(), 2, "{runs:?}");
 }
 
 /// Holds event 0 until the gate opens; records the events it ran.

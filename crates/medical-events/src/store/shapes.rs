@@ -222,7 +222,7 @@ pub fn waiting_in(buckets: &[i32]) -> Shape {
         doc! { "status": EventStatus::Queued.as_str(), "bucket": { "$in": buckets } },
     )
     .projection(doc! {
-        "_id": 0, "patientId": 1, "acceptedAt": 1, "claim.owner": 1, "parked": 1,
+        "_id": 0, "patientId": 1, "seq": 1, "acceptedAt": 1, "claim.owner": 1, "parked": 1,
     })
 }
 

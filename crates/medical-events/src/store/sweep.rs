@@ -30,12 +30,14 @@ pub struct Waiting {
 }
 
 impl Store {
-    /// Streams every waiting event of `buckets`, calling `visit(patientId)`
-    /// once per patient with waiting events.
+    /// Streams every waiting event of `buckets`, calling `visit(patientId,
+    /// seq)` once per patient with waiting events, with the number of the
+    /// first one the index walk meets (its lowest: the walk gives a
+    /// patient's events in order).
     pub async fn scan_waiting(
         &self,
         buckets: &[i32],
-        mut visit: impl FnMut(&str),
+        mut visit: impl FnMut(&str, i64),
     ) -> Result<Waiting, StoreError> {
         let raw = self.queued.clone_with_type::<Document>();
         let operation = "scanning waiting events";
@@ -79,7 +81,7 @@ impl Store {
                 // each (another would only make its lane read again).
                 if let Ok(patient) = event.get_str("patientId") {
                     if last_visited.as_deref() != Some(patient) {
-                        visit(patient);
+                        visit(patient, event.get_i64("seq").unwrap_or(i64::MAX));
                         last_visited = Some(patient.to_owned());
                     }
                 }

@@ -76,6 +76,7 @@ impl<H: EventHandler> Inner<H> {
                 let Some(wakes) = lanes.get_mut(&patient) else {
                     return;
                 };
+                wakes.next_seq = next_seq;
                 // A copy of an event this lane already passed says nothing.
                 if wakes
                     .offered

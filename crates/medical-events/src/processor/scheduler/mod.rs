@@ -37,7 +37,7 @@ use known::KnownNext;
 const STORE_CONCURRENCY: usize = 128;
 
 /// Patients whose next sequence number is remembered after their lane
-/// exited (about 100 bytes each).
+/// exited (a few hundred bytes each, with a patient id of up to 128).
 const KNOWN_PATIENTS: usize = 100_000;
 
 /// What happens to a patient whose event failed `MAX_ATTEMPTS` times (`ON_FAILURE`).
@@ -75,6 +75,9 @@ struct Wakes {
     look_again: bool,
     /// The change stream's copy of an event inserted since.
     offered: Option<Box<QueuedEvent>>,
+    /// The lane's next number (every lower event finished), as of its last
+    /// step: a waiting event below it was re-queued by an operator.
+    next_seq: Option<i64>,
 }
 
 /// How the lanes work.
@@ -221,19 +224,20 @@ impl<H: EventHandler> Scheduler<H> {
         self.start_lane(&mut lanes, &patient, lease, Some(event));
     }
 
-    /// The periodic sweep's wake: a patient without a lane gets one; a
-    /// running lane is asked to read again only while the change stream is
-    /// not open, since otherwise every insert after its last read reaches it.
-    fn sweep_wake(&self, patient_id: &str) {
-        if self.inner.stream_live.load(Ordering::Acquire)
-            && self
-                .inner
-                .lanes
-                .lock()
-                .expect("lane map poisoned")
-                .contains_key(patient_id)
-        {
-            return;
+    /// The periodic sweep's wake for a patient whose lowest waiting event is
+    /// numbered `lowest`: a patient without a lane gets one. A running lane
+    /// reads again if the stream is not open, or if that event is below the
+    /// lane's next number (an operator re-queued it: no insert announces
+    /// it); else every insert after its last read reaches it by the stream.
+    fn sweep_wake(&self, patient_id: &str, lowest: i64) {
+        if self.inner.stream_live.load(Ordering::Acquire) {
+            let mut lanes = self.inner.lanes.lock().expect("lane map poisoned");
+            if let Some(wakes) = lanes.get_mut(patient_id) {
+                if wakes.next_seq.is_some_and(|next| lowest < next) {
+                    wakes.look_again = true;
+                }
+                return;
+            }
         }
         self.wake(patient_id);
     }
@@ -307,9 +311,9 @@ impl<H: EventHandler> Scheduler<H> {
         }
         self.inner
             .store
-            .scan_waiting(&usable, |patient| match kind {
+            .scan_waiting(&usable, |patient, lowest| match kind {
                 Scan::Recover => self.wake(patient),
-                Scan::Periodic => self.sweep_wake(patient),
+                Scan::Periodic => self.sweep_wake(patient, lowest),
             })
             .await
     }
