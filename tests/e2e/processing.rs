@@ -980,6 +980,61 @@ async fn start_with_stream<H: EventHandler>(
     worker
 }
 
+/// Event `n` of `patient` carrying a report of `bytes` characters.
+fn with_report(patient: &str, n: usize, bytes: usize) -> NewEvent {
+    NewEvent::parse(&serde_json::json!({
+        "patientId": patient,
+        "type": "lab_result",
+        "data": { "n": n, "report": "x".repeat(bytes) },
+        "ts": "2025-10-01T12:00:00Z",
+    }))
+    .unwrap()
+}
+
+/// Records the length of each event's report as the handler got it.
+#[derive(Clone, Default)]
+struct ReportSizes(Arc<Mutex<Vec<usize>>>);
+
+impl EventHandler for ReportSizes {
+    async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
+        let size = event.data.get_str("report").map_or(0, str::len);
+        self.0.lock().unwrap().push(size);
+        Ok(())
+    }
+}
+
+/// The change stream carries an event of more than 16 KiB as its patient's
+/// name only (the database cuts it, so no large copy crosses the wire or
+/// waits in a lane): the lane reads the queue and runs the event whole.
+#[tokio::test]
+async fn a_large_inserted_event_comes_as_a_wake_and_runs_whole() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let (proxy, through, reads) = counting_queue_reads(&uri).await;
+    let handler = ReportSizes::default();
+    let mut settings = config(3);
+    settings.sweep_interval = Duration::from_secs(60);
+    let worker = start_with_stream(&through, handler.clone(), settings).await;
+    let db = Db::connect(&uri).await;
+    enqueue_event(&store, &with_report("p", 0, 10)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the small one done, its lane gone",
+        || async { db.processed_count().await == 1 && worker.scheduler().active_lanes() == 0 },
+    )
+    .await;
+    enqueue_event(&store, &with_report("p", 1, 100_000)).await;
+    wait_until(Duration::from_secs(10), "the large one done", || async {
+        db.processed_count().await == 2
+    })
+    .await;
+    worker.shutdown(Duration::from_secs(1)).await;
+
+    assert_eq!(*handler.0.lock().unwrap(), vec![10, 100_000]);
+    // The first read, and the one the large event's wake asked for.
+    assert_eq!(proxy.hits(reads), 2);
+}
+
 /// Issue 17: with real work a patient has one event at a time, so its lane
 /// exits after each close and every event used to cost a read of the queue
 /// (the soak's 1,000 events/s over 10,000 patients). The change stream
@@ -1239,13 +1294,7 @@ async fn a_kept_next_event_that_changed_since_the_read_is_read_again() {
     assert!(again.ahead.is_empty());
 
     // Too large to keep: known to be there, read again when its turn comes.
-    let big = NewEvent::parse(&serde_json::json!({
-        "patientId": "q",
-        "type": "lab_result",
-        "data": { "n": 1, "report": "x".repeat(20_000) },
-        "ts": "2025-10-01T12:00:00Z",
-    }))
-    .unwrap();
+    let big = with_report("q", 1, 20_000);
     enqueue(&store, "q", 0).await;
     enqueue_event(&store, &big).await;
     let first_of_q = claim(&store, "q", &owner).await;
@@ -1286,13 +1335,7 @@ async fn one_read_keeps_a_bounded_run_of_the_next_events() {
 
     // Payloads of 6 KiB: two fit in 16 KiB, the third does not.
     for n in 0..5 {
-        let event = NewEvent::parse(&serde_json::json!({
-            "patientId": "q",
-            "type": "lab_result",
-            "data": { "n": n, "report": "x".repeat(6_000) },
-            "ts": "2025-10-01T12:00:00Z",
-        }))
-        .unwrap();
+        let event = with_report("q", n, 6_000);
         enqueue_event(&store, &event).await;
     }
     let first_of_q = claim(&store, "q", &owner).await;
@@ -1302,13 +1345,7 @@ async fn one_read_keeps_a_bounded_run_of_the_next_events() {
     // A payload over 16 KiB is left out of the read (which so holds at most
     // READ_AHEAD small payloads); when it is the one to claim, it is read
     // whole and claimed with its payload.
-    let large = NewEvent::parse(&serde_json::json!({
-        "patientId": "r",
-        "type": "lab_result",
-        "data": { "n": 0, "report": "x".repeat(100_000) },
-        "ts": "2025-10-01T12:00:00Z",
-    }))
-    .unwrap();
+    let large = with_report("r", 0, 100_000);
     enqueue_event(&store, &large).await;
     enqueue(&store, "r", 1).await;
     let first_of_r = claim(&store, "r", &owner).await;

@@ -77,7 +77,13 @@ pub fn spawn(
                     "operationType": "insert",
                     "fullDocument.bucket": { "$in": &buckets },
                 } },
-                doc! { "$project": { "operationType": 1, "fullDocument": 1 } },
+                // The event whole when it is small; else only whose it is
+                // (an HL7 message may be megabytes).
+                doc! { "$project": { "operationType": 1, "fullDocument": { "$cond": [
+                    { "$lte": [{ "$bsonSize": "$fullDocument" }, READ_AHEAD_MAX_PAYLOAD] },
+                    "$fullDocument",
+                    { "patientId": "$fullDocument.patientId" },
+                ] } } },
             ];
             let mut watch = collection
                 .watch()
