@@ -8,23 +8,13 @@ use std::time::Duration;
 
 use crate::support::checks::Db;
 use crate::support::{
-    Service, event_body, fresh_database_uri, ingest_env, processor_env, wait_until,
+    Service, event_body, fresh_database_uri, ingest_env, metric_sum, processor_env, wait_until,
 };
 use futures_util::StreamExt;
 use futures_util::stream;
 
 const PATIENTS: usize = 1_000;
 const SENDERS: usize = 64;
-
-/// The sum of a metric's series, all operations together.
-async fn metric_sum(metrics_url: &str, series: &str) -> f64 {
-    crate::support::scrape(metrics_url)
-        .await
-        .lines()
-        .filter(|line| line.starts_with(series))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// Seconds the service spent waiting on the database.
 async fn database_seconds(metrics_url: &str) -> f64 {

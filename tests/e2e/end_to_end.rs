@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::checks::Db;
 use crate::support::{
-    Service, event_body, fresh_database_uri, ingest_env, post_until_accepted, processor_env,
-    wait_until,
+    Service, event_body, fresh_database_uri, ingest_env, metric_sum, post_until_accepted,
+    processor_env, wait_until,
 };
 use futures_util::future::join_all;
 use mongodb::bson::doc;
@@ -76,6 +76,48 @@ async fn twenty_patients_by_ten_events_are_all_processed_once_and_in_order() {
     assert_eq!(status["status"], "processed");
     assert_eq!(status["attempts"], 1);
     assert_eq!(status["result"]["status"], "success");
+}
+
+/// A processor whose change stream is open hears of every insert from the
+/// database, with the event; a nudge per event from ingest would only cost
+/// both services CPU at the rate events arrive. Ingest stops nudging once
+/// told so, and every event is still processed, once.
+#[tokio::test]
+async fn ingest_stops_nudging_a_processor_whose_change_stream_is_open() {
+    let uri = fresh_database_uri();
+    let processor = Service::start("processor", &processor_env(&uri, 0, 0)).await;
+    let metrics = processor.metrics_url();
+    wait_until(
+        Duration::from_secs(30),
+        "the processor's change stream open",
+        || async { metric_sum(&metrics, "processor_change_stream_open").await == 1.0 },
+    )
+    .await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    let client = crate::support::client();
+    // One event for each of 30 patients: none has a lane when its event
+    // arrives, the case where a nudge would start one.
+    for p in 0..30 {
+        let patient = format!("streamed-{p}");
+        post_until_accepted(&client, &ingest.url(), &event_body(&patient, 0), &patient).await;
+    }
+    let db = Db::connect(&uri).await;
+    wait_until(Duration::from_secs(60), "30 processed events", || async {
+        db.processed_count().await >= 30
+    })
+    .await;
+    let nudges = metric_sum(&metrics, "http_requests_total{route=\"/queue\"").await;
+    let not_needed = metric_sum(&ingest.metrics_url(), "notifications_not_needed_total").await;
+    // The first nudge asks; a few more may leave before its answer is back.
+    assert!(
+        nudges <= 5.0 && nudges + not_needed == 30.0,
+        "{nudges} nudges sent, {not_needed} not needed, of 30 events"
+    );
+    assert_eq!(db.processed_count().await, 30, "an event was processed twice");
+    assert_eq!(
+        db.count("queued_events", doc! { "status": "processed" }).await,
+        30
+    );
 }
 
 #[tokio::test]

@@ -131,6 +131,17 @@ pub async fn scrape(metrics_url: &str) -> String {
     response.text().await.unwrap()
 }
 
+/// The sum of the series whose lines start with `series` (a metric's name,
+/// with `{` to take every label set, or a label set's start to pick some).
+pub async fn metric_sum(metrics_url: &str, series: &str) -> f64 {
+    scrape(metrics_url)
+        .await
+        .lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A valid event body for `patient`.
 pub fn event_body(patient: &str, n: usize) -> serde_json::Value {
     serde_json::json!({

@@ -21,6 +21,11 @@ pub mod query_params;
 /// operator's retry or skip, an update the change stream does not carry.
 pub const EVENT_STORED_HEADER: &str = "event-stored";
 
+/// The processor's answer to `POST /queue`: `open` while its change stream
+/// is open (it hears of every insert in its buckets from the database, so
+/// ingest's nudges for inserts only cost both sides CPU), else `closed`.
+pub const CHANGE_STREAM_HEADER: &str = "change-stream";
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tower_http::trace::TraceLayer;

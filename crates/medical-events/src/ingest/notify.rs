@@ -4,11 +4,17 @@
 //! store. It is a hint among others (the owners' change stream, their sweep):
 //! bounded in count and in bytes, never blocking intake, dropped when over
 //! budget, and nothing is lost when it is.
+//!
+//! A processor whose change stream is open says so (`Change-Stream: open`):
+//! it hears of every insert from the database, with the event, so nudges for
+//! inserts would only cost both services CPU at the rate events arrive.
+//! Ingest then sends none for a few seconds, then one again, which asks anew.
+//! Operators' wakes (`changed`) always go: no insert announces them.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
@@ -24,12 +30,47 @@ const BACKLOG: usize = 10_000;
 const BYTE_BUDGET: usize = 4 * 1024 * 1024;
 const IN_FLIGHT: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long nudges for inserts pause after a processor said its change
+/// stream is open. Should its stream close meanwhile, its sweep finds the
+/// events (and it rescans when the stream opens again); this only bounds how
+/// long ingest goes on believing it.
+const STREAM_QUIET: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct ProcessorNotifier {
     sender: mpsc::Sender<Notification>,
     /// Bytes of bodies queued or in flight.
     held: Arc<AtomicUsize>,
+    quiet: Arc<Quiet>,
+}
+
+/// Until when nudges for inserts pause (milliseconds since `start`).
+struct Quiet {
+    start: Instant,
+    until_ms: AtomicU64,
+}
+
+impl Quiet {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            until_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn active(&self) -> bool {
+        self.now_ms() < self.until_ms.load(Ordering::Relaxed)
+    }
+
+    /// A processor answered that its change stream is open.
+    fn extend(&self) {
+        let until = self.now_ms() + STREAM_QUIET.as_millis() as u64;
+        self.until_ms.fetch_max(until, Ordering::Relaxed);
+    }
 }
 
 struct Notification {
@@ -62,17 +103,27 @@ impl ProcessorNotifier {
         }
         let client = builder.build().map_err(|e| e.to_string())?;
         let held = Arc::new(AtomicUsize::new(0));
+        let quiet = Arc::new(Quiet::new());
         tokio::spawn(deliver(
             client,
             format!("{processor_url}/queue"),
             token,
             receiver,
             Arc::clone(&held),
+            Arc::clone(&quiet),
         ));
-        Ok(Self { sender, held })
+        Ok(Self {
+            sender,
+            held,
+            quiet,
+        })
     }
 
     pub fn notify(&self, event_id: EventId, event: &NewEvent, trace: &TraceContext) {
+        if self.quiet.active() {
+            metrics::counter!("notifications_not_needed_total").increment(1);
+            return;
+        }
         let body = json!({
             "eventId": event_id.to_string(),
             "patientId": event.patient_id.as_str(),
@@ -139,6 +190,7 @@ async fn deliver(
     token: Option<Secret>,
     mut receiver: mpsc::Receiver<Notification>,
     held: Arc<AtomicUsize>,
+    quiet: Arc<Quiet>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(notification) = receiver.recv().await {
@@ -156,12 +208,21 @@ async fn deliver(
             request = request.bearer_auth(token.expose());
         }
         let held = Arc::clone(&held);
+        let quiet = Arc::clone(&quiet);
         tokio::spawn(async move {
             let _permit = permit;
             let sent = request.send().await;
             held.fetch_sub(bytes, Ordering::SeqCst);
             match sent {
-                Ok(response) if response.status().is_success() => {}
+                Ok(response) if response.status().is_success() => {
+                    if response
+                        .headers()
+                        .get(crate::http::CHANGE_STREAM_HEADER)
+                        .is_some_and(|v| v.as_bytes() == b"open")
+                    {
+                        quiet.extend();
+                    }
+                }
                 Ok(response) => warn!(
                     eventId = %notification.event_id,
                     status = response.status().as_u16(),

@@ -112,7 +112,8 @@ async fn ready(State(state): State<ProcessorState>) -> Result<Json<Ready>, ApiEr
         ("Event-Stored" = Option<String>, Header, description = "`true` (sent by ingest): the event is already stored, so the processor only wakes the patient's lane; it stores and compares nothing. Absent: the event is stored first if it is new"),
     ),
     responses(
-        (status = 202, description = "Stored (if new); processing follows in the background", body = Accepted),
+        (status = 202, description = "Stored (if new); processing follows in the background", body = Accepted,
+            headers(("Change-Stream" = String, description = "`open` while this processor's change stream is open (it hears of inserts from the database; ingest then pauses its nudges for inserts), else `closed`"))),
         (status = 400, description = "Malformed JSON, wrong types, unknown fields or a broken rule", body = Problem,
             content_type = "application/problem+json"),
         (status = 401, description = "No or invalid PROCESSOR_TOKEN", body = Problem,
@@ -133,7 +134,15 @@ pub(crate) async fn queue_event(
     Extension(RequestDeadline(deadline)): Extension<RequestDeadline>,
     headers: HeaderMap,
     JsonBody(body, _share): JsonBody,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, [(&'static str, &'static str); 1], Json<Accepted>), ApiError> {
+    let stream = [(
+        crate::http::CHANGE_STREAM_HEADER,
+        if state.scheduler.stream_is_live() {
+            "open"
+        } else {
+            "closed"
+        },
+    )];
     let request = QueuedEventRequest::parse(&body).map_err(ApiError::Validation)?;
     // Ingest's nudge for an event it stored: a wake-up, nothing to store or check.
     match headers
@@ -142,11 +151,11 @@ pub(crate) async fn queue_event(
     {
         Some(b"true") => {
             state.scheduler.nudge(request.event.patient_id.as_str());
-            return Ok((StatusCode::ACCEPTED, Json(ACCEPTED)));
+            return Ok((StatusCode::ACCEPTED, stream, Json(ACCEPTED)));
         }
         Some(b"changed") => {
             state.scheduler.wake(request.event.patient_id.as_str());
-            return Ok((StatusCode::ACCEPTED, Json(ACCEPTED)));
+            return Ok((StatusCode::ACCEPTED, stream, Json(ACCEPTED)));
         }
         _ => {}
     }
@@ -196,5 +205,5 @@ pub(crate) async fn queue_event(
     // The owner of the bucket starts it; if that is another instance, its
     // change stream (or its sweep) tells it.
     state.scheduler.wake(&patient);
-    Ok((StatusCode::ACCEPTED, Json(ACCEPTED)))
+    Ok((StatusCode::ACCEPTED, stream, Json(ACCEPTED)))
 }

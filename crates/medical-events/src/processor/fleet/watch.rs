@@ -43,6 +43,12 @@ pub enum Inserted {
 
 pub type Wake = Arc<dyn Fn(Inserted) + Send + Sync>;
 
+/// Keeps the flag and the operators' gauge (`processor_change_stream_open`).
+fn set_live(live: &AtomicBool, open: bool) {
+    live.store(open, Ordering::Release);
+    metrics::gauge!("processor_change_stream_open").set(if open { 1.0 } else { 0.0 });
+}
+
 /// Watches inserts into the owned buckets, handing each to `wake`; `live`
 /// says whether the stream is open on the owned set (else nudges and scans
 /// are the only wake-ups).
@@ -60,7 +66,7 @@ pub fn spawn(
         let mut changes = ownership.subscribe();
         let mut warned = false;
         loop {
-            live.store(false, Ordering::Release);
+            set_live(&live, false);
             if stop.is_cancelled() {
                 return;
             }
@@ -95,7 +101,7 @@ pub fn spawn(
             let mut stream = match watch.await {
                 Ok(stream) => {
                     warned = false;
-                    live.store(true, Ordering::Release);
+                    set_live(&live, true);
                     stream
                 }
                 Err(e) => {
@@ -139,7 +145,7 @@ pub fn spawn(
                         }
                     }
                     Err(e) => {
-                        live.store(false, Ordering::Release);
+                        set_live(&live, false);
                         warn!(error = %e, "change stream failed; rescanning owned buckets");
                         token = if e.code() == Some(HISTORY_LOST) {
                             None

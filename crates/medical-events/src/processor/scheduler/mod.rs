@@ -242,6 +242,11 @@ impl<H: EventHandler> Scheduler<H> {
         self.wake(patient_id);
     }
 
+    /// Whether the change stream is open now.
+    pub fn stream_is_live(&self) -> bool {
+        self.inner.stream_live.load(Ordering::Acquire)
+    }
+
     /// The flag the change stream's watcher keeps: whether it is open.
     pub fn stream_live(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.inner.stream_live)
