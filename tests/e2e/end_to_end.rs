@@ -113,9 +113,14 @@ async fn ingest_stops_nudging_a_processor_whose_change_stream_is_open() {
         nudges <= 5.0 && nudges + not_needed == 30.0,
         "{nudges} nudges sent, {not_needed} not needed, of 30 events"
     );
-    assert_eq!(db.processed_count().await, 30, "an event was processed twice");
     assert_eq!(
-        db.count("queued_events", doc! { "status": "processed" }).await,
+        db.processed_count().await,
+        30,
+        "an event was processed twice"
+    );
+    assert_eq!(
+        db.count("queued_events", doc! { "status": "processed" })
+            .await,
         30
     );
 }

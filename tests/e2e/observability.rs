@@ -136,13 +136,16 @@ async fn the_processor_reports_outcomes_durations_backlog_and_lanes() {
         Some(0.0)
     );
     assert!(sample(&text, "processor_active_lanes", &[]).is_some());
-    assert_eq!(
-        sample(
-            &text,
-            "http_requests_total",
-            &[("route", "/queue"), ("status", "202")]
-        ),
-        Some(3.0)
+    // Ingest's nudges, counted by route: at least the first (it learns the
+    // change stream is open and may send no more, see end_to_end.rs).
+    let nudges = sample(
+        &text,
+        "http_requests_total",
+        &[("route", "/queue"), ("status", "202")],
+    );
+    assert!(
+        nudges.is_some_and(|n| (1.0..=3.0).contains(&n)),
+        "{nudges:?}"
     );
 }
 

@@ -134,7 +134,14 @@ pub(crate) async fn queue_event(
     Extension(RequestDeadline(deadline)): Extension<RequestDeadline>,
     headers: HeaderMap,
     JsonBody(body, _share): JsonBody,
-) -> Result<(StatusCode, [(&'static str, &'static str); 1], Json<Accepted>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        [(&'static str, &'static str); 1],
+        Json<Accepted>,
+    ),
+    ApiError,
+> {
     let stream = [(
         crate::http::CHANGE_STREAM_HEADER,
         if state.scheduler.stream_is_live() {

@@ -32,6 +32,11 @@ const RETRY: Duration = Duration::from_secs(5);
 const MAX_AWAIT: Duration = Duration::from_millis(500);
 /// Pause after an empty answer that came back sooner than this.
 const IDLE_PAUSE: Duration = Duration::from_millis(20);
+/// How often the open stream's buckets are compared with the usable ones: a
+/// lease that lapsed (late renewals) and came back is usable again without
+/// an ownership change to announce it, and the stream must cover it (ingest
+/// does not nudge while the stream is open).
+const COVER_CHECK: Duration = Duration::from_secs(1);
 
 /// What the stream says about one insert.
 pub enum Inserted {
@@ -73,8 +78,10 @@ pub fn spawn(
             changes.borrow_and_update();
             let buckets = ownership.usable_buckets();
             if buckets.is_empty() {
+                // A lapsed lease comes back unannounced: look again soon.
                 tokio::select! {
                     _ = changes.changed() => continue,
+                    () = tokio::time::sleep(COVER_CHECK) => continue,
                     () = stop.cancelled() => return,
                 }
             }
@@ -123,12 +130,22 @@ pub fn spawn(
             // One getMore at a time (never cancelled mid-flight: the driver's
             // stream must not be dropped while a request is out), so the
             // loop notices a new owned set or a stop between requests.
+            let mut checked = Instant::now();
             loop {
                 if stop.is_cancelled() {
                     return;
                 }
                 if changes.has_changed().unwrap_or(true) {
                     break;
+                }
+                if checked.elapsed() >= COVER_CHECK {
+                    checked = Instant::now();
+                    let uncovered = (ownership.usable_buckets().iter())
+                        .any(|bucket| buckets.binary_search(bucket).is_err());
+                    if uncovered {
+                        // Reopened after the last change seen: nothing is missed.
+                        break;
+                    }
                 }
                 let asked = Instant::now();
                 match stream.next_if_any().await {
