@@ -8,6 +8,11 @@
 #   the test suite's server. STORAGE_PATH may be ':memory:' for it.
 # Both run with --sync-on-commit on disk: a write acknowledged as journaled
 # is on disk, as on MongoDB.
+# The compiled server's cache is MONGO_CACHE_SIZE (default 2G, a ceiling,
+# not an allocation): with 512M the soak's working set (events, outcomes,
+# their indexes) outgrew it within minutes and processing fell from about
+# 540 to 390 events/s as pages were evicted and read again (BENCHMARKS.md).
+# mongo:7 sizes its cache at half the memory less 1 GB.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,7 +28,7 @@ case "$kind" in
         scripts/install-secantus-rs.sh
         mkdir -p "$storage"
         setsid .tools/secantus-rs/bin/secantusd-rs --host 127.0.0.1 --port "$port" \
-            --storage-path "$storage" --cache-size "${MONGO_CACHE_SIZE:-512M}" \
+            --storage-path "$storage" --cache-size "${MONGO_CACHE_SIZE:-2G}" \
             --log-file-max 32MB --log-level WARNING --sync-on-commit >"$log" 2>&1 &
         ;;
     python)

@@ -83,7 +83,7 @@ class Settings:
     max_load: float = 1.5
     load_wait_secs: int = 1200
     # the compiled server's --cache-size (as scripts/start-mongo.sh)
-    mongo_cache: str = "512M"
+    mongo_cache: str = "2G"
     root: Path = ROOT
 
     @classmethod
@@ -127,7 +127,7 @@ class Settings:
             soak_interval=int(get("BENCH_SOAK_INTERVAL", "60")),
             max_load=float(get("BENCH_MAX_LOAD", "1.5")),
             load_wait_secs=int(get("BENCH_LOAD_WAIT_SECS", "1200")),
-            mongo_cache=get("MONGO_CACHE_SIZE", "512M"),
+            mongo_cache=get("MONGO_CACHE_SIZE", "2G"),
         )
 
     def unknown_sections(self):

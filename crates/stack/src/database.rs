@@ -76,7 +76,7 @@ pub struct DatabaseSpec {
     pub kind: DatabaseKind,
     pub binary: PathBuf,
     pub storage: Storage,
-    /// `--cache-size` of the compiled server (start-mongo.sh: `MONGO_CACHE_SIZE`, 512M).
+    /// `--cache-size` of the compiled server (start-mongo.sh: `MONGO_CACHE_SIZE`, 2G).
     pub cache_size: String,
     /// The server's output; none: discarded.
     pub log: Option<PathBuf>,
@@ -96,7 +96,7 @@ impl DatabaseSpec {
             kind,
             binary: kind.default_binary(),
             storage,
-            cache_size: "512M".to_owned(),
+            cache_size: "2G".to_owned(),
             log: None,
             own_process_group: false,
             start_timeout: Duration::from_secs(30),
