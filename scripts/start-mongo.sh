@@ -8,11 +8,8 @@
 #   the test suite's server. STORAGE_PATH may be ':memory:' for it.
 # Both run with --sync-on-commit on disk: a write acknowledged as journaled
 # is on disk, as on MongoDB.
-# The compiled server's cache is MONGO_CACHE_SIZE (default 2G, a ceiling,
-# not an allocation): with 512M the soak's working set (events, outcomes,
-# their indexes) outgrew it within minutes and processing fell from about
-# 540 to 390 events/s as pages were evicted and read again (BENCHMARKS.md).
-# mongo:7 sizes its cache at half the memory less 1 GB.
+# The compiled server's cache is MONGO_CACHE_SIZE, by default the stack
+# crate's DEFAULT_CACHE_SIZE (crates/stack/src/database.rs says why 2G).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,8 +24,10 @@ case "$kind" in
     compiled)
         scripts/install-secantus-rs.sh
         mkdir -p "$storage"
+        cache=${MONGO_CACHE_SIZE:-$(sed -n 's/^pub const DEFAULT_CACHE_SIZE: &str = "\(.*\)";$/\1/p' \
+            crates/stack/src/database.rs)}
         setsid .tools/secantus-rs/bin/secantusd-rs --host 127.0.0.1 --port "$port" \
-            --storage-path "$storage" --cache-size "${MONGO_CACHE_SIZE:-2G}" \
+            --storage-path "$storage" --cache-size "${cache:?no DEFAULT_CACHE_SIZE in crates/stack/src/database.rs}" \
             --log-file-max 32MB --log-level WARNING --sync-on-commit >"$log" 2>&1 &
         ;;
     python)

@@ -5,6 +5,7 @@ BENCHMARKS.md); a `Settings` is built once in `__main__` and passed down.
 """
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,16 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT = "bench"
 API_KEY = "bench-api-key-0123456789"
 PROCESSOR_TOKEN = "bench-processor-token-0123456789"
+
+
+def default_cache_size(root=ROOT):
+    """The compiled server's default --cache-size, read from the one place it
+    is written (the stack crate; start-mongo.sh reads it the same way)."""
+    source = (root / "crates" / "stack" / "src" / "database.rs").read_text()
+    found = re.search(r'^pub const DEFAULT_CACHE_SIZE: &str = "(.*)";$', source, re.M)
+    if not found:
+        raise RuntimeError("no DEFAULT_CACHE_SIZE in crates/stack/src/database.rs")
+    return found.group(1)
 
 ALL_SECTIONS = ["ingest", "end_to_end", "sleeping_lanes", "side_by_side", "fleet", "takeover",
                 "accept_to_start", "memory", "mllp", "slowloris", "processing", "k6", "burst", "soak"]
@@ -82,8 +93,8 @@ class Settings:
     # a quiet machine before each measurement
     max_load: float = 1.5
     load_wait_secs: int = 1200
-    # the compiled server's --cache-size (as scripts/start-mongo.sh)
-    mongo_cache: str = "2G"
+    # the compiled server's --cache-size (MONGO_CACHE_SIZE, else the stack crate's default)
+    mongo_cache: str = ""
     root: Path = ROOT
 
     @classmethod
@@ -127,7 +138,7 @@ class Settings:
             soak_interval=int(get("BENCH_SOAK_INTERVAL", "60")),
             max_load=float(get("BENCH_MAX_LOAD", "1.5")),
             load_wait_secs=int(get("BENCH_LOAD_WAIT_SECS", "1200")),
-            mongo_cache=get("MONGO_CACHE_SIZE", "2G"),
+            mongo_cache=get("MONGO_CACHE_SIZE") or default_cache_size(),
         )
 
     def unknown_sections(self):

@@ -191,7 +191,7 @@ pub struct StackArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// The compiled server's `--cache-size` (as scripts/start-mongo.sh).
-    #[arg(long, env = "MONGO_CACHE_SIZE", default_value = "2G")]
+    #[arg(long, env = "MONGO_CACHE_SIZE", default_value = stack::DEFAULT_CACHE_SIZE)]
     pub cache_size: String,
     /// The server binary [default: the project's install of --database].
     #[arg(long)]

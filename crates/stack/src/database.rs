@@ -11,6 +11,15 @@ use std::time::{Duration, Instant};
 use crate::error::StackError;
 use crate::{free_port, workspace_root};
 
+/// The compiled server's `--cache-size` unless `MONGO_CACHE_SIZE` says
+/// otherwise: the one place it is written (scripts/start-mongo.sh and the
+/// bench read it from here). A ceiling, not an allocation: with 512M the
+/// soak's working set (events, outcomes, their indexes) outgrew the cache
+/// within minutes and processing fell from about 540 to 390 events/s as pages
+/// were evicted and read again (BENCHMARKS.md). mongo:7 sizes its cache at
+/// half the memory less 1 GB.
+pub const DEFAULT_CACHE_SIZE: &str = "2G";
+
 /// Which of SecantusDB's servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DatabaseKind {
@@ -76,7 +85,7 @@ pub struct DatabaseSpec {
     pub kind: DatabaseKind,
     pub binary: PathBuf,
     pub storage: Storage,
-    /// `--cache-size` of the compiled server (start-mongo.sh: `MONGO_CACHE_SIZE`, 2G).
+    /// `--cache-size` of the compiled server ([`DEFAULT_CACHE_SIZE`]).
     pub cache_size: String,
     /// The server's output; none: discarded.
     pub log: Option<PathBuf>,
@@ -96,7 +105,7 @@ impl DatabaseSpec {
             kind,
             binary: kind.default_binary(),
             storage,
-            cache_size: "2G".to_owned(),
+            cache_size: DEFAULT_CACHE_SIZE.to_owned(),
             log: None,
             own_process_group: false,
             start_timeout: Duration::from_secs(30),
@@ -325,6 +334,21 @@ mod tests {
             spec.args(27017).join(" "),
             "--host 127.0.0.1 --port 27017 --storage-path /tmp/db --log-level WARNING \
              --cache-size 256M --log-file-max 32MB --sync-on-commit"
+        );
+    }
+
+    #[test]
+    fn start_mongo_sh_reads_the_default_cache_size_from_here() {
+        // The script and the bench parse the constant's line; a reworded
+        // line would leave them without a default.
+        let source = include_str!("database.rs");
+        let line = format!("pub const DEFAULT_CACHE_SIZE: &str = \"{DEFAULT_CACHE_SIZE}\";");
+        assert!(source.lines().any(|l| l == line), "{line}");
+        let script =
+            std::fs::read_to_string(workspace_root().join("scripts/start-mongo.sh")).unwrap();
+        assert!(
+            script.contains("DEFAULT_CACHE_SIZE"),
+            "start-mongo.sh must read the constant"
         );
     }
 

@@ -15,7 +15,7 @@ mod stack;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-pub use database::{DatabaseKind, DatabaseSpec, MongoServer, Storage};
+pub use database::{DEFAULT_CACHE_SIZE, DatabaseKind, DatabaseSpec, MongoServer, Storage};
 pub use error::StackError;
 pub use service::{Service, ServiceSpec};
 pub use stack::{Mongo, Stack, StackSpec, Stopped};
