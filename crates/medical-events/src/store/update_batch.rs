@@ -114,17 +114,8 @@ fn merged(members: &[&Guarded]) -> Document {
             .iter()
             .flat_map(|m| m.changes.keys().map(String::as_str)),
     ) {
-        let values: Vec<(usize, &Bson)> = (members.iter().enumerate())
+        let branches: Vec<Document> = (members.iter().enumerate())
             .filter_map(|(k, m)| m.changes.get(field).map(|v| (k, v)))
-            .collect();
-        // The same expression for every document (a close's status, the
-        // revision, `updatedAt`): once, not chosen by position, which is most
-        // of what the database evaluates per document otherwise.
-        if values.len() == members.len() && values.iter().all(|(_, v)| *v == values[0].1) {
-            changes.insert(field, values[0].1.clone());
-            continue;
-        }
-        let branches: Vec<Document> = (values.into_iter())
             .map(|(k, value)| doc! { "case": at(k), "then": value.clone() })
             .collect();
         changes.insert(
@@ -581,56 +572,6 @@ mod tests {
             condition: doc! { "$eq": ["$status", "queued"] },
             changes: doc! { field: { "$cond": [format!("${flag}"), 1, format!("${field}")] } },
         })
-    }
-
-    #[test]
-    fn a_change_every_merged_write_shares_is_not_chosen_by_position() {
-        let close = |id: &str, label: &str| {
-            Write::Guarded(Guarded {
-                id: id.to_owned(),
-                flag: "_fenced",
-                condition: doc! { "$eq": ["$claim.token", id] },
-                changes: doc! {
-                    "status": { "$cond": ["$_fenced", "processed", "$status"] },
-                    "fencedBy": { "$cond": ["$_fenced", label, "$fencedBy"] },
-                },
-            })
-        };
-        let writes = [
-            close("a", "a/close"),
-            close("b", "b/close"),
-            guarded("c", "_fenced", "status"),
-        ];
-        let refs: Vec<&Write> = writes.iter().collect();
-        let shared = &plan(&refs[..2], true)[0].statement;
-        let fields = shared.get_array("u").unwrap()[2].as_document().unwrap();
-        let fields = fields.get_document("$set").unwrap();
-        assert_eq!(
-            fields.get_document("status").unwrap(),
-            &doc! { "$cond": ["$_fenced", "processed", "$status"] }
-        );
-        assert!(
-            fields
-                .get_document("fencedBy")
-                .unwrap()
-                .contains_key("$switch")
-        );
-        // A field one member sets differently, or does not set, stays chosen.
-        let mixed = &plan(&refs, true)[0].statement;
-        let fields = mixed.get_array("u").unwrap()[2].as_document().unwrap();
-        let fields = fields.get_document("$set").unwrap();
-        assert!(
-            fields
-                .get_document("status")
-                .unwrap()
-                .contains_key("$switch")
-        );
-        assert!(
-            fields
-                .get_document("fencedBy")
-                .unwrap()
-                .contains_key("$switch")
-        );
     }
 
     #[test]
