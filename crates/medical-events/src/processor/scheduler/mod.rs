@@ -185,7 +185,7 @@ impl<H: EventHandler> Scheduler<H> {
     /// hears of the insert from the stream, with the event (see
     /// [`Self::offer`]); waking it here too would only cost a read.
     pub fn nudge(&self, patient_id: &str) {
-        if self.inner.stream_live.load(Ordering::Acquire) {
+        if self.stream_is_live() {
             let lanes = self.inner.lanes.lock().expect("lane map poisoned");
             if lanes.contains_key(patient_id)
                 || self
@@ -230,7 +230,7 @@ impl<H: EventHandler> Scheduler<H> {
     /// lane's next number (an operator re-queued it: no insert announces
     /// it); else every insert after its last read reaches it by the stream.
     fn sweep_wake(&self, patient_id: &str, lowest: i64) {
-        if self.inner.stream_live.load(Ordering::Acquire) {
+        if self.stream_is_live() {
             let mut lanes = self.inner.lanes.lock().expect("lane map poisoned");
             if let Some(wakes) = lanes.get_mut(patient_id) {
                 if wakes.next_seq.is_some_and(|next| lowest < next) {
