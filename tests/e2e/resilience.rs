@@ -321,3 +321,69 @@ async fn a_database_that_stops_answering_gives_503_not_a_hang() {
     }
     assert_eq!(status, StatusCode::ACCEPTED);
 }
+
+/// A restart reuses the ports, which anything on the machine may take while
+/// the service is down (CI once saw a restart exit on a taken port). The
+/// harness starts the service again until the port is free: the restarted
+/// processor serves on the same port once it is released, and its log shows
+/// the run that could not bind.
+#[tokio::test]
+async fn a_restart_waits_until_its_port_is_free_again() {
+    let uri = fresh_database_uri();
+    let mut processor = Service::start("processor", &processor_env(&uri, 10, 20)).await;
+    let port = processor.port();
+    processor.kill9();
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", port)).expect("the port just freed");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(squatter);
+    });
+
+    processor.restart().await;
+    release.await.unwrap();
+    assert_eq!(processor.port(), port);
+    let health = reqwest::get(format!("{}/health", processor.url()))
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    assert!(
+        processor.read_log().contains("cannot listen on port"),
+        "the port was taken when the restart began"
+    );
+}
+
+/// A processor whose port is taken exits before it joins the fleet: had it
+/// joined first, its session would hold buckets it never works on until the
+/// session ran out (a lease period of nothing processed for those patients).
+#[tokio::test]
+async fn a_processor_that_cannot_listen_exits_before_joining_the_fleet() {
+    let uri = fresh_database_uri();
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut env = processor_env(&uri, 10, 20);
+    env.push(("PORT", port.clone()));
+    let output = tokio::process::Command::new(crate::support::binary_path("processor"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .await
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        log.contains(&format!("cannot listen on port {port}")),
+        "{log}"
+    );
+    let db = Db::connect(&uri).await;
+    assert_eq!(
+        db.count("processors", doc! {}).await,
+        0,
+        "no session opened"
+    );
+    assert_eq!(
+        db.count("leases", doc! { "owner": { "$ne": null } }).await,
+        0,
+        "no lease taken"
+    );
+}

@@ -288,7 +288,9 @@ impl MongoServer {
             self.spec
                 .log
                 .as_ref()
-                .map_or("(discarded)".to_owned(), |p| p.display().to_string())
+                .map_or("(discarded)".to_owned(), |p| {
+                    crate::log_tail::describe(p, 0)
+                })
         };
         let deadline = Instant::now() + self.spec.start_timeout;
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {

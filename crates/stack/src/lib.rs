@@ -8,6 +8,7 @@
 
 mod database;
 mod error;
+mod log_tail;
 mod service;
 mod signal;
 mod stack;

@@ -8,10 +8,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::StackError;
+use crate::log_tail;
 use crate::{binary_path, workspace_root};
 
 /// How long a service may take to log its ports, and then to answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a restart waits for its ports to be free again.
+const PORT_RETAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What to start: a binary, its environment, where it logs.
 #[derive(Clone, Debug)]
@@ -170,7 +174,7 @@ impl Service {
                 return Err(StackError::NoPorts {
                     what: self.name.clone(),
                     after: START_TIMEOUT,
-                    log: self.log.display().to_string(),
+                    log: log_tail::describe(&self.log, self.log_offset),
                 });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -195,7 +199,7 @@ impl Service {
                 return Err(StackError::NotHealthy {
                     what: self.name.clone(),
                     after: START_TIMEOUT,
-                    log: self.log.display().to_string(),
+                    log: log_tail::describe(&self.log, self.log_offset),
                 });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -212,7 +216,7 @@ impl Service {
             Some(status) => Err(StackError::ExitedDuringStartup {
                 what: self.name.clone(),
                 status,
-                log: self.log.display().to_string(),
+                log: log_tail::describe(&self.log, self.log_offset),
             }),
             None => Ok(()),
         }
@@ -263,7 +267,7 @@ impl Service {
                 return Err(StackError::StopTimeout {
                     what: self.name.clone(),
                     after: timeout,
-                    log: self.log.display().to_string(),
+                    log: log_tail::describe(&self.log, self.log_offset),
                 });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -275,12 +279,34 @@ impl Service {
         self.try_restart().await.unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// [`Service::restart`], with an error instead of a panic.
+    /// [`Service::restart`], with an error instead of a panic. The ports
+    /// were free while the service held them, but once it is down anything
+    /// on the machine may take one for a moment (another test's connection
+    /// or listener): a run that could not bind is started again, for a while.
     pub async fn try_restart(&mut self) -> Result<(), StackError> {
         self.kill9();
-        self.spawn()?;
-        self.learn_ports().await?;
-        self.wait_healthy().await
+        let deadline = Instant::now() + PORT_RETAKE_TIMEOUT;
+        loop {
+            self.spawn()?;
+            match self.learn_ports().await {
+                Err(StackError::ExitedDuringStartup { .. })
+                    if Instant::now() < deadline && self.run_could_not_bind() =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                result => {
+                    result?;
+                    return self.wait_healthy().await;
+                }
+            }
+        }
+    }
+
+    /// Whether this run's log says a port was taken (`StartupError::Bind`).
+    fn run_could_not_bind(&self) -> bool {
+        let log = self.read_log();
+        log.get(self.log_offset..)
+            .is_some_and(|run| run.contains("cannot listen on port"))
     }
 
     pub fn read_log(&self) -> String {
