@@ -48,6 +48,12 @@ impl ProcessorApp {
         }
         let store = open_store(&config.mongo, "processor", &config.patient_logging).await?;
         let handler = handler(&config)?;
+        // Everything that can refuse to start does so before the worker
+        // joins the fleet: an instance that exits after joining leaves its
+        // session to run out, and the buckets it took wait until it does.
+        let listener = bind(config.port).await?;
+        let metrics = bind_metrics(config.metrics_port, config.metrics_bind).await?;
+        let tls = tls_acceptor(config.tls.as_ref())?;
         let worker = Worker::start(
             &store,
             handler,
@@ -72,9 +78,9 @@ impl ProcessorApp {
             scheduler: worker.scheduler().clone(),
         };
         Ok(Self {
-            listener: bind(config.port).await?,
-            metrics: bind_metrics(config.metrics_port, config.metrics_bind).await?,
-            tls: tls_acceptor(config.tls.as_ref())?,
+            listener,
+            metrics,
+            tls,
             connections: config.limits.connections,
             router: processor::router(
                 state,
