@@ -595,6 +595,75 @@ async fn many_patients_run_in_parallel_each_in_order() {
     worker.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A merged statement the database refuses as a whole (a multi-document
+/// update stops at the first document it cannot update) says nothing about
+/// its members, some of which may have applied: each is sent again alone and
+/// decided by its own fence. When every member had applied before the
+/// refusal, a claim's copy is refused by the revision and recognised as
+/// ours, a record's applies again with the same values, a close's is
+/// refused by the status and recognised; when none had, each copy applies.
+/// Either way each event runs once, its attempt counted once, each patient
+/// in order.
+#[tokio::test]
+async fn writes_of_a_merged_statement_the_database_refused_after_applying_are_decided_one_by_one() {
+    refused_merged_statements(true).await;
+}
+
+#[tokio::test]
+async fn writes_of_a_merged_statement_the_database_refused_unapplied_are_sent_again() {
+    refused_merged_statements(false).await;
+}
+
+async fn refused_merged_statements(applied: bool) {
+    let uri = fresh_database_uri();
+    let direct = store(&uri).await;
+    let proxy = FaultProxy::start_for_shared().await;
+    let database = uri.rsplit('/').next().unwrap();
+    let through_proxy = Store::connect(&proxy.uri(database), Duration::from_secs(5), "test")
+        .await
+        .unwrap();
+    let refused = proxy.on(
+        "update",
+        "queued_events",
+        Fault::RefuseMergedStatement { applied },
+        20,
+        Some(mentions("_batchPosition")),
+    );
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for n in 0..3 {
+        for p in 0..30 {
+            let patient = format!("refused-{p}");
+            let id = enqueue(&direct, &patient, n).await;
+            expected.entry(patient).or_default().push(id);
+        }
+    }
+    let handler = ScriptedHandler::default();
+    let worker = Worker::start(&through_proxy, handler.clone(), config(5))
+        .await
+        .unwrap();
+    let db = Db::connect(&uri).await;
+    wait_until(Duration::from_secs(60), "90 processed events", || async {
+        db.processed_count().await == 90
+    })
+    .await;
+    worker.shutdown(Duration::from_secs(1)).await;
+
+    assert!(proxy.hits(refused) > 0, "no merged statement was refused");
+    assert_eq!(handler.calls().len(), 90, "an event ran twice");
+    for (patient, ids) in &expected {
+        db.assert_processed_in_order(patient, ids).await;
+    }
+    assert_eq!(
+        db.count(
+            "queued_events",
+            doc! { "status": "processed", "attempts": 1 }
+        )
+        .await,
+        90,
+        "every event processed, each attempt counted once"
+    );
+}
+
 #[tokio::test]
 async fn a_claim_whose_reply_was_lost_counts_one_attempt() {
     let uri = fresh_database_uri();

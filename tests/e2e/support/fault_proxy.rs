@@ -36,6 +36,21 @@ pub enum Fault {
     DropReply,
     /// Never forwarded; the connection is cut: the server never saw it.
     DropRequest,
+    /// The reply says the `update` command's first statement that names
+    /// several `_id`s (a merged statement) was refused, as a multi-document
+    /// update stopped part way answers. `applied`: the statement did change
+    /// its documents first; otherwise it reaches the server matching none.
+    /// The command's other statements are applied either way.
+    RefuseMergedStatement { applied: bool },
+}
+
+/// What happens to a reply, by its request.
+#[derive(Debug, Clone, Copy)]
+enum ReplyFault {
+    Delay(Duration),
+    Drop,
+    /// A write error for the statement at this index.
+    Refuse(usize),
 }
 
 /// A command as the proxy sees it.
@@ -109,7 +124,7 @@ impl FaultProxy {
                 let _ = server.set_nodelay(true);
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                let replies: Arc<Mutex<HashMap<i32, Fault>>> = Arc::default();
+                let replies: Arc<Mutex<HashMap<i32, ReplyFault>>> = Arc::default();
                 let (cut_tx, cut_rx) = watch::channel(false);
                 tokio::spawn(requests(
                     client_read,
@@ -328,11 +343,15 @@ async fn requests(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     shared: Shared,
-    replies: Arc<Mutex<HashMap<i32, Fault>>>,
+    replies: Arc<Mutex<HashMap<i32, ReplyFault>>>,
     cut: watch::Sender<bool>,
 ) {
     while let Some(message) = message(&mut from).await {
-        let fault = command(&message).and_then(|c| fault_for(&shared, &c));
+        let parsed = command(&message);
+        let fault = parsed.as_ref().and_then(|c| fault_for(&shared, c));
+        let on_reply = |fault| {
+            replies.lock().unwrap().insert(request_id(&message), fault);
+        };
         match fault {
             Some(Fault::HoldRequest) => {
                 let seen = *shared.released.lock().unwrap();
@@ -349,11 +368,22 @@ async fn requests(
                 let _ = cut.send(true);
                 return;
             }
-            Some(reply_fault @ (Fault::DelayReply(_) | Fault::DropReply)) => {
-                replies
-                    .lock()
-                    .unwrap()
-                    .insert(request_id(&message), reply_fault);
+            Some(Fault::DelayReply(delay)) => on_reply(ReplyFault::Delay(delay)),
+            Some(Fault::DropReply) => on_reply(ReplyFault::Drop),
+            Some(Fault::RefuseMergedStatement { applied }) => {
+                if let Some((command, index)) =
+                    (parsed.as_ref()).and_then(|c| merged_statement(c).map(|index| (c, index)))
+                {
+                    on_reply(ReplyFault::Refuse(index));
+                    if !applied {
+                        let unapplied = matching_nothing(&message, command, index);
+                        wait_unfrozen(&shared).await;
+                        if to.write_all(&unapplied).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
             }
             None => {}
         }
@@ -368,7 +398,7 @@ async fn answers(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     shared: Shared,
-    replies: Arc<Mutex<HashMap<i32, Fault>>>,
+    replies: Arc<Mutex<HashMap<i32, ReplyFault>>>,
     mut cut: watch::Receiver<bool>,
 ) {
     loop {
@@ -381,20 +411,84 @@ async fn answers(
             return;
         };
         let fault = replies.lock().unwrap().remove(&response_to(&message));
-        match fault {
-            Some(Fault::DropReply) => {
+        let message = match fault {
+            Some(ReplyFault::Drop) => {
                 // Applied; the client will never know: cut it off.
                 let _ = to.shutdown().await;
                 return;
             }
-            Some(Fault::DelayReply(delay)) => tokio::time::sleep(delay).await,
-            _ => {}
-        }
+            Some(ReplyFault::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
+                message
+            }
+            Some(ReplyFault::Refuse(index)) => refusing(&message, index).unwrap_or(message),
+            None => message,
+        };
         wait_unfrozen(&shared).await;
         if to.write_all(&message).await.is_err() {
             return;
         }
     }
+}
+
+/// The index of an `update` command's first statement whose filter names
+/// several `_id`s (`{_id: {$in: [..]}}` with more than one).
+fn merged_statement(command: &Command) -> Option<usize> {
+    let updates = command.body.get_array("updates").ok()?;
+    updates.iter().position(|statement| {
+        let ids = statement
+            .as_document()
+            .and_then(|s| s.get_document("q").ok())
+            .and_then(|q| q.get_document("_id").ok())
+            .and_then(|id| id.get_array("$in").ok());
+        ids.is_some_and(|ids| ids.len() > 1)
+    })
+}
+
+/// `request` (an `update` command) sent again with its statement at `index`
+/// matching no document, as one `OP_MSG` body (its document sequences
+/// inline, which servers accept), same request id.
+fn matching_nothing(request: &[u8], command: &Command, index: usize) -> Vec<u8> {
+    let mut body = command.body.clone();
+    if let Ok(updates) = body.get_array_mut("updates")
+        && let Some(Bson::Document(statement)) = updates.get_mut(index)
+    {
+        statement.insert("q", mongodb::bson::doc! { "_id": { "$in": [] } });
+    }
+    let mut encoded = Vec::new();
+    body.to_writer(&mut encoded)
+        .expect("a document the driver sent");
+    let mut message = request[..16].to_vec();
+    message.extend_from_slice(&0u32.to_le_bytes());
+    message.push(0);
+    message.extend_from_slice(&encoded);
+    let length = i32::try_from(message.len()).expect("a message under 2 GiB");
+    message[..4].copy_from_slice(&length.to_le_bytes());
+    message
+}
+
+/// `reply` (an `OP_MSG` with its body alone) with a write error for the
+/// statement at `index` added; `None` if it is not such a reply.
+fn refusing(reply: &[u8], index: usize) -> Option<Vec<u8>> {
+    let flags = u32::from_le_bytes(reply.get(16..20)?.try_into().ok()?);
+    if flags & 1 == 1 || *reply.get(20)? != 0 {
+        return None;
+    }
+    let mut body = Document::from_reader(reply.get(21..)?).ok()?;
+    let mut errors = body.get_array("writeErrors").cloned().unwrap_or_default();
+    errors.push(Bson::Document(mongodb::bson::doc! {
+        "index": index as i32,
+        "code": 2,
+        "errmsg": "refused by the fault proxy",
+    }));
+    body.insert("writeErrors", errors);
+    let mut encoded = Vec::new();
+    body.to_writer(&mut encoded).ok()?;
+    let mut message = reply[..21].to_vec();
+    message.extend_from_slice(&encoded);
+    let length = i32::try_from(message.len()).ok()?;
+    message[..4].copy_from_slice(&length.to_le_bytes());
+    Some(message)
 }
 
 /// A predicate on a command's body: the value at `path` (dotted, arrays
