@@ -390,10 +390,7 @@ async fn fenced_writes_sent_together_are_decided_event_by_event() {
     // Through a proxy that lets every command pass and counts the merged
     // ones, and those merging claims with fenced writes.
     let proxy = FaultProxy::start_for_shared().await;
-    let database = uri.rsplit('/').next().unwrap();
-    let store = Store::connect(&proxy.uri(database), Duration::from_secs(5), "test")
-        .await
-        .unwrap();
+    let store = store_bounded_through(&proxy, &uri, Duration::from_secs(5)).await;
     // The first rule a command matches counts it.
     let mixed = proxy.on(
         "update",
@@ -618,10 +615,7 @@ async fn refused_merged_statements(applied: bool) {
     let uri = fresh_database_uri();
     let direct = store(&uri).await;
     let proxy = FaultProxy::start_for_shared().await;
-    let database = uri.rsplit('/').next().unwrap();
-    let through_proxy = Store::connect(&proxy.uri(database), Duration::from_secs(5), "test")
-        .await
-        .unwrap();
+    let through_proxy = store_bounded_through(&proxy, &uri, Duration::from_secs(5)).await;
     let refused = proxy.on(
         "update",
         "queued_events",
@@ -671,10 +665,7 @@ async fn a_claim_whose_reply_was_lost_counts_one_attempt() {
     let id = enqueue(&store, "p", 0).await;
     // The same database, through a proxy that will swallow the claim's reply.
     let proxy = FaultProxy::start_for_shared().await;
-    let database = uri.rsplit('/').next().unwrap();
-    let through_proxy = Store::connect(&proxy.uri(database), Duration::from_secs(5), "test")
-        .await
-        .unwrap();
+    let through_proxy = store_bounded_through(&proxy, &uri, Duration::from_secs(5)).await;
     let dropped = proxy.on_next("update", "queued_events", Fault::DropReply, 1);
     let next = through_proxy
         .claim_next(bucket("p"), "p", &fence(1, "instance"), soon())
@@ -739,8 +730,14 @@ async fn recovery_finds_100000_waiting_patients() {
 /// A store whose every operation passes through `proxy`, with a short
 /// operation bound (2 x 500 ms).
 async fn store_through(proxy: &FaultProxy, uri: &str) -> Store {
+    store_bounded_through(proxy, uri, Duration::from_millis(500)).await
+}
+
+/// A store whose every operation passes through `proxy` (the database of
+/// `uri`), each operation bounded by 2 x `timeout`.
+async fn store_bounded_through(proxy: &FaultProxy, uri: &str, timeout: Duration) -> Store {
     let database = uri.rsplit('/').next().unwrap();
-    Store::connect(&proxy.uri(database), Duration::from_millis(500), "test")
+    Store::connect(&proxy.uri(database), timeout, "test")
         .await
         .unwrap()
 }
