@@ -623,30 +623,11 @@ async fn refused_merged_statements(applied: bool) {
         20,
         Some(mentions("_batchPosition")),
     );
-    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
-    for n in 0..3 {
-        for p in 0..30 {
-            let patient = format!("refused-{p}");
-            let id = enqueue(&direct, &patient, n).await;
-            expected.entry(patient).or_default().push(id);
-        }
-    }
     let handler = ScriptedHandler::default();
-    let worker = Worker::start(&through_proxy, handler.clone(), config(5))
-        .await
-        .unwrap();
-    let db = Db::connect(&uri).await;
-    wait_until(Duration::from_secs(60), "90 processed events", || async {
-        db.processed_count().await == 90
-    })
-    .await;
-    worker.shutdown(Duration::from_secs(1)).await;
+    let db = process_all(&uri, &direct, &through_proxy, handler.clone(), "refused", 3).await;
 
     assert!(proxy.hits(refused) > 0, "no merged statement was refused");
     assert_eq!(handler.calls().len(), 90, "an event ran twice");
-    for (patient, ids) in &expected {
-        db.assert_processed_in_order(patient, ids).await;
-    }
     assert_eq!(
         db.count(
             "queued_events",
@@ -656,6 +637,76 @@ async fn refused_merged_statements(applied: bool) {
         90,
         "every event processed, each attempt counted once"
     );
+}
+
+/// `MERGED_WRITES_MAX=1`: every claim and fenced write goes as its own
+/// statement (for a server whose expression evaluation costs more than its
+/// commits), and processing is the same.
+#[tokio::test]
+async fn with_merging_off_each_write_is_its_own_statement() {
+    let uri = fresh_database_uri();
+    let direct = store(&uri).await;
+    let proxy = FaultProxy::start_for_shared().await;
+    let through_proxy = store_bounded_through(&proxy, &uri, Duration::from_secs(5)).await;
+    through_proxy.set_max_merged(1);
+    let merged = proxy.on(
+        "update",
+        "queued_events",
+        Fault::DelayRequest(Duration::ZERO),
+        usize::MAX,
+        Some(mentions("_batchPosition")),
+    );
+    let updates = proxy.on_next(
+        "update",
+        "queued_events",
+        Fault::DelayRequest(Duration::ZERO),
+        usize::MAX,
+    );
+    process_all(
+        &uri,
+        &direct,
+        &through_proxy,
+        ScriptedHandler::default(),
+        "unmerged",
+        2,
+    )
+    .await;
+
+    assert!(proxy.hits(updates) > 0, "the writes passed the proxy");
+    assert_eq!(proxy.hits(merged), 0, "a merged statement was sent");
+}
+
+/// Queues `per_patient` events for each of 30 patients (through `direct`),
+/// runs a worker on `store` until all are processed, and checks each
+/// patient's order.
+async fn process_all(
+    uri: &str,
+    direct: &Store,
+    store: &Store,
+    handler: ScriptedHandler,
+    prefix: &str,
+    per_patient: usize,
+) -> Db {
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for n in 0..per_patient {
+        for p in 0..30 {
+            let patient = format!("{prefix}-{p}");
+            let id = enqueue(direct, &patient, n).await;
+            expected.entry(patient).or_default().push(id);
+        }
+    }
+    let worker = Worker::start(store, handler, config(5)).await.unwrap();
+    let db = Db::connect(uri).await;
+    let total = 30 * per_patient as u64;
+    wait_until(Duration::from_secs(60), "every event processed", || async {
+        db.processed_count().await == total
+    })
+    .await;
+    worker.shutdown(Duration::from_secs(1)).await;
+    for (patient, ids) in &expected {
+        db.assert_processed_in_order(patient, ids).await;
+    }
+    db
 }
 
 #[tokio::test]

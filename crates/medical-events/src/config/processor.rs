@@ -37,6 +37,11 @@ pub struct ProcessorConfig {
     /// Patients with a lane in memory at most; past it `/queue` answers 503
     /// and the sweep starts the rest as lanes free up.
     pub max_active_lanes: usize,
+    /// `MERGED_WRITES_MAX`: events whose claims or fenced writes may share
+    /// one multi-document statement (1: each alone). Merging saves commits
+    /// on a server that syncs each statement, and costs expression
+    /// evaluation on every document (BENCHMARKS.md has both).
+    pub max_merged_writes: usize,
     pub tls: Option<TlsFiles>,
     /// `LEASE_MS`: how long a bucket lease lasts without renewal.
     pub lease: Duration,
@@ -112,6 +117,7 @@ impl ProcessorConfig {
             access,
             limits: HttpLimits::from_source(source)?,
             max_active_lanes: positive(source, "MAX_ACTIVE_LANES", 50_000)? as usize,
+            max_merged_writes: max_merged_writes(source)?,
             tls: TlsFiles::from_source(source)?,
             lease,
             attempt_timeout: positive_millis(source, "ATTEMPT_TIMEOUT_MS", 60_000)?,
@@ -129,4 +135,21 @@ impl ProcessorConfig {
         check_request_budget(&config.limits, &config.mongo)?;
         Ok(config)
     }
+}
+
+/// Beyond a few hundred, each document's walk to its position costs more
+/// than the commits merging saves (250 was slower than 100).
+const MAX_MERGED_WRITES: u32 = 500;
+
+fn max_merged_writes(source: &impl Source) -> Result<usize, ConfigError> {
+    let name = "MERGED_WRITES_MAX";
+    let value = positive(source, name, crate::store::DEFAULT_MAX_MERGED as u32)?;
+    if value > MAX_MERGED_WRITES {
+        return Err(super::invalid(
+            name,
+            &value.to_string(),
+            &format!("must be at most {MAX_MERGED_WRITES}"),
+        ));
+    }
+    Ok(value as usize)
 }

@@ -64,6 +64,25 @@ fn processor_defaults_are_the_real_timing() {
 }
 
 #[test]
+fn merged_writes_default_to_64_and_take_1_to_500() {
+    let with = |value: &'static str| {
+        ProcessorConfig::from_source(&[
+            ("MONGO_URI", "mongodb://db"),
+            ("AUTH_DISABLED", "true"),
+            ("MERGED_WRITES_MAX", value),
+        ])
+    };
+    let default =
+        ProcessorConfig::from_source(&[("MONGO_URI", "mongodb://db"), ("AUTH_DISABLED", "true")]);
+    assert_eq!(default.unwrap().max_merged_writes, 64);
+    assert_eq!(with("1").unwrap().max_merged_writes, 1);
+    for refused in ["0", "501", "many"] {
+        let error = with(refused).unwrap_err().to_string();
+        assert!(error.starts_with("MERGED_WRITES_MAX="), "{error}");
+    }
+}
+
+#[test]
 fn keys_can_come_from_a_mounted_file() {
     let path = std::env::temp_dir().join(format!("keys-{}", std::process::id()));
     std::fs::write(&path, "file-key-0123456789\nsecond-file-key-0123\n").unwrap();

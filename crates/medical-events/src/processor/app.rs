@@ -47,6 +47,7 @@ impl ProcessorApp {
             warn!("AUTH_DISABLED=true: the processor accepts /queue without a token");
         }
         let store = open_store(&config.mongo, "processor", &config.patient_logging).await?;
+        store.set_max_merged(config.max_merged_writes);
         let handler = handler(&config)?;
         // Everything that can refuse to start does so before the worker
         // joins the fleet: an instance that exits after joining leaves its

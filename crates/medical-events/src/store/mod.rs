@@ -18,6 +18,8 @@ pub mod shapes;
 mod sweep;
 mod update_batch;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use documents::{
@@ -46,6 +48,7 @@ use mongodb::{Client, Collection, Database};
 use deadline::{Bounded, BoundedAll};
 use group_commit::InsertBatcher;
 use shapes::Shape;
+pub use update_batch::DEFAULT_MAX_MERGED;
 use update_batch::UpdateBatcher;
 
 /// Database used when `MONGO_URI` names none.
@@ -72,6 +75,8 @@ pub struct Store {
     /// fenced writes) and `processed_events` (outcomes), group-committed.
     event_updates: UpdateBatcher,
     outcome_updates: UpdateBatcher,
+    /// Guarded updates per merged statement at most, for both batchers.
+    max_merged: Arc<AtomicUsize>,
 }
 
 impl Store {
@@ -100,6 +105,7 @@ impl Store {
         let processed: Collection<ProcessedEvent> =
             db.collection_with_options(PROCESSED_EVENTS, durable);
         let op_timeout = operation_bound(timeout);
+        let max_merged = Arc::new(AtomicUsize::new(update_batch::DEFAULT_MAX_MERGED));
         Ok(Self {
             uri: uri.to_owned(),
             timeout,
@@ -110,6 +116,7 @@ impl Store {
                 durable_command(),
                 op_timeout,
                 "updating events",
+                Arc::clone(&max_merged),
             ),
             outcome_updates: UpdateBatcher::spawn(
                 db.clone(),
@@ -117,8 +124,9 @@ impl Store {
                 durable_command(),
                 op_timeout,
                 "writing outcomes",
+                Arc::clone(&max_merged),
             ),
-
+            max_merged,
             op_timeout,
             outcome_inserts: InsertBatcher::spawn(processed.clone(), op_timeout),
             processed,
@@ -149,6 +157,13 @@ impl Store {
 
     pub fn op_timeout(&self) -> Duration {
         self.op_timeout
+    }
+
+    /// How many events' claims and fenced writes may travel in one merged
+    /// statement (`MERGED_WRITES_MAX`; 1 sends each alone), for every clone
+    /// of this store. Default [`DEFAULT_MAX_MERGED`].
+    pub fn set_max_merged(&self, max: usize) {
+        self.max_merged.store(max.max(1), Ordering::Relaxed);
     }
 
     /// The longest an intake write can take once started: a read of the

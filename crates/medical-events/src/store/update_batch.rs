@@ -21,6 +21,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mongodb::Database;
@@ -34,11 +35,12 @@ use super::shapes;
 /// Statements per command at most (MongoDB takes up to 100,000; a bound
 /// keeps a batch's reply time near a single write's).
 const MAX_STATEMENTS: usize = 500;
-/// Guarded updates per merged statement at most: each document's pipeline
-/// looks its position up in the id list and walks a `$switch` to it, so
-/// the cost per document grows with the list (250 a statement was slower
-/// than 100 on the compiled server).
-const MAX_MERGED: usize = 64;
+/// Guarded updates per merged statement at most, unless configured
+/// (`MERGED_WRITES_MAX`): each document's pipeline looks its position up in
+/// the id list and walks a `$switch` to it, so the cost per document grows
+/// with the list (250 a statement was slower than 100 on the compiled
+/// server). 1 merges nothing.
+pub const DEFAULT_MAX_MERGED: usize = 64;
 /// Commands in flight at once per collection.
 const IN_FLIGHT: usize = 4;
 /// Updates waiting for a batch at most; past it callers wait (backpressure).
@@ -209,6 +211,7 @@ impl UpdateBatcher {
         write_concern: Document,
         op_timeout: Duration,
         operation: &'static str,
+        max_merged: Arc<AtomicUsize>,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
         let target = Target {
@@ -217,6 +220,7 @@ impl UpdateBatcher {
             write_concern,
             op_timeout,
             operation,
+            max_merged,
         };
         tokio::spawn(run(target, receiver));
         Self { sender, op_timeout }
@@ -255,6 +259,8 @@ struct Target {
     write_concern: Document,
     op_timeout: Duration,
     operation: &'static str,
+    /// Guarded updates per merged statement at most (the store's setting).
+    max_merged: Arc<AtomicUsize>,
 }
 
 async fn run(target: Target, mut receiver: mpsc::Receiver<Pending>) {
@@ -291,9 +297,10 @@ struct Wire {
     members: Vec<usize>,
 }
 
-/// The statements for `writes`: guarded updates of distinct events merged
-/// (when `merge`), everything else one statement each.
-fn plan(writes: &[&Write], merge: bool) -> Vec<Wire> {
+/// The statements for `writes`: guarded updates of distinct events merged,
+/// up to `max_merged` a statement, everything else one statement each.
+fn plan(writes: &[&Write], max_merged: usize) -> Vec<Wire> {
+    let merge = max_merged > 1;
     let mut wires = Vec::new();
     let mut group: Vec<(usize, &Guarded)> = Vec::new();
     let mut ids = HashSet::new();
@@ -308,7 +315,7 @@ fn plan(writes: &[&Write], merge: bool) -> Vec<Wire> {
             _ => wires.push(single(write, index)),
         }
     }
-    for chunk in group.chunks(MAX_MERGED) {
+    for chunk in group.chunks(max_merged.max(1)) {
         if let [(index, _)] = chunk {
             wires.push(single(writes[*index], *index));
             continue;
@@ -369,51 +376,56 @@ async fn send(target: &Target, batch: Vec<Pending>) {
     metrics::histogram!("update_batch_size", "collection" => target.collection)
         .record(batch.len() as f64);
     let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
-    let fates: Vec<Result<Updated, StoreError>> = match execute(target, &writes, true).await {
-        Ok(mut fates) => {
-            // A merged statement the database refused outright (it stops a
-            // multi-document update at the first document it cannot
-            // update) says nothing about its members, some of which may
-            // have applied: each goes again alone, as after a lost reply.
-            // Each is then refused by its own fence (a claim by the
-            // revision, a release or hand-back by the claim it removed, a
-            // close by the status) or applies once more with the same
-            // values (a record, a parked close: the revision moves again).
-            let again: Vec<usize> = (0..fates.len()).filter(|&i| fates[i].is_none()).collect();
-            let mut failed = None;
-            if !again.is_empty() {
-                let retry: Vec<&Write> = again.iter().map(|&i| writes[i]).collect();
-                match execute(target, &retry, false).await {
-                    Ok(retried) => {
-                        for (&i, fate) in again.iter().zip(retried) {
-                            fates[i] = fate;
+    let fates: Vec<Result<Updated, StoreError>> =
+        match execute(target, &writes, target.max_merged.load(Ordering::Relaxed)).await {
+            Ok(mut fates) => {
+                // A merged statement the database refused outright (it stops a
+                // multi-document update at the first document it cannot
+                // update) says nothing about its members, some of which may
+                // have applied: each goes again alone, as after a lost reply.
+                // Each is then refused by its own fence (a claim by the
+                // revision, a release or hand-back by the claim it removed, a
+                // close by the status) or applies once more with the same
+                // values (a record, a parked close: the revision moves again).
+                let again: Vec<usize> = (0..fates.len()).filter(|&i| fates[i].is_none()).collect();
+                let mut failed = None;
+                if !again.is_empty() {
+                    let retry: Vec<&Write> = again.iter().map(|&i| writes[i]).collect();
+                    match execute(target, &retry, 1).await {
+                        Ok(retried) => {
+                            for (&i, fate) in again.iter().zip(retried) {
+                                fates[i] = fate;
+                            }
                         }
+                        // Only the writes sent again are in doubt; the others
+                        // keep what the first reply said of them.
+                        Err(failure) => failed = Some(failure),
                     }
-                    // Only the writes sent again are in doubt; the others
-                    // keep what the first reply said of them.
-                    Err(failure) => failed = Some(failure),
                 }
+                (fates.into_iter())
+                    .map(|fate| match (fate, &failed) {
+                        (Some(fate), _) => fate.map_err(StoreError::Incompatible),
+                        (None, Some(failure)) => Err(failure.error(target)),
+                        (None, None) => Ok(Updated::Unknown),
+                    })
+                    .collect()
             }
-            (fates.into_iter())
-                .map(|fate| match (fate, &failed) {
-                    (Some(fate), _) => fate.map_err(StoreError::Incompatible),
-                    (None, Some(failure)) => Err(failure.error(target)),
-                    (None, None) => Ok(Updated::Unknown),
-                })
-                .collect()
-        }
-        Err(failure) => (0..batch.len())
-            .map(|_| Err(failure.error(target)))
-            .collect(),
-    };
+            Err(failure) => (0..batch.len())
+                .map(|_| Err(failure.error(target)))
+                .collect(),
+        };
     for (pending, fate) in batch.into_iter().zip(fates) {
         let _ = pending.reply.send(fate);
     }
 }
 
 /// Sends one command for `writes` and returns each write's fate.
-async fn execute(target: &Target, writes: &[&Write], merge: bool) -> Result<Vec<Fate>, Failure> {
-    let (updates, carried): (Vec<Document>, Vec<Vec<usize>>) = plan(writes, merge)
+async fn execute(
+    target: &Target,
+    writes: &[&Write],
+    max_merged: usize,
+) -> Result<Vec<Fate>, Failure> {
+    let (updates, carried): (Vec<Document>, Vec<Vec<usize>>) = plan(writes, max_merged)
         .into_iter()
         .map(|wire| (wire.statement, wire.members))
         .unzip();
@@ -587,7 +599,7 @@ mod tests {
             guarded("a", "_fenced", "x"),
         ];
         let refs: Vec<&Write> = writes.iter().collect();
-        let wires = plan(&refs, true);
+        let wires = plan(&refs, DEFAULT_MAX_MERGED);
         let members: Vec<Vec<usize>> = wires.iter().map(|w| w.members.clone()).collect();
         assert_eq!(members, vec![vec![2], vec![3], vec![0, 1]]);
         let merged = &wires[2].statement;
@@ -611,7 +623,7 @@ mod tests {
             .get_array("$unset")
             .unwrap();
         assert_eq!(unset.len(), 3);
-        let alone = plan(&refs, false);
+        let alone = plan(&refs, 1);
         assert_eq!(alone.len(), 4);
         assert!(
             alone
