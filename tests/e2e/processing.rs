@@ -626,7 +626,8 @@ async fn refused_merged_statements(applied: bool) {
     let handler = ScriptedHandler::default();
     let db = process_all(&uri, &direct, &through_proxy, handler.clone(), "refused", 3).await;
 
-    assert!(proxy.hits(refused) > 0, "no merged statement was refused");
+    assert!(proxy.hits(refused) > 0, "no merged statement was sent");
+    assert!(proxy.refusals() > 0, "no merged statement was refused");
     assert_eq!(handler.calls().len(), 90, "an event ran twice");
     assert_eq!(
         db.count(

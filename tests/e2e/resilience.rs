@@ -334,8 +334,18 @@ async fn a_restart_waits_until_its_port_is_free_again() {
     let port = processor.port();
     processor.kill9();
     let squatter = std::net::TcpListener::bind(("0.0.0.0", port)).expect("the port just freed");
+    let log = processor.log_path().clone();
+    let before = std::fs::read_to_string(&log).unwrap().len();
+    // Released once a run has failed on it, however long start-up takes.
     let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let refused = || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|text| text[before..].contains("cannot listen on port"))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !refused() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         drop(squatter);
     });
 
@@ -365,8 +375,11 @@ async fn a_processor_that_cannot_listen_exits_before_joining_the_fleet() {
     let output = tokio::process::Command::new(crate::support::binary_path("processor"))
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
         .await
+        .expect("the processor exits on a taken port")
         .unwrap();
 
     assert_eq!(output.status.code(), Some(1));

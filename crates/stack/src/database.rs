@@ -144,6 +144,8 @@ pub struct MongoServer {
     child: Option<Child>,
     /// Whether it has run before (a restart appends to its log).
     started: bool,
+    /// Where the current run's lines start in its log.
+    log_offset: usize,
 }
 
 impl MongoServer {
@@ -189,6 +191,7 @@ impl MongoServer {
             port: free_port(),
             child: None,
             started: false,
+            log_offset: 0,
         };
         server.try_restart()?;
         Ok(server)
@@ -260,6 +263,8 @@ impl MongoServer {
                     .open(path)
                     .map_err(file_error)?;
                 let copy = log.try_clone().map_err(file_error)?;
+                // Where this run's lines start, for a start-up error's tail.
+                self.log_offset = log.metadata().map_or(0, |m| m.len() as usize);
                 (Stdio::from(log), Stdio::from(copy))
             }
             None => (Stdio::null(), Stdio::null()),
@@ -289,7 +294,7 @@ impl MongoServer {
                 .log
                 .as_ref()
                 .map_or("(discarded)".to_owned(), |p| {
-                    crate::log_tail::describe(p, 0)
+                    crate::log_tail::describe(p, self.log_offset)
                 })
         };
         let deadline = Instant::now() + self.spec.start_timeout;

@@ -281,8 +281,9 @@ impl Service {
 
     /// [`Service::restart`], with an error instead of a panic. The ports
     /// were free while the service held them, but once it is down anything
-    /// on the machine may take one for a moment (another test's connection
-    /// or listener): a run that could not bind is started again, for a while.
+    /// on the machine may take one (another test's connection or listener):
+    /// a run that could not bind is started again, for a while. A port held
+    /// for longer than that still fails the restart, with the log's word.
     pub async fn try_restart(&mut self) -> Result<(), StackError> {
         self.kill9();
         let deadline = Instant::now() + PORT_RETAKE_TIMEOUT;

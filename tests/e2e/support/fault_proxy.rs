@@ -10,7 +10,7 @@
 //! `leases` that sets `owner` to null".
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,6 +89,8 @@ struct Shared {
     release: Arc<Notify>,
     released: Arc<Mutex<usize>>,
     hits: watch::Sender<usize>,
+    /// Replies rewritten to refuse a merged statement.
+    refusals: Arc<AtomicUsize>,
 }
 
 pub struct FaultProxy {
@@ -113,6 +115,7 @@ impl FaultProxy {
             release: Arc::new(Notify::new()),
             released: Arc::default(),
             hits: hits_tx,
+            refusals: Arc::default(),
         };
         let accept = shared.clone();
         tokio::spawn(async move {
@@ -222,6 +225,13 @@ impl FaultProxy {
                 self.hits(rule)
             );
         }
+    }
+
+    /// How many replies were rewritten to refuse a merged statement
+    /// ([`Fault::RefuseMergedStatement`]): a rule's hits count the commands
+    /// it matched, this what it actually did to them.
+    pub fn refusals(&self) -> usize {
+        self.shared.refusals.load(Ordering::SeqCst)
     }
 
     /// Lets every held request through (and later ones that match a hold rule).
@@ -421,7 +431,13 @@ async fn answers(
                 tokio::time::sleep(delay).await;
                 message
             }
-            Some(ReplyFault::Refuse(index)) => refusing(&message, index).unwrap_or(message),
+            Some(ReplyFault::Refuse(index)) => match refusing(&message, index) {
+                Some(refused) => {
+                    shared.refusals.fetch_add(1, Ordering::SeqCst);
+                    refused
+                }
+                None => message,
+            },
             None => message,
         };
         wait_unfrozen(&shared).await;
@@ -470,6 +486,9 @@ fn matching_nothing(request: &[u8], command: &Command, index: usize) -> Vec<u8> 
 /// `reply` (an `OP_MSG` with its body alone) with a write error for the
 /// statement at `index` added; `None` if it is not such a reply.
 fn refusing(reply: &[u8], index: usize) -> Option<Vec<u8>> {
+    if i32::from_le_bytes(reply.get(12..16)?.try_into().ok()?) != OP_MSG {
+        return None;
+    }
     let flags = u32::from_le_bytes(reply.get(16..20)?.try_into().ok()?);
     if flags & 1 == 1 || *reply.get(20)? != 0 {
         return None;

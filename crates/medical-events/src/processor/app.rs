@@ -52,6 +52,7 @@ impl ProcessorApp {
         // Everything that can refuse to start does so before the worker
         // joins the fleet: an instance that exits after joining leaves its
         // session to run out, and the buckets it took wait until it does.
+        // (Connections made while it joins wait in the accept queue.)
         let listener = bind(config.port).await?;
         let metrics = bind_metrics(config.metrics_port, config.metrics_bind).await?;
         let tls = tls_acceptor(config.tls.as_ref())?;

@@ -140,7 +140,9 @@ impl Store {
     /// pool), so that its few operations never wait behind the many of the
     /// lanes: the fleet's session renewals use it.
     pub async fn separate_pool(&self, app_name: &str) -> Result<Self, StoreError> {
-        Self::connect(&self.uri, self.timeout, app_name).await
+        let store = Self::connect(&self.uri, self.timeout, app_name).await?;
+        store.set_max_merged(self.max_merged.load(Ordering::Relaxed));
+        Ok(store)
     }
 
     pub fn database_name(&self) -> &str {
