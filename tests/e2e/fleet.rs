@@ -445,29 +445,31 @@ async fn scaling_from_one_to_three_and_back_rebalances_without_two_owners() {
 
 /// The buckets `session` holds in the database.
 async fn buckets_of(db: &Db, session: &str) -> HashSet<i32> {
+    bucket_leases_of(db, session)
+        .await
+        .iter()
+        .filter_map(|l| l.get_i32("bucket").ok())
+        .collect()
+}
+
+/// The bucket lease documents `session` holds.
+async fn bucket_leases_of(db: &Db, session: &str) -> Vec<mongodb::bson::Document> {
     db.find(
         "leases",
         doc! { "owner": session, "bucket": { "$exists": true } },
         doc! {},
     )
     .await
-    .iter()
-    .filter_map(|l| l.get_i32("bucket").ok())
-    .collect()
 }
 
 /// The highest epoch among the bucket leases `session` holds.
 async fn highest_epoch_of(db: &Db, session: &str) -> u64 {
-    db.find(
-        "leases",
-        doc! { "owner": session, "bucket": { "$exists": true } },
-        doc! {},
-    )
-    .await
-    .iter()
-    .filter_map(|l| l.get_i64("epoch").ok())
-    .max()
-    .map_or(0, |epoch| epoch as u64)
+    bucket_leases_of(db, session)
+        .await
+        .iter()
+        .filter_map(|l| l.get_i64("epoch").ok())
+        .max()
+        .map_or(0, |epoch| epoch as u64)
 }
 
 /// Events whose delivery the caller abandoned (its answer was lost): the
