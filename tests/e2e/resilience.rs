@@ -203,6 +203,58 @@ async fn mongodb_outage_gives_503_then_everything_recovers() {
     assert_eq!(db.count("queued_events", doc! {}).await, 18);
 }
 
+/// Holds `squatter` until `log` shows, after what it holds now, a run that
+/// failed on the port (`refusal`), however long start-up takes; then frees
+/// it. Its answer: whether a run was refused.
+fn release_once_refused(
+    squatter: std::net::TcpListener,
+    log: std::path::PathBuf,
+    refusal: &'static str,
+) -> tokio::task::JoinHandle<bool> {
+    let before = std::fs::read_to_string(&log).unwrap().len();
+    tokio::spawn(async move {
+        let refused =
+            || std::fs::read_to_string(&log).is_ok_and(|text| text[before..].contains(refusal));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !refused() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(squatter);
+        refused()
+    })
+}
+
+/// A database restart reuses its port, which anything may hold while the
+/// server is down (here a listener, which also answers connections): the
+/// restart starts it again once the port is free, on the same data, and
+/// does not take the squatter for the server.
+#[tokio::test]
+async fn a_database_restart_waits_until_its_port_is_free_again() {
+    let mut mongo = MongoServer::start_on_disk();
+    let uri = format!("{}/retake", mongo.base_uri());
+    let db = Db::connect(&uri).await;
+    db.insert("kept", doc! { "_id": "before the restart" })
+        .await;
+    mongo.stop();
+    let squatter =
+        std::net::TcpListener::bind(("127.0.0.1", mongo.port())).expect("the port just freed");
+    let log = mongo.log_path().expect("the tests' servers log").clone();
+    let release = release_once_refused(squatter, log, "Address already in use");
+
+    let mongo = tokio::task::spawn_blocking(move || {
+        mongo.restart();
+        mongo
+    })
+    .await
+    .unwrap();
+    assert!(
+        release.await.unwrap(),
+        "the port was taken when the restart began"
+    );
+    let db = Db::connect(&format!("{}/retake", mongo.base_uri())).await;
+    assert_eq!(db.count("kept", doc! {}).await, 1);
+}
+
 #[tokio::test]
 async fn sigterm_lets_in_flight_work_finish_within_the_grace_period() {
     let uri = fresh_database_uri();
@@ -334,32 +386,22 @@ async fn a_restart_waits_until_its_port_is_free_again() {
     let port = processor.port();
     processor.kill9();
     let squatter = std::net::TcpListener::bind(("0.0.0.0", port)).expect("the port just freed");
-    let log = processor.log_path().clone();
-    let before = std::fs::read_to_string(&log).unwrap().len();
-    // Released once a run has failed on it, however long start-up takes.
-    let release = tokio::spawn(async move {
-        let refused = || {
-            std::fs::read_to_string(&log)
-                .is_ok_and(|text| text[before..].contains("cannot listen on port"))
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !refused() && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        drop(squatter);
-    });
+    let release = release_once_refused(
+        squatter,
+        processor.log_path().clone(),
+        "cannot listen on port",
+    );
 
     processor.restart().await;
-    release.await.unwrap();
+    assert!(
+        release.await.unwrap(),
+        "the port was taken when the restart began"
+    );
     assert_eq!(processor.port(), port);
     let health = reqwest::get(format!("{}/health", processor.url()))
         .await
         .unwrap();
     assert!(health.status().is_success());
-    assert!(
-        processor.read_log().contains("cannot listen on port"),
-        "the port was taken when the restart began"
-    );
 }
 
 /// A processor whose port is taken exits before it joins the fleet: had it

@@ -9,7 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::StackError;
+use crate::listener;
 use crate::{free_port, workspace_root};
+
+/// How long a restart waits for its port to be free again.
+const PORT_RETAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The compiled server's `--cache-size` unless `MONGO_CACHE_SIZE` says
 /// otherwise: the one place it is written (scripts/start-mongo.sh and the
@@ -168,6 +172,12 @@ impl MongoServer {
         if let Ok(binary) = std::env::var("SECANTUSD_BIN") {
             spec.binary = PathBuf::from(binary);
         }
+        // A log, so that a restart can tell a taken port from a failure.
+        let logs = workspace_root().join("target/test-logs");
+        if std::fs::create_dir_all(&logs).is_ok() {
+            let name = format!("secantusd-{}.log", uuid::Uuid::new_v4().simple());
+            spec.log = Some(logs.join(name));
+        }
         Self::launch(spec).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -244,9 +254,38 @@ impl MongoServer {
         self.try_restart().unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// [`MongoServer::restart`], with an error instead of a panic.
+    /// [`MongoServer::restart`], with an error instead of a panic. The port
+    /// is reused, and while the server is down anything on the machine may
+    /// take it (another test's connection or listener): a run that could not
+    /// bind is started again, for a while.
     pub fn try_restart(&mut self) -> Result<(), StackError> {
         self.stop();
+        let deadline = Instant::now() + PORT_RETAKE_TIMEOUT;
+        loop {
+            match self.run_once() {
+                Err(StackError::ExitedDuringStartup { .. })
+                    if Instant::now() < deadline && self.run_could_not_bind() =>
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Whether this run's log says its port was taken (both servers print
+    /// the system's words for it).
+    fn run_could_not_bind(&self) -> bool {
+        let Some(path) = &self.spec.log else {
+            return false;
+        };
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        log.get(self.log_offset..)
+            .is_some_and(|run| run.contains("Address already in use"))
+    }
+
+    /// Starts one run on the storage and waits for its port.
+    fn run_once(&mut self) -> Result<(), StackError> {
         let (stdout, stderr) = match &self.spec.log {
             Some(path) => {
                 let file_error = |source| StackError::File {
@@ -288,6 +327,14 @@ impl MongoServer {
         self.wait_for_port()
     }
 
+    /// Whether this run listens on its port: a connection alone could reach
+    /// whatever took the port while the server was down.
+    fn listening(&self) -> bool {
+        let pid = self.child.as_ref().map(Child::id);
+        TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && pid.is_some_and(|pid| listener::listens_on(pid, self.port).unwrap_or(true))
+    }
+
     fn wait_for_port(&mut self) -> Result<(), StackError> {
         let log = || {
             self.spec
@@ -298,7 +345,7 @@ impl MongoServer {
                 })
         };
         let deadline = Instant::now() + self.spec.start_timeout;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !self.listening() {
             if let Some(status) = self
                 .child
                 .as_mut()

@@ -8,6 +8,7 @@
 
 mod database;
 mod error;
+mod listener;
 mod log_tail;
 mod service;
 mod signal;

@@ -27,6 +27,14 @@ impl Db {
             .expect("count")
     }
 
+    pub async fn insert(&self, collection: &str, document: Document) {
+        self.db
+            .collection::<Document>(collection)
+            .insert_one(document)
+            .await
+            .expect("insert");
+    }
+
     pub async fn update_many(&self, collection: &str, filter: Document, update: Document) {
         self.db
             .collection::<Document>(collection)
