@@ -225,13 +225,7 @@ async fn an_outcome_recorded_before_a_crash_is_not_redone() {
     let id = enqueue(&store, "p", 0).await;
     // A run claimed the event and recorded its outcome, then died before
     // writing processed_events and closing it.
-    let NextEvent::Claimed(claimed) = store
-        .claim_next(bucket("p"), "p", &fence(0, "dead-instance"), soon())
-        .await
-        .unwrap()
-    else {
-        panic!("expected a claim");
-    };
+    let claimed = claim(&store, "p", &fence(0, "dead-instance")).await;
     assert_eq!(
         store
             .record(
@@ -312,21 +306,9 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
     let uri = fresh_database_uri();
     let store = store(&uri).await;
     let id = enqueue(&store, "p", 0).await;
-    let NextEvent::Claimed(old) = store
-        .claim_next(bucket("p"), "p", &fence(1, "paused-instance"), soon())
-        .await
-        .unwrap()
-    else {
-        panic!("expected a claim");
-    };
+    let old = claim(&store, "p", &fence(1, "paused-instance")).await;
     // A new owner took the bucket over (epoch 2) and claimed the event.
-    let NextEvent::Claimed(new) = store
-        .claim_next(bucket("p"), "p", &fence(2, "new-owner"), soon())
-        .await
-        .unwrap()
-    else {
-        panic!("the new owner must be able to take the orphaned claim over");
-    };
+    let new = claim(&store, "p", &fence(2, "new-owner")).await;
     // The old owner wakes up: every write it tries is refused.
     let result = ProcessingResult::success();
     assert_eq!(
@@ -404,13 +386,7 @@ async fn fenced_writes_sent_together_are_decided_event_by_event() {
                 .all(|field| body.contains(field))
         })),
     );
-    let merged = proxy.on(
-        "update",
-        "queued_events",
-        Fault::DelayRequest(Duration::ZERO),
-        usize::MAX,
-        Some(mentions("_batchPosition")),
-    );
+    let merged = counting_merged_updates(&proxy);
     let patients: Vec<String> = (0..40).map(|i| format!("merged-{i}")).collect();
     let mut ids = Vec::new();
     for patient in &patients {
@@ -642,39 +618,46 @@ async fn refused_merged_statements(applied: bool) {
 
 /// `MERGED_WRITES_MAX=1`: every claim and fenced write goes as its own
 /// statement (for a server whose expression evaluation costs more than its
-/// commits), and processing is the same.
+/// commits), and processing is the same. The same run with the default
+/// merges, so the proxy's rule does see merged statements when they are sent.
 #[tokio::test]
 async fn with_merging_off_each_write_is_its_own_statement() {
-    let uri = fresh_database_uri();
-    let direct = store(&uri).await;
-    let proxy = FaultProxy::start_for_shared().await;
-    let through_proxy = store_bounded_through(&proxy, &uri, Duration::from_secs(5)).await;
-    through_proxy.set_max_merged(1);
-    let merged = proxy.on(
+    for (max_merged, merges) in [(64, true), (1, false)] {
+        let uri = fresh_database_uri();
+        let direct = store(&uri).await;
+        let proxy = FaultProxy::start_for_shared().await;
+        let through_proxy = store_bounded_through(&proxy, &uri, Duration::from_secs(5)).await;
+        through_proxy.set_max_merged(max_merged);
+        let merged = counting_merged_updates(&proxy);
+        let updates = proxy.on_next(
+            "update",
+            "queued_events",
+            Fault::DelayRequest(Duration::ZERO),
+            usize::MAX,
+        );
+        let prefix = format!("merged-{max_merged}");
+        let handler = ScriptedHandler::default();
+        process_all(&uri, &direct, &through_proxy, handler, &prefix, 2).await;
+
+        assert!(proxy.hits(updates) > 0, "the writes passed the proxy");
+        assert_eq!(
+            proxy.hits(merged) > 0,
+            merges,
+            "merged statements sent with MERGED_WRITES_MAX={max_merged}"
+        );
+    }
+}
+
+/// A rule that only counts the `update` commands on events that carry a
+/// merged statement (one whose members are told apart by `_batchPosition`).
+fn counting_merged_updates(proxy: &FaultProxy) -> RuleId {
+    proxy.on(
         "update",
         "queued_events",
         Fault::DelayRequest(Duration::ZERO),
         usize::MAX,
         Some(mentions("_batchPosition")),
-    );
-    let updates = proxy.on_next(
-        "update",
-        "queued_events",
-        Fault::DelayRequest(Duration::ZERO),
-        usize::MAX,
-    );
-    process_all(
-        &uri,
-        &direct,
-        &through_proxy,
-        ScriptedHandler::default(),
-        "unmerged",
-        2,
     )
-    .await;
-
-    assert!(proxy.hits(updates) > 0, "the writes passed the proxy");
-    assert_eq!(proxy.hits(merged), 0, "a merged statement was sent");
 }
 
 /// Queues `per_patient` events for each of 30 patients (through `direct`),
@@ -892,13 +875,7 @@ async fn an_outcome_recorded_between_the_find_and_the_claim_is_not_run_again() {
     let uri = fresh_database_uri();
     let store = store(&uri).await;
     let id = enqueue(&store, "p", 0).await;
-    let NextEvent::Claimed(old) = store
-        .claim_next(bucket("p"), "p", &fence(1, "old-owner"), soon())
-        .await
-        .unwrap()
-    else {
-        panic!("expected a claim");
-    };
+    let old = claim(&store, "p", &fence(1, "old-owner")).await;
     let proxy = FaultProxy::start_for_shared().await;
     let through = store_through(&proxy, &uri).await;
     let held = proxy.on_next("update", "queued_events", Fault::HoldRequest, 1);
@@ -935,13 +912,7 @@ async fn nothing_lands_from_a_session_the_databases_clock_says_is_over() {
     let store = store(&uri).await;
     let held = enqueue(&store, "p", 0).await;
     let untouched = enqueue(&store, "q", 0).await;
-    let NextEvent::Claimed(claimed) = store
-        .claim_next(bucket("p"), "p", &fence(1, "old-owner"), soon())
-        .await
-        .unwrap()
-    else {
-        panic!("expected a claim");
-    };
+    let claimed = claim(&store, "p", &fence(1, "old-owner")).await;
     // The renewals stopped a while ago: the last one said "until a second ago".
     let over = Fence {
         until: DateTime::from_millis(DateTime::now().timestamp_millis() - 1_000),

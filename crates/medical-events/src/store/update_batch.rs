@@ -376,44 +376,44 @@ async fn send(target: &Target, batch: Vec<Pending>) {
     metrics::histogram!("update_batch_size", "collection" => target.collection)
         .record(batch.len() as f64);
     let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
-    let fates: Vec<Result<Updated, StoreError>> =
-        match execute(target, &writes, target.max_merged.load(Ordering::Relaxed)).await {
-            Ok(mut fates) => {
-                // A merged statement the database refused outright (it stops a
-                // multi-document update at the first document it cannot
-                // update) says nothing about its members, some of which may
-                // have applied: each goes again alone, as after a lost reply.
-                // Each is then refused by its own fence (a claim by the
-                // revision, a release or hand-back by the claim it removed, a
-                // close by the status) or applies once more with the same
-                // values (a record, a parked close: the revision moves again).
-                let again: Vec<usize> = (0..fates.len()).filter(|&i| fates[i].is_none()).collect();
-                let mut failed = None;
-                if !again.is_empty() {
-                    let retry: Vec<&Write> = again.iter().map(|&i| writes[i]).collect();
-                    match execute(target, &retry, 1).await {
-                        Ok(retried) => {
-                            for (&i, fate) in again.iter().zip(retried) {
-                                fates[i] = fate;
-                            }
+    let max_merged = target.max_merged.load(Ordering::Relaxed);
+    let fates: Vec<Result<Updated, StoreError>> = match execute(target, &writes, max_merged).await {
+        Ok(mut fates) => {
+            // A merged statement the database refused outright (it stops a
+            // multi-document update at the first document it cannot
+            // update) says nothing about its members, some of which may
+            // have applied: each goes again alone, as after a lost reply.
+            // Each is then refused by its own fence (a claim by the
+            // revision, a release or hand-back by the claim it removed, a
+            // close by the status) or applies once more with the same
+            // values (a record, a parked close: the revision moves again).
+            let again: Vec<usize> = (0..fates.len()).filter(|&i| fates[i].is_none()).collect();
+            let mut failed = None;
+            if !again.is_empty() {
+                let retry: Vec<&Write> = again.iter().map(|&i| writes[i]).collect();
+                match execute(target, &retry, 1).await {
+                    Ok(retried) => {
+                        for (&i, fate) in again.iter().zip(retried) {
+                            fates[i] = fate;
                         }
-                        // Only the writes sent again are in doubt; the others
-                        // keep what the first reply said of them.
-                        Err(failure) => failed = Some(failure),
                     }
+                    // Only the writes sent again are in doubt; the others
+                    // keep what the first reply said of them.
+                    Err(failure) => failed = Some(failure),
                 }
-                (fates.into_iter())
-                    .map(|fate| match (fate, &failed) {
-                        (Some(fate), _) => fate.map_err(StoreError::Incompatible),
-                        (None, Some(failure)) => Err(failure.error(target)),
-                        (None, None) => Ok(Updated::Unknown),
-                    })
-                    .collect()
             }
-            Err(failure) => (0..batch.len())
-                .map(|_| Err(failure.error(target)))
-                .collect(),
-        };
+            (fates.into_iter())
+                .map(|fate| match (fate, &failed) {
+                    (Some(fate), _) => fate.map_err(StoreError::Incompatible),
+                    (None, Some(failure)) => Err(failure.error(target)),
+                    (None, None) => Ok(Updated::Unknown),
+                })
+                .collect()
+        }
+        Err(failure) => (0..batch.len())
+            .map(|_| Err(failure.error(target)))
+            .collect(),
+    };
     for (pending, fate) in batch.into_iter().zip(fates) {
         let _ = pending.reply.send(fate);
     }
