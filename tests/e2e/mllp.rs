@@ -490,6 +490,33 @@ async fn enhanced_mode_gets_commit_acks_and_none_for_ne() {
     assert_eq!(stored, ["E-1", "E-2", "E-3"]);
 }
 
+/// A frame that cannot be read is answered `AR` with what is wrong with it
+/// (ERR-8), and nothing of it is stored: not HL7 at all, a segment before
+/// any MSH, a batch whose trailer miscounts its messages.
+#[tokio::test]
+async fn an_unreadable_frame_is_refused_with_its_reason_and_nothing_stored() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    let miscounted = format!(
+        "BHS|^~\\&|LabSys|NORTHLAB\r{}{}BTS|3\r",
+        oru("U-1", "MRN-U", "1"),
+        oru("U-2", "MRN-U", "2")
+    );
+    for (frame, reason) in [
+        ("garbage", "a gar segment comes before any MSH"),
+        ("\u{1}\u{2}\u{7f}|x", "a ??? segment comes before any MSH"),
+        (
+            miscounted.as_str(),
+            "BTS-1 counts 3 messages, the batch has 2",
+        ),
+    ] {
+        let answer = client.exchange(frame).await;
+        assert_eq!(ack(&answer).0, "AR", "{answer:?}");
+        assert!(answer.contains(reason), "{reason:?} in {answer:?}");
+    }
+    assert!(stored_ids(&db, "MRN-U").await.is_empty());
+}
+
 #[tokio::test]
 async fn a_batch_is_stored_in_order_and_answered_with_one_batch_of_acks() {
     let (ingest, db) = start("").await;

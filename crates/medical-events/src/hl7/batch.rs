@@ -104,12 +104,26 @@ pub fn split_batch(payload: &[u8]) -> Result<Batch<'_>, BatchError> {
             *message_end = end;
         } else {
             return Err(BatchError::OutsideMessage {
-                segment: String::from_utf8_lossy(line.get(..3).unwrap_or(line)).into_owned(),
+                segment: segment_name(line),
             });
         }
     }
     finish(&mut batch, payload, current);
     Ok(batch)
+}
+
+/// A segment's first three bytes as the error repeats them: printable
+/// ASCII, anything else as `?` (the sender may have sent anything).
+fn segment_name(line: &[u8]) -> String {
+    (line.iter().take(3))
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 fn finish<'a>(batch: &mut Batch<'a>, payload: &'a [u8], message: Option<(usize, usize)>) {

@@ -47,9 +47,7 @@ impl Answerer {
             Err(error) => {
                 warn!(listener = %self.settings.name, %error, "batch refused");
                 self.labels.refused();
-                let reason = NotHl7(
-                    "the batch cannot be read: FHS/BHS/BTS/FTS out of place or BTS-1 does not count its messages",
-                );
+                let reason = NotHl7(format!("the frame cannot be read: {error}").into());
                 return Ok(Some(
                     self.sent(build_unreadable_ack(&reason, &new_control_id(), Utc::now()))
                         .to_bytes(),
@@ -58,7 +56,7 @@ impl Answerer {
         };
         if !batch.is_batch() {
             let Some(message) = batch.messages.first() else {
-                let reason = NotHl7("the frame holds no MSH segment");
+                let reason = NotHl7("the frame holds no MSH segment".into());
                 self.labels.refused();
                 return Ok(Some(
                     self.sent(build_unreadable_ack(&reason, &new_control_id(), Utc::now()))
@@ -93,7 +91,7 @@ impl Answerer {
                 }),
             ),
             None => Some(build_unreadable_ack(
-                &NotHl7("the frame is larger than the listener accepts"),
+                &NotHl7("the frame is larger than the listener accepts".into()),
                 &new_control_id(),
                 Utc::now(),
             )),
