@@ -211,10 +211,14 @@ fn release_once_refused(
     log: std::path::PathBuf,
     refusal: &'static str,
 ) -> tokio::task::JoinHandle<bool> {
-    let before = std::fs::read_to_string(&log).unwrap().len();
+    let before = std::fs::read(&log).unwrap().len();
     tokio::spawn(async move {
-        let refused =
-            || std::fs::read_to_string(&log).is_ok_and(|text| text[before..].contains(refusal));
+        let refused = || {
+            std::fs::read(&log).is_ok_and(|text| {
+                (text.get(before..))
+                    .is_some_and(|run| String::from_utf8_lossy(run).contains(refusal))
+            })
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !refused() && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

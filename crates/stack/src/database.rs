@@ -174,10 +174,10 @@ impl MongoServer {
         }
         // A log, so that a restart can tell a taken port from a failure.
         let logs = workspace_root().join("target/test-logs");
-        if std::fs::create_dir_all(&logs).is_ok() {
-            let name = format!("secantusd-{}.log", uuid::Uuid::new_v4().simple());
-            spec.log = Some(logs.join(name));
-        }
+        std::fs::create_dir_all(&logs)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", logs.display()));
+        let name = format!("secantusd-{}.log", uuid::Uuid::new_v4().simple());
+        spec.log = Some(logs.join(name));
         Self::launch(spec).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -279,9 +279,9 @@ impl MongoServer {
         let Some(path) = &self.spec.log else {
             return false;
         };
-        let log = std::fs::read_to_string(path).unwrap_or_default();
-        log.get(self.log_offset..)
-            .is_some_and(|run| run.contains("Address already in use"))
+        let log = std::fs::read(path).unwrap_or_default();
+        (log.get(self.log_offset..))
+            .is_some_and(|run| String::from_utf8_lossy(run).contains("Address already in use"))
     }
 
     /// Starts one run on the storage and waits for its port.

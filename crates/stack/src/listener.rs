@@ -8,10 +8,15 @@ use std::path::Path;
 /// when it does not, `None` when `/proc` cannot tell (not Linux).
 pub(crate) fn listens_on(pid: u32, port: u16) -> Option<bool> {
     let mut inodes = Vec::new();
+    let mut read_any = false;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(table) {
+            read_any = true;
             inodes.extend(listening_inodes(&text, port));
         }
+    }
+    if !read_any {
+        return None;
     }
     let fds = std::fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd")).ok()?;
     let held = fds.flatten().any(|fd| {
@@ -44,7 +49,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_this_process_listening_and_not_another() {
+    fn finds_this_process_listening_and_not_once_closed() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         assert_eq!(listens_on(std::process::id(), port), Some(true));
