@@ -503,11 +503,17 @@ async fn an_unreadable_frame_is_refused_with_its_reason_and_nothing_stored() {
         oru("U-2", "MRN-U", "2")
     );
     for (frame, reason) in [
-        ("garbage", "a gar segment comes before any MSH"),
-        ("\u{1}\u{2}\u{7f}|x", "a ??? segment comes before any MSH"),
+        (
+            "garbage",
+            "not an HL7 message: a gar segment comes before any MSH",
+        ),
+        (
+            "\u{1}\u{2}\u{7f}|x",
+            "not an HL7 message: a ??? segment comes before any MSH",
+        ),
         (
             miscounted.as_str(),
-            "BTS-1 counts 3 messages, the batch has 2",
+            "the batch cannot be read: BTS-1 counts 3 messages, the batch has 2",
         ),
     ] {
         let answer = client.exchange(frame).await;

@@ -18,7 +18,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 
 use super::charset::Charset;
-use super::message::{Header, Hl7Message, NotHl7, ReadError, ReadOptions, component};
+use super::message::{Header, Hl7Message, ReadError, ReadOptions, component};
 use super::refusal::{ErrorCode, Location, Refusal, Severity};
 use super::separators::Separators;
 
@@ -247,9 +247,14 @@ pub fn build_ack(header: &Header, outcome: &Outcome, control_id: &str, now: Date
     }
 }
 
-/// The answer to a frame that is not HL7 at all: `AR`, the default
+/// The answer to a frame that cannot be read (not HL7, or a batch whose
+/// structure is broken): `AR` with `reason` in ERR-8, the default
 /// delimiters, an empty MSA-2 (there is no control id to echo).
-pub fn build_unreadable_ack(reason: &NotHl7, control_id: &str, now: DateTime<Utc>) -> Ack {
+pub fn build_unreadable_ack(
+    reason: &dyn std::fmt::Display,
+    control_id: &str,
+    now: DateTime<Utc>,
+) -> Ack {
     let separators = Separators::default();
     let msh = [
         "MSH",

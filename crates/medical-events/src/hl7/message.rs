@@ -36,7 +36,7 @@ impl Default for ReadOptions {
 /// default delimiters and an empty MSA-2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not an HL7 message: {0}")]
-pub struct NotHl7(pub std::borrow::Cow<'static, str>);
+pub struct NotHl7(pub &'static str);
 
 /// Why `Hl7Message::read` did not return a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,9 +69,9 @@ impl Header {
     pub fn read(bytes: &[u8], options: &ReadOptions) -> Result<Self, NotHl7> {
         let bytes = trim_start(bytes);
         if !bytes.starts_with(b"MSH") {
-            return Err(NotHl7("it does not start with an MSH segment".into()));
+            return Err(NotHl7("it does not start with an MSH segment"));
         }
-        let (separators, _) = Separators::read(bytes).map_err(|reason| NotHl7(reason.into()))?;
+        let (separators, _) = Separators::read(bytes).map_err(NotHl7)?;
         let line = &bytes[..bytes
             .iter()
             .position(|&b| b == b'\r' || b == b'\n')

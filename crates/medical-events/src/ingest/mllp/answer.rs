@@ -11,8 +11,8 @@ use super::labels::Labels;
 use super::settings::ListenerSettings;
 use crate::event::EventId;
 use crate::hl7::{
-    Ack, Header, Hl7Message, MappedMessage, NotHl7, Outcome, ReadError, Refusal, ack_wanted,
-    build_ack, build_unreadable_ack, map_message, new_control_id, split_batch,
+    Ack, BatchError, Header, Hl7Message, MappedMessage, NotHl7, Outcome, ReadError, Refusal,
+    ack_wanted, build_ack, build_unreadable_ack, map_message, new_control_id, split_batch,
 };
 use crate::ingest::notify::ProcessorNotifier;
 use crate::intake::{Intake, IntakeRequest};
@@ -47,7 +47,10 @@ impl Answerer {
             Err(error) => {
                 warn!(listener = %self.settings.name, %error, "batch refused");
                 self.labels.refused();
-                let reason = NotHl7(format!("the frame cannot be read: {error}").into());
+                let reason = match error {
+                    BatchError::OutsideMessage { .. } => format!("not an HL7 message: {error}"),
+                    _ => format!("the batch cannot be read: {error}"),
+                };
                 return Ok(Some(
                     self.sent(build_unreadable_ack(&reason, &new_control_id(), Utc::now()))
                         .to_bytes(),
@@ -56,7 +59,7 @@ impl Answerer {
         };
         if !batch.is_batch() {
             let Some(message) = batch.messages.first() else {
-                let reason = NotHl7("the frame holds no MSH segment".into());
+                let reason = NotHl7("the frame holds no MSH segment");
                 self.labels.refused();
                 return Ok(Some(
                     self.sent(build_unreadable_ack(&reason, &new_control_id(), Utc::now()))
@@ -91,7 +94,7 @@ impl Answerer {
                 }),
             ),
             None => Some(build_unreadable_ack(
-                &NotHl7("the frame is larger than the listener accepts".into()),
+                &NotHl7("the frame is larger than the listener accepts"),
                 &new_control_id(),
                 Utc::now(),
             )),
