@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::checks::Db;
+use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::{
     Service, event_body, fresh_database_uri, ingest_env, metric_sum, post_until_accepted,
     processor_env, wait_until,
@@ -93,36 +94,50 @@ async fn ingest_stops_nudging_a_processor_whose_change_stream_is_open() {
         || async { metric_sum(&metrics, "processor_change_stream_open").await == 1.0 },
     )
     .await;
-    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
-    let client = crate::support::client();
     // One event for each of 30 patients: none has a lane when its event
     // arrives, the case where a nudge would start one.
-    for p in 0..30 {
-        let patient = format!("streamed-{p}");
-        post_until_accepted(&client, &ingest.url(), &event_body(&patient, 0), &patient).await;
-    }
-    let db = Db::connect(&uri).await;
-    wait_until(Duration::from_secs(60), "30 processed events", || async {
-        db.processed_count().await >= 30
-    })
-    .await;
-    let nudges = metric_sum(&metrics, "http_requests_total{route=\"/queue\"").await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    let nudges = send_one_event_each(&uri, &ingest, &metrics, "streamed", 30).await;
     let not_needed = metric_sum(&ingest.metrics_url(), "notifications_not_needed_total").await;
     // The first nudge asks; a few more may leave before its answer is back.
     assert!(
         nudges <= 5.0 && nudges + not_needed == 30.0,
         "{nudges} nudges sent, {not_needed} not needed, of 30 events"
     );
+}
+
+/// Sends one event for each of `patients` patients through `ingest`, waits
+/// until all are processed, checks each was processed once, and returns how
+/// many nudges the processor (`metrics`) received.
+async fn send_one_event_each(
+    uri: &str,
+    ingest: &Service,
+    metrics: &str,
+    prefix: &str,
+    patients: usize,
+) -> f64 {
+    let client = crate::support::client();
+    for p in 0..patients {
+        let patient = format!("{prefix}-{p}");
+        post_until_accepted(&client, &ingest.url(), &event_body(&patient, 0), &patient).await;
+    }
+    let db = Db::connect(uri).await;
+    wait_until(Duration::from_secs(60), "every event processed", || async {
+        db.processed_count().await >= patients as u64
+    })
+    .await;
+    let nudges = metric_sum(metrics, "http_requests_total{route=\"/queue\"").await;
     assert_eq!(
         db.processed_count().await,
-        30,
+        patients as u64,
         "an event was processed twice"
     );
     assert_eq!(
         db.count("queued_events", doc! { "status": "processed" })
             .await,
-        30
+        patients as u64
     );
+    nudges
 }
 
 #[tokio::test]
@@ -314,4 +329,86 @@ async fn a_missing_setting_stops_start_up_with_one_clear_line() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("PROCESSING_MIN_MS"));
+}
+
+/// A lease whose renewal answers late is not usable for new work until the
+/// answer is back, yet it comes back without a change of ownership to
+/// announce it. A change stream reopened in that gap (here: its getMore and
+/// the driver's one resume are cut) covers no bucket; it must open again
+/// once the lease is usable, or every later insert waits for the periodic
+/// sweep (a minute here), since ingest does not nudge a processor whose
+/// stream was open.
+#[tokio::test]
+async fn the_change_stream_covers_a_lease_that_lapsed_and_came_back() {
+    let uri = fresh_database_uri();
+    let database = uri.rsplit('/').next().unwrap().to_owned();
+    let proxy = FaultProxy::start_for_shared().await;
+    let mut env = processor_env(&proxy.uri(&database), 0, 0);
+    env.retain(|(name, _)| !matches!(*name, "LEASE_MS" | "SWEEP_INTERVAL_MS"));
+    // Renewals every 4 s; new work trusted 9.6 s after a renewal was sent,
+    // the session 12 s after the database applied it.
+    env.push(("LEASE_MS", "12000".to_owned()));
+    env.push(("SWEEP_INTERVAL_MS", "60000".to_owned()));
+    let processor = Service::start("processor", &env).await;
+    let metrics = processor.metrics_url();
+    let stream_open =
+        || async { metric_sum(&metrics, "processor_change_stream_open").await == 1.0 };
+    wait_until(
+        Duration::from_secs(30),
+        "the change stream open",
+        stream_open,
+    )
+    .await;
+
+    // One renewal's answer 8.5 s late: applied at once (the session lives
+    // on in the database), but from 5.6 s on, the last answered renewal is
+    // older than the 9.6 s that new work may trust.
+    let late = proxy.on_next(
+        "findAndModify",
+        "processors",
+        Fault::DelayReply(Duration::from_millis(8_500)),
+        1,
+    );
+    proxy.wait_hits(late, 1, Duration::from_secs(10)).await;
+    let sent = Instant::now();
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    // In the gap: the stream's next getMore fails, and so does the driver's
+    // resume, so the watcher reopens it while no lease is usable.
+    let cut = proxy.on_next("getMore", "queued_events", Fault::DropRequest, 1);
+    // (The driver resumes a stream once, and retries that read once.)
+    let resume = proxy.on_next("aggregate", "queued_events", Fault::DropRequest, 2);
+    proxy.wait_hits(cut, 1, Duration::from_secs(5)).await;
+    proxy.wait_hits(resume, 2, Duration::from_secs(5)).await;
+    assert!(
+        sent.elapsed() < Duration::from_millis(8_000),
+        "the stream failed {:?} after the late renewal was sent, maybe after its answer",
+        sent.elapsed()
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the change stream closed by the cut",
+        || async { metric_sum(&metrics, "processor_change_stream_open").await == 0.0 },
+    )
+    .await;
+
+    // The answer arrives at 8.5 s: the lease is usable again, unannounced.
+    wait_until(
+        Duration::from_secs(20),
+        "the change stream open again, covering the lease",
+        stream_open,
+    )
+    .await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(40),
+        "the sweep may have masked it"
+    );
+
+    // Inserts reach the processor through the stream: ingest learns it is
+    // open from the first nudge's answer and stops nudging.
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    let nudges = send_one_event_each(&uri, &ingest, &metrics, "lapsed", 10).await;
+    assert!(
+        nudges <= 5.0,
+        "{nudges} nudges: the stream did not carry the inserts"
+    );
 }

@@ -311,7 +311,12 @@ fn command(message: &[u8]) -> Option<Command> {
     let mut body = body?;
     let (name, collection) = {
         let (key, value) = body.iter().next()?;
-        (key.clone(), value.as_str().map(str::to_owned))
+        // A getMore names its cursor first and its collection in a field.
+        let collection = match value.as_str() {
+            Some(collection) => Some(collection.to_owned()),
+            None => body.get_str("collection").ok().map(str::to_owned),
+        };
+        (key.clone(), collection)
     };
     for (key, documents) in sequences {
         body.insert(key, Bson::Array(documents));
