@@ -42,6 +42,9 @@ pub enum Fault {
     /// its documents first; otherwise it reaches the server matching none.
     /// The command's other statements are applied either way.
     RefuseMergedStatement { applied: bool },
+    /// Forwarded; the reply is replaced by a command error with this code
+    /// (for example 286, `ChangeStreamHistoryLost`, for a `getMore`).
+    FailCommand { code: i32 },
 }
 
 /// What happens to a reply, by its request.
@@ -51,6 +54,8 @@ enum ReplyFault {
     Drop,
     /// A write error for the statement at this index.
     Refuse(usize),
+    /// A command error with this code instead of the reply.
+    Fail(i32),
 }
 
 /// A command as the proxy sees it.
@@ -385,6 +390,7 @@ async fn requests(
             }
             Some(Fault::DelayReply(delay)) => on_reply(ReplyFault::Delay(delay)),
             Some(Fault::DropReply) => on_reply(ReplyFault::Drop),
+            Some(Fault::FailCommand { code }) => on_reply(ReplyFault::Fail(code)),
             Some(Fault::RefuseMergedStatement { applied }) => {
                 if let Some((command, index)) =
                     (parsed.as_ref()).and_then(|c| merged_statement(c).map(|index| (c, index)))
@@ -443,6 +449,7 @@ async fn answers(
                 }
                 None => message,
             },
+            Some(ReplyFault::Fail(code)) => failing(&message, code),
             None => message,
         };
         wait_unfrozen(&shared).await;
@@ -476,10 +483,28 @@ fn matching_nothing(request: &[u8], command: &Command, index: usize) -> Vec<u8> 
     {
         statement.insert("q", mongodb::bson::doc! { "_id": { "$in": [] } });
     }
+    op_msg(request, &body)
+}
+
+/// A command error with `code` in place of `reply` (an `OP_MSG`): the same
+/// header, no checksum, one body section.
+fn failing(reply: &[u8], code: i32) -> Vec<u8> {
+    let body = mongodb::bson::doc! {
+        "ok": 0.0,
+        "code": code,
+        "codeName": "FaultProxy",
+        "errmsg": "failed by the fault proxy",
+    };
+    op_msg(reply, &body)
+}
+
+/// An `OP_MSG` with `original`'s header (its ids and op code), no flags and
+/// `body` as its one section.
+fn op_msg(original: &[u8], body: &Document) -> Vec<u8> {
     let mut encoded = Vec::new();
     body.to_writer(&mut encoded)
-        .expect("a document the driver sent");
-    let mut message = request[..16].to_vec();
+        .expect("a document that was read or built here");
+    let mut message = original[..16].to_vec();
     message.extend_from_slice(&0u32.to_le_bytes());
     message.push(0);
     message.extend_from_slice(&encoded);

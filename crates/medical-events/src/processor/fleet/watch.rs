@@ -8,9 +8,10 @@
 //!
 //! It is a hint, not the source of truth: when the owned set changes the
 //! stream is reopened from its last resume token with the new filter; when
-//! the token is lost (`ChangeStreamHistoryLost`) or streams are unavailable
-//! (a standalone server), the owned buckets are rescanned and the periodic
-//! sweep carries on alone.
+//! the token is lost (`ChangeStreamHistoryLost`), the stream starts again
+//! from now and the owned buckets are rescanned once it is open; when
+//! streams are unavailable (a standalone server), the owned buckets are
+//! rescanned and the periodic sweep carries on alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +69,10 @@ pub fn spawn(
     let collection = store.database().collection::<RawDocumentBuf>(QUEUED_EVENTS);
     tokio::spawn(async move {
         let mut token: Option<ResumeToken> = None;
+        // The token was lost: the next stream starts from now, and what was
+        // inserted before it opened is found by a scan made after it opened
+        // (the scan at the error may have run before some of those inserts).
+        let mut rescan_on_open = false;
         let mut changes = ownership.subscribe();
         let mut warned = false;
         loop {
@@ -109,6 +114,9 @@ pub fn spawn(
                 Ok(stream) => {
                     warned = false;
                     set_live(&live, true);
+                    if std::mem::take(&mut rescan_on_open) {
+                        let _ = rescans.send(buckets.clone());
+                    }
                     stream
                 }
                 Err(e) => {
@@ -118,6 +126,7 @@ pub fn spawn(
                     }
                     if e.code() == Some(HISTORY_LOST) {
                         token = None;
+                        rescan_on_open = true;
                     }
                     let _ = rescans.send(buckets);
                     tokio::select! {
@@ -165,6 +174,7 @@ pub fn spawn(
                         set_live(&live, false);
                         warn!(error = %e, "change stream failed; rescanning owned buckets");
                         token = if e.code() == Some(HISTORY_LOST) {
+                            rescan_on_open = true;
                             None
                         } else {
                             stream.resume_token()
