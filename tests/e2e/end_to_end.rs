@@ -337,27 +337,14 @@ async fn a_missing_setting_stops_start_up_with_one_clear_line() {
 async fn the_change_stream_covers_a_lease_that_lapsed_and_came_back() {
     let uri = fresh_database_uri();
     let proxy = FaultProxy::start_for_shared().await;
-    // Renewals every 4 s; new work trusted 9.6 s after a renewal was sent,
-    // the session 12 s after the database applied it.
+    // (The timings: see `answer_next_renewal_late`.)
     let processor = Service::start("processor", &proxied_env(&proxy, &uri, "12000")).await;
     let metrics = processor.metrics_url();
     let stream_open =
         || async { metric_sum(&metrics, "processor_change_stream_open").await == 1.0 };
     wait_stream_open(&metrics).await;
 
-    // One renewal's answer 8.5 s late: applied at once (the session lives
-    // on in the database), but from 5.6 s on, the last answered renewal is
-    // older than the 9.6 s that new work may trust.
-    // (`renewed`: a session renewal, not the declaration of a dead session.)
-    let late = proxy.on(
-        "findAndModify",
-        "processors",
-        Fault::DelayReply(Duration::from_millis(8_500)),
-        1,
-        Some(mentions("renewed")),
-    );
-    proxy.wait_hits(late, 1, Duration::from_secs(10)).await;
-    let sent = Instant::now();
+    let sent = answer_next_renewal_late(&proxy).await;
     // Half a second into the gap (a renewal may leave a little after its
     // tick): the stream's next getMore fails, and so does the driver's
     // resume, so the watcher finds no usable lease to open it on.
@@ -403,72 +390,56 @@ async fn the_change_stream_covers_a_lease_that_lapsed_and_came_back() {
     );
     // Had the session expired, the change of ownership would have reopened
     // the stream without the check under test.
-    for counter in ["lease_lost_total", "lease_takeovers_total"] {
-        assert_eq!(metric_sum(&metrics, counter).await, 0.0, "{counter}");
-    }
+    assert_no_lease_changed_hands(&metrics).await;
 }
 
 /// A stream whose resume token is lost (`ChangeStreamHistoryLost`) starts
 /// again from now: an event inserted after the watcher's scan at the error
 /// and before the new stream opened is in neither. A scan once the stream is
 /// open finds it; without one it waits for the periodic sweep (never, within
-/// this test), since ingest does not nudge while it believes the stream open.
+/// this test). Ingest here cannot nudge: the processor hears of inserts from
+/// its stream and its scans alone.
 #[tokio::test]
 async fn an_insert_while_a_lost_stream_reopens_is_found() {
-    let uri = fresh_database_uri();
-    let proxy = FaultProxy::start_for_shared().await;
-    let processor = Service::start("processor", &proxied_env(&proxy, &uri, "4000")).await;
-    let metrics = processor.metrics_url();
-    wait_stream_open(&metrics).await;
-    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
-    let client = crate::support::client();
-    let db = Db::connect(&uri).await;
-    // The first event's nudge is answered "stream open": ingest then sends
-    // none for a few seconds.
-    post_until_accepted(&client, &ingest.url(), &event_body("lost-0", 0), "lost-0").await;
-    wait_until(
-        Duration::from_secs(15),
-        "the first event processed",
-        || async { db.processed_count().await == 1 },
-    )
-    .await;
+    let t = StreamOnly::start("4000", "lost").await;
 
-    let lost = proxy.on_next(
+    let scans = || async { metric_sum(&t.metrics, "takeover_scan_seconds_count").await };
+    let scans_before = scans().await;
+    let lost = t.proxy.on_next(
         "getMore",
         "queued_events",
         Fault::FailCommand { code: 286 },
         1,
     );
-    // The new stream reaches the database two seconds after the error.
-    let reopen = proxy.on(
+    // The new stream reaches the database only when released.
+    let reopen = t.proxy.on(
         "aggregate",
         "queued_events",
-        Fault::DelayRequest(Duration::from_secs(2)),
+        Fault::HoldRequest,
         1,
         Some(mentions("$changeStream")),
     );
-    proxy.wait_hits(lost, 1, Duration::from_secs(5)).await;
-    proxy.wait_hits(reopen, 1, Duration::from_secs(5)).await;
-    // Inside those two seconds, after the scan at the error (of an empty
-    // queue) has been made.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    post_until_accepted(&client, &ingest.url(), &event_body("lost-1", 0), "lost-1").await;
+    t.proxy.wait_hits(lost, 1, Duration::from_secs(5)).await;
+    t.proxy.wait_hits(reopen, 1, Duration::from_secs(5)).await;
     wait_until(
-        Duration::from_secs(20),
-        "the event inserted while the stream reopened processed",
-        || async { db.processed_count().await == 2 },
+        Duration::from_secs(10),
+        "the scan at the error done (of an empty queue)",
+        || async { scans().await > scans_before },
     )
     .await;
-    let nudges = metric_sum(&metrics, "http_requests_total{route=\"/queue\"").await;
-    assert_eq!(
-        nudges, 1.0,
-        "the second event was nudged: the test proves nothing"
-    );
-    assert_eq!(
-        db.count("queued_events", doc! { "status": "processed" })
-            .await,
-        2
-    );
+    post_until_accepted(
+        &t.client,
+        &t.ingest.url(),
+        &event_body("lost-1", 0),
+        "lost-1",
+    )
+    .await;
+    t.proxy.release();
+    wait_both_processed(
+        &t.db,
+        "the event inserted while the stream reopened processed",
+    )
+    .await;
 }
 
 /// A zero-work processor's environment through `proxy`, with `LEASE_MS`
@@ -490,4 +461,108 @@ async fn wait_stream_open(metrics: &str) {
         || async { metric_sum(metrics, "processor_change_stream_open").await == 1.0 },
     )
     .await;
+}
+
+/// While a lease is lapsed (a late renewal), nothing new starts in its
+/// bucket: lanes stop, and the change stream's copies of inserts are
+/// dropped. When the renewal's answer lands the bucket is scanned, so an
+/// event that arrived in the gap is processed then, not left to the periodic
+/// sweep (never, within this test). Ingest here cannot nudge: the processor
+/// hears of inserts from its stream alone.
+#[tokio::test]
+async fn an_event_that_arrived_while_its_lease_was_lapsed_is_processed_when_it_returns() {
+    let t = StreamOnly::start("12000", "gap").await;
+
+    let sent = answer_next_renewal_late(&t.proxy).await;
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    post_until_accepted(&t.client, &t.ingest.url(), &event_body("gap-1", 0), "gap-1").await;
+    assert!(
+        sent.elapsed() < Duration::from_millis(8_000),
+        "posted {:?} after the late renewal was sent, maybe after its answer",
+        sent.elapsed()
+    );
+    wait_both_processed(&t.db, "the event that arrived in the gap processed").await;
+    assert_no_lease_changed_hands(&t.metrics).await;
+}
+
+/// Holds the answer to the next session renewal 8.5 s (with `LEASE_MS`
+/// 12000: renewals every 4 s, new work trusted 9.6 s after a renewal was
+/// sent, the session 12 s after the database applied it). The renewal is
+/// applied at once, so the session lives on in the database, but from 5.6 s
+/// after it was sent the last answered renewal is too old for new work: the
+/// leases lapse until the answer lands. Returns when it was sent.
+async fn answer_next_renewal_late(proxy: &FaultProxy) -> Instant {
+    // (`renewed`: a session renewal, not the declaration of a dead session.)
+    let late = proxy.on(
+        "findAndModify",
+        "processors",
+        Fault::DelayReply(Duration::from_millis(8_500)),
+        1,
+        Some(mentions("renewed")),
+    );
+    proxy.wait_hits(late, 1, Duration::from_secs(10)).await;
+    Instant::now()
+}
+
+/// No session expired and no bucket was taken over: a change of ownership
+/// would have restarted the stream and rescanned, whatever the test checks.
+async fn assert_no_lease_changed_hands(metrics: &str) {
+    for counter in ["lease_lost_total", "lease_takeovers_total"] {
+        assert_eq!(metric_sum(metrics, counter).await, 0.0, "{counter}");
+    }
+}
+
+/// A processor through a fault proxy, with no periodic sweep within a test,
+/// and an ingest that cannot nudge it: it hears of inserts from its change
+/// stream and its scans alone. One event already went that way.
+struct StreamOnly {
+    proxy: FaultProxy,
+    /// Kept so that it runs until the test ends.
+    _processor: Service,
+    metrics: String,
+    ingest: Service,
+    client: reqwest::Client,
+    db: Db,
+}
+
+impl StreamOnly {
+    async fn start(lease_ms: &str, patient_prefix: &str) -> Self {
+        let uri = fresh_database_uri();
+        let proxy = FaultProxy::start_for_shared().await;
+        let processor = Service::start("processor", &proxied_env(&proxy, &uri, lease_ms)).await;
+        let metrics = processor.metrics_url();
+        wait_stream_open(&metrics).await;
+        let ingest = Service::start("ingest", &ingest_env(&uri, "http://127.0.0.1:9")).await;
+        let client = crate::support::client();
+        let db = Db::connect(&uri).await;
+        let first = format!("{patient_prefix}-0");
+        post_until_accepted(&client, &ingest.url(), &event_body(&first, 0), &first).await;
+        wait_until(
+            Duration::from_secs(15),
+            "the first event processed, heard of from the stream",
+            || async { db.processed_count().await == 1 },
+        )
+        .await;
+        Self {
+            proxy,
+            _processor: processor,
+            metrics,
+            ingest,
+            client,
+            db,
+        }
+    }
+}
+
+/// Waits until both events of a `StreamOnly` test are processed, once each.
+async fn wait_both_processed(db: &Db, what: &str) {
+    wait_until(Duration::from_secs(20), what, || async {
+        db.processed_count().await == 2
+    })
+    .await;
+    assert_eq!(
+        db.count("queued_events", doc! { "status": "processed" })
+            .await,
+        2
+    );
 }

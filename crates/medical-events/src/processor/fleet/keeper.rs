@@ -146,8 +146,23 @@ impl Keeper {
         let validity = Ownership::validity(sent, self.config.lease, expires);
         // A live session keeps every lease it holds: nobody may take a lease
         // from a live session, so there is nothing to check lease by lease.
+        let mut lapsed = Vec::new();
         for lease in self.ownership.all() {
+            let was_usable = lease.usable();
             lease.extend(validity);
+            if !was_usable && lease.usable() {
+                lapsed.push(lease.bucket);
+            }
+        }
+        if !lapsed.is_empty() {
+            // While unusable, lanes stopped and wakes were dropped: what
+            // waits in these buckets is found by a scan, not left to the
+            // sweep.
+            info!(
+                buckets = lapsed.len(),
+                "leases usable again after a late renewal; rescanning them"
+            );
+            let _ = self.rescans.send(lapsed);
         }
         *self.valid_until.lock().expect("keeper poisoned") = Some(validity);
         Ok(())

@@ -9,7 +9,8 @@
 //! It is a hint, not the source of truth: when the owned set changes the
 //! stream is reopened from its last resume token with the new filter; when
 //! the token is lost (`ChangeStreamHistoryLost`), the stream starts again
-//! from now and the owned buckets are rescanned once it is open; when
+//! from now, and a stream opened from now (the first one too) is followed
+//! by a scan of its buckets; when
 //! streams are unavailable (a standalone server), the owned buckets are
 //! rescanned and the periodic sweep carries on alone.
 
@@ -69,10 +70,12 @@ pub fn spawn(
     let collection = store.database().collection::<RawDocumentBuf>(QUEUED_EVENTS);
     tokio::spawn(async move {
         let mut token: Option<ResumeToken> = None;
-        // The token was lost: the next stream starts from now, and what was
-        // inserted before it opened is found by a scan made after it opened
-        // (the scan at the error may have run before some of those inserts).
-        let mut rescan_on_open = false;
+        // A stream opened without a token starts from now: what was inserted
+        // before it opened is found by a scan made after it opened (a scan
+        // at start-up, a takeover or an error may have run before some of
+        // those inserts). True until the first stream opens, and again
+        // after the token is lost.
+        let mut rescan_on_open = true;
         let mut changes = ownership.subscribe();
         let mut warned = false;
         loop {
@@ -116,6 +119,12 @@ pub fn spawn(
                     set_live(&live, true);
                     if std::mem::take(&mut rescan_on_open) {
                         let _ = rescans.send(buckets.clone());
+                    }
+                    // The position it opened at (the server's
+                    // postBatchResumeToken): a reopen before its first change
+                    // resumes from there, not from now.
+                    if let Some(opened_at) = stream.resume_token() {
+                        token = Some(opened_at);
                     }
                     stream
                 }
