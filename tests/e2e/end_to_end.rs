@@ -473,6 +473,8 @@ async fn wait_stream_open(metrics: &str) {
 async fn an_event_that_arrived_while_its_lease_was_lapsed_is_processed_when_it_returns() {
     let t = StreamOnly::start("12000", "gap").await;
 
+    let scans = || async { metric_sum(&t.metrics, "takeover_scan_seconds_count").await };
+    let scans_before = scans().await;
     let sent = answer_next_renewal_late(&t.proxy).await;
     tokio::time::sleep(Duration::from_millis(6_500)).await;
     post_until_accepted(&t.client, &t.ingest.url(), &event_body("gap-1", 0), "gap-1").await;
@@ -483,6 +485,10 @@ async fn an_event_that_arrived_while_its_lease_was_lapsed_is_processed_when_it_r
     );
     wait_both_processed(&t.db, "the event that arrived in the gap processed").await;
     assert_no_lease_changed_hands(&t.metrics).await;
+    assert!(
+        scans().await > scans_before,
+        "no scan when the lease came back: the event was found some other way"
+    );
 }
 
 /// Holds the answer to the next session renewal 8.5 s (with `LEASE_MS`
@@ -532,6 +538,12 @@ impl StreamOnly {
         let processor = Service::start("processor", &proxied_env(&proxy, &uri, lease_ms)).await;
         let metrics = processor.metrics_url();
         wait_stream_open(&metrics).await;
+        // The start-up scans (at the acquisition and once the stream opened)
+        // are done: the next one counted is the test's.
+        wait_until(Duration::from_secs(10), "the start-up scans", || async {
+            metric_sum(&metrics, "takeover_scan_seconds_count").await >= 2.0
+        })
+        .await;
         let ingest = Service::start("ingest", &ingest_env(&uri, "http://127.0.0.1:9")).await;
         let client = crate::support::client();
         let db = Db::connect(&uri).await;

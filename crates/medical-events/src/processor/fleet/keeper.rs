@@ -148,9 +148,7 @@ impl Keeper {
         // from a live session, so there is nothing to check lease by lease.
         let mut lapsed = Vec::new();
         for lease in self.ownership.all() {
-            let was_usable = lease.usable();
-            lease.extend(validity);
-            if !was_usable && lease.usable() {
+            if lease.extend(validity) && lease.usable() {
                 lapsed.push(lease.bucket);
             }
         }

@@ -111,13 +111,18 @@ impl BucketLease {
         *self.valid_until.lock().expect("lease clock poisoned")
     }
 
-    pub(crate) fn extend(&self, validity: Validity) {
+    /// Extends the lease's clocks; `true` if new work had stopped under it
+    /// (its time for new work had run out) and may start again.
+    pub(crate) fn extend(&self, validity: Validity) -> bool {
         let mut until = self.valid_until.lock().expect("lease clock poisoned");
+        let now = Instant::now();
+        let had_lapsed = *until <= now && validity.new_work > now;
         *until = (*until).max(validity.new_work);
         let mut hard = self.hard_until.lock().expect("lease clock poisoned");
         *hard = (*hard).max(validity.in_hand);
         let mut db_until = self.db_until.lock().expect("lease clock poisoned");
         *db_until = (*db_until).max(validity.db_until);
+        had_lapsed
     }
 
     pub fn is_lost(&self) -> bool {
