@@ -10,9 +10,9 @@
 //! stream is reopened from its last resume token with the new filter; when
 //! the token is lost (`ChangeStreamHistoryLost`), the stream starts again
 //! from now, and a stream opened from now (the first one too) is followed
-//! by a scan of its buckets; when
-//! streams are unavailable (a standalone server), the owned buckets are
-//! rescanned and the periodic sweep carries on alone.
+//! by a scan of its buckets; when streams are unavailable (a standalone
+//! server), the owned buckets are rescanned and the periodic sweep carries
+//! on alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,9 +120,9 @@ pub fn spawn(
                     if std::mem::take(&mut rescan_on_open) {
                         let _ = rescans.send(buckets.clone());
                     }
-                    // The position it opened at (the server's
-                    // postBatchResumeToken): a reopen before its first change
-                    // resumes from there, not from now.
+                    // The position it opened at (the resume token of its
+                    // first answer): a reopen before its first change resumes
+                    // from there, not from now.
                     if let Some(opened_at) = stream.resume_token() {
                         token = Some(opened_at);
                     }
