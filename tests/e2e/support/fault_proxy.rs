@@ -531,13 +531,7 @@ fn refusing(reply: &[u8], index: usize) -> Option<Vec<u8>> {
         "errmsg": "refused by the fault proxy",
     }));
     body.insert("writeErrors", errors);
-    let mut encoded = Vec::new();
-    body.to_writer(&mut encoded).ok()?;
-    let mut message = reply[..21].to_vec();
-    message.extend_from_slice(&encoded);
-    let length = i32::try_from(message.len()).ok()?;
-    message[..4].copy_from_slice(&length.to_le_bytes());
-    Some(message)
+    Some(op_msg(reply, &body))
 }
 
 /// A predicate on a command's body: the value at `path` (dotted, arrays
