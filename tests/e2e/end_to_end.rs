@@ -59,11 +59,7 @@ async fn twenty_patients_by_ten_events_are_all_processed_once_and_in_order() {
     for (patient, ids) in &accepted {
         db.assert_processed_in_order(patient, ids).await;
     }
-    assert_eq!(
-        db.count("queued_events", doc! { "status": "processed" })
-            .await,
-        200
-    );
+    db.wait_closed(200).await;
 
     // The status endpoint reports the outcome.
     let status: Value = crate::support::client()
@@ -127,11 +123,7 @@ async fn send_one_event_each(
         patients as u64,
         "an event was processed twice"
     );
-    assert_eq!(
-        db.count("queued_events", doc! { "status": "processed" })
-            .await,
-        patients as u64
-    );
+    db.wait_closed(patients as u64).await;
     nudges
 }
 
@@ -572,9 +564,5 @@ async fn wait_both_processed(db: &Db, what: &str) {
         db.processed_count().await == 2
     })
     .await;
-    assert_eq!(
-        db.count("queued_events", doc! { "status": "processed" })
-            .await,
-        2
-    );
+    db.wait_closed(2).await;
 }

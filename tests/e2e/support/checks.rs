@@ -55,6 +55,22 @@ impl Db {
         self.count("processed_events", doc! {}).await
     }
 
+    /// Waits until `n` queued events are closed as processed. An event's
+    /// outcome document is written before its close, so a count of outcomes
+    /// can be reached while the last close is still on its way.
+    pub async fn wait_closed(&self, n: u64) {
+        super::wait_until(
+            std::time::Duration::from_secs(10),
+            &format!("{n} events closed as processed"),
+            || async {
+                self.count("queued_events", doc! { "status": "processed" })
+                    .await
+                    == n
+            },
+        )
+        .await;
+    }
+
     pub async fn find(&self, collection: &str, filter: Document, sort: Document) -> Vec<Document> {
         self.db
             .collection::<Document>(collection)
