@@ -110,8 +110,12 @@ async fn the_processor_reports_outcomes_durations_backlog_and_lanes() {
     let mut text = String::new();
     for _ in 0..100 {
         text = scrape(&processor.metrics_url()).await;
+        // The histograms are recorded after the counter, and the oldest
+        // age after the backlog: wait for the later of each.
         if sample(&text, "events_processed_total", &[("result", "success")]) == Some(3.0)
+            && sample(&text, "event_end_to_end_seconds_count", &[]) == Some(3.0)
             && sample(&text, "processor_backlog_events", &[]) == Some(0.0)
+            && sample(&text, "processor_oldest_unfinished_age_seconds", &[]) == Some(0.0)
         {
             break;
         }

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use crate::support::checks::Db;
 use crate::support::fault_proxy::{Fault, FaultProxy};
-use crate::support::{API_KEY, Answer, CLIENT, InProcessIngest, fresh_database_uri, post_event};
+use crate::support::{
+    API_KEY, Answer, CLIENT, InProcessIngest, fresh_database_uri, post_event, wait_until,
+};
 use medical_events::auth::{Access, Credential};
 use mongodb::bson::{Document, doc};
 use reqwest::StatusCode;
@@ -131,8 +133,19 @@ async fn insert_held_past_its_deadline(
         other => panic!("unexpected {other}: {}", answer.body),
     }
     // The held insert reaches the database now (or already did); then the
-    // client retries with the same body (and key, if it sent one).
-    tokio::time::sleep(MONGO_TIMEOUT * 2).await;
+    // client retries with the same body (and key, if it sent one). Held past
+    // the whole answer, it is stored before the retry: the retry must find
+    // it. Released while ingest settled it, it may lose to the retry.
+    if release_after.is_none() {
+        wait_until(
+            Duration::from_secs(10),
+            "the held insert stored",
+            || async { held().await.contains(&answer.event_id()) },
+        )
+        .await;
+    } else {
+        tokio::time::sleep(MONGO_TIMEOUT * 2).await;
+    }
     let retried = retry(&client, &ingest.url, &body, key).await;
     assert_eq!(retried.status, StatusCode::ACCEPTED, "{}", retried.body);
     // Late arrivals would land within this.

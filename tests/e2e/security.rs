@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::checks::Db;
-use crate::support::fault_proxy::FaultProxy;
+use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::{
     API_KEY, InProcessIngest, PROCESSOR_TOKEN, Service, event_body, fresh_database_uri, ingest_env,
     processor_env, wait_until,
@@ -486,6 +486,13 @@ async fn past_the_in_flight_bound_requests_get_503_at_once_and_slow_ones_time_ou
     );
 
     proxy.freeze(true);
+    // Matches (and passes on, into the frozen connection) the slow one's insert.
+    let insert = proxy.on_next(
+        "insert",
+        "queued_events",
+        Fault::DelayRequest(Duration::ZERO),
+        1,
+    );
     let slow = tokio::spawn({
         let client = client.clone();
         let url = url.clone();
@@ -498,7 +505,8 @@ async fn past_the_in_flight_bound_requests_get_503_at_once_and_slow_ones_time_ou
                 .unwrap()
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its insert is on the wire: it holds the one in-flight slot.
+    proxy.wait_hits(insert, 1, Duration::from_secs(5)).await;
     let started = Instant::now();
     let shed = client
         .post(&url)
