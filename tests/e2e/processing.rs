@@ -18,8 +18,8 @@ use medical_events::processor::worker::{Worker, WorkerConfig};
 use medical_events::retry::RetryPolicy;
 use medical_events::store::Action;
 use medical_events::store::{
-    Applied, Claimed, EnqueueOutcome, EventStatus, Fence, IntakePolicy, NextEvent,
-    ProcessingResult, QueuedEvent, READ_AHEAD, RunEnd, Store, Submission,
+    Applied, Claimed, Close, EnqueueOutcome, EventStatus, Fence, IntakePolicy, NextEvent,
+    ProcessedEvent, ProcessingResult, QueuedEvent, READ_AHEAD, RunEnd, Store, Submission,
 };
 use mongodb::bson::{DateTime, doc};
 
@@ -126,6 +126,13 @@ fn fence(epoch: i64, owner: &str) -> Fence {
         until: DateTime::from_millis(DateTime::now().timestamp_millis() + 3_600_000),
     }
 }
+
+/// A close that ends the run as processed and writes nothing else.
+const PROCESSED: Close<'static> = Close {
+    end: RunEnd::Processed,
+    result: None,
+    uncount: false,
+};
 
 /// The fence `claimed` was claimed under.
 fn fence_of(claimed: &Claimed) -> Fence {
@@ -265,6 +272,100 @@ async fn an_outcome_recorded_before_a_crash_is_not_redone() {
     worker.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A run whose work succeeded stored its outcome document and died before
+/// the close (a success has no record on the event before its close). The
+/// next claim is not the run's first: it finds that outcome and closes the
+/// event from it, without running the work again or counting an attempt.
+#[tokio::test]
+async fn a_success_whose_outcome_was_stored_before_a_crash_is_not_run_again() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let id = enqueue(&store, "p", 0).await;
+    let claimed = claim(&store, "p", &fence(0, "dead-instance")).await;
+    let earlier = DateTime::from_millis(DateTime::now().timestamp_millis() - 60_000);
+    store
+        .write_outcome(&succeeded(&claimed, earlier))
+        .await
+        .unwrap();
+    let handler = ScriptedHandler::default();
+    let worker = Worker::start(&store, handler.clone(), config(5))
+        .await
+        .unwrap();
+    let db = Db::connect(&uri).await;
+    db.wait_closed(1).await;
+    assert!(handler.calls().is_empty(), "the work ran again");
+    assert_eq!(db.processed_count().await, 1);
+    let event = store.find_event(&id).await.unwrap().unwrap();
+    assert_eq!(event.attempts, 1, "closing from the outcome is no attempt");
+    assert_eq!(event.result, Some(ProcessingResult::success()));
+    assert_eq!(
+        event.processed_at,
+        Some(earlier),
+        "not the stored outcome's"
+    );
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// An earlier claim's success lands while the event runs again (its lane
+/// was paused past its lease after its work succeeded, then its outcome
+/// insert went through). The outcome stored first is the run's: the new
+/// owner's close writes that one's result on the event, so the two agree.
+#[tokio::test]
+async fn a_late_success_of_an_earlier_claim_is_the_result_the_close_writes() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let id = enqueue(&store, "p", 0).await;
+    let stale = claim(&store, "p", &fence(0, "paused-instance")).await;
+    let earlier = DateTime::from_millis(DateTime::now().timestamp_millis() - 60_000);
+    let handler = LateOutcome {
+        store: store.clone(),
+        outcome: succeeded(&stale, earlier),
+        calls: Arc::default(),
+    };
+    let worker = Worker::start(&store, handler.clone(), config(5))
+        .await
+        .unwrap();
+    let db = Db::connect(&uri).await;
+    db.wait_closed(1).await;
+    assert_eq!(*handler.calls.lock().unwrap(), 1);
+    let outcome = store.find_processed(&handler.outcome.event_id).await;
+    assert_eq!(outcome.unwrap().unwrap().processed_at, earlier);
+    let event = store.find_event(&id).await.unwrap().unwrap();
+    assert_eq!(
+        event.processed_at,
+        Some(earlier),
+        "the event disagrees with its outcome"
+    );
+    assert_eq!(event.attempts, 2, "the second run is an attempt");
+    assert_eq!(db.processed_count().await, 1);
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// The outcome document of a success of `claimed`, processed at `at`.
+fn succeeded(claimed: &Claimed, at: DateTime) -> ProcessedEvent {
+    let mut event = claimed.event.clone();
+    event.result = Some(ProcessingResult::success());
+    event.processed_at = Some(at);
+    event.processing_duration_ms = Some(5_000);
+    ProcessedEvent::from_recorded(&event).unwrap()
+}
+
+/// Succeeds, after storing `outcome` (another claim's) while it runs.
+#[derive(Clone)]
+struct LateOutcome {
+    store: Store,
+    outcome: ProcessedEvent,
+    calls: Arc<Mutex<usize>>,
+}
+
+impl EventHandler for LateOutcome {
+    async fn handle(&self, _event: &QueuedEvent) -> Result<(), HandlerError> {
+        *self.calls.lock().unwrap() += 1;
+        self.store.write_outcome(&self.outcome).await.unwrap();
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn an_event_that_keeps_crashing_the_processor_is_given_up() {
     let uri = fresh_database_uri();
@@ -330,10 +431,7 @@ async fn writes_under_a_superseded_epoch_are_refused_by_the_database() {
         Applied::Fenced
     );
     assert_eq!(
-        store
-            .close(&old, &fence_of(&old), RunEnd::Processed)
-            .await
-            .unwrap(),
+        store.close(&old, &fence_of(&old), PROCESSED).await.unwrap(),
         Applied::Fenced
     );
     // It cannot even claim it back.
@@ -445,7 +543,7 @@ async fn fenced_writes_sent_together_are_decided_event_by_event() {
             if i % 2 == 0 {
                 store.release_for_retry(c, &fence_of(c), "lab down").await
             } else {
-                (store.close(c, &fence_of(c), RunEnd::Processed)).await
+                (store.close(c, &fence_of(c), PROCESSED)).await
             }
         },
     ));
@@ -1063,10 +1161,15 @@ async fn start_with_stream<H: EventHandler>(
 ) -> Worker<H> {
     let worker = Worker::start(store, handler, settings).await.unwrap();
     let live = worker.scheduler().stream_live();
+    // The scan once it opened is done too: one that runs after a test's
+    // first insert would make that patient's lane read again.
     wait_until(
         Duration::from_secs(10),
-        "the change stream open",
-        || async { live.load(std::sync::atomic::Ordering::Acquire) },
+        "the change stream open and the start-up scans done",
+        || async {
+            live.load(std::sync::atomic::Ordering::Acquire)
+                && worker.scheduler().recovery_scans() >= 2
+        },
     )
     .await;
     worker
@@ -1331,7 +1434,7 @@ async fn finish_processed(store: &Store, claimed: &Claimed, fence: &Fence) {
     let success = ProcessingResult::success();
     let recorded = store.record(claimed, fence, &success, DateTime::now(), 5);
     assert_eq!(recorded.await.unwrap(), Applied::Yes);
-    let closed = store.close(claimed, fence, RunEnd::Processed);
+    let closed = store.close(claimed, fence, PROCESSED);
     assert_eq!(closed.await.unwrap(), Applied::Yes);
 }
 

@@ -1,6 +1,6 @@
 //! Explores one configuration completely and prints the state count and
 //! what was found, with the trace of each counterexample. Arguments are
-//! `key=value`: `variant=fixed|v1|v3|v4|v5|v6|v7a|v7b|v7c|v8`, the fault
+//! `key=value`: `variant=fixed|v1|v3|v5|v6|v7a|v7b|v7c|v8|v9|v10`, the fault
 //! budgets `crash pause term lost partition hand fail reseed`, the bounds
 //! `sessions epochs tokens deliv max` (MAX_ATTEMPTS), `clock=drift|step`,
 //! and `states`/`depth` to stop early. For example:
@@ -41,13 +41,14 @@ fn main() {
                 c.variant = match v {
                     "v1" => Variant::HandOverAborts,
                     "v3" => Variant::ReclaimWithNewToken,
-                    "v4" => Variant::ClaimWithoutRev,
                     "v5" => Variant::ForgetOnFailedRelease,
                     "v6" => Variant::EventFencingOnly,
                     "v7a" => Variant::LeaveByLocalClock,
                     "v7b" => Variant::TakeoverFromLaggingRead,
                     "v7c" => Variant::NoInHandMargin,
                     "v8" => Variant::EpochsRestart,
+                    "v9" => Variant::NoOutcomeLookup,
+                    "v10" => Variant::CloseKeepsRecord,
                     _ => Variant::Fixed,
                 }
             }

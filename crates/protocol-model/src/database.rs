@@ -38,34 +38,50 @@ pub enum Status {
 }
 
 /// A handler's result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verdict {
     Success,
     Failure,
 }
 
-/// What `record` wrote on the event, and what the outcome copies: the claim
-/// token stands for the run that produced it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A result on the event (written by `record`, or by a close that carries
+/// it) and in the outcome document: the claim token stands for the run
+/// that produced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Record {
     pub token: u8,
     pub verdict: Verdict,
 }
 
 /// Which fenced write (`fencedBy = T/k`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Write {
+    /// A failed result (a success goes to the outcome document first, and
+    /// onto the event with the close).
     Record(Verdict),
-    Close,
+    /// `record`: the result the close writes on the event (the outcome
+    /// document's, after a success), or `None` when it is there already.
+    /// `uncount`: the claim finds the run's outcome written and closes
+    /// without running, so its attempt is not counted.
+    Close {
+        record: Option<Record>,
+        uncount: bool,
+    },
     ReleaseForRetry,
     HandBack,
 }
 
 impl Write {
+    /// `Close` without a result: the event's record is already there.
+    pub const CLOSE: Self = Self::Close {
+        record: None,
+        uncount: false,
+    };
+
     fn k(self) -> u8 {
         match self {
             Self::Record(_) => 1,
-            Self::Close => 2,
+            Self::Close { .. } => 2,
             Self::ReleaseForRetry => 3,
             Self::HandBack => 4,
         }
@@ -112,7 +128,7 @@ pub enum Op {
     Claim {
         event: u8,
         token: u8,
-        /// `None`: no `rev` condition (V3, V4).
+        /// `None`: no `rev` condition (V3).
         rev: Option<u8>,
         epoch: u8,
     },
@@ -120,34 +136,14 @@ pub enum Op {
         event: u8,
         token: u8,
         epoch: u8,
-        write: WriteOrd,
+        write: Write,
     },
-}
-
-/// [`Write`] and [`Record`] with an order, so that messages sort.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WriteOrd(pub u8, pub u8);
-
-impl From<Write> for WriteOrd {
-    fn from(write: Write) -> Self {
-        match write {
-            Write::Record(Verdict::Success) => Self(1, 1),
-            Write::Record(Verdict::Failure) => Self(1, 0),
-            other => Self(other.k(), 0),
-        }
-    }
-}
-
-impl From<WriteOrd> for Write {
-    fn from(write: WriteOrd) -> Self {
-        match write {
-            WriteOrd(1, 1) => Self::Record(Verdict::Success),
-            WriteOrd(1, _) => Self::Record(Verdict::Failure),
-            WriteOrd(2, _) => Self::Close,
-            WriteOrd(3, _) => Self::ReleaseForRetry,
-            _ => Self::HandBack,
-        }
-    }
+    /// The outcome document of a success, written before the close: an
+    /// insert, not fenced (see [`Database::write_outcome`]).
+    Outcome {
+        event: u8,
+        record: Record,
+    },
 }
 
 /// Which of a process's waits a reply goes to.
@@ -174,6 +170,9 @@ pub struct Msg {
 pub enum Reply {
     /// A conditional write: whether it changed the document.
     Write(bool),
+    /// The outcome insert: the outcome stored (this one, or one already
+    /// there, read back after the duplicate-key refusal).
+    Outcome(Record),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -296,14 +295,14 @@ impl Database {
         }
     }
 
-    /// The outcome upsert: insert if absent (the same run present: done).
-    /// Its content is a function of the record, so it is written atomically
-    /// by whoever holds the record, any number of times.
-    pub fn write_outcome(&mut self, event: u8, record: Record) {
-        let outcome = &mut self.outcomes[usize::from(event)];
-        if outcome.is_none() {
-            *outcome = Some(record);
-        }
+    /// The outcome upsert: insert if absent (the same run present: done);
+    /// returns the outcome stored. After a record, its content is a function
+    /// of the record, so it is written atomically by whoever holds the
+    /// record, any number of times. A success's is sent before any record
+    /// (as [`Op::Outcome`]) and may land late, after its sender lost the
+    /// bucket: the first one stored is the run's, and the close copies it.
+    pub fn write_outcome(&mut self, event: u8, record: Record) -> Record {
+        *self.outcomes[usize::from(event)].get_or_insert(record)
     }
 
     /// Applies one message atomically, as the primary would.
@@ -367,13 +366,13 @@ impl Database {
                 }
                 Reply::Write(applies)
             }
+            Op::Outcome { event, record } => Reply::Outcome(self.write_outcome(event, record)),
             Op::Fenced {
                 event,
                 token,
                 epoch,
                 write,
             } => {
-                let write = Write::from(write);
                 let doc = &mut self.events[usize::from(event)];
                 let applies = doc.status == Status::Queued
                     && doc.epoch == epoch
@@ -382,7 +381,14 @@ impl Database {
                 if applies {
                     match write {
                         Write::Record(verdict) => doc.result = Some(Record { token, verdict }),
-                        Write::Close => {
+                        Write::Close { record, uncount } => {
+                            if record.is_some() {
+                                doc.result = record;
+                            }
+                            if uncount {
+                                doc.attempts -= 1;
+                                ghost.token_mut(token).counted = false;
+                            }
                             doc.status = match doc.result {
                                 Some(Record {
                                     verdict: Verdict::Success,

@@ -53,6 +53,12 @@ pub struct Ghost {
     pub cut: bool,
     /// A claim whose reply was lost was recognised by its token.
     pub claim_recovered: bool,
+    /// A claim found the run's outcome already stored (a success whose
+    /// lane stopped before its close) and closed from it without a run.
+    pub closed_from_outcome: bool,
+    /// A recorded failure's outcome write found an earlier claim's success
+    /// stored (it landed late): the close takes the success.
+    pub late_success_taken: bool,
 }
 
 impl Ghost {

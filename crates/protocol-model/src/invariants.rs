@@ -8,8 +8,8 @@ use crate::database::{Status, Verdict};
 use crate::downstream::DeliveryState;
 use crate::model::{ProtocolModel, State};
 
-pub const ONE_OUTCOME: &str =
-    "1 one outcome per event, agreeing with its record; no run after a record";
+pub const ONE_OUTCOME: &str = "1 one outcome per event, a finished one's agreeing with its record, \
+     a success only if a delivery committed; no run after a record or an outcome";
 pub const IN_ORDER: &str = "2 the downstream commits a patient's events in sequence order";
 pub const NO_LOW_TOKEN: &str = "3 the downstream never commits a token below one it saw";
 pub const NO_OVERLAP: &str = "4 no two deliveries of a patient committed while open together";
@@ -29,6 +29,10 @@ pub const DELIVERED_TWICE: &str = "an event was delivered twice (after a fault)"
 pub const CLAIM_RECOVERED: &str = "a claim whose reply was lost was recognised by its token";
 pub const CLAIMED_AFTER_RESEED: &str = "an event was claimed after a bucket count change";
 pub const KILLED_LEASE_WRITE: &str = "a lease write of a killed session was applied";
+pub const CLOSED_FROM_OUTCOME: &str =
+    "a claim closed an event from the outcome an earlier claim stored, without a run";
+pub const LATE_SUCCESS_TAKEN: &str =
+    "a recorded failure was closed with the success an earlier claim stored late";
 
 /// Every `always` property.
 pub const INVARIANTS: [&str; 9] = [
@@ -80,21 +84,41 @@ pub fn properties() -> Vec<Property<ProtocolModel>> {
         Property::sometimes(KILLED_LEASE_WRITE, |_, s: &State| {
             s.ghost.killed_lease_write
         }),
+        Property::sometimes(CLOSED_FROM_OUTCOME, |_, s: &State| {
+            s.ghost.closed_from_outcome
+        }),
+        Property::sometimes(LATE_SUCCESS_TAKEN, |_, s: &State| {
+            s.ghost.late_success_taken
+        }),
     ]
 }
 
-/// 1: the outcome is the record's (same run, same result) whenever both
-/// exist; at most one outcome is structural (one slot per event, inserted
-/// if absent); no handler run started on a recorded event.
+/// 1: a finished event's record is its outcome (same run, same result);
+/// at most one outcome is structural (one slot per event, inserted if
+/// absent); a success's outcome only for an event the downstream committed
+/// (it is written before any fenced write accepted it, possibly by a lane
+/// that lost the bucket since); no handler run started on an event with a
+/// record or an outcome. (While the event is queued its record may differ:
+/// a failure recorded after a late success's outcome was sent, until the
+/// close copies the outcome.)
 fn one_outcome(s: &State) -> bool {
     !s.ghost.rerun_after_record
         && s.db
             .events
             .iter()
             .zip(&s.db.outcomes)
-            .all(|(event, outcome)| match (event.result, outcome) {
-                (Some(record), Some(outcome)) => record == *outcome,
-                _ => true,
+            .enumerate()
+            .all(|(e, (event, outcome))| {
+                let agrees = match (event.result, outcome) {
+                    (Some(record), Some(outcome)) => {
+                        record == *outcome || event.status == Status::Queued
+                    }
+                    _ => true,
+                };
+                let true_success = outcome.is_none_or(|o| {
+                    o.verdict != Verdict::Success || s.downstream.committed(e as u8)
+                });
+                agrees && true_success
             })
 }
 

@@ -173,7 +173,7 @@ impl State {
                     event,
                     token,
                     epoch,
-                    write: Write::HandBack.into(),
+                    write: Write::HandBack,
                 },
             );
         }

@@ -1,6 +1,8 @@
 //! The patient's lane: find, claim (rev CAS, same token on retry), run the
-//! handler (a delivery), record, outcome, close; release for retry and
-//! hand back. Every event write is fenced (epoch, token, `NOW < X`).
+//! handler (a delivery); after a success the outcome document, then the
+//! close carrying the result; after a final failure record, outcome, close;
+//! release for retry and hand back. Every event write is fenced (epoch,
+//! token, `NOW < X`); the outcome document is not.
 
 use crate::database::{Fate, Op, Record, Reply, Slot, Verdict, Write};
 use crate::downstream::Answer;
@@ -110,6 +112,28 @@ impl State {
                     Fate::Lost => self.drop_bucket(p),
                 }
             }
+            Lane::Outcome {
+                event,
+                token,
+                epoch,
+            } => match wait {
+                // The outcome stored (ours, or an earlier claim's of this
+                // run): the close writes it on the event.
+                Wait::Replied(Reply::Outcome(stored)) if self.may_go_on(config, p, epoch) => {
+                    let close = Write::Close {
+                        record: Some(stored),
+                        uncount: false,
+                    };
+                    self.start_write(p, event, token, epoch, close);
+                    true
+                }
+                Wait::Replied(_) => self.abandon(p),
+                _ if self.may_go_on(config, p, epoch) => {
+                    self.send_outcome(p);
+                    true
+                }
+                _ => self.abandon(p),
+            },
             Lane::Idle | Lane::Delivering { .. } => false,
         }
     }
@@ -139,6 +163,20 @@ impl State {
             // bookkeeping is left.
             return self.outcome_then_close(config, p, event, token, epoch, record);
         }
+        if attempts >= 2 && config.variant != Variant::NoOutcomeLookup {
+            // An earlier claim of this run may have stored a success's
+            // outcome and stopped before its close: read it (a read, at
+            // this step) and close from it, without running again.
+            if let Some(found) = self.db.outcomes[usize::from(event)] {
+                self.ghost.closed_from_outcome = true;
+                let close = Write::Close {
+                    record: Some(found),
+                    uncount: true,
+                };
+                self.start_write(p, event, token, epoch, close);
+                return true;
+            }
+        }
         if attempts > config.max_attempts {
             // Every earlier attempt died with its processor: give it up.
             self.ghost.token_mut(token).gave_up = true;
@@ -149,7 +187,8 @@ impl State {
             // A bound of the model: no more deliveries in this run.
             return false;
         }
-        self.ghost.rerun_after_record |= self.db.events[usize::from(event)].result.is_some();
+        self.ghost.rerun_after_record |= self.db.events[usize::from(event)].result.is_some()
+            || self.db.outcomes[usize::from(event)].is_some();
         self.ghost.token_mut(token).run = true;
         let (delivery, answer) = self.downstream.arrive(event, epoch, token);
         self.procs[p].lane = Lane::Delivering {
@@ -185,12 +224,32 @@ impl State {
             return self.abandon(p);
         }
         let write = match answer {
-            Answer::Ok => Write::Record(Verdict::Success),
+            Answer::Ok => {
+                self.procs[p].lane = Lane::Outcome {
+                    event,
+                    token,
+                    epoch,
+                };
+                self.send_outcome(p);
+                return true;
+            }
             _ if attempts < config.max_attempts => Write::ReleaseForRetry,
             _ => Write::Record(Verdict::Failure),
         };
         self.start_write(p, event, token, epoch, write);
         true
+    }
+
+    /// Sends (or sends again: the same insert) a success's outcome document.
+    fn send_outcome(&mut self, p: usize) {
+        let Lane::Outcome { event, token, .. } = self.procs[p].lane else {
+            unreachable!("not writing an outcome");
+        };
+        let record = Record {
+            token,
+            verdict: Verdict::Success,
+        };
+        self.send(p, Some(Slot::Lane), Op::Outcome { event, record });
     }
 
     /// Work in hand may go on: the lease is still in the table and the
@@ -228,7 +287,7 @@ impl State {
                 event,
                 token,
                 epoch,
-                write: write.into(),
+                write,
             },
         );
     }
@@ -244,9 +303,18 @@ impl State {
         epoch: u8,
         record: Record,
     ) -> bool {
-        self.db.write_outcome(event, record);
+        // A success's outcome sent by an earlier claim of this run may have
+        // landed first (late): that delivery committed, so the close writes
+        // its result over the record, and the event agrees with its outcome.
+        let stored = self.db.write_outcome(event, record);
+        self.ghost.late_success_taken |= stored != record;
         if self.may_go_on(config, p, epoch) {
-            self.start_write(p, event, token, epoch, Write::Close);
+            let takes_stored = stored != record && config.variant != Variant::CloseKeepsRecord;
+            let close = Write::Close {
+                record: takes_stored.then_some(stored),
+                uncount: false,
+            };
+            self.start_write(p, event, token, epoch, close);
             true
         } else {
             self.abandon(p)
@@ -270,7 +338,7 @@ impl State {
                 let record = Record { token, verdict };
                 self.outcome_then_close(config, p, event, token, epoch, record)
             }
-            Write::Close | Write::ReleaseForRetry | Write::HandBack => true,
+            Write::Close { .. } | Write::ReleaseForRetry | Write::HandBack => true,
         }
     }
 

@@ -71,6 +71,13 @@ pub enum Lane {
         delivery: u8,
         answer: Option<Answer>,
     },
+    /// The outcome document of a success is sent (and sent again after an
+    /// error: an insert of the same document).
+    Outcome {
+        event: u8,
+        token: u8,
+        epoch: u8,
+    },
     /// A fenced write is sent.
     Writing {
         event: u8,
@@ -87,12 +94,17 @@ impl Lane {
             Self::Idle => None,
             Self::Claiming { token, .. }
             | Self::Delivering { token, .. }
+            | Self::Outcome { token, .. }
             | Self::Writing { token, .. } => Some(token),
         }
     }
 
     /// `(event, token, epoch)` of a claim that may be ours and not yet
-    /// recorded: what a cut hands back.
+    /// recorded: what a cut hands back. Not once a success's outcome is
+    /// sent: the hand-back would uncount the attempt that tells the next
+    /// claim to look for that outcome. (The lane hands back only while its
+    /// handler runs; the model lets a cut hand back during the writes that
+    /// follow a failure too, which covers more.)
     pub fn unrecorded_claim(&self) -> Option<(u8, u8, u8)> {
         match *self {
             Self::Claiming {

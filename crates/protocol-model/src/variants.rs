@@ -11,9 +11,6 @@ pub enum Variant {
     /// V3: after a lost claim reply whose read-back does not show the claim,
     /// claim again with a new token; claims have no `rev` condition.
     ReclaimWithNewToken,
-    /// V4: the claim has no `rev == r` condition ("recorded or not" is taken
-    /// from the find, which may be stale by then).
-    ClaimWithoutRev,
     /// V5: the hand-over forgets the bucket locally even when its release
     /// write failed.
     ForgetOnFailedRelease,
@@ -30,12 +27,18 @@ pub enum Variant {
     /// V8: epochs restart when the leases are deleted (per-lease `epoch + 1`,
     /// no global counter).
     EpochsRestart,
+    /// V9: a claim does not look for the outcome of a success whose lane
+    /// stopped between writing it and the close.
+    NoOutcomeLookup,
+    /// V10: a close after a recorded failure keeps the record, even when
+    /// the outcome stored is an earlier claim's success that landed late.
+    CloseKeepsRecord,
 }
 
 impl Variant {
     /// Claims carry `rev == r`.
     pub fn claim_checks_rev(self) -> bool {
-        !matches!(self, Self::ReclaimWithNewToken | Self::ClaimWithoutRev)
+        self != Self::ReclaimWithNewToken
     }
 
     /// Processor writes about an event carry `NOW < X`.

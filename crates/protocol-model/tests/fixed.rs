@@ -8,8 +8,9 @@ mod common;
 
 use common::assert_holds;
 use protocol_model::invariants::{
-    BOTH_PROCESSED, CLAIM_RECOVERED, CLAIMED_AFTER_RESEED, CUT, DELIVERED_TWICE, HANDED_OVER,
-    KILLED_LEASE_WRITE, STALE_DELIVERY_REFUSED, STALE_REFUSED, TAKEOVER,
+    BOTH_PROCESSED, CLAIM_RECOVERED, CLAIMED_AFTER_RESEED, CLOSED_FROM_OUTCOME, CUT,
+    DELIVERED_TWICE, HANDED_OVER, KILLED_LEASE_WRITE, LATE_SUCCESS_TAKEN, STALE_DELIVERY_REFUSED,
+    STALE_REFUSED, TAKEOVER,
 };
 use protocol_model::{Budget, ClockFault, Config, Variant, check};
 
@@ -37,7 +38,13 @@ fn fixed_pause_and_takeover_with_clock_drift() {
     assert_holds(
         config,
         &[],
-        &[TAKEOVER, STALE_DELIVERY_REFUSED, BOTH_PROCESSED],
+        &[
+            TAKEOVER,
+            STALE_DELIVERY_REFUSED,
+            CLOSED_FROM_OUTCOME,
+            LATE_SUCCESS_TAKEN,
+            BOTH_PROCESSED,
+        ],
     );
 }
 
@@ -129,6 +136,7 @@ fn fixed_retry_and_crash() {
             DELIVERED_TWICE,
             TAKEOVER,
             STALE_DELIVERY_REFUSED,
+            CLOSED_FROM_OUTCOME,
             BOTH_PROCESSED,
         ],
     );

@@ -44,26 +44,6 @@ fn v3_new_token_after_lost_claim_reply_counts_twice() {
     assert!(state.db.events.iter().any(|e| e.attempts >= 2));
 }
 
-/// V4: without `rev == r`, a stale owner's record lands between the new
-/// owner's find and claim; the claim applies anyway and the new owner runs
-/// the recorded event again (or writes an outcome that disagrees with the
-/// record). A stale record can land that late only with a database clock
-/// step back (the `NOW < X` bound holds it otherwise), so the step is on.
-#[test]
-fn v4_claim_without_rev_reruns_a_recorded_event() {
-    let budget = Budget {
-        pauses: 1,
-        ..Budget::NONE
-    };
-    let config = Config {
-        clock: ClockFault::Step,
-        sessions: 3,
-        epochs: 3,
-        ..config(Variant::ClaimWithoutRev, budget)
-    };
-    assert_broken(config, ONE_OUTCOME);
-}
-
 /// V5: the release write's reply is lost (it has not applied yet) and the
 /// hand-over forgets the bucket: the lease names a live session that will
 /// never adopt it again.
@@ -180,4 +160,42 @@ fn v8_restarted_epochs_repeat_a_fencing_token() {
         ..config(Variant::EpochsRestart, budget)
     };
     assert_broken(config, IN_ORDER);
+}
+
+/// V9: a claim does not look for the run's outcome: an owner stores a
+/// success's outcome and is paused before its close; the taker claims the
+/// event and runs it again, though its delivery had committed.
+#[test]
+fn v9_without_the_outcome_lookup_a_stored_success_runs_again() {
+    let budget = Budget {
+        pauses: 1,
+        ..Budget::NONE
+    };
+    // With MAX_ATTEMPTS = 1 the taker would give the event up instead (and
+    // its close take the stored success): room for a second attempt.
+    let config = Config {
+        max_attempts: 2,
+        sessions: 3,
+        epochs: 3,
+        ..config(Variant::NoOutcomeLookup, budget)
+    };
+    assert_broken(config, ONE_OUTCOME);
+}
+
+/// V10: the close after a recorded failure keeps the record: an earlier
+/// claim's success, whose outcome landed after the failure was recorded
+/// (the owner paused past its lease, the taker gave the event up), stays
+/// the outcome while the event says failed.
+#[test]
+fn v10_a_close_that_keeps_the_record_disagrees_with_a_late_success() {
+    let budget = Budget {
+        pauses: 1,
+        ..Budget::NONE
+    };
+    let config = Config {
+        sessions: 3,
+        epochs: 3,
+        ..config(Variant::CloseKeepsRecord, budget)
+    };
+    assert_broken(config, ONE_OUTCOME);
 }

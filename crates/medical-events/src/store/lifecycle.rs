@@ -13,9 +13,10 @@
 //!   expired by the database's own clock is refused, so nothing of an
 //!   instance lands after another one took its buckets over.
 //!
-//! Per event: find the next event, claim it, record the outcome, write
-//! `processed_events`, close it: five operations, each a single-document
-//! write or an index walk; the writes travel with other lanes' in batched
+//! Per event: find the next event, claim it, write `processed_events`, close
+//! it carrying the result (a failure is recorded on the event first): four
+//! operations, each a single-document write or an index walk; the writes
+//! travel with other lanes' in batched
 //! commands (`update_batch.rs`, `group_commit.rs`; the fenced ones merged
 //! into multi-document statements, each document still deciding its own
 //! write), and one find serves a run of a patient's small events
@@ -353,15 +354,8 @@ impl Store {
         processed_at: DateTime,
         duration_ms: i64,
     ) -> Result<Applied, StoreError> {
-        let mut set = doc! {
-            "result": literal(mongodb::bson::to_bson(result)?),
-            "processedAt": literal(processed_at),
-            "processingDurationMs": literal(duration_ms),
-            "updatedAt": "$$NOW",
-        };
-        if let Some(error) = &result.error {
-            set.insert("lastError", literal(error.as_str()));
-        }
+        let mut set = recorded(result, processed_at, duration_ms)?;
+        set.insert("updatedAt", "$$NOW");
         self.fenced_update(claimed, fence, FencedWrite::Record, set, &[])
             .await
     }
@@ -400,17 +394,21 @@ impl Store {
         .await
     }
 
-    /// Writes the event's one `processed_events` document from its record:
+    /// Writes the event's one `processed_events` document of this run:
     /// inserted for the first run, replaced for a later run (an operator's
     /// retry or skip), and left alone if this run's document is already
-    /// there. Its content is a function of the run's one record, so any
-    /// instance may write it, any number of times.
+    /// there, which is then read back: the first one stored is the run's.
+    /// After a record its content is a function of that record, so any
+    /// instance may write it, any number of times; a success's is written
+    /// before any record (the close carries the result), and one written by
+    /// an earlier claim of the run that stopped before its close (a crash,
+    /// a pause past its lease) may be there first: that delivery succeeded.
     ///
     /// A first run's document is inserted, group-committed with other
     /// lanes' (one journal flush for many, where updates are committed one
     /// by one on some servers); a unique-index refusal means it is there
     /// already, since any document of the event is of this run or a later.
-    pub async fn write_outcome(&self, outcome: &ProcessedEvent) -> Result<(), StoreError> {
+    pub async fn write_outcome(&self, outcome: &ProcessedEvent) -> Result<Stored, StoreError> {
         if outcome.run == 1 {
             // About its size, for the batch's byte bound.
             let bytes = mongodb::bson::to_vec(&outcome.data).map_or(1024, |data| data.len()) + 512;
@@ -419,7 +417,8 @@ impl Store {
                 .insert(outcome.clone(), bytes, None)
                 .await?
             {
-                Insert::Stored | Insert::Duplicate(_) => Ok(()),
+                Insert::Stored => Ok(Stored::Written),
+                Insert::Duplicate(_) => self.stored_outcome(outcome).await,
             };
         }
         let mut set = mongodb::bson::to_document(outcome)?;
@@ -433,25 +432,63 @@ impl Store {
             upsert: true,
         };
         // Modified: written. Duplicate: this run's (or a later run's)
-        // outcome is already there. Unknown: not refused, so written or
-        // already there with this content.
-        self.outcome_updates.update(statement).await.map(|_| ())
+        // outcome is already there. Unknown: written, or already there.
+        match self.outcome_updates.update(statement).await? {
+            Updated::Modified => Ok(Stored::Written),
+            Updated::Duplicate | Updated::Unknown => self.stored_outcome(outcome).await,
+        }
     }
 
-    /// Gives the event its final state for this run.
+    /// The outcome document already there when `outcome` could not be
+    /// written (or may not have been): this run's, or a later run's.
+    async fn stored_outcome(&self, outcome: &ProcessedEvent) -> Result<Stored, StoreError> {
+        Ok(match self.find_processed(&outcome.event_id).await? {
+            Some(found) if found.run == outcome.run => Stored::Found(Box::new(found)),
+            Some(found) if found.run > outcome.run => Stored::LaterRun,
+            // Gone (retention), or still an earlier run's: nothing to
+            // agree with but our own.
+            _ => Stored::Written,
+        })
+    }
+
+    /// The `processed_events` document of the event's current run, if one
+    /// is stored: a claim that is not the run's first looks for it before
+    /// running the work, since an earlier claim may have stored a success's
+    /// outcome and stopped before its close.
+    pub async fn outcome_of_run(
+        &self,
+        event: &QueuedEvent,
+    ) -> Result<Option<ProcessedEvent>, StoreError> {
+        Ok(self
+            .find_processed(&event.event_id)
+            .await?
+            .filter(|found| found.run == event.run))
+    }
+
+    /// Gives the event its final state for this run, as `close` says.
     pub async fn close(
         &self,
         claimed: &Claimed,
         fence: &Fence,
-        end: RunEnd,
+        close: Close<'_>,
     ) -> Result<Applied, StoreError> {
-        let mut set = match end {
+        let mut set = match close.end {
             RunEnd::Processed => doc! { "status": literal(EventStatus::Processed.as_str()) },
             RunEnd::Failed => doc! { "status": literal(EventStatus::Failed.as_str()) },
             RunEnd::Skipped => doc! { "status": literal(EventStatus::Skipped.as_str()) },
             // Stays queued, so the patient's later events stay behind it.
             RunEnd::Parked => doc! { "parked": true },
         };
+        if let Some(outcome) = close.result {
+            set.extend(recorded(
+                &outcome.result,
+                outcome.processed_at,
+                outcome.processing_duration_ms,
+            )?);
+        }
+        if close.uncount {
+            set.insert("attempts", doc! { "$add": ["$attempts", -1] });
+        }
         set.insert("finishedAt", "$$NOW");
         set.insert("updatedAt", "$$NOW");
         self.fenced_update(claimed, fence, FencedWrite::Close, set, &[])
@@ -550,6 +587,49 @@ enum ClaimFate {
     Changed,
     /// The database's clock is past our session's bound.
     OutOfTime,
+}
+
+/// The fields of a result on the event (a record, or a close carrying it).
+fn recorded(
+    result: &ProcessingResult,
+    processed_at: DateTime,
+    duration_ms: i64,
+) -> Result<Document, StoreError> {
+    let mut set = doc! {
+        "result": literal(mongodb::bson::to_bson(result)?),
+        "processedAt": literal(processed_at),
+        "processingDurationMs": literal(duration_ms),
+    };
+    if let Some(error) = &result.error {
+        set.insert("lastError", literal(error.as_str()));
+    }
+    Ok(set)
+}
+
+/// What [`Store::write_outcome`] found.
+#[derive(Debug)]
+pub enum Stored {
+    /// Ours is the run's document.
+    Written,
+    /// The run's document was there already (an earlier claim of the run
+    /// stored it, or ours did and its answer was lost): the close writes
+    /// its result on the event, so that the two agree.
+    Found(Box<ProcessedEvent>),
+    /// A later run's document is there: an operator re-ran the event, so
+    /// this run is over.
+    LaterRun,
+}
+
+/// How [`Store::close`] ends a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Close<'a> {
+    pub end: RunEnd,
+    /// The result to write on the event with the close (its outcome
+    /// document's); `None` when the event's record is that already.
+    pub result: Option<&'a ProcessedEvent>,
+    /// Uncount the claim's attempt: it found the run's outcome stored and
+    /// closes without running the work.
+    pub uncount: bool,
 }
 
 /// How a run ends.

@@ -28,7 +28,7 @@ pub use documents::{
 pub use enqueue::{EnqueueOutcome, Hl7Origin, IdempotencyKey, IntakePolicy, Submission};
 pub use error::StoreError;
 pub use lifecycle::{
-    Applied, Claimed, Fence, NextEvent, READ_AHEAD, READ_AHEAD_MAX_PAYLOAD, RunEnd,
+    Applied, Claimed, Close, Fence, NextEvent, READ_AHEAD, READ_AHEAD_MAX_PAYLOAD, RunEnd, Stored,
 };
 pub use messages::ControlIdQuery;
 pub use operator::{

@@ -13,7 +13,8 @@ use super::{FailurePolicy, Inner};
 use crate::processor::fleet::BucketLease;
 use crate::processor::processing::{EventHandler, HandlerError};
 use crate::store::{
-    Applied, Claimed, NextEvent, ProcessedEvent, ProcessingResult, QueuedEvent, RunEnd, StoreError,
+    Applied, Claimed, Close, NextEvent, ProcessedEvent, ProcessingResult, QueuedEvent, RunEnd,
+    StoreError, Stored,
 };
 use crate::trace_context::TraceContext;
 
@@ -241,6 +242,25 @@ impl<H: EventHandler> Inner<H> {
     }
 
     async fn attempt(&self, lease: &Arc<BucketLease>, mut claimed: Claimed) -> Step {
+        if claimed.event.attempts >= 2 {
+            // An earlier claim of this run may have stored a success's
+            // outcome and stopped before its close (a crash, a pause past
+            // its lease): that work is done; close from its outcome.
+            let event = &claimed.event;
+            match self
+                .retrying(lease, || self.store.outcome_of_run(event))
+                .await
+            {
+                None => return Step::Stop,
+                Some(Some(found)) => {
+                    info!("the run's outcome is stored already; closing without running it again");
+                    return self
+                        .close_with(lease, claimed, found, Carry::ResultUnrun, None)
+                        .await;
+                }
+                Some(None) => {}
+            }
+        }
         let max_attempts = self.config.retry.max_attempts;
         if claimed.event.attempts > max_attempts {
             // Every earlier attempt died with its processor: give it up
@@ -304,14 +324,8 @@ impl<H: EventHandler> Inner<H> {
             DateTime::from_millis(claimed_at(&claimed).timestamp_millis() + duration_ms);
         match outcome {
             Ok(()) => {
-                self.conclude(
-                    lease,
-                    claimed,
-                    ProcessingResult::success(),
-                    processed_at,
-                    duration_ms,
-                )
-                .await
+                self.succeed(lease, claimed, processed_at, duration_ms)
+                    .await
             }
             Err(HandlerError::Superseded) => {
                 // The downstream heard from a newer owner of this patient:
@@ -354,7 +368,38 @@ impl<H: EventHandler> Inner<H> {
         }
     }
 
-    /// Records the attempt's result on the event, then finishes it.
+    /// After a success: the outcome document, then the close, which writes
+    /// the result on the event. No record first: a success's outcome is
+    /// true whoever stores it (the delivery succeeded), so it needs no
+    /// fenced write before it (ARCHITECTURE.md, "Exactly one outcome per
+    /// event").
+    async fn succeed(
+        &self,
+        lease: &Arc<BucketLease>,
+        mut claimed: Claimed,
+        processed_at: DateTime,
+        duration_ms: i64,
+    ) -> Step {
+        claimed.event.result = Some(ProcessingResult::success());
+        claimed.event.processed_at = Some(processed_at);
+        claimed.event.processing_duration_ms = Some(duration_ms);
+        let Some(outcome) = ProcessedEvent::from_recorded(&claimed.event) else {
+            return Step::Stop;
+        };
+        let stored = match self
+            .retrying(lease, || self.store.write_outcome(&outcome))
+            .await
+        {
+            None | Some(Stored::LaterRun) => return Step::Stop,
+            Some(Stored::Written) => outcome,
+            // An earlier claim of this run stored its success first.
+            Some(Stored::Found(found)) => *found,
+        };
+        self.close_with(lease, claimed, stored, Carry::Result, Some(duration_ms))
+            .await
+    }
+
+    /// Records a failed result on the event, then finishes it.
     async fn conclude(
         &self,
         lease: &Arc<BucketLease>,
@@ -394,21 +439,48 @@ impl<H: EventHandler> Inner<H> {
         let Some(outcome) = ProcessedEvent::from_recorded(&claimed.event) else {
             return Step::Stop;
         };
-        if self
+        match self
             .retrying(lease, || self.store.write_outcome(&outcome))
             .await
-            .is_none()
         {
-            return Step::Stop;
+            None | Some(Stored::LaterRun) => Step::Stop,
+            Some(Stored::Written) => {
+                self.close_with(lease, claimed, outcome, Carry::Nothing, duration_ms)
+                    .await
+            }
+            // A success an earlier claim of this run stored late (after
+            // this failure was recorded): that delivery succeeded, and the
+            // event takes its result.
+            Some(Stored::Found(found)) => {
+                self.close_with(lease, claimed, *found, Carry::Result, duration_ms)
+                    .await
+            }
         }
+    }
+
+    /// Closes the event as `outcome` (the run's `processed_events`
+    /// document) ends it, writing its result on the event as `carry` says.
+    async fn close_with(
+        &self,
+        lease: &Arc<BucketLease>,
+        claimed: Claimed,
+        outcome: ProcessedEvent,
+        carry: Carry,
+        duration_ms: Option<i64>,
+    ) -> Step {
         let end = RunEnd::of(
             &outcome.result,
             self.config.on_failure == FailurePolicy::Park,
         );
+        let close = Close {
+            end,
+            result: (carry != Carry::Nothing).then_some(&outcome),
+            uncount: carry == Carry::ResultUnrun,
+        };
         if !self
             .fenced_write(lease, |fence| {
                 let claimed = &claimed;
-                async move { self.store.close(claimed, &fence, end).await }
+                async move { self.store.close(claimed, &fence, close).await }
             })
             .await
         {
@@ -519,6 +591,18 @@ fn claimed_at(claimed: &Claimed) -> DateTime {
         .claim
         .as_ref()
         .map_or_else(DateTime::now, |claim| claim.at)
+}
+
+/// What a close writes on the event besides its final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carry {
+    /// Nothing: the event's record is its outcome already.
+    Nothing,
+    /// The outcome's result.
+    Result,
+    /// The outcome's result, and the claim's attempt uncounted: the claim
+    /// found the run's outcome stored and closes without running the work.
+    ResultUnrun,
 }
 
 fn report(outcome: &ProcessedEvent, end: RunEnd, duration_ms: Option<i64>, accepted_at: DateTime) {

@@ -11,7 +11,7 @@ mod known;
 mod lane;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,6 +127,9 @@ struct Inner<H> {
     /// reaches [`Scheduler::offer`] (or a wake), so a nudge or a sweep that
     /// names a patient the lanes already follow adds nothing.
     stream_live: Arc<AtomicBool>,
+    /// Scans of newly owned buckets (or after a stream opened or failed)
+    /// finished so far, for whoever must know the start-up ones are done.
+    recovery_scans: AtomicU64,
     /// Store operations in flight across all lanes. Thousands of lanes waking
     /// together queue here, cheaply, instead of each holding a prepared
     /// driver request (memory) and piling onto the database (latency).
@@ -149,6 +152,7 @@ impl<H: EventHandler> Scheduler<H> {
                 lanes: Mutex::new(HashMap::new()),
                 known: Mutex::new(KnownNext::with_capacity(KNOWN_PATIENTS)),
                 stream_live: Arc::new(AtomicBool::new(false)),
+                recovery_scans: AtomicU64::new(0),
                 store_slots: Semaphore::new(STORE_CONCURRENCY),
                 tracker: TaskTracker::new(),
                 draining: CancellationToken::new(),
@@ -306,6 +310,20 @@ impl<H: EventHandler> Scheduler<H> {
     /// Wakes every patient with waiting events in `buckets` (those this
     /// instance can work in); returns what the scan saw.
     pub async fn scan(&self, buckets: &[i32], kind: Scan) -> Result<Waiting, StoreError> {
+        let seen = self.scan_usable(buckets, kind).await;
+        if kind == Scan::Recover {
+            self.inner.recovery_scans.fetch_add(1, Ordering::Release);
+        }
+        seen
+    }
+
+    /// How many recovery scans ([`Scan::Recover`]) have finished: after a
+    /// start, one at the acquisition and one once the change stream opened.
+    pub fn recovery_scans(&self) -> u64 {
+        self.inner.recovery_scans.load(Ordering::Acquire)
+    }
+
+    async fn scan_usable(&self, buckets: &[i32], kind: Scan) -> Result<Waiting, StoreError> {
         let usable: Vec<i32> = buckets
             .iter()
             .copied()
