@@ -1,7 +1,8 @@
-//! The fenced lifecycle of an event in the processor: claim, record the
-//! outcome, write `processed_events`, close. Every write is conditional, and
-//! the database evaluates the condition on the document at the moment of
-//! the write (ARCHITECTURE.md, "Fencing"):
+//! The fenced lifecycle of an event in the processor: claim, write
+//! `processed_events`, close carrying the result (a failure: record it
+//! first). Every event write is conditional, and the database evaluates the
+//! condition on the document at the moment of the write (ARCHITECTURE.md,
+//! "Fencing"):
 //!
 //! - the claim applies only to the revision of the event the lane read
 //!   (`rev`), so nothing changed between the read and the claim, and every
@@ -10,14 +11,17 @@
 //!   that lost the event to a newer owner changes nothing;
 //! - every write carries its session's expiry as the database set it (the
 //!   last renewal the lane heard of): a write arriving after the session
-//!   expired by the database's own clock is refused, so nothing of an
-//!   instance lands after another one took its buckets over.
+//!   expired by the database's own clock is refused, so no event write of
+//!   an instance lands after another one took its buckets over (a
+//!   success's outcome document may: it is true whoever stores it first,
+//!   and the close takes the one stored; ARCHITECTURE.md, "Exactly one
+//!   outcome per event").
 //!
 //! Per event: find the next event, claim it, write `processed_events`, close
 //! it carrying the result (a failure is recorded on the event first): four
 //! operations, each a single-document write or an index walk; the writes
-//! travel with other lanes' in batched
-//! commands (`update_batch.rs`, `group_commit.rs`; the fenced ones merged
+//! travel with other lanes' in batched commands (`update_batch.rs`,
+//! `group_commit.rs`; the fenced ones merged
 //! into multi-document statements, each document still deciding its own
 //! write), and one find serves a run of a patient's small events
 //! (`claim_prefetched`; ARCHITECTURE.md, "Cost per event").

@@ -252,13 +252,15 @@ impl<H: EventHandler> Inner<H> {
                 .await
             {
                 None => return Step::Stop,
-                Some(Some(found)) => {
+                // (A failure's outcome follows its record, and a recorded
+                // event is claimed as recorded, not here.)
+                Some(Some(found)) if found.result.is_success() => {
                     info!("the run's outcome is stored already; closing without running it again");
                     return self
                         .close_with(lease, claimed, found, Carry::ResultUnrun, None)
                         .await;
                 }
-                Some(None) => {}
+                Some(_) => {}
             }
         }
         let max_attempts = self.config.retry.max_attempts;
