@@ -341,6 +341,54 @@ async fn a_late_success_of_an_earlier_claim_is_the_result_the_close_writes() {
     worker.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A run gave the event up (its attempts used up by crashes) and recorded it
+/// failed, while an earlier claim's success was stored late (that lane was
+/// paused past its lease after its delivery succeeded), and then the
+/// recording lane stopped too. The lane that finishes the recorded event
+/// finds that success stored: the event closes as processed, with that result.
+#[tokio::test]
+async fn a_recorded_failure_whose_run_has_a_stored_success_closes_as_that_success() {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let id = enqueue(&store, "p", 0).await;
+    let paused = claim(&store, "p", &fence(0, "paused-instance")).await;
+    let giving_up = claim(&store, "p", &fence(1, "next-owner")).await;
+    let failed = ProcessingResult::failed(1, "processing was interrupted 1 time(s)".to_owned());
+    let recorded = store
+        .record(
+            &giving_up,
+            &fence_of(&giving_up),
+            &failed,
+            DateTime::now(),
+            0,
+        )
+        .await;
+    assert_eq!(recorded.unwrap(), Applied::Yes);
+    let earlier = DateTime::from_millis(DateTime::now().timestamp_millis() - 60_000);
+    store
+        .write_outcome(&succeeded(&paused, earlier))
+        .await
+        .unwrap();
+    let handler = ScriptedHandler::default();
+    let worker = Worker::start(&store, handler.clone(), config(1))
+        .await
+        .unwrap();
+    let db = Db::connect(&uri).await;
+    db.wait_closed(1).await;
+    assert!(handler.calls().is_empty(), "a recorded event ran again");
+    let event = store.find_event(&id).await.unwrap().unwrap();
+    assert_eq!(event.result, Some(ProcessingResult::success()));
+    assert_eq!(event.processed_at, Some(earlier));
+    let outcome = store
+        .find_processed(&event.event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(outcome.result.is_success());
+    assert_eq!(db.processed_count().await, 1);
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
 /// The outcome document of a success of `claimed`, processed at `at`.
 fn succeeded(claimed: &Claimed, at: DateTime) -> ProcessedEvent {
     let mut event = claimed.event.clone();

@@ -446,13 +446,16 @@ impl Store {
     /// The outcome document already there when `outcome` could not be
     /// written (or may not have been): this run's, or a later run's.
     async fn stored_outcome(&self, outcome: &ProcessedEvent) -> Result<Stored, StoreError> {
-        Ok(match self.find_processed(&outcome.event_id).await? {
-            Some(found) if found.run == outcome.run => Stored::Found(Box::new(found)),
-            Some(found) if found.run > outcome.run => Stored::LaterRun,
-            // Gone (retention), or still an earlier run's: nothing to
-            // agree with but our own.
-            _ => Stored::Written,
-        })
+        match self.find_processed(&outcome.event_id).await? {
+            Some(found) if found.run == outcome.run => Ok(Stored::Found(Box::new(found))),
+            Some(found) if found.run > outcome.run => Ok(Stored::LaterRun),
+            // Refused, yet gone (retention) or still an earlier run's: ours
+            // is not there. The caller writes it again.
+            _ => Err(StoreError::Contention {
+                operation: "writing an outcome document",
+                attempts: 1,
+            }),
+        }
     }
 
     /// The `processed_events` document of the event's current run, if one
