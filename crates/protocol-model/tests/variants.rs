@@ -17,6 +17,20 @@ fn config(variant: Variant, budget: Budget) -> Config {
     }
 }
 
+/// One pause, and room for the other process to take the bucket over (a
+/// third session and epoch).
+fn paused_owner(variant: Variant) -> Config {
+    let budget = Budget {
+        pauses: 1,
+        ..Budget::NONE
+    };
+    Config {
+        sessions: 3,
+        epochs: 3,
+        ..config(variant, budget)
+    }
+}
+
 /// V1: the hand-over aborts the event in hand and releases at once; the
 /// next owner delivers the event again while the first delivery is still
 /// open, with no fault anywhere.
@@ -61,16 +75,7 @@ fn v5_forgetting_a_failed_release_orphans_the_bucket() {
 /// lands after a taker killed its session (before the taker's claim).
 #[test]
 fn v6_event_fencing_alone_lets_a_killed_session_write() {
-    let budget = Budget {
-        pauses: 1,
-        ..Budget::NONE
-    };
-    let config = Config {
-        sessions: 3,
-        epochs: 3,
-        ..config(Variant::EventFencingOnly, budget)
-    };
-    assert_broken(config, STALE_REFUSED);
+    assert_broken(paused_owner(Variant::EventFencingOnly), STALE_REFUSED);
 }
 
 /// V7a: the leaving node's wall clock is ahead: its leave deletes the live
@@ -167,17 +172,11 @@ fn v8_restarted_epochs_repeat_a_fencing_token() {
 /// event and runs it again, though its delivery had committed.
 #[test]
 fn v9_without_the_outcome_lookup_a_stored_success_runs_again() {
-    let budget = Budget {
-        pauses: 1,
-        ..Budget::NONE
-    };
     // With MAX_ATTEMPTS = 1 the taker would give the event up instead (and
     // its close take the stored success): room for a second attempt.
     let config = Config {
         max_attempts: 2,
-        sessions: 3,
-        epochs: 3,
-        ..config(Variant::NoOutcomeLookup, budget)
+        ..paused_owner(Variant::NoOutcomeLookup)
     };
     assert_broken(config, ONE_OUTCOME);
 }
@@ -188,14 +187,5 @@ fn v9_without_the_outcome_lookup_a_stored_success_runs_again() {
 /// the outcome while the event says failed.
 #[test]
 fn v10_a_close_that_keeps_the_record_disagrees_with_a_late_success() {
-    let budget = Budget {
-        pauses: 1,
-        ..Budget::NONE
-    };
-    let config = Config {
-        sessions: 3,
-        epochs: 3,
-        ..config(Variant::CloseKeepsRecord, budget)
-    };
-    assert_broken(config, ONE_OUTCOME);
+    assert_broken(paused_owner(Variant::CloseKeepsRecord), ONE_OUTCOME);
 }
