@@ -21,10 +21,10 @@
 //! it carrying the result (a failure is recorded on the event first): four
 //! operations, each a single-document write or an index walk; the writes
 //! travel with other lanes' in batched commands (`update_batch.rs`,
-//! `group_commit.rs`; the fenced ones merged
-//! into multi-document statements, each document still deciding its own
-//! write), and one find serves a run of a patient's small events
-//! (`claim_prefetched`; ARCHITECTURE.md, "Cost per event").
+//! `group_commit.rs`; the fenced ones merged into multi-document
+//! statements, each document still deciding its own write), and one find
+//! serves a run of a patient's small events (`claim_prefetched`;
+//! ARCHITECTURE.md, "Cost per event").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
