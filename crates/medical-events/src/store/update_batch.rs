@@ -37,9 +37,8 @@ use super::shapes;
 const MAX_STATEMENTS: usize = 500;
 /// Guarded updates per merged statement at most, unless configured
 /// (`MERGED_WRITES_MAX`): each document's pipeline looks its position up in
-/// the id list and walks a `$switch` to it, so the cost per document grows
-/// with the list (250 a statement was slower than 100 on the compiled
-/// server). 1 merges nothing.
+/// the id list, so the cost per document grows with the list (250 a
+/// statement was slower than 100 on the compiled server). 1 merges nothing.
 pub const DEFAULT_MAX_MERGED: usize = 64;
 /// Commands in flight at once per collection.
 const IN_FLIGHT: usize = 4;
@@ -94,17 +93,18 @@ impl Guarded {
 /// document takes the condition and changes of the member at its position.
 fn merged(members: &[&Guarded]) -> Document {
     let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
-    let at = |position: usize| doc! { "$eq": [format!("${POSITION}"), position as i32] };
     let mut flags = Document::new();
     for flag in unique(members.iter().map(|m| m.flag)) {
-        let branches: Vec<Document> = (members.iter().enumerate())
-            .filter(|(_, m)| m.flag == flag)
-            .map(|(k, m)| doc! { "case": at(k), "then": m.condition.clone() })
+        let leaves: Vec<Bson> = (members.iter())
+            .map(|m| {
+                if m.flag == flag {
+                    Bson::Document(m.condition.clone())
+                } else {
+                    Bson::Boolean(false)
+                }
+            })
             .collect();
-        flags.insert(
-            flag,
-            doc! { "$switch": { "branches": branches, "default": false } },
-        );
+        flags.insert(flag, by_position(&leaves, 0));
     }
     debug_assert!(
         (members.iter()).all(|m| m.changes.keys().all(|field| !field.contains('.'))),
@@ -116,14 +116,16 @@ fn merged(members: &[&Guarded]) -> Document {
             .iter()
             .flat_map(|m| m.changes.keys().map(String::as_str)),
     ) {
-        let branches: Vec<Document> = (members.iter().enumerate())
-            .filter_map(|(k, m)| m.changes.get(field).map(|v| (k, v)))
-            .map(|(k, value)| doc! { "case": at(k), "then": value.clone() })
+        let keep = Bson::String(format!("${field}"));
+        let leaves: Vec<Bson> = (members.iter())
+            .map(|m| {
+                m.changes
+                    .get(field)
+                    .cloned()
+                    .unwrap_or_else(|| keep.clone())
+            })
             .collect();
-        changes.insert(
-            field,
-            doc! { "$switch": { "branches": branches, "default": format!("${field}") } },
-        );
+        changes.insert(field, by_position(&leaves, 0));
     }
     let mut scratch: Vec<&str> = unique(members.iter().map(|m| m.flag));
     scratch.push(POSITION);
@@ -138,6 +140,28 @@ fn merged(members: &[&Guarded]) -> Document {
         "u": pipeline.into_iter().map(Bson::Document).collect::<Vec<_>>(),
         "upsert": false,
         "multi": true,
+    }
+}
+
+/// The expression of `leaves` (position `first` onwards) at the document's
+/// position: halves chosen by `$cond` on it, so a document evaluates about
+/// log2(n) comparisons where a `$switch` walked up to n cases (that walk
+/// was most of the compiled server's expression work in a merged update).
+/// A run of equal leaves is one leaf: the database never compares inside it.
+fn by_position(leaves: &[Bson], first: usize) -> Bson {
+    match leaves {
+        [] => Bson::Boolean(false),
+        [only] => only.clone(),
+        [head, rest @ ..] if rest.iter().all(|leaf| leaf == head) => head.clone(),
+        _ => {
+            let half = leaves.len() / 2;
+            let at = (first + half) as i32;
+            Bson::Document(doc! { "$cond": [
+                { "$lt": [format!("${POSITION}"), at] },
+                by_position(&leaves[..half], first),
+                by_position(&leaves[half..], first + half),
+            ] })
+        }
     }
 }
 
@@ -630,5 +654,54 @@ mod tests {
                 .iter()
                 .all(|w| w.statement.get_bool("multi") == Ok(false))
         );
+    }
+
+    /// Follows a `by_position` tree as the database would for `position`.
+    fn pick(tree: &Bson, position: i32) -> &Bson {
+        let Some(cond) = tree.as_document().and_then(|d| d.get_array("$cond").ok()) else {
+            return tree;
+        };
+        let test = cond[0].as_document().unwrap().get_array("$lt").unwrap();
+        assert_eq!(test[0], Bson::String(format!("${POSITION}")));
+        let bound = test[1].as_i32().unwrap();
+        pick(if position < bound { &cond[1] } else { &cond[2] }, position)
+    }
+
+    fn depth(tree: &Bson) -> usize {
+        match tree.as_document().and_then(|d| d.get_array("$cond").ok()) {
+            Some(cond) => 1 + depth(&cond[1]).max(depth(&cond[2])),
+            None => 0,
+        }
+    }
+
+    #[test]
+    fn each_position_gets_its_own_leaf_in_about_log2_comparisons() {
+        for n in 1..=70usize {
+            let leaves: Vec<Bson> = (0..n).map(|k| Bson::Int64(k as i64)).collect();
+            let tree = by_position(&leaves, 0);
+            for (k, leaf) in leaves.iter().enumerate() {
+                assert_eq!(pick(&tree, k as i32), leaf, "position {k} of {n}");
+            }
+            let bound = (usize::BITS - (n - 1).leading_zeros()) as usize;
+            assert!(depth(&tree) <= bound, "{n} leaves, depth {}", depth(&tree));
+        }
+    }
+
+    #[test]
+    fn a_run_of_equal_leaves_is_not_split() {
+        let keep = Bson::String("$x".into());
+        let mut leaves = vec![keep.clone(); 64];
+        leaves[40] = Bson::Int32(1);
+        let tree = by_position(&leaves, 0);
+        assert_eq!(pick(&tree, 40), &Bson::Int32(1));
+        assert!(
+            (0..64)
+                .filter(|&k| k != 40)
+                .all(|k| pick(&tree, k) == &keep)
+        );
+        // Only the halves holding position 40 are split: one test a level.
+        assert_eq!(depth(&tree), 6);
+        let unsplit = by_position(&vec![keep.clone(); 64], 0);
+        assert_eq!(unsplit, keep);
     }
 }
