@@ -6,6 +6,7 @@ medians printed next to each other. The original is started from the
 checkout BENCH_ORIGINAL_DIR names (see bench/original.py); without it, this
 system is measured alone and the table says so."""
 
+import os
 import statistics
 import time
 
@@ -17,15 +18,19 @@ SERVER_NAMES = {"compiled": "SecantusDB compiled (secantusd-rs)", "python": "Sec
 SYSTEMS = {"this": "this (Rust)", "original": "original (NestJS)"}
 # This system configured for each server as the README's table advises:
 # the Python server evaluates a merged statement's pipeline slowly, so its
-# writes go one statement each there.
-PROCESSOR_ENV = {"python": {"MERGED_WRITES_MAX": "1"}}
+# writes go one statement each there (BENCH_PYTHON_MERGED_WRITES_MAX sets
+# another size, to measure the advice).
+def processor_env(server):
+    if server == "python":
+        return {"MERGED_WRITES_MAX": os.environ.get("BENCH_PYTHON_MERGED_WRITES_MAX", "1")}
+    return None
 
 
 def _one(settings, harness, system, server, n, mode):
     db = harness.database(f"sbs-{system}-{server}-{n}", kind=server)
     database = f"bench_sbs_{system}_{server}_{n}_{stamp()}"
     if system == "this":
-        stack = harness.stack(db, database, processor_env=PROCESSOR_ENV.get(server))
+        stack = harness.stack(db, database, processor_env=processor_env(server))
     else:
         stack = harness.open(original.OriginalStack(settings, db, database))
     time.sleep(1)
