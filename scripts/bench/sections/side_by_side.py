@@ -40,6 +40,7 @@ def _one(settings, harness, system, server, n, mode):
     if system == "this" and result["accepted_without_event_id"]:
         raise RuntimeError(f"{result['accepted_without_event_id']} of this system's 202s named no eventId")
     result.update(system=system, server=server, run=n, load=m.entry,
+                  processor_env=processor_env(server) if system == "this" else None,
                   all_processed=result["processed"] >= result["accepted"] and result["lost"] == 0)
     stack.stop()
     db.stop()

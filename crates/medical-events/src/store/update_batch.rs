@@ -38,7 +38,8 @@ const MAX_STATEMENTS: usize = 500;
 /// Guarded updates per merged statement at most, unless configured
 /// (`MERGED_WRITES_MAX`): each document's pipeline looks its position up in
 /// the id list, so the cost per document grows with the list (250 a
-/// statement was slower than 100 on the compiled server). 1 merges nothing.
+/// statement was slower than 100 on the compiled server, when choosing by
+/// the position was also a walk). 1 merges nothing.
 pub const DEFAULT_MAX_MERGED: usize = 64;
 /// Commands in flight at once per collection.
 const IN_FLIGHT: usize = 4;
@@ -147,9 +148,12 @@ fn merged(members: &[&Guarded]) -> Document {
 /// position: halves chosen by `$cond` on it, so a document evaluates about
 /// log2(n) comparisons where a `$switch` walked up to n cases (that walk
 /// was most of the compiled server's expression work in a merged update).
-/// A run of equal leaves is one leaf: the database never compares inside it.
+/// A half whose leaves are all equal is that leaf, not split further (a
+/// flag most members lack, a field most of them keep).
 fn by_position(leaves: &[Bson], first: usize) -> Bson {
     match leaves {
+        // Never: a merged statement has two members or more, and a half of
+        // two or more is not empty.
         [] => Bson::Boolean(false),
         [only] => only.clone(),
         [head, rest @ ..] if rest.iter().all(|leaf| leaf == head) => head.clone(),
@@ -687,8 +691,15 @@ mod tests {
         }
     }
 
+    fn conds(tree: &Bson) -> usize {
+        match tree.as_document().and_then(|d| d.get_array("$cond").ok()) {
+            Some(cond) => 1 + conds(&cond[1]) + conds(&cond[2]),
+            None => 0,
+        }
+    }
+
     #[test]
-    fn a_run_of_equal_leaves_is_not_split() {
+    fn only_the_halves_holding_a_different_leaf_are_split() {
         let keep = Bson::String("$x".into());
         let mut leaves = vec![keep.clone(); 64];
         leaves[40] = Bson::Int32(1);
@@ -699,8 +710,9 @@ mod tests {
                 .filter(|&k| k != 40)
                 .all(|k| pick(&tree, k) == &keep)
         );
-        // Only the halves holding position 40 are split: one test a level.
-        assert_eq!(depth(&tree), 6);
+        // Only the halves holding position 40 are split: one test a level
+        // (a full tree of 64 leaves has 63).
+        assert_eq!(conds(&tree), 6);
         let unsplit = by_position(&vec![keep.clone(); 64], 0);
         assert_eq!(unsplit, keep);
     }
