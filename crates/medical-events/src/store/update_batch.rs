@@ -671,10 +671,14 @@ mod tests {
         pick(if position < bound { &cond[1] } else { &cond[2] }, position)
     }
 
-    fn depth(tree: &Bson) -> usize {
+    /// The tree's depth and its count of `$cond` nodes.
+    fn shape(tree: &Bson) -> (usize, usize) {
         match tree.as_document().and_then(|d| d.get_array("$cond").ok()) {
-            Some(cond) => 1 + depth(&cond[1]).max(depth(&cond[2])),
-            None => 0,
+            Some(cond) => {
+                let ((left_depth, left), (right_depth, right)) = (shape(&cond[1]), shape(&cond[2]));
+                (1 + left_depth.max(right_depth), 1 + left + right)
+            }
+            None => (0, 0),
         }
     }
 
@@ -687,14 +691,8 @@ mod tests {
                 assert_eq!(pick(&tree, k as i32), leaf, "position {k} of {n}");
             }
             let bound = (usize::BITS - (n - 1).leading_zeros()) as usize;
-            assert!(depth(&tree) <= bound, "{n} leaves, depth {}", depth(&tree));
-        }
-    }
-
-    fn conds(tree: &Bson) -> usize {
-        match tree.as_document().and_then(|d| d.get_array("$cond").ok()) {
-            Some(cond) => 1 + conds(&cond[1]) + conds(&cond[2]),
-            None => 0,
+            let (depth, _) = shape(&tree);
+            assert!(depth <= bound, "{n} leaves, depth {depth}");
         }
     }
 
@@ -712,7 +710,7 @@ mod tests {
         );
         // Only the halves holding position 40 are split: one test a level
         // (a full tree of 64 leaves has 63).
-        assert_eq!(conds(&tree), 6);
+        assert_eq!(shape(&tree).1, 6);
         let unsplit = by_position(&vec![keep.clone(); 64], 0);
         assert_eq!(unsplit, keep);
     }
