@@ -282,18 +282,7 @@ async fn a_success_whose_outcome_was_stored_before_a_crash_is_not_run_again() {
     let store = store(&uri).await;
     let id = enqueue(&store, "p", 0).await;
     let claimed = claim(&store, "p", &fence(0, "dead-instance")).await;
-    let earlier = DateTime::from_millis(DateTime::now().timestamp_millis() - 60_000);
-    store
-        .write_outcome(&succeeded(&claimed, earlier))
-        .await
-        .unwrap();
-    let handler = ScriptedHandler::default();
-    let worker = Worker::start(&store, handler.clone(), config(5))
-        .await
-        .unwrap();
-    let db = Db::connect(&uri).await;
-    db.wait_closed(1).await;
-    assert!(handler.calls().is_empty(), "the work ran again");
+    let (earlier, worker, db) = success_stored_then_a_worker(&store, &uri, &claimed, 5).await;
     assert_eq!(db.processed_count().await, 1);
     let event = store.find_event(&id).await.unwrap().unwrap();
     assert_eq!(event.attempts, 1, "closing from the outcome is no attempt");
@@ -364,18 +353,7 @@ async fn a_recorded_failure_whose_run_has_a_stored_success_closes_as_that_succes
         )
         .await;
     assert_eq!(recorded.unwrap(), Applied::Yes);
-    let earlier = DateTime::from_millis(DateTime::now().timestamp_millis() - 60_000);
-    store
-        .write_outcome(&succeeded(&paused, earlier))
-        .await
-        .unwrap();
-    let handler = ScriptedHandler::default();
-    let worker = Worker::start(&store, handler.clone(), config(1))
-        .await
-        .unwrap();
-    let db = Db::connect(&uri).await;
-    db.wait_closed(1).await;
-    assert!(handler.calls().is_empty(), "a recorded event ran again");
+    let (earlier, worker, db) = success_stored_then_a_worker(&store, &uri, &paused, 1).await;
     let event = store.find_event(&id).await.unwrap().unwrap();
     assert_eq!(event.result, Some(ProcessingResult::success()));
     assert_eq!(event.processed_at, Some(earlier));
@@ -387,6 +365,30 @@ async fn a_recorded_failure_whose_run_has_a_stored_success_closes_as_that_succes
     assert!(outcome.result.is_success());
     assert_eq!(db.processed_count().await, 1);
     worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Stores a success of `claimed` processed a minute ago, starts a worker
+/// (`max_attempts` as configured) and waits for the event's close; the work must not
+/// have run again. Returns the success's time, the worker and the database.
+async fn success_stored_then_a_worker(
+    store: &Store,
+    uri: &str,
+    claimed: &Claimed,
+    max_attempts: i32,
+) -> (DateTime, Worker<ScriptedHandler>, Db) {
+    let earlier = DateTime::from_millis(DateTime::now().timestamp_millis() - 60_000);
+    store
+        .write_outcome(&succeeded(claimed, earlier))
+        .await
+        .unwrap();
+    let handler = ScriptedHandler::default();
+    let worker = Worker::start(store, handler.clone(), config(max_attempts))
+        .await
+        .unwrap();
+    let db = Db::connect(uri).await;
+    db.wait_closed(1).await;
+    assert!(handler.calls().is_empty(), "the work ran again");
+    (earlier, worker, db)
 }
 
 /// The outcome document of a success of `claimed`, processed at `at`.
