@@ -30,11 +30,15 @@ use known::KnownNext;
 /// At most this many store operations of the lanes at once. Most of them are
 /// writes waiting in a batcher (`update_batch.rs`, `group_commit.rs`), which
 /// sends them in a few commands at a time: the more lanes can wait there,
-/// the larger each command, and the less the database spends per write
-/// (32: 614 events/s drained with zero-length work; 128: 720/s; in the
-/// soak, 128 processes a third more while intake's latency rises: BENCHMARKS.md).
+/// the larger each command, and the less the database spends per write.
 /// The reads among them queue for the driver's pool (10 connections by default).
-const STORE_CONCURRENCY: usize = 128;
+/// The bound caps processing at about bound / (store time per event): at
+/// 1,000 events/s each event spends 200-350 ms in its claim, outcome and
+/// close once the database is busy, so 128 held processing near 550-650/s
+/// in the soak and the backlog grew; 1,024 kept pace for ten minutes
+/// (BENCHMARKS.md, "Store slots", 12-07). A waiting operation is a small
+/// future, so the bound is about memory only in the thousands.
+const STORE_CONCURRENCY: usize = 1024;
 
 /// Patients whose next sequence number is remembered after their lane
 /// exited (a few hundred bytes each, with a patient id of up to 128).
