@@ -32,13 +32,14 @@ use known::KnownNext;
 /// sends them in a few commands at a time: the more lanes can wait there,
 /// the larger each command, and the less the database spends per write.
 /// The reads among them queue for the driver's pool (10 connections by default).
-/// The bound caps processing at about bound / (store time per event): at
-/// 1,000 events/s each event spends 200-350 ms in its claim, outcome and
-/// close once the database is busy, so 128 held processing near 550-650/s
-/// in the soak and the backlog grew; 1,024 kept pace for ten minutes
-/// (BENCHMARKS.md, "Store slots", 12-07). A waiting operation is a small
-/// future, so the bound is about memory only in the thousands.
-const STORE_CONCURRENCY: usize = 1024;
+/// The bound caps processing at about bound / (time an event holds a slot),
+/// and that time grows with the batches the bound allows: 128 slots held the
+/// soak at 530-630 finished/s from its fourth minute (about 200-245 ms an
+/// event) and its backlog grew; 512 and 1,024 kept pace with what intake
+/// accepted, and 1,024's larger merged statements made intake wait longer on
+/// SecantusDB (BENCHMARKS.md, "Store slots", 12-07). An operation in a slot
+/// may hold a copy of its event (an outcome insert), as its lane does anyway.
+const STORE_CONCURRENCY: usize = 512;
 
 /// Patients whose next sequence number is remembered after their lane
 /// exited (a few hundred bytes each, with a patient id of up to 128).
