@@ -300,7 +300,11 @@ impl Store {
         }))
     }
 
-    /// Sends the claim until its fate is certain.
+    /// Sends the claim until its fate is certain. Once one copy's answer is
+    /// lost, every later error leaves the fate unknown, even one that says
+    /// its own copy did not apply (a refused command, no server selectable):
+    /// the lost copy may have, so the same claim goes again, and a lane that
+    /// read the queue afresh instead would claim the event a second time.
     async fn settle_claim(
         &self,
         event: &QueuedEvent,
@@ -308,6 +312,7 @@ impl Store {
         token: &str,
         give_up_at: Instant,
     ) -> Result<ClaimFate, StoreError> {
+        let mut in_doubt = false;
         loop {
             match self.event_updates.update_guarded(claim.clone()).await {
                 Ok(Updated::Modified) => return Ok(ClaimFate::Ours),
@@ -318,7 +323,8 @@ impl Store {
                 Ok(Updated::Unknown | Updated::Duplicate) => {
                     return self.claim_read_back(event, token, give_up_at).await;
                 }
-                Err(error) if error.is_ambiguous() && Instant::now() < give_up_at => {
+                Err(error) if (in_doubt || error.is_ambiguous()) && Instant::now() < give_up_at => {
+                    in_doubt = true;
                     tokio::time::sleep(CLAIM_RETRY_PAUSE).await;
                 }
                 Err(error) => return Err(error),
