@@ -28,6 +28,10 @@ report_phases() {
 }
 trap report_phases EXIT
 
+# A clean run needs about 4 GB here and in /tmp (the SecantusDB build); the
+# figure is printed so that a run that ran out says so at the top.
+df -h . /tmp | awk 'NR == 1 || !seen[$0]++'
+
 step "format"
 cargo fmt --all -- --check
 
