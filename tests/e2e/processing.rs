@@ -21,7 +21,7 @@ use medical_events::store::{
     Applied, Claimed, Close, EnqueueOutcome, EventStatus, Fence, IntakePolicy, NextEvent,
     ProcessedEvent, ProcessingResult, QueuedEvent, READ_AHEAD, RunEnd, Store, Submission,
 };
-use mongodb::bson::{DateTime, doc};
+use mongodb::bson::{Bson, DateTime, doc};
 
 /// Fails each event's first `failures[n]` attempts (n = `data.n`), records
 /// calls; events listed in `hang` never finish.
@@ -752,6 +752,86 @@ async fn refused_merged_statements(applied: bool) {
 
     assert!(proxy.hits(refused) > 0, "no merged statement was sent");
     assert!(proxy.refusals() > 0, "no merged statement was refused");
+    each_ran_once(&db, &handler).await;
+}
+
+/// A merged statement of claims is refused after applying, and each claim
+/// sent again alone fails with a plain error: that error says nothing of the
+/// first copy, which applied. The claim stays in doubt and goes again, so the
+/// lane does not read the queue afresh and claim its own event a second
+/// time: each attempt counted once.
+#[tokio::test]
+async fn a_claim_of_a_refused_merged_statement_whose_copy_fails_is_still_in_doubt() {
+    let uri = fresh_database_uri();
+    let direct = store(&uri).await;
+    let proxy = FaultProxy::start_for_shared().await;
+    let through_proxy = store_bounded_through(&proxy, &uri, Duration::from_secs(5)).await;
+    let refused_ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = Arc::clone(&refused_ids);
+    let refused = proxy.on(
+        "update",
+        "queued_events",
+        Fault::RefuseMergedStatement { applied: true },
+        5,
+        Some(Arc::new(move |command: &Command| {
+            // The statement the proxy refuses: the first naming several ids.
+            let Some(merged) = (command.body.get_array("updates").into_iter().flatten())
+                .filter_map(Bson::as_document)
+                .find(|statement| {
+                    statement
+                        .get_document("q")
+                        .and_then(|q| q.get_document("_id"))
+                        .is_ok()
+                })
+            else {
+                return false;
+            };
+            if !format!("{merged:?}").contains("_claimable") {
+                return false;
+            }
+            let ids = merged
+                .get_document("q")
+                .unwrap()
+                .get_document("_id")
+                .unwrap();
+            let ids = ids.get_array("$in").cloned().unwrap_or_default();
+            let mut record = record.lock().unwrap();
+            record.extend(ids.iter().filter_map(|id| id.as_str().map(str::to_owned)));
+            true
+        })),
+    );
+    let resent = proxy.on(
+        "update",
+        "queued_events",
+        Fault::FailCommand { code: 2 },
+        10,
+        Some(Arc::new(move |command: &Command| {
+            // The refused statement's claims, sent again one statement each.
+            let refused = refused_ids.lock().unwrap();
+            statements(command)
+                .filter_map(|q| q.get_str("_id").ok())
+                .any(|id| refused.iter().any(|refused| refused == id))
+        })),
+    );
+    let handler = ScriptedHandler::default();
+    let db = process_all(
+        &uri,
+        &direct,
+        &through_proxy,
+        handler.clone(),
+        "in-doubt",
+        3,
+    )
+    .await;
+
+    assert!(proxy.hits(refused) > 0, "no merged claim was refused");
+    assert!(proxy.hits(resent) > 0, "no refused claim was sent again");
+    each_ran_once(&db, &handler).await;
+}
+
+/// After [`process_all`] with three events a patient: each of the 90 ran
+/// once and counted one attempt.
+async fn each_ran_once(db: &Db, handler: &ScriptedHandler) {
     assert_eq!(handler.calls().len(), 90, "an event ran twice");
     assert_eq!(
         db.count(
@@ -762,6 +842,12 @@ async fn refused_merged_statements(applied: bool) {
         90,
         "every event processed, each attempt counted once"
     );
+}
+
+/// The `q` of each statement of an `update` command.
+fn statements(command: &Command) -> impl Iterator<Item = &mongodb::bson::Document> {
+    (command.body.get_array("updates").into_iter().flatten())
+        .filter_map(|statement| statement.as_document()?.get_document("q").ok())
 }
 
 /// `MERGED_WRITES_MAX=1`: every claim and fenced write goes as its own
@@ -987,22 +1073,60 @@ async fn a_lost_claim_reply_then_a_plain_error_still_counts_one_attempt() {
     .await;
 }
 
+/// The claim's reply is lost and every copy sent again fails until the
+/// lane's time to claim runs out: it gives up with the claim's fate
+/// unknown. The next claim (the lease renewed) finds the event under that
+/// claim and adopts it instead of claiming it anew: one attempt counted.
+#[tokio::test]
+async fn a_claim_given_up_while_in_doubt_is_adopted_by_the_next_claim() {
+    let (store, id, proxy, through) = an_event_whose_first_claim_reply_is_lost().await;
+    let refused = proxy.on_next(
+        "update",
+        "queued_events",
+        Fault::FailCommand { code: 2 },
+        1_000,
+    );
+    let gave_up = through
+        .claim_next(
+            bucket("p"),
+            "p",
+            &fence(1, "instance"),
+            Instant::now() + Duration::from_millis(300),
+        )
+        .await;
+    assert!(gave_up.is_err(), "the claim settled: {gave_up:?}");
+    assert!(proxy.hits(refused) >= 1, "no copy was sent again");
+    proxy.clear();
+    let claimed = claim_as_a_lane_does(&through).await;
+    let stored = store.find_event(&id).await.unwrap().unwrap();
+    assert_eq!(stored.attempts, 1, "one attempt, counted twice");
+    assert_eq!(stored.claim.unwrap().token, claimed.token);
+}
+
 /// The claim's first reply is lost, then `then`'s fault strikes; the lane
 /// claims until it has the event. One attempt is counted, under the claim
 /// the lane holds.
 async fn one_attempt_after_a_lost_claim_reply(then: impl FnOnce(&FaultProxy) -> RuleId) {
-    let uri = fresh_database_uri();
-    let store = store(&uri).await;
-    let id = enqueue(&store, "p", 0).await;
-    let proxy = FaultProxy::start_for_shared().await;
-    let through = store_through(&proxy, &uri).await;
-    proxy.on_next("update", "queued_events", Fault::DropReply, 1);
+    let (store, id, proxy, through) = an_event_whose_first_claim_reply_is_lost().await;
     let second = then(&proxy);
     let claimed = claim_as_a_lane_does(&through).await;
     assert!(proxy.hits(second) >= 1, "the second fault never struck");
     let stored = store.find_event(&id).await.unwrap().unwrap();
     assert_eq!(stored.attempts, 1, "one attempt, counted twice");
     assert_eq!(stored.claim.unwrap().token, claimed.token);
+}
+
+/// One queued event, and a store reaching the database through a proxy that
+/// loses the reply to the next claim: (direct store, event id, proxy, store
+/// through the proxy).
+async fn an_event_whose_first_claim_reply_is_lost() -> (Store, String, FaultProxy, Store) {
+    let uri = fresh_database_uri();
+    let store = store(&uri).await;
+    let id = enqueue(&store, "p", 0).await;
+    let proxy = FaultProxy::start_for_shared().await;
+    let through = store_through(&proxy, &uri).await;
+    proxy.on_next("update", "queued_events", Fault::DropReply, 1);
+    (store, id, proxy, through)
 }
 
 /// Issue 13, hole 3: a claim delayed past its time limit must not land

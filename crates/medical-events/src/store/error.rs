@@ -37,6 +37,17 @@ pub enum StoreError {
     /// stored by it (the answer may say so).
     #[error("no time was left to send {operation} within the request's time limit")]
     NoTimeLeft { operation: &'static str },
+    /// Sent again alone after the merged statement it was part of was
+    /// refused (some of whose writes may have applied), and that copy
+    /// failed: whether the write applied is unknown.
+    #[error(
+        "MongoDB {operation}: a write of a refused merged statement, sent again alone, failed: {source}"
+    )]
+    InDoubt {
+        operation: &'static str,
+        #[source]
+        source: Box<StoreError>,
+    },
     /// Applied on the primary, not confirmed by a majority (a failover
     /// may roll it back): as ambiguous as a lost reply.
     #[error("MongoDB {operation} was not confirmed by a majority: {message}")]
@@ -56,7 +67,7 @@ impl StoreError {
     /// server, or no server to send to, is not ambiguous.
     pub(crate) fn is_ambiguous(&self) -> bool {
         match self {
-            Self::Timeout { .. } | Self::WriteConcern { .. } => true,
+            Self::Timeout { .. } | Self::WriteConcern { .. } | Self::InDoubt { .. } => true,
             Self::Mongo { source, .. } => is_ambiguous(source),
             _ => false,
         }

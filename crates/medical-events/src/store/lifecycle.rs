@@ -183,7 +183,9 @@ impl Store {
     /// When a claim's answer is lost, the same claim (same token, same
     /// revision) is sent again until an answer is certain: at most one copy
     /// can apply, so the attempt counts once, and a copy arriving late finds
-    /// the revision moved on. `give_up_at` bounds that (the lane's lease).
+    /// the revision moved on. `give_up_at` bounds that (the lane's lease); a
+    /// claim given up on in doubt is adopted by the next read that finds it
+    /// applied (`claims_in_doubt.rs`).
     ///
     /// (Not one `findAndModify`: SecantusDB's Python server executes every
     /// `findAndModify` as a collection scan.)
@@ -265,31 +267,44 @@ impl Store {
         if event.epoch > fence.epoch {
             return Ok(Some(NextEvent::Fenced));
         }
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let at = DateTime::now();
-        let claim = claim_update(&event.id, fence, &token, at, event.rev);
-        match self.settle_claim(&event, claim, &token, give_up_at).await? {
-            ClaimFate::Ours => {}
-            ClaimFate::Changed => return Ok(None),
-            ClaimFate::OutOfTime => return Ok(Some(NextEvent::Expired)),
-        }
-        // Nothing changed between the read and the claim (same revision):
-        // what the read said about a recorded outcome still holds.
+        // Nothing changed between the read and the claim (same revision),
+        // or the claim found applied is the one made on that revision: what
+        // the read said about a recorded outcome still holds.
         let recorded = event.result.is_some();
-        if !recorded {
-            event.attempts += 1;
-        }
-        event.rev += 1;
-        event.epoch = fence.epoch;
-        event.claim = Some(super::documents::Claim {
-            token: token.clone(),
-            owner: fence.owner.to_string(),
-            at,
-        });
+        let (token, epoch) = if let Some(applied) = self.claims_in_doubt.applied(&event) {
+            // An earlier claim of ours whose fate was unknown when its lane
+            // gave up on it applied after all: the event as read is under
+            // it, its attempt counted.
+            (applied.token, applied.epoch)
+        } else {
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let at = DateTime::now();
+            let claim = claim_update(&event.id, fence, &token, at, event.rev);
+            match self
+                .settle_claim(&event, claim, &token, fence.epoch, give_up_at)
+                .await?
+            {
+                ClaimFate::Ours => {}
+                ClaimFate::Changed => return Ok(None),
+                ClaimFate::OutOfTime => return Ok(Some(NextEvent::Expired)),
+            }
+            self.claims_in_doubt.forget(&event.id);
+            if !recorded {
+                event.attempts += 1;
+            }
+            event.rev += 1;
+            event.epoch = fence.epoch;
+            event.claim = Some(super::documents::Claim {
+                token: token.clone(),
+                owner: fence.owner.to_string(),
+                at,
+            });
+            (token, fence.epoch)
+        };
         let claimed = Box::new(Claimed {
             event,
             token,
-            epoch: fence.epoch,
+            epoch,
             more_waiting: after.more,
             ahead: after.kept,
         });
@@ -310,6 +325,7 @@ impl Store {
         event: &QueuedEvent,
         claim: Guarded,
         token: &str,
+        epoch: i64,
         give_up_at: Instant,
     ) -> Result<ClaimFate, StoreError> {
         let mut in_doubt = false;
@@ -321,12 +337,17 @@ impl Store {
                 // revision moved on, or the database's clock passed our
                 // bound): the event tells whether this or an earlier copy applied.
                 Ok(Updated::Unknown | Updated::Duplicate) => {
-                    return self.claim_read_back(event, token, give_up_at).await;
+                    return self.claim_read_back(event, token, epoch, give_up_at).await;
                 }
-                Err(error) if (in_doubt || error.is_ambiguous()) && Instant::now() < give_up_at => {
+                Err(error) if in_doubt || error.is_ambiguous() => {
+                    if Instant::now() >= give_up_at {
+                        self.claims_in_doubt.remember(&event.id, token, epoch);
+                        return Err(error);
+                    }
                     in_doubt = true;
                     tokio::time::sleep(CLAIM_RETRY_PAUSE).await;
                 }
+                // Never sent, or refused unapplied, and no copy before it.
                 Err(error) => return Err(error),
             }
         }
@@ -336,6 +357,7 @@ impl Store {
         &self,
         event: &QueuedEvent,
         token: &str,
+        epoch: i64,
         give_up_at: Instant,
     ) -> Result<ClaimFate, StoreError> {
         loop {
@@ -348,7 +370,10 @@ impl Store {
                     return Ok(ClaimFate::OutOfTime);
                 }
                 Ok(_) => return Ok(ClaimFate::Changed),
-                Err(error) if Instant::now() >= give_up_at => return Err(error),
+                Err(error) if Instant::now() >= give_up_at => {
+                    self.claims_in_doubt.remember(&event.id, token, epoch);
+                    return Err(error);
+                }
                 Err(_) => tokio::time::sleep(CLAIM_RETRY_PAUSE).await,
             }
         }

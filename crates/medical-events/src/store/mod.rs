@@ -2,6 +2,7 @@
 //! fenced event lifecycle and the scans the processor fleet runs.
 
 mod backlog;
+mod claims_in_doubt;
 pub(crate) mod deadline;
 mod documents;
 mod enqueue;
@@ -77,6 +78,8 @@ pub struct Store {
     outcome_updates: UpdateBatcher,
     /// Guarded updates per merged statement at most, for both batchers.
     max_merged: Arc<AtomicUsize>,
+    /// Claims given up on while their fate was unknown (lifecycle.rs).
+    claims_in_doubt: Arc<claims_in_doubt::ClaimsInDoubt>,
 }
 
 impl Store {
@@ -127,6 +130,7 @@ impl Store {
                 Arc::clone(&max_merged),
             ),
             max_merged,
+            claims_in_doubt: Arc::default(),
             op_timeout,
             outcome_inserts: InsertBatcher::spawn(processed.clone(), op_timeout),
             processed,

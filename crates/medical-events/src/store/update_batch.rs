@@ -430,11 +430,24 @@ async fn send(target: &Target, batch: Vec<Pending>) {
                     Err(failure) => failed = Some(failure),
                 }
             }
-            (fates.into_iter())
-                .map(|fate| match (fate, &failed) {
-                    (Some(fate), _) => fate.map_err(StoreError::Incompatible),
-                    (None, Some(failure)) => Err(failure.error(target)),
-                    (None, None) => Ok(Updated::Unknown),
+            (fates.into_iter().enumerate())
+                .map(|(i, fate)| {
+                    let fate = match (fate, &failed) {
+                        (Some(fate), _) => fate.map_err(StoreError::Incompatible),
+                        (None, Some(failure)) => Err(failure.error(target)),
+                        (None, None) => Ok(Updated::Unknown),
+                    };
+                    // The copy sent again failed, but the first, in the
+                    // refused statement, may have applied.
+                    match fate {
+                        Err(error) if again.binary_search(&i).is_ok() && !error.is_ambiguous() => {
+                            Err(StoreError::InDoubt {
+                                operation: target.operation,
+                                source: Box::new(error),
+                            })
+                        }
+                        fate => fate,
+                    }
                 })
                 .collect()
         }
