@@ -204,9 +204,11 @@ pub enum Handler {
 
 impl EventHandler for Handler {
     async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
+        // Boxed: an HTTP request's future is several kilobytes, and inline
+        // every lane at work would carry that much, simulated or not.
         match self {
             Self::Simulated(simulated) => simulated.handle(event).await,
-            Self::Delivery(delivery) => delivery.handle(event).await,
+            Self::Delivery(delivery) => Box::pin(delivery.handle(event)).await,
         }
     }
 }
@@ -223,7 +225,8 @@ impl EventHandler for Routed {
     async fn handle(&self, event: &QueuedEvent) -> Result<(), HandlerError> {
         match &self.mllp {
             Some(mllp) if event.source.as_ref().is_some_and(|s| s.kind == "mllp") => {
-                mllp.handle(event).await
+                // Boxed for the reason `Handler::handle` gives.
+                Box::pin(mllp.handle(event)).await
             }
             _ => self.rest.handle(event).await,
         }

@@ -117,7 +117,13 @@ impl<H: EventHandler> Inner<H> {
                 let fence = lease.fence();
                 let give_up_at = lease.in_hand_until();
                 let kept_failed = !ahead.is_empty();
-                let kept = match ahead.pop_front() {
+                let popped = ahead.pop_front();
+                if ahead.is_empty() {
+                    // Freed, not kept for the next run: with thousands of
+                    // lanes at work, the empty buffers add up.
+                    ahead.shrink_to_fit();
+                }
+                let kept = match popped {
                     Some(event) => {
                         Box::pin(self.store.claim_prefetched(event, &fence, give_up_at)).await
                     }
@@ -150,7 +156,9 @@ impl<H: EventHandler> Inner<H> {
                 }
             };
             if let Ok(NextEvent::Claimed(claimed) | NextEvent::Recorded(claimed)) = &mut next {
-                ahead.extend(claimed.ahead.drain(..));
+                // Taken, not drained: the emptied vector would stay allocated
+                // in the claim for as long as the work runs.
+                ahead.extend(std::mem::take(&mut claimed.ahead));
             } else {
                 // Idle (nothing more), or the lane stops or reads again.
                 ahead.clear();
@@ -173,14 +181,14 @@ impl<H: EventHandler> Inner<H> {
                 Ok(NextEvent::Recorded(claimed)) => {
                     failures = 0;
                     let seq = claimed.event.seq;
-                    let step = Box::pin(self.finish(&lease, *claimed, None)).await;
+                    let step = Box::pin(self.finish(&lease, claimed, None)).await;
                     closed(&step, seq, &mut next_seq);
                     step
                 }
                 Ok(NextEvent::Claimed(claimed)) => {
                     failures = 0;
                     let seq = claimed.event.seq;
-                    let step = Box::pin(self.process(&lease, *claimed)).await;
+                    let step = Box::pin(self.process(&lease, claimed)).await;
                     closed(&step, seq, &mut next_seq);
                     step
                 }
@@ -224,7 +232,7 @@ impl<H: EventHandler> Inner<H> {
     }
 
     /// Takes one claimed event to a recorded outcome, in its span.
-    async fn process(&self, lease: &Arc<BucketLease>, claimed: Claimed) -> Step {
+    async fn process(&self, lease: &Arc<BucketLease>, claimed: Box<Claimed>) -> Step {
         let event = &claimed.event;
         let trace = event.traceparent.as_deref().and_then(TraceContext::parse);
         let span = info_span!(
@@ -241,7 +249,7 @@ impl<H: EventHandler> Inner<H> {
         self.attempt(lease, claimed).instrument(span).await
     }
 
-    async fn attempt(&self, lease: &Arc<BucketLease>, mut claimed: Claimed) -> Step {
+    async fn attempt(&self, lease: &Arc<BucketLease>, mut claimed: Box<Claimed>) -> Step {
         if claimed.event.attempts >= 2 {
             // An earlier claim of this run may have stored a success's
             // outcome and stopped before its close (a crash, a pause past
@@ -378,7 +386,7 @@ impl<H: EventHandler> Inner<H> {
     async fn succeed(
         &self,
         lease: &Arc<BucketLease>,
-        mut claimed: Claimed,
+        mut claimed: Box<Claimed>,
         processed_at: DateTime,
         duration_ms: i64,
     ) -> Step {
@@ -405,7 +413,7 @@ impl<H: EventHandler> Inner<H> {
     async fn conclude(
         &self,
         lease: &Arc<BucketLease>,
-        mut claimed: Claimed,
+        mut claimed: Box<Claimed>,
         result: ProcessingResult,
         processed_at: DateTime,
         duration_ms: i64,
@@ -435,7 +443,7 @@ impl<H: EventHandler> Inner<H> {
     async fn finish(
         &self,
         lease: &Arc<BucketLease>,
-        claimed: Claimed,
+        claimed: Box<Claimed>,
         duration_ms: Option<i64>,
     ) -> Step {
         let Some(outcome) = ProcessedEvent::from_recorded(&claimed.event) else {
@@ -465,7 +473,7 @@ impl<H: EventHandler> Inner<H> {
     async fn close_with(
         &self,
         lease: &Arc<BucketLease>,
-        claimed: Claimed,
+        claimed: Box<Claimed>,
         outcome: ProcessedEvent,
         carry: Carry,
         duration_ms: Option<i64>,
