@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{Bson, DateTime, Document, doc};
 
+use super::claims_in_doubt::InDoubt;
 use super::deadline::Bounded;
 use super::documents::{EventStatus, ProcessedEvent, ProcessingResult, QueuedEvent};
 use super::error::StoreError;
@@ -271,36 +272,37 @@ impl Store {
         // or the claim found applied is the one made on that revision: what
         // the read said about a recorded outcome still holds.
         let recorded = event.result.is_some();
-        let (token, epoch) = if let Some(applied) = self.claims_in_doubt.applied(&event) {
-            // An earlier claim of ours whose fate was unknown when its lane
-            // gave up on it applied after all: the event as read is under
-            // it, its attempt counted.
-            (applied.token, applied.epoch)
-        } else {
-            let token = uuid::Uuid::new_v4().simple().to_string();
-            let at = DateTime::now();
-            let claim = claim_update(&event.id, fence, &token, at, event.rev);
-            match self
-                .settle_claim(&event, claim, &token, fence.epoch, give_up_at)
-                .await?
-            {
-                ClaimFate::Ours => {}
-                ClaimFate::Changed => return Ok(None),
-                ClaimFate::OutOfTime => return Ok(Some(NextEvent::Expired)),
-            }
-            self.claims_in_doubt.forget(&event.id);
-            if !recorded {
-                event.attempts += 1;
-            }
-            event.rev += 1;
-            event.epoch = fence.epoch;
-            event.claim = Some(super::documents::Claim {
-                token: token.clone(),
-                owner: fence.owner.to_string(),
-                at,
-            });
-            (token, fence.epoch)
-        };
+        let (token, epoch) =
+            if let Some(applied) = self.claims_in_doubt.applied(&event, fence.epoch) {
+                // An earlier claim of ours, under this lease, whose fate was
+                // unknown when its lane gave up on it applied after all: the
+                // event as read is under it, its attempt counted.
+                (applied.token, applied.epoch)
+            } else {
+                let token = uuid::Uuid::new_v4().simple().to_string();
+                let at = DateTime::now();
+                let claim = claim_update(&event.id, fence, &token, at, event.rev);
+                match self
+                    .settle_claim(&event, claim, &token, fence.epoch, give_up_at)
+                    .await?
+                {
+                    ClaimFate::Ours => {}
+                    ClaimFate::Changed => return Ok(None),
+                    ClaimFate::OutOfTime => return Ok(Some(NextEvent::Expired)),
+                }
+                self.claims_in_doubt.forget(&event.id);
+                if !recorded {
+                    event.attempts += 1;
+                }
+                event.rev += 1;
+                event.epoch = fence.epoch;
+                event.claim = Some(super::documents::Claim {
+                    token: token.clone(),
+                    owner: fence.owner.to_string(),
+                    at,
+                });
+                (token, fence.epoch)
+            };
         let claimed = Box::new(Claimed {
             event,
             token,
@@ -341,7 +343,8 @@ impl Store {
                 }
                 Err(error) if in_doubt || error.is_ambiguous() => {
                     if Instant::now() >= give_up_at {
-                        self.claims_in_doubt.remember(&event.id, token, epoch);
+                        self.claims_in_doubt
+                            .remember(&event.id, InDoubt::of(event, token, epoch));
                         return Err(error);
                     }
                     in_doubt = true;
@@ -371,7 +374,8 @@ impl Store {
                 }
                 Ok(_) => return Ok(ClaimFate::Changed),
                 Err(error) if Instant::now() >= give_up_at => {
-                    self.claims_in_doubt.remember(&event.id, token, epoch);
+                    self.claims_in_doubt
+                        .remember(&event.id, InDoubt::of(event, token, epoch));
                     return Err(error);
                 }
                 Err(_) => tokio::time::sleep(CLAIM_RETRY_PAUSE).await,
