@@ -1,10 +1,11 @@
 //! The whole system as deployed: both binaries spawned, real HTTP between
 //! them, a real MongoDB-compatible server.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::checks::Db;
 use crate::support::fault_proxy::{Fault, FaultProxy, mentions};
+use crate::support::sink::Sink;
 use crate::support::{
     Service, event_body, fresh_database_uri, ingest_env, metric_sum, post_until_accepted,
     processor_env, wait_until,
@@ -445,6 +446,71 @@ async fn an_insert_while_a_lost_stream_reopens_is_found() {
 /// A zero-work processor's environment through `proxy`, with `LEASE_MS`
 /// `lease_ms` and no periodic sweep within a test's time (what it finds is
 /// then found by the change stream, a nudge or a takeover scan).
+/// A claim whose answer is lost, and whose copies fail until its lane gives
+/// up, is adopted by the lane's next read (`claims_in_doubt.rs`): the work
+/// starts then, long after the claim was stamped. `processedAt` must still
+/// say when the work ended, not the claim's time plus the work's duration:
+/// the outcome stream's replay looks back `REPLAY_OVERLAP` (10 s) from a
+/// client's last id, and an outcome stamped further back than that is
+/// missed by a client that reconnects.
+#[tokio::test]
+async fn an_adopted_claim_stamps_its_outcome_with_when_the_work_ran() {
+    let uri = fresh_database_uri();
+    let proxy = FaultProxy::start_for_shared().await;
+    let sink = Sink::start(Duration::from_millis(300)).await;
+    let mut env = proxied_env(&proxy, &uri, "4000");
+    env.push(("DELIVERY_URL", sink.url.clone()));
+    let processor = Service::start("processor", &env).await;
+    wait_stream_open(&processor.metrics_url()).await;
+    let ingest = Service::start("ingest", &ingest_env(&uri, &processor.url())).await;
+    let db = Db::connect(&uri).await;
+
+    // The claim applies but its answer is lost; every copy sent again fails,
+    // so its fate stays unknown until the lane's lease time runs out.
+    let lost = proxy.on_next("update", "queued_events", Fault::DropReply, 1);
+    let copies = proxy.on_next(
+        "update",
+        "queued_events",
+        Fault::FailCommand { code: 2 },
+        1_000_000,
+    );
+    let client = crate::support::client();
+    post_until_accepted(&client, &ingest.url(), &event_body("adopted", 0), "adopted").await;
+    proxy.wait_hits(lost, 1, Duration::from_secs(15)).await;
+    let claimed = SystemTime::now();
+    // Only an adopted claim reaches the downstream: no copy ever applied.
+    wait_until(
+        Duration::from_secs(20),
+        "the adopted claim's delivery",
+        || async { !sink.all().is_empty() },
+    )
+    .await;
+    assert!(proxy.hits(copies) >= 1, "the claim was never sent again");
+    proxy.clear();
+    db.wait_closed(1).await;
+
+    let delivered = sink.all();
+    assert_eq!(delivered.len(), 1, "delivered more than once");
+    let started = SystemTime::now() - delivered[0].started.elapsed();
+    let event = &db.events_of("adopted").await[0];
+    assert_eq!(event.get_i32("attempts").unwrap(), 1, "{event:?}");
+    let outcome = &db.find("processed_events", doc! {}, doc! {}).await[0];
+    let processed_at = outcome
+        .get_datetime("processedAt")
+        .unwrap()
+        .to_system_time();
+    assert!(
+        started.duration_since(claimed).unwrap_or_default() > Duration::from_millis(500),
+        "the work started {:?} after the claim: the lane did not give up and adopt it",
+        started.duration_since(claimed)
+    );
+    // (Milliseconds: the stamp may round below the delivery's start by one.)
+    assert!(
+        processed_at + Duration::from_millis(1) >= started,
+        "processedAt {processed_at:?} is before the work started ({started:?})"
+    );
+}
+
 fn proxied_env(proxy: &FaultProxy, uri: &str, lease_ms: &str) -> Vec<(&'static str, String)> {
     let database = uri.rsplit('/').next().unwrap();
     let mut env = processor_env(&proxy.uri(database), 0, 0);

@@ -281,13 +281,12 @@ impl<H: EventHandler> Inner<H> {
                 .last_error
                 .clone()
                 .unwrap_or_else(|| format!("processing was interrupted {previous} time(s)"));
-            let at = claimed_at(&claimed);
             return self
                 .conclude(
                     lease,
                     claimed,
                     ProcessingResult::failed(previous, error),
-                    at,
+                    DateTime::now(),
                     0,
                 )
                 .await;
@@ -299,6 +298,12 @@ impl<H: EventHandler> Inner<H> {
         }
         info!(attempt = claimed.event.attempts, "processing started");
         let started = Instant::now();
+        // The base of `processedAt`: when the work started, by this
+        // processor's clock. Not the claim's time: an adopted claim (one
+        // given up in doubt, `claims_in_doubt.rs`) was stamped before its
+        // lane gave up on it, and the stream's replay looks back only
+        // `REPLAY_OVERLAP` from a client's last id.
+        let started_at = DateTime::now();
         let timeout = self.config.attempt_timeout;
         let outcome = tokio::select! {
             // Checked first: once the lease cannot be trusted, a result that
@@ -330,8 +335,7 @@ impl<H: EventHandler> Inner<H> {
             return Step::Stop;
         }
         let duration_ms = started.elapsed().as_millis() as i64;
-        let processed_at =
-            DateTime::from_millis(claimed_at(&claimed).timestamp_millis() + duration_ms);
+        let processed_at = DateTime::from_millis(started_at.timestamp_millis() + duration_ms);
         match outcome {
             Ok(()) => {
                 self.succeed(lease, claimed, processed_at, duration_ms)
@@ -591,16 +595,6 @@ fn closed(step: &Step, seq: i64, next_seq: &mut Option<i64>) {
     if matches!(step, Step::Finished) {
         *next_seq = Some(seq + 1);
     }
-}
-
-/// When the event was claimed, by the claiming processor's clock (the base
-/// of `processedAt`).
-fn claimed_at(claimed: &Claimed) -> DateTime {
-    claimed
-        .event
-        .claim
-        .as_ref()
-        .map_or_else(DateTime::now, |claim| claim.at)
 }
 
 /// What a close writes on the event besides its final state.
