@@ -15,6 +15,9 @@ pub enum StoreError {
     },
     #[error("event data cannot be stored as BSON: {0}")]
     Encode(#[from] mongodb::bson::ser::Error),
+    /// A write the update batcher could not encode (nothing was sent).
+    #[error("an update cannot be encoded as BSON: {0}")]
+    Raw(#[from] mongodb::bson::raw::Error),
     #[error(
         "MongoDB {operation} kept conflicting with concurrent writes; gave up after {attempts} tries"
     )]

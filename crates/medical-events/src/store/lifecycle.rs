@@ -332,7 +332,7 @@ impl Store {
     ) -> Result<ClaimFate, StoreError> {
         let mut in_doubt = false;
         loop {
-            match self.event_updates.update_guarded(claim.clone()).await {
+            match self.event_updates.update_guarded(&claim).await {
                 Ok(Updated::Modified) => return Ok(ClaimFate::Ours),
                 // Refused now (or possibly, in a batch where some statement
                 // changed nothing), so no copy of it can apply any more (the
@@ -472,7 +472,7 @@ impl Store {
         };
         // Modified: written. Duplicate: this run's (or a later run's)
         // outcome is already there. Unknown: written, or already there.
-        match self.outcome_updates.update(statement).await? {
+        match self.outcome_updates.update(&statement).await? {
             Updated::Modified => Ok(Stored::Written),
             Updated::Duplicate | Updated::Unknown => self.stored_outcome(outcome).await,
         }
@@ -586,7 +586,7 @@ impl Store {
             condition,
             changes,
         };
-        if self.event_updates.update_guarded(guarded).await? == Updated::Modified {
+        if self.event_updates.update_guarded(&guarded).await? == Updated::Modified {
             return Ok(Applied::Yes);
         }
         let now = self

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mongodb::Database;
+use mongodb::bson::raw::{self, RawArrayBuf, RawBson, RawBsonRef, RawDocumentBuf};
 use mongodb::bson::{Bson, Document, doc};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -50,6 +51,8 @@ const QUEUE: usize = 8192;
 const MAX_BYTES: usize = 8 * 1024 * 1024;
 /// The merged pipeline's field holding a document's position in the id list.
 const POSITION: &str = "_batchPosition";
+/// The same field, as an expression reads it.
+const POSITION_VALUE: &str = "$_batchPosition";
 
 /// One update statement: filter, update (document or pipeline), upsert.
 #[derive(Debug, Clone)]
@@ -74,74 +77,72 @@ pub(crate) struct Guarded {
     pub changes: Document,
 }
 
-impl Guarded {
-    /// The update alone, as one statement.
-    pub(crate) fn statement(&self) -> Statement {
-        let pipeline = [
-            doc! { "$set": { self.flag: self.condition.clone() } },
-            doc! { "$set": self.changes.clone() },
-            doc! { "$unset": self.flag },
-        ];
-        Statement {
-            filter: shapes::fenced(&self.id).filter,
-            update: Bson::Array(pipeline.into_iter().map(Bson::Document).collect()),
-            upsert: false,
-        }
-    }
-}
-
 /// One multi-document statement carrying `members` (distinct ids): each
 /// document takes the condition and changes of the member at its position.
-fn merged(members: &[&Guarded]) -> Document {
+fn merged(members: &[&Encoded]) -> Result<RawDocumentBuf, raw::Error> {
     let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
-    let mut flags = Document::new();
+    let mut flags = RawDocumentBuf::new();
     for flag in unique(members.iter().map(|m| m.flag)) {
-        let leaves: Vec<Bson> = (members.iter())
+        let leaves: Vec<RawBsonRef> = (members.iter())
             .map(|m| {
                 if m.flag == flag {
-                    Bson::Document(m.condition.clone())
+                    RawBsonRef::Document(&m.condition)
                 } else {
-                    Bson::Boolean(false)
+                    RawBsonRef::Boolean(false)
                 }
             })
             .collect();
-        flags.insert(flag, by_position(&leaves, 0));
+        flags.append(flag, by_position(&leaves, 0));
     }
+    let member_changes = (members.iter())
+        .map(|m| m.changes.iter().collect::<Result<Vec<_>, _>>())
+        .collect::<Result<Vec<_>, _>>()?;
     debug_assert!(
-        (members.iter()).all(|m| m.changes.keys().all(|field| !field.contains('.'))),
+        (member_changes.iter().flatten()).all(|(field, _)| !field.contains('.')),
         "guarded updates set top-level fields"
     );
-    let mut changes = Document::new();
-    for field in unique(
-        members
-            .iter()
-            .flat_map(|m| m.changes.keys().map(String::as_str)),
-    ) {
-        let keep = Bson::String(format!("${field}"));
-        let leaves: Vec<Bson> = (members.iter())
-            .map(|m| {
-                m.changes
-                    .get(field)
-                    .cloned()
-                    .unwrap_or_else(|| keep.clone())
+    let mut changes = RawDocumentBuf::new();
+    for field in unique(member_changes.iter().flatten().map(|&(field, _)| field)) {
+        let keep = format!("${field}");
+        let leaves: Vec<RawBsonRef> = (member_changes.iter())
+            .map(|fields| {
+                (fields.iter())
+                    .find(|(name, _)| *name == field)
+                    .map_or(RawBsonRef::String(&keep), |&(_, value)| value)
             })
             .collect();
-        changes.insert(field, by_position(&leaves, 0));
+        changes.append(field, by_position(&leaves, 0));
     }
-    let mut scratch: Vec<&str> = unique(members.iter().map(|m| m.flag));
+    let mut scratch = RawArrayBuf::new();
+    for flag in unique(members.iter().map(|m| m.flag)) {
+        scratch.push(flag);
+    }
     scratch.push(POSITION);
-    let pipeline = [
-        doc! { "$set": { POSITION: { "$indexOfArray": [{ "$literal": &ids }, "$_id"] } } },
-        doc! { "$set": flags },
-        doc! { "$set": changes },
-        doc! { "$unset": scratch },
-    ];
-    doc! {
-        "q": shapes::fenced_batch(&ids).filter,
-        "u": pipeline.into_iter().map(Bson::Document).collect::<Vec<_>>(),
-        "upsert": false,
-        "multi": true,
+    let mut literal = RawArrayBuf::new();
+    for id in &ids {
+        literal.push(id.as_str());
     }
+    let mut position = RawArrayBuf::new();
+    position.push(raw_doc("$literal", literal));
+    position.push("$_id");
+    let pipeline = [
+        raw_doc(
+            "$set",
+            raw_doc(POSITION, raw_doc("$indexOfArray", position)),
+        ),
+        raw_doc("$set", flags),
+        raw_doc("$set", changes),
+        raw_doc("$unset", scratch),
+    ];
+    let mut statement = RawDocumentBuf::new();
+    statement.append(
+        "q",
+        RawDocumentBuf::from_document(&shapes::fenced_batch(&ids).filter)?,
+    );
+    statement.append("u", raw_array(pipeline));
+    statement.append("upsert", false);
+    statement.append("multi", true);
+    Ok(statement)
 }
 
 /// The expression of `leaves` (position `first` onwards) at the document's
@@ -150,21 +151,54 @@ fn merged(members: &[&Guarded]) -> Document {
 /// was most of the compiled server's expression work in a merged update).
 /// A half whose leaves are all equal is that leaf, not split further (a
 /// flag most members lack, a field most of them keep).
-fn by_position(leaves: &[Bson], first: usize) -> Bson {
+fn by_position(leaves: &[RawBsonRef], first: usize) -> RawBson {
     match leaves {
         // Never: a merged statement has two members or more, and a half of
         // two or more is not empty.
-        [] => Bson::Boolean(false),
-        [only] => only.clone(),
-        [head, rest @ ..] if rest.iter().all(|leaf| leaf == head) => head.clone(),
+        [] => RawBson::Boolean(false),
+        [only] => only.to_raw_bson(),
+        [head, rest @ ..] if rest.iter().all(|leaf| leaf == head) => head.to_raw_bson(),
         _ => {
             let half = leaves.len() / 2;
-            let at = (first + half) as i32;
-            Bson::Document(doc! { "$cond": [
-                { "$lt": [format!("${POSITION}"), at] },
-                by_position(&leaves[..half], first),
-                by_position(&leaves[half..], first + half),
-            ] })
+            let mut test = RawArrayBuf::new();
+            test.push(POSITION_VALUE);
+            test.push((first + half) as i32);
+            let mut cond = RawArrayBuf::new();
+            cond.push(raw_doc("$lt", test));
+            cond.push(by_position(&leaves[..half], first));
+            cond.push(by_position(&leaves[half..], first + half));
+            RawBson::Document(raw_doc("$cond", cond))
+        }
+    }
+}
+
+/// `{ key: value }`.
+fn raw_doc(key: &str, value: impl Into<RawBson>) -> RawDocumentBuf {
+    let mut document = RawDocumentBuf::new();
+    document.append(key, value);
+    document
+}
+
+fn raw_array<T: Into<RawBson>>(items: impl IntoIterator<Item = T>) -> RawArrayBuf {
+    let mut array = RawArrayBuf::new();
+    for item in items {
+        array.push(item);
+    }
+    array
+}
+
+/// `value` encoded (a scalar is copied; none of the batcher's is large).
+fn encode(value: &Bson) -> Result<RawBson, raw::Error> {
+    match value {
+        Bson::Document(document) => Ok(RawBson::Document(RawDocumentBuf::from_document(document)?)),
+        Bson::Array(items) => Ok(RawBson::Array(raw_array(
+            items.iter().map(encode).collect::<Result<Vec<_>, _>>()?,
+        ))),
+        scalar => {
+            let wrapped = RawDocumentBuf::from_document(&doc! { "v": scalar.clone() })?;
+            Ok(wrapped
+                .get("v")?
+                .map_or(RawBson::Null, RawBsonRef::to_raw_bson))
         }
     }
 }
@@ -175,35 +209,76 @@ fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     items.filter(|item| seen.insert(*item)).collect()
 }
 
-/// What a caller hands the batcher.
-#[derive(Debug, Clone)]
+/// What a caller hands the batcher, encoded once as it is handed over: the
+/// batcher builds statements by copying bytes, not document trees (which
+/// was most of a busy processor's CPU), and knows each write's size.
+#[derive(Debug)]
 enum Write {
-    Plain(Statement),
-    Guarded(Guarded),
+    /// A whole statement: `q`, `u`, `upsert`, `multi: false`.
+    Plain(RawDocumentBuf),
+    Guarded(Encoded),
+}
+
+/// A [`Guarded`] update, encoded.
+#[derive(Debug)]
+struct Encoded {
+    id: String,
+    flag: &'static str,
+    condition: RawDocumentBuf,
+    changes: RawDocumentBuf,
 }
 
 impl Write {
-    fn statement(&self) -> Statement {
-        match self {
-            Self::Plain(statement) => statement.clone(),
-            Self::Guarded(guarded) => guarded.statement(),
-        }
+    fn plain(statement: &Statement) -> Result<Self, raw::Error> {
+        let mut encoded = RawDocumentBuf::new();
+        encoded.append("q", RawDocumentBuf::from_document(&statement.filter)?);
+        encoded.append("u", encode(&statement.update)?);
+        encoded.append("upsert", statement.upsert);
+        encoded.append("multi", false);
+        Ok(Self::Plain(encoded))
     }
 
-    /// About how large it is on the wire (measured without copying it).
-    fn bytes(&self) -> usize {
-        let size = |value: Result<Vec<u8>, _>| value.map_or(1024, |bytes: Vec<u8>| bytes.len());
-        let parts = match self {
-            // Rare (a later run's outcome): copied to be measured.
-            Self::Plain(statement) => size(mongodb::bson::to_vec(&doc! {
-                "q": statement.filter.clone(), "u": statement.update.clone(),
-            })),
-            Self::Guarded(guarded) => {
-                size(mongodb::bson::to_vec(&guarded.condition))
-                    + size(mongodb::bson::to_vec(&guarded.changes))
-            }
+    fn guarded(guarded: &Guarded) -> Result<Self, raw::Error> {
+        Ok(Self::Guarded(Encoded {
+            id: guarded.id.clone(),
+            flag: guarded.flag,
+            condition: RawDocumentBuf::from_document(&guarded.condition)?,
+            changes: RawDocumentBuf::from_document(&guarded.changes)?,
+        }))
+    }
+
+    /// The write as one statement of its own.
+    fn alone(&self) -> Result<RawDocumentBuf, raw::Error> {
+        let guarded = match self {
+            Self::Plain(statement) => return Ok(statement.clone()),
+            Self::Guarded(guarded) => guarded,
         };
-        parts + 256
+        let mut set_flag = RawDocumentBuf::new();
+        set_flag.append_ref(guarded.flag, &guarded.condition);
+        let pipeline = [
+            raw_doc("$set", set_flag),
+            raw_doc("$set", guarded.changes.clone()),
+            raw_doc("$unset", guarded.flag),
+        ];
+        let mut statement = RawDocumentBuf::new();
+        statement.append(
+            "q",
+            RawDocumentBuf::from_document(&shapes::fenced(&guarded.id).filter)?,
+        );
+        statement.append("u", raw_array(pipeline));
+        statement.append("upsert", false);
+        statement.append("multi", false);
+        Ok(statement)
+    }
+
+    /// About how large it is on the wire.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Plain(statement) => statement.as_bytes().len(),
+            Self::Guarded(guarded) => {
+                guarded.condition.as_bytes().len() + guarded.changes.as_bytes().len() + 256
+            }
+        }
     }
 }
 
@@ -257,14 +332,14 @@ impl UpdateBatcher {
     /// Sends `statement` with the next batch and waits for its fate. An
     /// error concerns the whole batch (the caller treats it as it would a
     /// single write's: ambiguous if the reply was lost).
-    pub(crate) async fn update(&self, statement: Statement) -> Result<Updated, StoreError> {
-        self.submit(Write::Plain(statement)).await
+    pub(crate) async fn update(&self, statement: &Statement) -> Result<Updated, StoreError> {
+        self.submit(Write::plain(statement)?).await
     }
 
     /// As `update`, for a guarded update, which may travel merged with
     /// other events' guarded updates.
-    pub(crate) async fn update_guarded(&self, guarded: Guarded) -> Result<Updated, StoreError> {
-        self.submit(Write::Guarded(guarded)).await
+    pub(crate) async fn update_guarded(&self, guarded: &Guarded) -> Result<Updated, StoreError> {
+        self.submit(Write::guarded(guarded)?).await
     }
 
     async fn submit(&self, write: Write) -> Result<Updated, StoreError> {
@@ -321,16 +396,16 @@ async fn run(target: Target, mut receiver: mpsc::Receiver<Pending>) {
 /// One statement of a command and the writes (by position in the batch) it
 /// carries: one, or several merged guarded updates.
 struct Wire {
-    statement: Document,
+    statement: RawDocumentBuf,
     members: Vec<usize>,
 }
 
 /// The statements for `writes`: guarded updates of distinct events merged,
 /// up to `max_merged` a statement, everything else one statement each.
-fn plan(writes: &[&Write], max_merged: usize) -> Vec<Wire> {
+fn plan(writes: &[&Write], max_merged: usize) -> Result<Vec<Wire>, raw::Error> {
     let merge = max_merged > 1;
     let mut wires = Vec::new();
-    let mut group: Vec<(usize, &Guarded)> = Vec::new();
+    let mut group: Vec<(usize, &Encoded)> = Vec::new();
     let mut ids = HashSet::new();
     for (index, write) in writes.iter().enumerate() {
         match write {
@@ -340,34 +415,28 @@ fn plan(writes: &[&Write], max_merged: usize) -> Vec<Wire> {
             // A second write to one event in a batch (rare: a lane has one
             // write in flight) goes alone; the database orders nothing
             // between the statements of an unordered command, as before.
-            _ => wires.push(single(write, index)),
+            _ => wires.push(single(write, index)?),
         }
     }
     for chunk in group.chunks(max_merged.max(1)) {
         if let [(index, _)] = chunk {
-            wires.push(single(writes[*index], *index));
+            wires.push(single(writes[*index], *index)?);
             continue;
         }
-        let members: Vec<&Guarded> = chunk.iter().map(|&(_, guarded)| guarded).collect();
+        let members: Vec<&Encoded> = chunk.iter().map(|&(_, guarded)| guarded).collect();
         wires.push(Wire {
-            statement: merged(&members),
+            statement: merged(&members)?,
             members: chunk.iter().map(|&(index, _)| index).collect(),
         });
     }
-    wires
+    Ok(wires)
 }
 
-fn single(write: &Write, index: usize) -> Wire {
-    let statement = write.statement();
-    Wire {
-        statement: doc! {
-            "q": statement.filter,
-            "u": statement.update,
-            "upsert": statement.upsert,
-            "multi": false,
-        },
+fn single(write: &Write, index: usize) -> Result<Wire, raw::Error> {
+    Ok(Wire {
+        statement: write.alone()?,
         members: vec![index],
-    }
+    })
 }
 
 /// Why a command told nothing about its statements.
@@ -377,6 +446,8 @@ enum Failure {
     Timeout,
     /// Applied on the primary, maybe not durable.
     WriteConcern(String),
+    /// Never sent: a statement could not be encoded.
+    Encode(raw::Error),
 }
 
 impl Failure {
@@ -393,6 +464,7 @@ impl Failure {
                 operation: target.operation,
                 message: message.clone(),
             },
+            Self::Encode(error) => StoreError::Raw(error.clone()),
         }
     }
 }
@@ -466,17 +538,25 @@ async fn execute(
     writes: &[&Write],
     max_merged: usize,
 ) -> Result<Vec<Fate>, Failure> {
-    let (updates, carried): (Vec<Document>, Vec<Vec<usize>>) = plan(writes, max_merged)
-        .into_iter()
-        .map(|wire| (wire.statement, wire.members))
-        .unzip();
-    let command = doc! {
-        "update": target.collection,
-        "updates": updates,
-        "ordered": false,
-        "writeConcern": target.write_concern.clone(),
-    };
-    let reply = match (target.db.run_command(command))
+    let encoded = plan(writes, max_merged).and_then(|wires| {
+        let mut updates = RawArrayBuf::new();
+        let mut carried = Vec::with_capacity(wires.len());
+        for wire in wires {
+            updates.push(wire.statement);
+            carried.push(wire.members);
+        }
+        let mut command = RawDocumentBuf::new();
+        command.append("update", target.collection);
+        command.append("updates", updates);
+        command.append("ordered", false);
+        command.append(
+            "writeConcern",
+            RawDocumentBuf::from_document(&target.write_concern)?,
+        );
+        Ok((command, carried))
+    });
+    let (command, carried) = encoded.map_err(Failure::Encode)?;
+    let reply = match (target.db.run_raw_command(command))
         .bounded_raw(target.operation, target.op_timeout)
         .await
     {
@@ -619,12 +699,17 @@ mod tests {
     }
 
     fn guarded(id: &str, flag: &'static str, field: &str) -> Write {
-        Write::Guarded(Guarded {
+        Write::guarded(&Guarded {
             id: id.to_owned(),
             flag,
             condition: doc! { "$eq": ["$status", "queued"] },
             changes: doc! { field: { "$cond": [format!("${flag}"), 1, format!("${field}")] } },
         })
+        .unwrap()
+    }
+
+    fn decoded(wire: &Wire) -> Document {
+        wire.statement.to_document().unwrap()
     }
 
     #[test]
@@ -632,18 +717,32 @@ mod tests {
         let writes = [
             guarded("a", "_fenced", "x"),
             guarded("b", "_claimable", "y"),
-            Write::Plain(Statement {
+            Write::plain(&Statement {
                 filter: doc! { "eventId": "c" },
                 update: Bson::Document(doc! { "$set": { "z": 1 } }),
                 upsert: true,
-            }),
+            })
+            .unwrap(),
             guarded("a", "_fenced", "x"),
         ];
         let refs: Vec<&Write> = writes.iter().collect();
-        let wires = plan(&refs, DEFAULT_MAX_MERGED);
+        let wires = plan(&refs, DEFAULT_MAX_MERGED).unwrap();
         let members: Vec<Vec<usize>> = wires.iter().map(|w| w.members.clone()).collect();
         assert_eq!(members, vec![vec![2], vec![3], vec![0, 1]]);
-        let merged = &wires[2].statement;
+        assert_eq!(
+            decoded(&wires[0]),
+            doc! {
+                "q": { "eventId": "c" }, "u": { "$set": { "z": 1 } },
+                "upsert": true, "multi": false,
+            }
+        );
+        let alone = decoded(&wires[1]);
+        assert_eq!(alone.get_document("q").unwrap(), &doc! { "_id": "a" });
+        assert_eq!(
+            alone.get_array("u").unwrap()[0],
+            Bson::Document(doc! { "$set": { "_fenced": { "$eq": ["$status", "queued"] } } })
+        );
+        let merged = &decoded(&wires[2]);
         assert_eq!(merged.get_bool("multi"), Ok(true));
         assert_eq!(
             merged.get_document("q").unwrap(),
@@ -664,13 +763,18 @@ mod tests {
             .get_array("$unset")
             .unwrap();
         assert_eq!(unset.len(), 3);
-        let alone = plan(&refs, 1);
+        let alone = plan(&refs, 1).unwrap();
         assert_eq!(alone.len(), 4);
         assert!(
             alone
                 .iter()
-                .all(|w| w.statement.get_bool("multi") == Ok(false))
+                .all(|w| decoded(w).get_bool("multi") == Ok(false))
         );
+    }
+
+    /// `by_position`'s tree of `leaves`, decoded.
+    fn tree_of(leaves: &[RawBsonRef]) -> Bson {
+        Bson::try_from(by_position(leaves, 0)).unwrap()
     }
 
     /// Follows a `by_position` tree as the database would for `position`.
@@ -679,7 +783,7 @@ mod tests {
             return tree;
         };
         let test = cond[0].as_document().unwrap().get_array("$lt").unwrap();
-        assert_eq!(test[0], Bson::String(format!("${POSITION}")));
+        assert_eq!(test[0], Bson::String(POSITION_VALUE.to_owned()));
         let bound = test[1].as_i32().unwrap();
         pick(if position < bound { &cond[1] } else { &cond[2] }, position)
     }
@@ -697,11 +801,16 @@ mod tests {
 
     #[test]
     fn each_position_gets_its_own_leaf_in_about_log2_comparisons() {
+        assert_eq!(POSITION_VALUE, format!("${POSITION}"));
         for n in 1..=70usize {
-            let leaves: Vec<Bson> = (0..n).map(|k| Bson::Int64(k as i64)).collect();
-            let tree = by_position(&leaves, 0);
-            for (k, leaf) in leaves.iter().enumerate() {
-                assert_eq!(pick(&tree, k as i32), leaf, "position {k} of {n}");
+            let leaves: Vec<RawBsonRef> = (0..n).map(|k| RawBsonRef::Int64(k as i64)).collect();
+            let tree = tree_of(&leaves);
+            for k in 0..n {
+                assert_eq!(
+                    pick(&tree, k as i32),
+                    &Bson::Int64(k as i64),
+                    "position {k} of {n}"
+                );
             }
             let bound = (usize::BITS - (n - 1).leading_zeros()) as usize;
             let (depth, _) = shape(&tree);
@@ -712,9 +821,9 @@ mod tests {
     #[test]
     fn only_the_halves_holding_a_different_leaf_are_split() {
         let keep = Bson::String("$x".into());
-        let mut leaves = vec![keep.clone(); 64];
-        leaves[40] = Bson::Int32(1);
-        let tree = by_position(&leaves, 0);
+        let mut leaves = vec![RawBsonRef::String("$x"); 64];
+        leaves[40] = RawBsonRef::Int32(1);
+        let tree = tree_of(&leaves);
         assert_eq!(pick(&tree, 40), &Bson::Int32(1));
         assert!(
             (0..64)
@@ -724,7 +833,7 @@ mod tests {
         // Only the halves holding position 40 are split: one test a level
         // (a full tree of 64 leaves has 63).
         assert_eq!(shape(&tree).1, 6);
-        let unsplit = by_position(&vec![keep.clone(); 64], 0);
+        let unsplit = tree_of(&vec![RawBsonRef::String("$x"); 64]);
         assert_eq!(unsplit, keep);
     }
 }
