@@ -48,7 +48,10 @@ impl IngestApp {
         }
         let store = open_store(&config.mongo, "ingest", &config.patient_logging).await?;
         let state = IngestState {
-            outcomes: crate::ingest::stream::OutcomeFeed::new(store.clone(), config.streams),
+            outcomes: Arc::new(crate::ingest::stream::OutcomeFeed::new(
+                store.clone(),
+                config.streams,
+            )),
             intake: Arc::new(Intake::new(store, config.intake)),
             notifier: ProcessorNotifier::spawn(
                 &config.processor_url,

@@ -34,11 +34,12 @@ pub const REPLAYED: &str = "idempotent-replayed";
 pub const SERVICE: &str = "ingest-service";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// Cloned for every request (axum's state), so what it holds is shared.
 #[derive(Clone)]
 pub struct IngestState {
     pub intake: Arc<Intake>,
     pub notifier: ProcessorNotifier,
-    pub outcomes: super::stream::OutcomeFeed,
+    pub outcomes: Arc<super::stream::OutcomeFeed>,
 }
 
 /// Who may call and how much: API keys, a rate limit per key, HTTP bounds.
