@@ -327,77 +327,35 @@ async fn indexes_of_the_original_exist_after_start_up() {
         queued,
         [
             "_id_",
-            "failed_bucket_patient_seq_client",
             "patient_intake_key",
             "patient_seq",
             "pending_audit",
-            "queued_bucket_patient_seq",
             "source_control_id",
+            "status_bucket_patient_seq"
         ],
         "queued_events keeps exactly the indexes its guarantees and hot queries need"
     );
-    // The status indexes hold the events of their status only: a finished
-    // event costs them nothing, so they stay the size of the backlog.
-    use futures_util::TryStreamExt;
-    let definitions: Vec<mongodb::IndexModel> = mongodb::Client::with_uri_str(&uri)
-        .await
-        .unwrap()
-        .default_database()
-        .unwrap()
-        .collection::<mongodb::bson::Document>("queued_events")
-        .list_indexes()
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    for (name, status) in [
-        ("queued_bucket_patient_seq", "queued"),
-        ("failed_bucket_patient_seq_client", "failed"),
-    ] {
-        let filter = definitions
-            .iter()
-            .find(|index| index.options.as_ref().and_then(|o| o.name.as_deref()) == Some(name))
-            .and_then(|index| index.options.as_ref()?.partial_filter_expression.clone());
-        assert_eq!(
-            filter,
-            Some(mongodb::bson::doc! { "status": status }),
-            "{name} is partial on its status"
-        );
-    }
 }
 
 #[tokio::test]
-async fn indexes_of_earlier_versions_are_replaced_at_start_up() {
-    use mongodb::bson::doc;
+async fn the_outcome_time_index_of_earlier_versions_is_replaced_at_start_up() {
     let uri = fresh_database_uri();
     let db = Db::connect(&uri).await;
-    let earlier = |keys, name: &str| {
-        mongodb::IndexModel::builder()
-            .keys(keys)
-            .options(
-                mongodb::options::IndexOptions::builder()
-                    .name(name.to_owned())
-                    .build(),
-            )
-            .build()
-    };
-    let database = mongodb::Client::with_uri_str(&uri)
+    let earlier = mongodb::IndexModel::builder()
+        .keys(mongodb::bson::doc! { "processedAt": 1 })
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .name("processedAt_1".to_owned())
+                .build(),
+        )
+        .build();
+    mongodb::Client::with_uri_str(&uri)
         .await
         .unwrap()
         .default_database()
-        .unwrap();
-    database
+        .unwrap()
         .collection::<mongodb::bson::Document>("processed_events")
-        .create_index(earlier(doc! { "processedAt": 1 }, "processedAt_1"))
-        .await
-        .unwrap();
-    database
-        .collection::<mongodb::bson::Document>("queued_events")
-        .create_index(earlier(
-            doc! { "status": 1, "bucket": 1, "patientId": 1, "seq": 1 },
-            "status_bucket_patient_seq",
-        ))
+        .create_index(earlier)
         .await
         .unwrap();
     let _ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
@@ -409,19 +367,6 @@ async fn indexes_of_earlier_versions_are_replaced_at_start_up() {
     assert!(
         !processed.contains(&"processedAt_1".to_owned()),
         "{processed:?}"
-    );
-    // Every event had an entry in the old status index; the two partial
-    // ones that replace it hold only queued and only failed events.
-    let queued = db.index_names("queued_events").await;
-    for replacement in [
-        "queued_bucket_patient_seq",
-        "failed_bucket_patient_seq_client",
-    ] {
-        assert!(queued.contains(&replacement.to_owned()), "{queued:?}");
-    }
-    assert!(
-        !queued.contains(&"status_bucket_patient_seq".to_owned()),
-        "{queued:?}"
     );
 }
 

@@ -2,35 +2,22 @@
 //! names appear in duplicate-key errors and in query hints).
 //!
 //! Few on purpose: every index costs every write, and some servers rewrite
-//! all of a document's index entries on any update. `queued_events` has seven
-//! (with `_id`, the eventId; two partial ones only queued or failed events
-//! enter; a sparse one only HL7 messages enter; a sparse one only events with
-//! an unmoved audit entry enter) and each serves several queries (see
-//! `shapes.rs` and ARCHITECTURE.md, "Query plans").
+//! all of a document's index entries on any update. `queued_events` has six
+//! (with `_id`, the eventId, a sparse one only HL7 messages enter, and a
+//! sparse one only events with an unmoved audit entry enter) and each serves several queries
+//! (see `shapes.rs` and ARCHITECTURE.md, "Query plans").
 
 use mongodb::IndexModel;
 use mongodb::bson::{Document, doc};
 use mongodb::options::IndexOptions;
 
-use super::documents::EventStatus;
-
 /// `{bucket, patientId, seq}`, unique: one event per sequence number of a
 /// patient; the patient's last number; the timeline.
 pub const PATIENT_SEQ: &str = "patient_seq";
-/// `{status, bucket, patientId, seq}`, partial on `status: "queued"`: a
-/// patient's next unfinished event; the waiting work of a set of buckets;
-/// parked events. Partial: a finished event leaves it, so it holds the
-/// backlog only, not every event ever accepted (an entry per event at a
-/// patient's place in a growing tree cost each close a page of its own).
-pub const QUEUED_WORK: &str = "queued_bucket_patient_seq";
-/// `{status, bucket, patientId, seq, client}`, partial on `status: "failed"`:
-/// failed events for operators, in the order they are listed, a client's
-/// filtered on the keys. Its own index (not one partial on both statuses):
-/// the compiled test server plans partial indexes on equality filters only.
-pub const FAILED: &str = "failed_bucket_patient_seq_client";
-/// The status index of earlier versions (every event, every status), which
-/// `QUEUED_WORK` and `FAILED` replace.
-pub const STATUS_BUCKET_BEFORE: &str = "status_bucket_patient_seq";
+/// `{status, bucket, patientId, seq}`: a patient's next unfinished event;
+/// the waiting work of a set of buckets; failed and parked events. Status
+/// leads so that one query serves many buckets on every server.
+pub const STATUS_BUCKET: &str = "status_bucket_patient_seq";
 /// `{bucket, patientId, intakeKey}`, unique: idempotent retries and
 /// duplicate suppression, scoped per client and patient.
 pub const INTAKE_KEY: &str = "patient_intake_key";
@@ -60,19 +47,6 @@ pub const OUTCOME_CLIENT_TIME: &str = "client_processedAt_eventId";
 /// The `processedAt` index of earlier versions, which `OUTCOME_TIME` replaces.
 pub const OUTCOME_TIME_BEFORE: &str = "processedAt_1";
 
-/// An index over the events of one status only.
-fn of_status(name: &str, keys: Document, status: EventStatus) -> IndexModel {
-    IndexModel::builder()
-        .keys(keys)
-        .options(
-            IndexOptions::builder()
-                .name(name.to_owned())
-                .partial_filter_expression(doc! { "status": status.as_str() })
-                .build(),
-        )
-        .build()
-}
-
 fn index(name: &str, keys: Document, unique: bool) -> IndexModel {
     IndexModel::builder()
         .keys(keys)
@@ -92,15 +66,10 @@ pub fn queued_events() -> Vec<IndexModel> {
             doc! { "bucket": 1, "patientId": 1, "seq": 1 },
             true,
         ),
-        of_status(
-            QUEUED_WORK,
+        index(
+            STATUS_BUCKET,
             doc! { "status": 1, "bucket": 1, "patientId": 1, "seq": 1 },
-            EventStatus::Queued,
-        ),
-        of_status(
-            FAILED,
-            doc! { "status": 1, "bucket": 1, "patientId": 1, "seq": 1, "client": 1 },
-            EventStatus::Failed,
+            false,
         ),
         index(
             INTAKE_KEY,

@@ -207,19 +207,23 @@ impl Store {
             .create_indexes(indexes::processed_events())
             .bounded("creating processed_events indexes", self.op_timeout * 5)
             .await?;
+        // Replaced by a compound index: two would cost every outcome write.
+        let names = self
+            .processed
+            .list_index_names()
+            .bounded("listing processed_events indexes", self.op_timeout)
+            .await?;
+        if names.iter().any(|n| n == indexes::OUTCOME_TIME_BEFORE) {
+            self.processed
+                .drop_index(indexes::OUTCOME_TIME_BEFORE)
+                .bounded("dropping a replaced index", self.op_timeout * 5)
+                .await?;
+        }
         self.queued
             .create_indexes(indexes::queued_events())
             .bounded("creating queued_events indexes", self.op_timeout * 5)
             .await?;
-        // Indexes of earlier versions that others replaced (created above,
-        // so no query is left without one): each would cost every write.
-        drop_index_if_present(
-            &self.processed,
-            indexes::OUTCOME_TIME_BEFORE,
-            self.op_timeout,
-        )
-        .await?;
-        drop_index_if_present(&self.queued, indexes::STATUS_BUCKET_BEFORE, self.op_timeout).await
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -386,23 +390,4 @@ fn find_options(
         .limit(limit)
         .hint(hint.map(|name| Hint::Name(name.to_owned())))
         .build()
-}
-
-/// Drops `name` from `collection` if it is there (a start after an upgrade).
-async fn drop_index_if_present<T: Send + Sync>(
-    collection: &Collection<T>,
-    name: &str,
-    op_timeout: Duration,
-) -> Result<(), StoreError> {
-    let names = collection
-        .list_index_names()
-        .bounded("listing indexes", op_timeout)
-        .await?;
-    if names.iter().any(|n| n == name) {
-        collection
-            .drop_index(name)
-            .bounded("dropping a replaced index", op_timeout * 5)
-            .await?;
-    }
-    Ok(())
 }

@@ -32,7 +32,7 @@ pub enum ListedState {
 
 impl ListedState {
     /// The stored status, and what tells this state apart among those events.
-    pub(super) fn filter(self) -> (EventStatus, Document) {
+    fn filter(self) -> (EventStatus, Document) {
         match self {
             Self::Queued => (
                 EventStatus::Queued,
@@ -117,14 +117,57 @@ impl Store {
     /// its bucket, the later buckets), so no server sorts in memory beyond
     /// what it walks.
     pub async fn list_events(&self, query: &ListQuery) -> Result<Vec<QueuedEvent>, StoreError> {
+        let (status, extra) = query.state.filter();
+        let mut base = doc! { "status": status.as_str() };
+        base.extend(extra);
+        if let Some(client) = &query.client {
+            base.insert("client", client);
+        }
+        let patient_bucket = query.patient.as_deref().map(crate::bucket::of);
+        let ranges: Vec<(Document, Document)> = match (&query.after, &query.patient) {
+            (after, Some(patient)) => {
+                let mut filter = base.clone();
+                filter.insert("bucket", patient_bucket.unwrap_or_default());
+                filter.insert("patientId", patient);
+                if let Some(after) = after {
+                    filter.insert("seq", doc! { "$gt": after.seq });
+                }
+                vec![(filter, doc! { "seq": 1 })]
+            }
+            (Some(after), None) => {
+                let mut same_patient = base.clone();
+                same_patient.insert("bucket", after.bucket);
+                same_patient.insert("patientId", &after.patient);
+                same_patient.insert("seq", doc! { "$gt": after.seq });
+                let mut same_bucket = base.clone();
+                same_bucket.insert("bucket", after.bucket);
+                same_bucket.insert("patientId", doc! { "$gt": &after.patient });
+                let mut later = base.clone();
+                later.insert("bucket", doc! { "$gt": after.bucket });
+                vec![
+                    (same_patient, doc! { "seq": 1 }),
+                    (same_bucket, doc! { "patientId": 1, "seq": 1 }),
+                    (later, doc! { "bucket": 1, "patientId": 1, "seq": 1 }),
+                ]
+            }
+            (None, None) => vec![(base, doc! { "bucket": 1, "patientId": 1, "seq": 1 })],
+        };
         let mut found = Vec::new();
-        for mut shape in super::shapes::listing(query) {
+        for (filter, sort) in ranges {
             let missing = query.limit - found.len() as i64;
             if missing <= 0 {
                 break;
             }
-            shape.limit = Some(missing);
-            let page = self.find_all(&self.queued, shape, "listing events").await?;
+            let operation = "listing events";
+            let page: Vec<QueuedEvent> = self
+                .queued
+                .find(filter)
+                .sort(sort)
+                .limit(missing)
+                .projection(doc! { "data": 0 })
+                .max_time(self.op_timeout)
+                .all(operation, self.op_timeout)
+                .await?;
             found.extend(page);
         }
         Ok(found)

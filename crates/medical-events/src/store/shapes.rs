@@ -11,7 +11,6 @@ use mongodb::bson::{DateTime, Document, doc};
 
 use super::documents::EventStatus;
 use super::messages::ControlIdQuery;
-use super::operator::{ListCursor, ListQuery, ListedState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collection {
@@ -75,14 +74,6 @@ impl Shape {
     fn sorted_within_patient(mut self, sort: Document) -> Self {
         self.sort = Some(sort);
         self.sort_scope = SortScope::OnePatient;
-        self
-    }
-
-    /// Planned on `index`, named because not every server would choose it:
-    /// a partial index, whose filter's field the Python test server does
-    /// not match against the key, or one a patient's whole history shares.
-    fn on_index(mut self, index: &'static str) -> Self {
-        self.hint = Some(index);
         self
     }
 
@@ -191,7 +182,6 @@ pub fn next_unfinished(bucket: i32, patient: &str) -> Shape {
         },
     )
     .sorted_within_patient(doc! { "seq": 1 })
-    .on_index(super::indexes::QUEUED_WORK)
     .limit(super::lifecycle::READ_AHEAD)
     .payload_up_to(super::lifecycle::READ_AHEAD_MAX_PAYLOAD)
 }
@@ -220,7 +210,6 @@ pub fn unfinished_senders(bucket: i32, patient: &str) -> Shape {
             "patientId": patient,
         },
     )
-    .on_index(super::indexes::QUEUED_WORK)
     .projection(doc! { "client": 1, "_id": 0 })
 }
 
@@ -232,74 +221,9 @@ pub fn waiting_in(buckets: &[i32]) -> Shape {
         Collection::Queued,
         doc! { "status": EventStatus::Queued.as_str(), "bucket": { "$in": buckets } },
     )
-    .on_index(super::indexes::QUEUED_WORK)
     .projection(doc! {
         "_id": 0, "patientId": 1, "seq": 1, "acceptedAt": 1, "claim.owner": 1, "parked": 1,
     })
-}
-
-/// The operator's list of events in one state, in the order of that
-/// status's index from just after `query.after`: up to three range walks
-/// (the rest of the cursor's patient, the rest of its bucket, the later
-/// buckets), each read in index order, so no server sorts in memory beyond
-/// one patient's. The caller sets each walk's limit.
-pub fn listing(query: &ListQuery) -> Vec<Shape> {
-    let (status, extra) = query.state.filter();
-    // The sort is the hinted index's key order; equal on `status` (and on
-    // `client`'s place, after the unique `seq`), so it lists by bucket,
-    // patient and sequence number.
-    let (index, order) = match status {
-        EventStatus::Failed => (
-            super::indexes::FAILED,
-            doc! { "status": 1, "bucket": 1, "patientId": 1, "seq": 1, "client": 1 },
-        ),
-        _ => (
-            super::indexes::QUEUED_WORK,
-            doc! { "status": 1, "bucket": 1, "patientId": 1, "seq": 1 },
-        ),
-    };
-    let mut base = doc! { "status": status.as_str() };
-    base.extend(extra);
-    if let Some(client) = &query.client {
-        base.insert("client", client);
-    }
-    let walk = |name, filter| {
-        Shape::new(name, Collection::Queued, filter)
-            .projection(doc! { "data": 0 })
-            .on_index(index)
-    };
-    let in_index_order = |name, filter| walk(name, filter).sorted_by_index(order.clone(), index);
-    match (&query.after, &query.patient) {
-        (after, Some(patient)) => {
-            let mut filter = base;
-            filter.insert("bucket", crate::bucket::of(patient));
-            filter.insert("patientId", patient);
-            if let Some(after) = after {
-                filter.insert("seq", doc! { "$gt": after.seq });
-            }
-            vec![
-                walk("listed events of a patient", filter).sorted_within_patient(doc! { "seq": 1 }),
-            ]
-        }
-        (Some(after), None) => {
-            let mut same_patient = base.clone();
-            same_patient.insert("bucket", after.bucket);
-            same_patient.insert("patientId", &after.patient);
-            same_patient.insert("seq", doc! { "$gt": after.seq });
-            let mut same_bucket = base.clone();
-            same_bucket.insert("bucket", after.bucket);
-            same_bucket.insert("patientId", doc! { "$gt": &after.patient });
-            let mut later = base;
-            later.insert("bucket", doc! { "$gt": after.bucket });
-            vec![
-                walk("listed events: the rest of a patient", same_patient)
-                    .sorted_within_patient(doc! { "seq": 1 }),
-                in_index_order("listed events: the rest of a bucket", same_bucket),
-                in_index_order("listed events: later buckets", later),
-            ]
-        }
-        (None, None) => vec![in_index_order("listed events", base)],
-    }
 }
 
 /// The event a fenced write is about. The fence itself (epoch and claim
@@ -429,7 +353,7 @@ pub fn pending_audits(limit: i64) -> Shape {
 /// Every hot shape, with sample arguments, for the plan test.
 pub fn hot_for_explain() -> Vec<Shape> {
     let ids = ["00000000-0000-7000-8000-000000000001".to_owned()];
-    let mut shapes = vec![
+    vec![
         last_seq(3, "patient-1"),
         intake_key(3, "patient-1", "k:client:key"),
         event(&ids[0]),
@@ -449,41 +373,11 @@ pub fn hot_for_explain() -> Vec<Shape> {
         outcomes_since(DateTime::from_millis(1_000), None, 500),
         outcomes_since(DateTime::from_millis(1_000), Some("client"), 500),
         pending_audits(100),
-    ];
-    shapes.push(by_control_id(&ControlIdQuery {
-        control_id: "MSG00001",
-        client: Some("client"),
-        sending_application: Some("LAB"),
-        sending_facility: Some("HOSP"),
-    }));
-    // The operator's lists, of every state, first pages and later ones.
-    let after = ListCursor {
-        bucket: 3,
-        patient: "patient-1".to_owned(),
-        seq: 2,
-    };
-    for state in [
-        ListedState::Queued,
-        ListedState::Processing,
-        ListedState::Parked,
-        ListedState::Failed,
-    ] {
-        for (client, after) in [(None, None), (Some("client"), Some(after.clone()))] {
-            shapes.extend(listing(&ListQuery {
-                state,
-                patient: None,
-                client: client.map(str::to_owned),
-                after,
-                limit: 50,
-            }));
-        }
-        shapes.extend(listing(&ListQuery {
-            state,
-            patient: Some("patient-1".to_owned()),
-            client: None,
-            after: None,
-            limit: 50,
-        }));
-    }
-    shapes
+        by_control_id(&ControlIdQuery {
+            control_id: "MSG00001",
+            client: Some("client"),
+            sending_application: Some("LAB"),
+            sending_facility: Some("HOSP"),
+        }),
+    ]
 }
