@@ -373,9 +373,10 @@ fn durable() -> WriteConcern {
         .build()
 }
 
-/// [`durable`] as a command's `writeConcern` field.
-fn durable_command() -> Document {
-    doc! { "w": "majority", "j": true }
+/// [`durable`] as a command's `writeConcern` field, encoded (the update
+/// batchers append it to every command they send).
+fn durable_command() -> mongodb::bson::RawDocumentBuf {
+    mongodb::bson::rawdoc! { "w": "majority", "j": true }
 }
 
 fn find_options(

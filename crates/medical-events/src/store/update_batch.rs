@@ -81,8 +81,9 @@ pub(crate) struct Guarded {
 /// document takes the condition and changes of the member at its position.
 fn merged(members: &[&Encoded]) -> Result<RawDocumentBuf, raw::Error> {
     let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+    let distinct_flags = unique(members.iter().map(|m| m.flag));
     let mut flags = RawDocumentBuf::new();
-    for flag in unique(members.iter().map(|m| m.flag)) {
+    for &flag in &distinct_flags {
         let leaves: Vec<RawBsonRef> = (members.iter())
             .map(|m| {
                 if m.flag == flag {
@@ -113,17 +114,13 @@ fn merged(members: &[&Encoded]) -> Result<RawDocumentBuf, raw::Error> {
             .collect();
         changes.append(field, by_position(&leaves, 0));
     }
-    let mut scratch = RawArrayBuf::new();
-    for flag in unique(members.iter().map(|m| m.flag)) {
-        scratch.push(flag);
-    }
+    let mut scratch = raw_array(distinct_flags);
     scratch.push(POSITION);
-    let mut literal = RawArrayBuf::new();
-    for id in &ids {
-        literal.push(id.as_str());
-    }
     let mut position = RawArrayBuf::new();
-    position.push(raw_doc("$literal", literal));
+    position.push(raw_doc(
+        "$literal",
+        raw_array(ids.iter().map(String::as_str)),
+    ));
     position.push("$_id");
     let pipeline = [
         raw_doc(
@@ -311,7 +308,7 @@ impl UpdateBatcher {
     pub(crate) fn spawn(
         db: Database,
         collection: &'static str,
-        write_concern: Document,
+        write_concern: RawDocumentBuf,
         op_timeout: Duration,
         operation: &'static str,
         max_merged: Arc<AtomicUsize>,
@@ -359,7 +356,7 @@ impl UpdateBatcher {
 struct Target {
     db: Database,
     collection: &'static str,
-    write_concern: Document,
+    write_concern: RawDocumentBuf,
     op_timeout: Duration,
     operation: &'static str,
     /// Guarded updates per merged statement at most (the store's setting).
@@ -538,24 +535,18 @@ async fn execute(
     writes: &[&Write],
     max_merged: usize,
 ) -> Result<Vec<Fate>, Failure> {
-    let encoded = plan(writes, max_merged).and_then(|wires| {
-        let mut updates = RawArrayBuf::new();
-        let mut carried = Vec::with_capacity(wires.len());
-        for wire in wires {
-            updates.push(wire.statement);
-            carried.push(wire.members);
-        }
-        let mut command = RawDocumentBuf::new();
-        command.append("update", target.collection);
-        command.append("updates", updates);
-        command.append("ordered", false);
-        command.append(
-            "writeConcern",
-            RawDocumentBuf::from_document(&target.write_concern)?,
-        );
-        Ok((command, carried))
-    });
-    let (command, carried) = encoded.map_err(Failure::Encode)?;
+    let wires = plan(writes, max_merged).map_err(Failure::Encode)?;
+    let mut updates = RawArrayBuf::new();
+    let mut carried = Vec::with_capacity(wires.len());
+    for wire in wires {
+        updates.push(wire.statement);
+        carried.push(wire.members);
+    }
+    let mut command = RawDocumentBuf::new();
+    command.append("update", target.collection);
+    command.append("updates", updates);
+    command.append("ordered", false);
+    command.append_ref("writeConcern", &target.write_concern);
     let reply = match (target.db.run_raw_command(command))
         .bounded_raw(target.operation, target.op_timeout)
         .await
