@@ -7,7 +7,10 @@
 # python: secantusd-py from PyPI, installed into .mongo/venv (about 30 s);
 #   the test suite's server. STORAGE_PATH may be ':memory:' for it.
 # Both run with --sync-on-commit on disk: a write acknowledged as journaled
-# is on disk, as on MongoDB.
+# is on disk, as on MongoDB. The compiled one also with --data-nonlogged, as
+# mongod in a replica set: only the oplog is journaled, and a start after a
+# crash replays it from the last checkpoint (each write logged once; every
+# acknowledged write still survives kill -9: tests/e2e/resilience.rs).
 # The compiled server's cache is MONGO_CACHE_SIZE, by default the stack
 # crate's DEFAULT_CACHE_SIZE (crates/stack/src/database.rs says why 2G).
 set -euo pipefail
@@ -28,7 +31,7 @@ case "$kind" in
             crates/stack/src/database.rs)}
         setsid .tools/secantus-rs/bin/secantusd-rs --host 127.0.0.1 --port "$port" \
             --storage-path "$storage" --cache-size "${cache:?no DEFAULT_CACHE_SIZE in crates/stack/src/database.rs}" \
-            --log-file-max 32MB --log-level WARNING --sync-on-commit >"$log" 2>&1 &
+            --log-file-max 32MB --log-level WARNING --sync-on-commit --data-nonlogged >"$log" 2>&1 &
         ;;
     python)
         scripts/install-mongo.sh

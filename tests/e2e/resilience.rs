@@ -77,6 +77,18 @@ async fn assert_all_processed_once_in_order(db: &Db, accepted: &[(String, Vec<St
     }
 }
 
+/// A processor (work of `min_ms` to `max_ms`) and an ingest on `uri` that
+/// give up on an unanswering database after half a second.
+async fn services_quick_to_give_up(uri: &str, min_ms: u64, max_ms: u64) -> (Service, Service) {
+    let mut env = processor_env(uri, min_ms, max_ms);
+    env.push(("MONGO_TIMEOUT_MS", "500".to_owned()));
+    let processor = Service::start("processor", &env).await;
+    let mut env = ingest_env(uri, &processor.url());
+    env.push(("MONGO_TIMEOUT_MS", "500".to_owned()));
+    let ingest = Service::start("ingest", &env).await;
+    (processor, ingest)
+}
+
 #[tokio::test]
 async fn processor_killed_with_sigkill_mid_run_loses_and_duplicates_nothing() {
     let uri = fresh_database_uri();
@@ -150,12 +162,7 @@ async fn ingest_restarted_under_load_accepts_each_event_exactly_once() {
 async fn mongodb_outage_gives_503_then_everything_recovers() {
     let mut mongo = MongoServer::start_on_disk();
     let uri = format!("{}/outage", mongo.base_uri());
-    let mut env = processor_env(&uri, 20, 30);
-    env.push(("MONGO_TIMEOUT_MS", "500".to_owned()));
-    let processor = Service::start("processor", &env).await;
-    let mut env = ingest_env(&uri, &processor.url());
-    env.push(("MONGO_TIMEOUT_MS", "500".to_owned()));
-    let ingest = Service::start("ingest", &env).await;
+    let (processor, ingest) = services_quick_to_give_up(&uri, 20, 30).await;
     let client = crate::support::client();
     let before = send_load(&ingest.url(), "outage", 3, 3).await;
 
@@ -201,6 +208,42 @@ async fn mongodb_outage_gives_503_then_everything_recovers() {
     // The 503'd request was never stored: 18 events, not 19.
     assert_all_processed_once_in_order(&db, &accepted).await;
     assert_eq!(db.count("queued_events", doc! {}).await, 18);
+}
+
+/// The compiled server (the one `make run` uses, journaling only its oplog,
+/// as mongod in a replica set) killed with SIGKILL while events are being
+/// accepted and processed: every event that got a 202 is there after the
+/// restart, and is processed once, in its patient's order. Runs with the
+/// compiled server's tests (`make test`'s second phase).
+#[tokio::test]
+async fn acknowledged_events_survive_the_compiled_database_killed_mid_load() {
+    let mut mongo = MongoServer::start_compiled_on_disk();
+    let uri = format!("{}/killed", mongo.base_uri());
+    let (_processor, ingest) = services_quick_to_give_up(&uri, 0, 5).await;
+    let db = Db::connect(&uri).await;
+
+    let url = ingest.url();
+    let load = tokio::spawn(async move { send_load(&url, "killed", 20, 10).await });
+    wait_until(
+        Duration::from_secs(60),
+        "events stored before the kill",
+        || async { db.count("queued_events", doc! {}).await >= 60 },
+    )
+    .await;
+    mongo.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _mongo = tokio::task::spawn_blocking(move || {
+        mongo.restart();
+        mongo
+    })
+    .await
+    .unwrap();
+
+    // Each client retried what was not answered with a 202 (with its key,
+    // so at most once); what was answered must have survived the crash.
+    let accepted = load.await.unwrap();
+    assert_eq!(db.count("queued_events", doc! {}).await, 200);
+    assert_all_processed_once_in_order(&db, &accepted).await;
 }
 
 /// Holds `squatter` until `log` shows, after what it holds now, a run that
