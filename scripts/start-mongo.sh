@@ -7,10 +7,14 @@
 # python: secantusd-py from PyPI, installed into .mongo/venv (about 30 s);
 #   the test suite's server. STORAGE_PATH may be ':memory:' for it.
 # Both run with --sync-on-commit on disk: a write acknowledged as journaled
-# is on disk, as on MongoDB. The compiled one also with --data-nonlogged, as
-# mongod in a replica set: only the oplog is journaled, and a start after a
-# crash replays it from the last checkpoint (each write logged once; every
-# acknowledged write still survives kill -9: tests/e2e/resilience.rs).
+# is on disk, as on MongoDB. A new compiled store is created with
+# --data-nonlogged, as mongod in a replica set: only the oplog is journaled,
+# and a start after a crash replays it from the last checkpoint (each write
+# logged once; every acknowledged write still survives kill -9:
+# tests/e2e/resilience.rs). Only a new one: the server records the mode at a
+# store's first start, but a store made with full journaling has no record,
+# and switching it over would be unsafe after a crash (crates/stack's
+# Storage::is_new says the same).
 # The compiled server's cache is MONGO_CACHE_SIZE, by default the stack
 # crate's DEFAULT_CACHE_SIZE (crates/stack/src/database.rs says why 2G).
 set -euo pipefail
@@ -26,12 +30,17 @@ fi
 case "$kind" in
     compiled)
         scripts/install-secantus-rs.sh
+        mode=()
+        if [[ ! -d "$storage" || -z "$(ls -A "$storage")" ]]; then mode=(--data-nonlogged); fi
         mkdir -p "$storage"
         cache=${MONGO_CACHE_SIZE:-$(sed -n 's/^pub const DEFAULT_CACHE_SIZE: &str = "\(.*\)";$/\1/p' \
             crates/stack/src/database.rs)}
-        setsid .tools/secantus-rs/bin/secantusd-rs --host 127.0.0.1 --port "$port" \
+        # Either variable would let the server acknowledge a write before its
+        # oplog entry is durable, which the replay after a crash relies on.
+        env -u SECANTUS_OPLOG_ASYNC -u SECANTUS_OPLOG_NONLOGGED \
+            setsid .tools/secantus-rs/bin/secantusd-rs --host 127.0.0.1 --port "$port" \
             --storage-path "$storage" --cache-size "${cache:?no DEFAULT_CACHE_SIZE in crates/stack/src/database.rs}" \
-            --log-file-max 32MB --log-level WARNING --sync-on-commit --data-nonlogged >"$log" 2>&1 &
+            --log-file-max 32MB --log-level WARNING --sync-on-commit "${mode[@]}" >"$log" 2>&1 &
         ;;
     python)
         scripts/install-mongo.sh

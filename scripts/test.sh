@@ -58,8 +58,8 @@ step "tests (Python server)"
 # 100,000 waiting patients (its batches, not the plan, are what the Python
 # server is slow at; the plan is checked on both), and the crash of the
 # compiled server itself (it starts its own, once this phase installed it).
-# The protocol model
-# (crates/protocol-model) runs here with the rest of the workspace.
+# The protocol model (crates/protocol-model) runs here with the rest of the
+# workspace.
 heavy='test(/^fleet::/) | test(/^database_time::/) | test(never_reads) | test(recovery_finds_100000) | test(compiled_database_killed)'
 cargo nextest run --workspace --locked --no-fail-fast -E "not ($heavy)"
 

@@ -213,36 +213,60 @@ async fn mongodb_outage_gives_503_then_everything_recovers() {
 /// The compiled server (the one `make run` uses, journaling only its oplog,
 /// as mongod in a replica set) killed with SIGKILL while events are being
 /// accepted and processed: every event that got a 202 is there after the
-/// restart, and is processed once, in its patient's order. Runs with the
-/// compiled server's tests (`make test`'s second phase).
+/// restart, and is processed once, in its patient's order. Checkpoints every
+/// second and an oplog capped at 50 entries, so that the kill comes after
+/// checkpoints and pruning, and the restart replays from the last one. Runs
+/// with the compiled server's tests (`make test`'s second phase).
 #[tokio::test]
 async fn acknowledged_events_survive_the_compiled_database_killed_mid_load() {
-    let mut mongo = MongoServer::start_compiled_on_disk();
+    let mut mongo = MongoServer::start_compiled_on_disk(&[
+        "--checkpoint-seconds",
+        "1",
+        "--oplog-max-entries",
+        "50",
+    ]);
     let uri = format!("{}/killed", mongo.base_uri());
     let (_processor, ingest) = services_quick_to_give_up(&uri, 0, 5).await;
     let db = Db::connect(&uri).await;
 
     let url = ingest.url();
-    let load = tokio::spawn(async move { send_load(&url, "killed", 20, 10).await });
+    let load = tokio::spawn(async move { send_load(&url, "killed", 20, 50).await });
     wait_until(
         Duration::from_secs(60),
         "events stored before the kill",
         || async { db.count("queued_events", doc! {}).await >= 60 },
     )
     .await;
+    // A checkpoint (one a second) after some events, then more events.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        db.count("queued_events", doc! {}).await < 1_000 && !load.is_finished(),
+        "the kill must come while events are still being accepted"
+    );
     mongo.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = mongo.log_path().expect("the tests' servers log").clone();
+    let before_restart = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
     let _mongo = tokio::task::spawn_blocking(move || {
         mongo.restart();
         mongo
     })
     .await
     .unwrap();
+    let restart_log =
+        String::from_utf8_lossy(&std::fs::read(&log).unwrap()[before_restart..]).into_owned();
+    assert!(
+        restart_log.contains("recover_from_oplog: replayed"),
+        "the restart replays the oplog: {restart_log}"
+    );
+    assert!(
+        !restart_log.contains("undecodable") && !restart_log.contains("re-application skipped"),
+        "nothing of the oplog skipped: {restart_log}"
+    );
 
     // Each client retried what was not answered with a 202 (with its key,
     // so at most once); what was answered must have survived the crash.
     let accepted = load.await.unwrap();
-    assert_eq!(db.count("queued_events", doc! {}).await, 200);
+    assert_eq!(db.count("queued_events", doc! {}).await, 1_000);
     assert_all_processed_once_in_order(&db, &accepted).await;
 }
 

@@ -83,6 +83,26 @@ pub enum Storage {
     Dir(PathBuf),
 }
 
+impl Storage {
+    /// A directory not created yet, or empty: a store the server will create.
+    ///
+    /// Only a new store gets `--data-nonlogged` (mongod's split in a replica
+    /// set: only the oplog is journaled, and a start after a crash replays it
+    /// from the last checkpoint; each write is logged once, not once per
+    /// table and index). The server records the mode in the store at its
+    /// first start and keeps it after that. But a store created with full
+    /// journaling has no such record, and given the flag it would switch
+    /// modes over tables created the other way: unsafe after a crash.
+    fn is_new(&self) -> bool {
+        match self {
+            Self::Memory => false,
+            Self::Dir(dir) => {
+                std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none())
+            }
+        }
+    }
+}
+
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct DatabaseSpec {
@@ -100,6 +120,8 @@ pub struct DatabaseSpec {
     pub start_timeout: Duration,
     /// How long a stop waits after SIGTERM before SIGKILL.
     pub stop_timeout: Duration,
+    /// Appended to the command line (a test's `--checkpoint-seconds`).
+    pub extra_args: Vec<String>,
 }
 
 impl DatabaseSpec {
@@ -114,6 +136,7 @@ impl DatabaseSpec {
             own_process_group: false,
             start_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(10),
+            extra_args: Vec::new(),
         }
     }
 
@@ -136,16 +159,11 @@ impl DatabaseSpec {
         // (a store in memory has no disk).
         if matches!(self.storage, Storage::Dir(_)) {
             args.push("--sync-on-commit".to_owned());
-            // mongod's split in a replica set: only the oplog is journaled,
-            // and a start after a crash replays it from the last checkpoint,
-            // so every acknowledged write still survives a kill -9
-            // (tests/e2e/resilience.rs, `acknowledged_events_survive_the_compiled_database_killed_mid_load`) while each write is logged once, not
-            // once per table and index. A store keeps the mode it was
-            // created with.
-            if self.kind == DatabaseKind::Compiled {
+            if self.kind == DatabaseKind::Compiled && self.storage.is_new() {
                 args.push("--data-nonlogged".to_owned());
             }
         }
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 }
@@ -174,10 +192,11 @@ impl MongoServer {
     }
 
     /// The compiled server (the one `make run` uses) with its data on disk,
-    /// as start-mongo.sh runs it.
-    pub fn start_compiled_on_disk() -> Self {
+    /// as start-mongo.sh runs it, plus `extra_args`.
+    pub fn start_compiled_on_disk(extra_args: &[&str]) -> Self {
         let mut spec = DatabaseSpec::new(DatabaseKind::Compiled, Self::test_storage());
         spec.cache_size = "256M".to_owned();
+        spec.extra_args = extra_args.iter().map(|arg| (*arg).to_owned()).collect();
         Self::start_with_log(spec)
     }
 
@@ -346,6 +365,10 @@ impl MongoServer {
         let mut command = Command::new(&self.spec.binary);
         command
             .args(self.spec.args(self.port))
+            // Each makes the server acknowledge writes whose oplog entry is
+            // not yet durable, which the replay after a crash depends on.
+            .env_remove("SECANTUS_OPLOG_ASYNC")
+            .env_remove("SECANTUS_OPLOG_NONLOGGED")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -417,13 +440,28 @@ mod tests {
 
     #[test]
     fn compiled_server_arguments_match_start_mongo_sh() {
-        let mut spec = DatabaseSpec::new(DatabaseKind::Compiled, Storage::Dir("/tmp/db".into()));
+        let dir = std::env::temp_dir().join(uuid::Uuid::new_v4().simple().to_string());
+        let mut spec = DatabaseSpec::new(DatabaseKind::Compiled, Storage::Dir(dir.clone()));
         spec.cache_size = "256M".to_owned();
+        let base = format!(
+            "--host 127.0.0.1 --port 27017 --storage-path {} --log-level WARNING \
+             --cache-size 256M --log-file-max 32MB --sync-on-commit",
+            dir.display()
+        );
+        // A new store journals only its oplog; an existing one is left in
+        // the mode it was created with.
         assert_eq!(
             spec.args(27017).join(" "),
-            "--host 127.0.0.1 --port 27017 --storage-path /tmp/db --log-level WARNING \
-             --cache-size 256M --log-file-max 32MB --sync-on-commit --data-nonlogged"
+            format!("{base} --data-nonlogged")
         );
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(
+            spec.args(27017).join(" "),
+            format!("{base} --data-nonlogged")
+        );
+        std::fs::write(dir.join("WiredTiger"), b"").unwrap();
+        assert_eq!(spec.args(27017).join(" "), base);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
