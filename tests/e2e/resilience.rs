@@ -244,16 +244,13 @@ async fn acknowledged_events_survive_the_compiled_database_killed_mid_load() {
         "the kill must come while events are still being accepted"
     );
     mongo.kill();
-    let log = mongo.log_path().expect("the tests' servers log").clone();
-    let before_restart = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
-    let _mongo = tokio::task::spawn_blocking(move || {
+    let mongo = tokio::task::spawn_blocking(move || {
         mongo.restart();
         mongo
     })
     .await
     .unwrap();
-    let restart_log =
-        String::from_utf8_lossy(&std::fs::read(&log).unwrap()[before_restart..]).into_owned();
+    let restart_log = mongo.run_log();
     assert!(
         restart_log.contains("recover_from_oplog: replayed"),
         "the restart replays the oplog: {restart_log}"

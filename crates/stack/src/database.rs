@@ -327,15 +327,19 @@ impl MongoServer {
         }
     }
 
+    /// What the current run has written to its log (empty without a log).
+    pub fn run_log(&self) -> String {
+        let Some(path) = &self.spec.log else {
+            return String::new();
+        };
+        let log = std::fs::read(path).unwrap_or_default();
+        String::from_utf8_lossy(log.get(self.log_offset..).unwrap_or_default()).into_owned()
+    }
+
     /// Whether this run's log says its port was taken (both servers print
     /// the system's words for it).
     fn run_could_not_bind(&self) -> bool {
-        let Some(path) = &self.spec.log else {
-            return false;
-        };
-        let log = std::fs::read(path).unwrap_or_default();
-        (log.get(self.log_offset..))
-            .is_some_and(|run| String::from_utf8_lossy(run).contains("Address already in use"))
+        self.run_log().contains("Address already in use")
     }
 
     /// Starts one run on the storage and waits for its port.
