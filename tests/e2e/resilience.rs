@@ -393,6 +393,50 @@ async fn sigterm_past_the_grace_period_hands_the_event_back() {
     assert_all_processed_once_in_order(&db, &accepted).await;
 }
 
+/// A SIGTERM while the database does not answer (the processor's hand-back
+/// and lease release cannot land): the processor still exits within
+/// `SHUTDOWN_GRACE_MS` plus the few seconds the README tells orchestrators
+/// to allow, instead of waiting out each store operation's deadline; the
+/// event it held is done once, in order, after a restart.
+#[tokio::test]
+async fn sigterm_with_the_database_frozen_exits_soon_after_the_grace_period() {
+    let proxy = FaultProxy::start_for_shared().await;
+    let database = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let direct = format!("{}/{database}", crate::support::shared_mongo());
+    let grace = Duration::from_millis(500);
+    let mut env = processor_env(&proxy.uri(&database), 3000, 3000);
+    env.push(("SHUTDOWN_GRACE_MS", grace.as_millis().to_string()));
+    let mut processor = Service::start("processor", &env).await;
+    let ingest = Service::start("ingest", &ingest_env(&direct, &processor.url())).await;
+    let accepted = send_load(&ingest.url(), "frozen-stop", 1, 2).await;
+    let db = Db::connect(&direct).await;
+    wait_until(Duration::from_secs(10), "the event in flight", || async {
+        db.count("queued_events", doc! { "claim": { "$exists": true } })
+            .await
+            == 1
+    })
+    .await;
+
+    proxy.freeze(true);
+    let started = std::time::Instant::now();
+    let status = processor
+        .try_terminate(Duration::from_secs(40))
+        .await
+        .expect("the processor exits on SIGTERM");
+    let took = started.elapsed();
+    assert!(status.success(), "processor exit status {status}");
+    // The README's bound (the grace plus `AFTER_GRACE`, 4 s), with a
+    // second for the process's own start of shutdown and exit.
+    assert!(
+        took < grace + Duration::from_secs(5),
+        "exit took {took:?} after SIGTERM with a {grace:?} grace"
+    );
+
+    proxy.freeze(false);
+    processor.restart().await;
+    assert_all_processed_once_in_order(&db, &accepted).await;
+}
+
 #[tokio::test]
 async fn a_database_that_stops_answering_gives_503_not_a_hang() {
     let upstream = crate::support::shared_mongo()

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{MongoSettings, PatientLoggingSetting};
@@ -81,6 +82,9 @@ pub(crate) async fn open_store(
 
 /// Serves the public router and, on its own listener, `/metrics`, until
 /// `shutdown` resolves; both under the connection limits of `limits`.
+/// Cancels `stopping` when `shutdown` resolves (what else the service stops
+/// then runs during the HTTP drain) and when serving ends for any reason.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_both(
     listener: TcpListener,
     router: axum::Router,
@@ -89,7 +93,13 @@ pub(crate) async fn serve_both(
     limits: ConnectionLimits,
     service: &'static str,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: &CancellationToken,
 ) -> Result<(), StartupError> {
+    let signal = stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        signal.cancel();
+    };
     let (stop, stopped) = watch::channel(false);
     let metrics_task = metrics.map(|listener| {
         let mut stopped = stopped.clone();
@@ -108,6 +118,7 @@ pub(crate) async fn serve_both(
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(port = port_of(&listener), "{service} listening ({scheme})");
     crate::http::listener::serve(listener, router, tls, limits, service, shutdown).await;
+    stopping.cancel();
     let _ = stop.send(true);
     if let Some(task) = metrics_task {
         let _ = task.await;

@@ -105,7 +105,6 @@ impl IngestApp {
             stopping.clone(),
             connections.clone(),
         );
-        let stop = stopping.clone();
         let served = serve_both(
             self.listener,
             self.router,
@@ -113,14 +112,11 @@ impl IngestApp {
             self.metrics,
             self.connections,
             "ingest",
-            async move {
-                shutdown.await;
-                stop.cancel();
-            },
+            shutdown,
+            &stopping,
         )
         .await;
         // HTTP is drained; MLLP connections finish the message in hand.
-        stopping.cancel();
         connections.close();
         connections.wait().await;
         served?;

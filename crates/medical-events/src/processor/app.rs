@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::mllp_delivery::MllpDelivery;
@@ -102,14 +103,17 @@ impl ProcessorApp {
         self.metrics.as_ref().map(port_of)
     }
 
-    /// Serves until `shutdown` resolves; then stops taking requests, lets
-    /// the lanes finish or hand back their events within the grace period,
-    /// and releases its bucket leases.
+    /// Serves until `shutdown` resolves; then stops taking requests while
+    /// the lanes finish or hand back their events within the grace period
+    /// and the bucket leases are released. Both at once, so that the exit
+    /// comes after the grace (plus `AFTER_GRACE`) or the HTTP drain,
+    /// whichever is longer, not after the two added up.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        serve_both(
+        let stopping = CancellationToken::new();
+        let serving = serve_both(
             self.listener,
             self.router,
             self.tls,
@@ -117,9 +121,14 @@ impl ProcessorApp {
             self.connections,
             "processor",
             shutdown,
-        )
-        .await?;
-        self.worker.shutdown(self.shutdown_grace).await;
+            &stopping,
+        );
+        let worker = async {
+            stopping.cancelled().await;
+            self.worker.shutdown(self.shutdown_grace).await;
+        };
+        let (served, ()) = tokio::join!(serving, worker);
+        served?;
         info!("processor stopped");
         Ok(())
     }

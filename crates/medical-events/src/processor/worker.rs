@@ -27,6 +27,13 @@ pub struct WorkerConfig {
     pub retention: Option<Retention>,
 }
 
+/// How long a shutdown may take past its grace period: interrupting the
+/// lanes and handing their events back, then releasing the leases. Past it
+/// the process exits anyway (the README's bound for orchestrators): what
+/// was not written then is what a crash leaves, claims in doubt and leases
+/// that end with the session, and the fleet recovers from both.
+pub const AFTER_GRACE: Duration = Duration::from_secs(4);
+
 /// How often the fleet's pruner runs a pass (on one instance at a time).
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -109,11 +116,21 @@ impl<H: EventHandler> Worker<H> {
 
     /// Graceful stop: lanes finish (or hand back after `grace`) the events in
     /// hand, then every lease is released at once for the rest of the fleet.
+    /// Returns at most [`AFTER_GRACE`] after `grace`, whether or not the
+    /// database answers.
     pub async fn shutdown(&self, grace: Duration) {
+        let done_by = tokio::time::Instant::now() + grace + AFTER_GRACE;
         self.stop.cancel();
         self.keeper.stop();
-        self.scheduler.shutdown(grace).await;
-        self.keeper.release_all().await;
+        self.scheduler.shutdown(grace, AFTER_GRACE / 2).await;
+        if tokio::time::timeout_at(done_by, self.keeper.release_all())
+            .await
+            .is_err()
+        {
+            warn!(
+                "the database did not take the lease release in time; the leases end with the session"
+            );
+        }
     }
 }
 

@@ -347,8 +347,9 @@ impl<H: EventHandler> Scheduler<H> {
     }
 
     /// Stops starting events, waits up to `grace` for those in hand, then
-    /// interrupts the rest and hands them back to the queue.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// interrupts the rest and waits up to `hand_back` while they hand their
+    /// events back to the queue.
+    pub async fn shutdown(&self, grace: Duration, hand_back: Duration) {
         self.inner.draining.cancel();
         self.inner.tracker.close();
         if tokio::time::timeout(grace, self.inner.tracker.wait())
@@ -360,7 +361,7 @@ impl<H: EventHandler> Scheduler<H> {
                 "grace period over; handing back in-flight events"
             );
             self.inner.abort.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tracker.wait()).await;
+            let _ = tokio::time::timeout(hand_back, self.inner.tracker.wait()).await;
         }
         info!("scheduler stopped");
     }
