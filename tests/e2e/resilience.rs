@@ -425,10 +425,10 @@ async fn sigterm_with_the_database_frozen_exits_soon_after_the_grace_period() {
         .expect("the processor exits on SIGTERM");
     let took = started.elapsed();
     assert!(status.success(), "processor exit status {status}");
-    // The README's bound (the grace plus `AFTER_GRACE`, 4 s), with a
-    // second for the process's own start of shutdown and exit.
+    // The README's bound (the grace plus `AFTER_GRACE`, 4 s), with 3 s for
+    // the signal, the exit and a busy machine; before, 19.6 s.
     assert!(
-        took < grace + Duration::from_secs(5),
+        took < grace + Duration::from_secs(7),
         "exit took {took:?} after SIGTERM with a {grace:?} grace"
     );
 

@@ -123,7 +123,7 @@ impl<H: EventHandler> Worker<H> {
         self.stop.cancel();
         self.keeper.stop();
         self.scheduler.shutdown(grace, AFTER_GRACE / 2).await;
-        if tokio::time::timeout_at(done_by, self.keeper.release_all())
+        if tokio::time::timeout_at(done_by, self.keeper.release_all(done_by))
             .await
             .is_err()
         {

@@ -356,19 +356,26 @@ impl Keeper {
     /// which nothing was cut is released at once; a lease under which work
     /// was cut off (the downstream may still be working on it) is left to
     /// expire with the session, `LEASE_MS` after its last renewal, and the
-    /// session stays until then.
-    pub async fn release_all(&self) {
+    /// session stays until then. The caller bounds it by `done_by`: half of
+    /// the time left may go to hand-overs under way, the rest is the
+    /// release's.
+    pub async fn release_all(&self, done_by: tokio::time::Instant) {
         self.no_more_buckets.cancel();
         self.stop.cancel();
         self.releases.close();
-        // Hand-overs under way finish with the lanes (which have stopped).
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.releases.wait()).await;
+        // Hand-overs under way finish with the lanes (which have stopped);
+        // a hand-over not done by then is released by the write below.
+        let left = done_by.saturating_duration_since(tokio::time::Instant::now());
+        let _ =
+            tokio::time::timeout(left.min(Duration::from_secs(10)) / 2, self.releases.wait()).await;
         let session = self.ownership.session();
+        // A lane still holding an event (its hand-back or a write still
+        // under way) counts as cut: its bucket waits for the session's end.
         let cut: Vec<String> = self
             .ownership
             .all()
             .iter()
-            .filter(|lease| lease.was_cut())
+            .filter(|lease| lease.was_cut() || lease.in_flight() > 0)
             .map(|lease| leases::bucket_id(lease.bucket))
             .collect();
         let released = match self.leases.release_all_but(&session, &cut).await {
