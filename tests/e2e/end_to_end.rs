@@ -346,10 +346,12 @@ async fn the_change_stream_covers_a_lease_that_lapsed_and_came_back() {
     wait_stream_open(&metrics).await;
 
     let sent = answer_next_renewal_late(&proxy).await;
-    // Half a second into the gap (a renewal may leave a little after its
-    // tick): the stream's next getMore fails, and so does the driver's
-    // resume, so the watcher finds no usable lease to open it on.
-    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    // 0.4 s into the gap (a renewal may leave a little after its tick): the
+    // stream's next getMore fails, and so does the driver's resume, so the
+    // watcher finds no usable lease to open it on. Not later: the getMore
+    // comes only when the one in flight returns, and on a busy machine the
+    // three faults took until 8.02 s when the rules went in at 6.5 s.
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
     let cut = proxy.on_next("getMore", "queued_events", Fault::DropRequest, 1);
     // (The driver resumes a stream once, and retries that read once.)
     let resume = proxy.on(
