@@ -366,8 +366,8 @@ impl Keeper {
         // Hand-overs under way finish with the lanes (which have stopped);
         // a hand-over not done by then is released by the write below.
         let left = done_by.saturating_duration_since(tokio::time::Instant::now());
-        let _ =
-            tokio::time::timeout(left.min(Duration::from_secs(10)) / 2, self.releases.wait()).await;
+        let wait = (left / 2).min(Duration::from_secs(5));
+        let _ = tokio::time::timeout(wait, self.releases.wait()).await;
         let session = self.ownership.session();
         // A lane still holding an event (its hand-back or a write still
         // under way) counts as cut: its bucket waits for the session's end.
