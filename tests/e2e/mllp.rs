@@ -463,6 +463,56 @@ async fn latin_1_is_decoded_by_msh_18_or_by_the_listener_default() {
     );
 }
 
+/// Some senders (Windows tools, v2 interfaces that predate v2.5's advice
+/// against it) put a UTF-8 byte-order mark before the MSH.
+#[tokio::test]
+async fn a_byte_order_mark_before_msh_is_dropped_and_reads_the_message_as_utf_8() {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let with_bom = |text: &str| -> Vec<u8> { [BOM, text.as_bytes()].concat() };
+    // On a listener whose default is Latin-1: the mark says UTF-8.
+    let (ingest, db) = start(";charset=8859/1").await;
+    let mut client = connect(&ingest).await;
+    let message = oru("BOM-1", "MRN-Ü3", "1").replace("MOUSE^MINA", "MÜLLER^JÖRG");
+    client.send_bytes(&with_bom(&message)).await;
+    let answer = client.reply().await;
+    assert_eq!(
+        ack(&answer),
+        ("AA".to_owned(), "BOM-1".to_owned()),
+        "{answer}"
+    );
+    let stored = db.events_of("MRN-Ü3").await;
+    assert_eq!(stored.len(), 1, "the patient id is read as UTF-8 too");
+    let text = hl7(&stored[0]).get_str("message").unwrap();
+    assert!(text.starts_with("MSH|"), "the mark is not stored: {text:?}");
+    assert!(text.contains("MÜLLER^JÖRG"), "{text:?}");
+
+    // A batch file after a mark is read as one.
+    let batch = format!(
+        "FHS|^~\\&|LabSys\rBHS|^~\\&|LabSys\r{}{}BTS|2\rFTS|1\r",
+        oru("BOM-2", "MRN-B", "1"),
+        oru("BOM-3", "MRN-B", "2")
+    );
+    client.send_bytes(&with_bom(&batch)).await;
+    let answer = client.reply().await;
+    assert_eq!(acks(&answer).len(), 2, "{answer}");
+    assert!(
+        acks(&answer).iter().all(|(code, _)| code == "AA"),
+        "{answer}"
+    );
+    assert_eq!(stored_ids(&db, "MRN-B").await, ["BOM-2", "BOM-3"]);
+
+    // On a UTF-8 listener, the same message resent without the mark is the
+    // same message: replayed, not stored twice.
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    client.send_bytes(&with_bom(&message)).await;
+    assert_eq!(ack(&client.reply().await).0, "AA");
+    client.send_bytes(message.as_bytes()).await;
+    let answer = client.reply().await;
+    assert_eq!(ack(&answer).0, "AA", "{answer}");
+    assert_eq!(db.events_of("MRN-Ü3").await.len(), 1);
+}
+
 #[tokio::test]
 async fn enhanced_mode_gets_commit_acks_and_none_for_ne() {
     let (ingest, db) = start("").await;

@@ -10,6 +10,9 @@
 //! BHS); what cannot be read without guessing is refused: a segment before
 //! the first MSH, a header in the middle, a BTS count that disagrees.
 
+use super::charset::{Charset, UTF8_BOM};
+use super::message::ReadOptions;
+
 /// A payload split into its messages.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Batch<'a> {
@@ -21,12 +24,24 @@ pub struct Batch<'a> {
     pub messages: Vec<&'a [u8]>,
     /// Whether any batch segment (FHS, BHS, BTS, FTS) was seen.
     pub wrapped: bool,
+    /// The payload starts with a UTF-8 byte-order mark: its messages are
+    /// UTF-8 where their MSH-18 says nothing.
+    pub utf8_bom: bool,
 }
 
 impl Batch<'_> {
     /// More than a single plain message: answer it as a batch.
     pub fn is_batch(&self) -> bool {
         self.wrapped || self.messages.len() > 1
+    }
+
+    /// How to read its messages on a listener read with `listener`.
+    pub fn read_options(&self, listener: &ReadOptions) -> ReadOptions {
+        let mut options = listener.clone();
+        if self.utf8_bom {
+            options.default_charset = Charset::Utf8;
+        }
+        options
     }
 }
 
@@ -52,9 +67,18 @@ pub fn split_batch(payload: &[u8]) -> Result<Batch<'_>, BatchError> {
     let mut file_closed = false;
     let mut first = true;
     let mut field_separator = b'|';
+    batch.utf8_bom = payload.starts_with(UTF8_BOM);
 
     for (start, line) in lines(payload) {
         let end = start + line.len();
+        // A byte-order mark before the first segment is not part of it.
+        let line = match start {
+            0 => line.strip_prefix(UTF8_BOM).unwrap_or(line),
+            _ => line,
+        };
+        if line.is_empty() {
+            continue;
+        }
         let is = |name: &[u8]| {
             line.starts_with(name) && line.get(3).is_none_or(|b| !b.is_ascii_alphanumeric())
         };
@@ -169,6 +193,35 @@ mod tests {
         let batch = split_batch(b"MSH|^~\\&|A\rPID|||1\r").unwrap();
         assert_eq!(texts(&batch), ["MSH|^~\\&|A\rPID|||1"]);
         assert!(!batch.is_batch());
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_segment_is_skipped_and_noted() {
+        let listener = ReadOptions {
+            default_charset: Charset::Latin1,
+        };
+        for payload in [
+            &b"\xEF\xBB\xBFMSH|^~\\&|A\rPID|||1\r"[..],
+            b"\xEF\xBB\xBF\r\nMSH|^~\\&|A\rPID|||1\r",
+            b"\xEF\xBB\xBFFHS|^~\\&\rMSH|^~\\&|A\rPID|||1\rFTS|1\r",
+        ] {
+            let batch = split_batch(payload).unwrap();
+            assert_eq!(batch.messages.len(), 1, "{payload:?}");
+            assert!(texts(&batch)[0].ends_with("MSH|^~\\&|A\rPID|||1"));
+            assert!(batch.utf8_bom);
+            assert_eq!(batch.read_options(&listener).default_charset, Charset::Utf8);
+        }
+        let plain = split_batch(b"MSH|^~\\&|A\rPID|||1\r").unwrap();
+        assert!(!plain.utf8_bom);
+        assert_eq!(plain.read_options(&listener), listener);
+        // Only at the start: elsewhere the mark is not a segment's name.
+        assert_eq!(
+            split_batch(b"MSH|^~\\&|A\r\xEF\xBB\xBFBTS|1\r")
+                .unwrap()
+                .messages
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -8,6 +8,11 @@
 
 use std::fmt;
 
+/// The UTF-8 byte-order mark. Some senders write one before the MSH (HL7
+/// v2.5 advises against it); it is not part of the message, and it says
+/// the message is UTF-8.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// A character set named by HL7 table 0211.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Charset {

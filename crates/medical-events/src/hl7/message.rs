@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use hl7_parser::message::{Field, Segment};
 
-use super::charset::Charset;
+use super::charset::{Charset, UTF8_BOM};
 use super::refusal::{Location, Refusal};
 use super::separators::Separators;
 
@@ -67,6 +67,13 @@ impl Header {
     /// Reads the MSH segment at the start of `bytes` (after a byte-order
     /// mark or blank lines, which some senders leave).
     pub fn read(bytes: &[u8], options: &ReadOptions) -> Result<Self, NotHl7> {
+        // A byte-order mark says UTF-8 where MSH-18 says nothing: the
+        // listener's default is for senders that do not say.
+        let default_charset = if bytes.starts_with(UTF8_BOM) {
+            Charset::Utf8
+        } else {
+            options.default_charset
+        };
         let bytes = trim_start(bytes);
         if !bytes.starts_with(b"MSH") {
             return Err(NotHl7("it does not start with an MSH segment"));
@@ -86,10 +93,10 @@ impl Header {
             .map(|value| String::from_utf8_lossy(value).into_owned())
             .unwrap_or_default();
         let charset =
-            Charset::from_hl7_name(&declared).map(|named| named.unwrap_or(options.default_charset));
+            Charset::from_hl7_name(&declared).map(|named| named.unwrap_or(default_charset));
         let text = charset
             .as_ref()
-            .map_or(options.default_charset, |charset| *charset)
+            .map_or(default_charset, |charset| *charset)
             .decode_lossy(line);
         let mut fields: Vec<String> = text.split(separators.field).map(str::to_owned).collect();
         fields.insert(1, separators.field.to_string());
@@ -335,7 +342,7 @@ pub(crate) fn canonical(field: &str, separators: &Separators) -> String {
 /// Skips what some senders put before MSH: a UTF-8 byte-order mark, blank
 /// lines.
 fn trim_start(bytes: &[u8]) -> &[u8] {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     let start = bytes
         .iter()
         .position(|&b| b != b'\r' && b != b'\n')
@@ -437,6 +444,24 @@ mod tests {
                 charset: Charset::Utf8
             }
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_means_utf_8_unless_msh_18_says_otherwise() {
+        let latin1 = ReadOptions {
+            default_charset: Charset::Latin1,
+        };
+        let marked = "\u{FEFF}MSH|^~\\&|A|||||||C1\rPID|||1||M\u{DC}LLER\r";
+        let message = Hl7Message::read(marked.as_bytes(), &latin1).unwrap();
+        assert_eq!(message.charset(), Charset::Utf8);
+        assert_eq!(
+            message.text(),
+            "MSH|^~\\&|A|||||||C1\rPID|||1||M\u{DC}LLER\r"
+        );
+        let declared = "\u{FEFF}MSH|^~\\&|A|||||||C1||||||||8859/1\rPID|||1\r";
+        let message = Hl7Message::read(declared.as_bytes(), &ReadOptions::default()).unwrap();
+        assert_eq!(message.charset(), Charset::Latin1);
+        assert!(message.text().starts_with("MSH|"));
     }
 
     #[test]

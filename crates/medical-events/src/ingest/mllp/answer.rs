@@ -11,8 +11,8 @@ use super::labels::Labels;
 use super::settings::ListenerSettings;
 use crate::event::EventId;
 use crate::hl7::{
-    Ack, BatchError, Header, Hl7Message, MappedMessage, NotHl7, Outcome, ReadError, Refusal,
-    ack_wanted, build_ack, build_unreadable_ack, map_message, new_control_id, split_batch,
+    Ack, BatchError, Header, Hl7Message, MappedMessage, NotHl7, Outcome, ReadError, ReadOptions,
+    Refusal, ack_wanted, build_ack, build_unreadable_ack, map_message, new_control_id, split_batch,
 };
 use crate::ingest::notify::ProcessorNotifier;
 use crate::intake::{Intake, IntakeRequest};
@@ -57,6 +57,7 @@ impl Answerer {
                 ));
             }
         };
+        let read = batch.read_options(&self.settings.read);
         if !batch.is_batch() {
             let Some(message) = batch.messages.first() else {
                 let reason = NotHl7("the frame holds no MSH segment");
@@ -66,7 +67,7 @@ impl Answerer {
                         .to_bytes(),
                 ));
             };
-            let ack = self.message(message, payload.len()).await?;
+            let ack = self.message(message, payload.len(), &read).await?;
             return Ok(ack.map(|ack| ack.to_bytes()));
         }
         // One message at a time, in order: a failed one is answered in its
@@ -74,7 +75,7 @@ impl Answerer {
         // unanswered (the sender resends it; what was stored replays).
         let mut acks = Vec::with_capacity(batch.messages.len());
         for message in &batch.messages {
-            if let Some(ack) = self.message(message, message.len()).await? {
+            if let Some(ack) = self.message(message, message.len(), &read).await? {
                 acks.push(ack);
             }
         }
@@ -103,8 +104,13 @@ impl Answerer {
     }
 
     /// One message: read, mapped, stored, answered (if an answer is wanted).
-    async fn message(&self, bytes: &[u8], size: usize) -> Result<Option<Ack>, Unconfirmed> {
-        let message = match Hl7Message::read(bytes, &self.settings.read) {
+    async fn message(
+        &self,
+        bytes: &[u8],
+        size: usize,
+        read: &ReadOptions,
+    ) -> Result<Option<Ack>, Unconfirmed> {
+        let message = match Hl7Message::read(bytes, read) {
             Ok(message) => message,
             Err(ReadError::NotHl7(reason)) => {
                 self.labels.refused();
