@@ -240,7 +240,22 @@ async fn noise_before_a_start_block_and_lf_line_ends_are_read() {
         ack(&client.exchange(&crlf).await),
         ("AA".to_owned(), "CRLF-1".to_owned())
     );
-    assert_eq!(db.events_of("MRN-N").await.len(), 3);
+    // A line of only spaces or tabs is blank, not a segment to refuse.
+    let padded = format!("{} \r\t\r", oru("PAD-1", "MRN-N", "4"));
+    let answer = client.exchange(&padded).await;
+    assert_eq!(
+        ack(&answer),
+        ("AA".to_owned(), "PAD-1".to_owned()),
+        "{answer}"
+    );
+    let stored = db.events_of("MRN-N").await;
+    assert_eq!(stored.len(), 4);
+    assert!(
+        hl7(&stored[3])
+            .get_str("message")
+            .unwrap()
+            .ends_with("|F\r")
+    );
 }
 
 #[tokio::test]

@@ -76,7 +76,7 @@ pub fn split_batch(payload: &[u8]) -> Result<Batch<'_>, BatchError> {
             0 => line.strip_prefix(UTF8_BOM).unwrap_or(line),
             _ => line,
         };
-        if line.is_empty() {
+        if blank(line) {
             continue;
         }
         let is = |name: &[u8]| {
@@ -156,7 +156,7 @@ fn finish<'a>(batch: &mut Batch<'a>, payload: &'a [u8], message: Option<(usize, 
     }
 }
 
-/// The non-empty segments of a payload with their offsets; CR, LF and CRLF
+/// The segments of a payload, not blank, with their offsets; CR, LF and CRLF
 /// all end a segment.
 fn lines(payload: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     let mut offset = 0;
@@ -167,7 +167,12 @@ fn lines(payload: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
             offset += line.len() + 1;
             (start, line)
         })
-        .filter(|(_, line)| !line.is_empty())
+        .filter(|(_, line)| !blank(line))
+}
+
+/// Empty or only spaces and tabs (a hand-edited file's last line): no segment.
+fn blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
 }
 
 /// BTS-1, the batch message count, when given.
@@ -193,6 +198,12 @@ mod tests {
         let batch = split_batch(b"MSH|^~\\&|A\rPID|||1\r").unwrap();
         assert_eq!(texts(&batch), ["MSH|^~\\&|A\rPID|||1"]);
         assert!(!batch.is_batch());
+    }
+
+    #[test]
+    fn lines_of_only_whitespace_are_blank() {
+        let batch = split_batch(b" \t\rMSH|^~\\&|A\r  \rPID|||1\r \r").unwrap();
+        assert_eq!(texts(&batch), ["MSH|^~\\&|A\r  \rPID|||1"]);
     }
 
     #[test]

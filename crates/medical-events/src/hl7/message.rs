@@ -211,9 +211,11 @@ impl Hl7Message {
         let text = charset
             .decode(trim_start(bytes))
             .ok_or_else(|| refused(Refusal::Undecodable { charset }))?;
+        // A line of only spaces or tabs (a hand-edited file's last line) is
+        // blank, as an empty one is: no segment.
         let segments: Vec<&str> = text
             .split(['\r', '\n'])
-            .filter(|segment| !segment.is_empty())
+            .filter(|segment| !segment.bytes().all(|b| b.is_ascii_whitespace()))
             .collect();
         let parse_form = parse_form(&segments, header.separators());
         let mut normalized = String::with_capacity(text.len() + 1);
@@ -340,12 +342,12 @@ pub(crate) fn canonical(field: &str, separators: &Separators) -> String {
 }
 
 /// Skips what some senders put before MSH: a UTF-8 byte-order mark, blank
-/// lines.
+/// lines (empty or only whitespace).
 fn trim_start(bytes: &[u8]) -> &[u8] {
     let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     let start = bytes
         .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
+        .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(bytes.len());
     &bytes[start..]
 }
@@ -444,6 +446,16 @@ mod tests {
                 charset: Charset::Utf8
             }
         );
+    }
+
+    #[test]
+    fn lines_of_only_whitespace_are_no_segments() {
+        let message = Hl7Message::read(
+            b" \r\nMSH|^~\\&|A|||||||C1\r \t\rPID|||1\r   \n",
+            &ReadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(message.text(), "MSH|^~\\&|A|||||||C1\rPID|||1\r");
     }
 
     #[test]
