@@ -285,6 +285,42 @@ async fn transport_level_errors_are_problem_json_too() {
     }
 }
 
+/// A key given twice is ambiguous: a gateway that reads the first value and
+/// this service reading the last would disagree about whose event it is.
+#[tokio::test]
+async fn a_key_given_twice_is_a_400_naming_it_and_nothing_is_stored() {
+    let uri = fresh_database_uri();
+    let ingest = InProcessIngest::start(&uri, "http://127.0.0.1:9").await;
+    let db = Db::connect(&uri).await;
+    let client = crate::support::client();
+    for (body, key) in [
+        (
+            r#"{"patientId":"dup-1","patientId":"dup-2","type":"t","ts":"2025-10-01T12:00:00Z","data":{}}"#,
+            "patientId",
+        ),
+        (
+            r#"{"patientId":"dup-1","type":"t","ts":"2025-10-01T12:00:00Z","data":{"v":{"x":1,"\u0078":2}}}"#,
+            "x",
+        ),
+    ] {
+        let response = client
+            .post(format!("{}/events", ingest.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let problem: Value = response.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("duplicate key `{key}`")),
+            "{detail}"
+        );
+    }
+    assert_eq!(db.count("queued_events", doc! {}).await, 0);
+}
+
 #[tokio::test]
 async fn health_and_readiness() {
     let ingest = InProcessIngest::start(&fresh_database_uri(), "http://127.0.0.1:9").await;

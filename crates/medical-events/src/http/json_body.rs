@@ -1,5 +1,6 @@
 //! A JSON body extractor whose every rejection is an [`ApiError`], so clients
-//! get problem+json for bad media types, oversized and malformed bodies too.
+//! get problem+json for bad media types, oversized and malformed bodies too
+//! (a key given twice in one object is malformed here: `json_value.rs`).
 //! On a route that bounds itself ([`RequestDeadline`]) the body must arrive
 //! before the request's deadline.
 //!
@@ -86,7 +87,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 limit: MAX_JSON_VALUES,
             });
         }
-        serde_json::from_slice(&bytes)
+        super::json_value::from_slice(&bytes)
             .map(|value| JsonBody(value, share))
             .map_err(|e| ApiError::MalformedJson(e.to_string()))
     }

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod health;
 mod idle;
 pub mod json_body;
+mod json_value;
 pub mod limits;
 pub mod listener;
 pub mod openapi;
