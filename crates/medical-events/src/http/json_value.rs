@@ -3,7 +3,8 @@
 //! parsers differ (first wins, last wins): a gateway that checked the first
 //! `patientId` and this service storing the last would disagree about whose
 //! event it is. `serde_json::from_slice::<Value>` keeps the last, so bodies
-//! go through this visitor instead; it builds the same `Value`.
+//! go through this visitor instead; it builds the same `Value`. A leading
+//! byte-order mark is skipped.
 
 use std::fmt;
 
@@ -11,9 +12,14 @@ use serde::Deserializer;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
+/// A UTF-8 byte-order mark, which RFC 8259 lets a parser ignore (some
+/// Windows tools write one before the body).
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// `bytes` as one JSON value, or serde_json's error (with its line and
 /// column) for malformed JSON and for a key given twice in one object.
 pub fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = UniqueKeys.deserialize(&mut deserializer)?;
     deserializer.end()?;
@@ -101,6 +107,7 @@ mod tests {
         let expected: serde_json::Value = serde_json::from_str(text).unwrap();
         assert_eq!(from_slice(text.as_bytes()).unwrap(), expected);
         assert_eq!(from_slice(b" 7 ").unwrap(), json!(7));
+        assert_eq!(from_slice(b"\xEF\xBB\xBF{}").unwrap(), json!({}));
     }
 
     #[test]
@@ -122,7 +129,7 @@ mod tests {
 
     #[test]
     fn malformed_json_and_trailing_text_are_still_refused() {
-        for text in [&b"{\"a\":"[..], b"{} {}", b"[1,]", b""] {
+        for text in [&b"{\"a\":"[..], b"{} {}", b"[1,]", b"", b"\xEF\xBB\xBF"] {
             assert!(from_slice(text).is_err(), "{text:?}");
         }
     }
