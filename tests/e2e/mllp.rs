@@ -501,11 +501,12 @@ async fn a_byte_order_mark_before_msh_is_dropped_and_reads_the_message_as_utf_8(
     assert!(text.starts_with("MSH|"), "the mark is not stored: {text:?}");
     assert!(text.contains("MÜLLER^JÖRG"), "{text:?}");
 
-    // A batch file after a mark is read as one.
+    // A batch file after a mark is read as one, every message of it as
+    // UTF-8 (the mark precedes only the first).
     let batch = format!(
         "FHS|^~\\&|LabSys\rBHS|^~\\&|LabSys\r{}{}BTS|2\rFTS|1\r",
         oru("BOM-2", "MRN-B", "1"),
-        oru("BOM-3", "MRN-B", "2")
+        oru("BOM-3", "MRN-B", "2").replace("MOUSE^MINA", "MÜLLER^JÖRG")
     );
     client.send_bytes(&with_bom(&batch)).await;
     let answer = client.reply().await;
@@ -515,6 +516,9 @@ async fn a_byte_order_mark_before_msh_is_dropped_and_reads_the_message_as_utf_8(
         "{answer}"
     );
     assert_eq!(stored_ids(&db, "MRN-B").await, ["BOM-2", "BOM-3"]);
+    let second = &db.events_of("MRN-B").await[1];
+    let text = hl7(second).get_str("message").unwrap();
+    assert!(text.contains("MÜLLER^JÖRG"), "{text:?}");
 
     // On a UTF-8 listener, the same message resent without the mark is the
     // same message: replayed, not stored twice.

@@ -342,14 +342,16 @@ pub(crate) fn canonical(field: &str, separators: &Separators) -> String {
 }
 
 /// Skips what some senders put before MSH: a UTF-8 byte-order mark, blank
-/// lines (empty or only whitespace).
+/// lines (empty or only whitespace). The MSH line itself is left whole.
 fn trim_start(bytes: &[u8]) -> &[u8] {
-    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    &bytes[start..]
+    let mut rest = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    while let Some(end) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        if !rest[..end].iter().all(u8::is_ascii_whitespace) {
+            break;
+        }
+        rest = &rest[end + 1..];
+    }
+    rest
 }
 
 /// The text hl7-parser can read, when it differs from the message's: it

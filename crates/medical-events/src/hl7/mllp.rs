@@ -14,6 +14,8 @@ use std::io;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::charset::UTF8_BOM;
+
 pub const START_BLOCK: u8 = 0x0B;
 pub const END_BLOCK: u8 = 0x1C;
 pub const CARRIAGE_RETURN: u8 = 0x0D;
@@ -139,11 +141,28 @@ impl MllpCodec {
     }
 }
 
+/// The head of a payload through its first line that is not blank: a
+/// byte-order mark and blank lines before it stay, as `Header::read` skips
+/// them (and takes the mark to mean UTF-8), so an oversized message is
+/// answered as one under the limit would be.
 fn first_segment(payload: &[u8]) -> Option<Bytes> {
     let head = &payload[..payload.len().min(OVERSIZED_HEAD_BYTES)];
-    head.iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .map(|end| Bytes::copy_from_slice(&head[..end]))
+    let mut start = 0;
+    loop {
+        let end = start
+            + head[start..]
+                .iter()
+                .position(|&b| b == b'\r' || b == b'\n')?;
+        let line = &head[start..end];
+        let line = match start {
+            0 => line.strip_prefix(UTF8_BOM).unwrap_or(line),
+            _ => line,
+        };
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            return Some(Bytes::copy_from_slice(&head[..end]));
+        }
+        start = end + 1;
+    }
 }
 
 fn block_byte(byte: &u8) -> bool {
@@ -392,6 +411,31 @@ mod tests {
             decode_chunks(&mut codec, &[&framed(b"MSH|ok")]).unwrap(),
             [message("MSH|ok")]
         );
+    }
+
+    #[test]
+    fn an_oversized_frames_head_reaches_past_a_mark_and_blank_lines_to_msh() {
+        let big = format!(
+            "\u{FEFF}\r\n \rMSH|^~\\&|BIG|||||||C1\r{}\r",
+            "OBX|".repeat(20)
+        );
+        let mut codec = MllpCodec::new(40);
+        let frames = decode_chunks(&mut codec, &[&framed(big.as_bytes())]).unwrap();
+        let [
+            Frame::Oversized {
+                first_segment: Some(head),
+                ..
+            },
+        ] = &frames[..]
+        else {
+            panic!("{frames:?}");
+        };
+        assert_eq!(
+            &head[..],
+            "\u{FEFF}\r\n \rMSH|^~\\&|BIG|||||||C1".as_bytes()
+        );
+        let header = super::super::Header::read(head, &Default::default()).unwrap();
+        assert_eq!(header.control_id(), "C1");
     }
 
     #[test]
