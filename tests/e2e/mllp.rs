@@ -811,6 +811,30 @@ async fn an_http_client_naming_the_same_mrn_shares_the_patients_sequence() {
     assert_eq!(seqs, [1, 2, 3]);
 }
 
+/// HL7's ST type makes trailing blanks optional, so a sender that pads its
+/// fixed-width MRN names the same patient as one that does not: one
+/// sequence, not two patients processed side by side.
+#[tokio::test]
+async fn trailing_blanks_of_an_mrn_are_not_part_of_the_patient_id() {
+    let (ingest, db) = start("").await;
+    let mut client = connect(&ingest).await;
+    for (id, mrn) in [("T-1", "MRN-T  "), ("T-2", "MRN-T"), ("T-3", "MRN-T ")] {
+        let answer = client.exchange(&oru(id, mrn, "1")).await;
+        assert_eq!(ack(&answer), ("AA".to_owned(), id.to_owned()), "{answer}");
+    }
+    assert_eq!(stored_ids(&db, "MRN-T").await, ["T-1", "T-2", "T-3"]);
+    let patients: Vec<String> = all_events(&db)
+        .await
+        .iter()
+        .map(|e| e.get_str("patientId").unwrap().to_owned())
+        .collect();
+    assert_eq!(patients, ["MRN-T"; 3]);
+    // Blanks only are no id at all.
+    let answer = client.exchange(&oru("T-4", "   ", "1")).await;
+    assert_eq!(ack(&answer).0, "AE", "{answer}");
+    assert_eq!(all_events(&db).await.len(), 3);
+}
+
 /// The sender's loop after a crash: everything not acknowledged is sent
 /// again, in order, on a new connection.
 #[tokio::test]

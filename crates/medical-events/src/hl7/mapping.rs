@@ -4,7 +4,8 @@
 //!
 //! - patientId: CX.1 of the first PID-3 repetition whose CX.5 is `MR` (and
 //!   whose CX.4.1 is the configured assigning authority, if one is), else of
-//!   the first repetition; escapes decoded, nothing added.
+//!   the first repetition; escapes decoded, trailing blanks dropped (HL7's ST
+//!   makes them optional), nothing added.
 //! - type: MSH-9.1 `^` MSH-9.2 (`ADT^A01`), whatever the sender's delimiters.
 //! - ts: when the event happened: EVN-2 for ADT, the first OBR-7 for ORU,
 //!   MSH-7 otherwise or when that field is empty.
@@ -221,7 +222,11 @@ fn identifier(
         .repeats()
         .enumerate()
         .map(|(index, repeat)| Identifier {
-            id: text(repeat.component(1).map(|c| c.raw_value())),
+            // CX.1 is an ST: trailing blanks are optional (HL7 v2 2.A.74),
+            // so a fixed-width sender's padding does not make another patient.
+            id: text(repeat.component(1).map(|c| c.raw_value()))
+                .trim_end()
+                .to_owned(),
             authority: text(
                 repeat
                     .component(4)
