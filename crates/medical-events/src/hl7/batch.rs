@@ -11,7 +11,7 @@
 //! the first MSH, a header in the middle, a BTS count that disagrees.
 
 use super::charset::{Charset, UTF8_BOM};
-use super::message::ReadOptions;
+use super::message::{ReadOptions, blank};
 
 /// A payload split into its messages.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -168,11 +168,6 @@ fn lines(payload: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
             (start, line)
         })
         .filter(|(_, line)| !blank(line))
-}
-
-/// Empty or only whitespace (a hand-edited file's last line): no segment.
-fn blank(line: &[u8]) -> bool {
-    line.iter().all(u8::is_ascii_whitespace)
 }
 
 /// BTS-1, the batch message count, when given.

@@ -215,7 +215,7 @@ impl Hl7Message {
         // blank, as an empty one is: no segment.
         let segments: Vec<&str> = text
             .split(['\r', '\n'])
-            .filter(|segment| !segment.bytes().all(|b| b.is_ascii_whitespace()))
+            .filter(|segment| !blank(segment.as_bytes()))
             .collect();
         let parse_form = parse_form(&segments, header.separators());
         let mut normalized = String::with_capacity(text.len() + 1);
@@ -342,16 +342,21 @@ pub(crate) fn canonical(field: &str, separators: &Separators) -> String {
 }
 
 /// Skips what some senders put before MSH: a UTF-8 byte-order mark, blank
-/// lines (empty or only whitespace). The MSH line itself is left whole.
-fn trim_start(bytes: &[u8]) -> &[u8] {
+/// lines. The MSH line itself is left whole.
+pub(super) fn trim_start(bytes: &[u8]) -> &[u8] {
     let mut rest = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     while let Some(end) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
-        if !rest[..end].iter().all(u8::is_ascii_whitespace) {
+        if !blank(&rest[..end]) {
             break;
         }
         rest = &rest[end + 1..];
     }
     rest
+}
+
+/// Empty or only whitespace (a hand-edited file's last line): no segment.
+pub(super) fn blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
 }
 
 /// The text hl7-parser can read, when it differs from the message's: it

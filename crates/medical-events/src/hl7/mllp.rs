@@ -14,7 +14,7 @@ use std::io;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::charset::UTF8_BOM;
+use super::message::trim_start;
 
 pub const START_BLOCK: u8 = 0x0B;
 pub const END_BLOCK: u8 = 0x1C;
@@ -147,22 +147,9 @@ impl MllpCodec {
 /// answered as one under the limit would be.
 fn first_segment(payload: &[u8]) -> Option<Bytes> {
     let head = &payload[..payload.len().min(OVERSIZED_HEAD_BYTES)];
-    let mut start = 0;
-    loop {
-        let end = start
-            + head[start..]
-                .iter()
-                .position(|&b| b == b'\r' || b == b'\n')?;
-        let line = &head[start..end];
-        let line = match start {
-            0 => line.strip_prefix(UTF8_BOM).unwrap_or(line),
-            _ => line,
-        };
-        if !line.iter().all(u8::is_ascii_whitespace) {
-            return Some(Bytes::copy_from_slice(&head[..end]));
-        }
-        start = end + 1;
-    }
+    let rest = trim_start(head);
+    let end = head.len() - rest.len() + rest.iter().position(|&b| b == b'\r' || b == b'\n')?;
+    Some(Bytes::copy_from_slice(&head[..end]))
 }
 
 fn block_byte(byte: &u8) -> bool {

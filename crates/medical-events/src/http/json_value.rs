@@ -13,13 +13,13 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
-/// A UTF-8 byte-order mark, which RFC 8259 lets a parser ignore (some
-/// Windows tools write one before the body).
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+use crate::hl7::charset::UTF8_BOM;
 
 /// `bytes` as one JSON value, or serde_json's error (with its line and
 /// column) for malformed JSON and for a key given twice in one object.
 pub fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    // RFC 8259 lets a parser ignore a byte-order mark (some Windows tools
+    // write one before the body).
     let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = UniqueKeys.deserialize(&mut deserializer)?;
