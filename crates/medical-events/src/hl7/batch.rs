@@ -68,17 +68,12 @@ pub fn split_batch(payload: &[u8]) -> Result<Batch<'_>, BatchError> {
     let mut first = true;
     let mut field_separator = b'|';
     batch.utf8_bom = payload.starts_with(UTF8_BOM);
+    // A byte-order mark before the first segment is not part of it.
+    let skip = if batch.utf8_bom { UTF8_BOM.len() } else { 0 };
 
-    for (start, line) in lines(payload) {
+    for (start, line) in lines(&payload[skip..]) {
+        let start = skip + start;
         let end = start + line.len();
-        // A byte-order mark before the first segment is not part of it.
-        let line = match start {
-            0 => line.strip_prefix(UTF8_BOM).unwrap_or(line),
-            _ => line,
-        };
-        if blank(line) {
-            continue;
-        }
         let is = |name: &[u8]| {
             line.starts_with(name) && line.get(3).is_none_or(|b| !b.is_ascii_alphanumeric())
         };
